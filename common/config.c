@@ -1,0 +1,234 @@
+/* Configuration table and loader: see config.h. */
+#include "config.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef enum { T_INT, T_STR, T_SECRET, T_ENUM } kind_t;
+
+typedef struct {
+    const char *name;
+    kind_t kind;
+    unsigned services;
+    const char *def;  /* NULL = required, "" = optional empty */
+    int64_t min, max; /* T_INT: value bounds; T_STR/T_SECRET: length bounds (min only checked when set) */
+    const char *choices; /* T_ENUM: "|a|b|c|" */
+    size_t offset, size;
+    const char *help;
+} var_t;
+
+#define INT(n, svc, d, lo, hi, field, h) {n, T_INT, svc, d, lo, hi, NULL, offsetof(fm_config_t, field), 0, h}
+#define STR(n, svc, d, lo, field, h)                                                                                    \
+    {n, T_STR, svc, d, lo, sizeof(((fm_config_t *)0)->field) - 1, NULL, offsetof(fm_config_t, field),                  \
+     sizeof(((fm_config_t *)0)->field), h}
+#define SECRET(n, svc, d, lo, field, h)                                                                                 \
+    {n, T_SECRET, svc, d, lo, sizeof(((fm_config_t *)0)->field) - 1, NULL, offsetof(fm_config_t, field),               \
+     sizeof(((fm_config_t *)0)->field), h}
+#define ENUM(n, svc, d, ch, field, h)                                                                                   \
+    {n, T_ENUM, svc, d, 0, 0, ch, offsetof(fm_config_t, field), sizeof(((fm_config_t *)0)->field), h}
+
+static const var_t vars[] = {
+    INT("FM_THREADS", FM_SVC_ALL, "0", 0, 64, threads, "Event-loop threads; 0 = one per core"),
+    STR("FM_BIND", FM_SVC_ALL, "127.0.0.1", 1, bind, "Address the HTTP listeners bind to"),
+    INT("FM_HTTP_PORT", FM_SVC_CONTROL, "8080", 1, 65535, http_port, "fm-control HTTP/1.1 + h2c port"),
+    INT("FM_HTTPS_PORT", FM_SVC_CONTROL, "8443", 0, 65535, https_port, "fm-control TLS (HTTP/2 + HTTP/1.1) port; 0 = off"),
+    STR("FM_TLS_CERT", FM_SVC_CONTROL | FM_SVC_EDGE, "", 0, tls_cert, "PEM certificate chain for TLS (infra/up makes a self-signed one)"),
+    STR("FM_TLS_KEY", FM_SVC_CONTROL | FM_SVC_EDGE, "", 0, tls_key, "PEM private key for TLS"),
+    INT("FM_MAX_BODY_BYTES", FM_SVC_CONTROL, "1048576", 1024, 67108864, max_body_bytes, "Largest request body accepted (413 above)"),
+    INT("FM_GRACEFUL_TIMEOUT_MS", FM_SVC_ALL, "10000", 0, 600000, graceful_timeout_ms, "How long SIGTERM waits for in-flight requests"),
+    ENUM("FM_LOG_LEVEL", FM_SVC_ALL, "info", "|debug|info|warn|error|", log_level, "Lowest level logged (JSON lines on stderr)"),
+    STR("FM_PUBLIC_URL", FM_SVC_CONTROL, "", 0, public_url, "Public base URL of the control plane (links, S3 event webhook)"),
+    STR("FM_WEB_ORIGIN", FM_SVC_CONTROL, "", 0, web_origin, "Browser origins allowed by CORS, comma-separated"),
+    STR("FM_WEB_DIR", FM_SVC_CONTROL, "", 0, web_dir, "Folder of the web client served at /; empty = not served"),
+    SECRET("FM_DATABASE_URL", FM_SVC_CONTROL | FM_SVC_WORKER, NULL, 1, database_url, "libpq connection string of PostgreSQL"),
+    INT("FM_PG_POOL_SIZE", FM_SVC_CONTROL | FM_SVC_WORKER, "4", 1, 64, pg_pool_size, "PostgreSQL connections per event-loop thread"),
+    INT("FM_PG_TIMEOUT_MS", FM_SVC_CONTROL | FM_SVC_WORKER, "5000", 10, 600000, pg_timeout_ms, "Per-query timeout (503 after it)"),
+    SECRET("FM_REDIS_URL", FM_SVC_ALL, NULL, 1, redis_url, "redis://[:password@]host:port[/db]"),
+    INT("FM_REDIS_POOL_SIZE", FM_SVC_ALL, "2", 1, 64, redis_pool_size, "Redis connections per event-loop thread"),
+    INT("FM_REDIS_TIMEOUT_MS", FM_SVC_ALL, "1000", 10, 600000, redis_timeout_ms, "Per-command timeout (503 after it)"),
+    STR("FM_S3_ENDPOINT", FM_SVC_ALL, NULL, 1, s3_endpoint, "S3 endpoint URL, path-style (e.g. http://127.0.0.1:17480)"),
+    STR("FM_S3_REGION", FM_SVC_ALL, "us-east-1", 1, s3_region, "Region in the SigV4 scope"),
+    STR("FM_S3_BUCKET", FM_SVC_ALL, "files-manager", 3, s3_bucket, "Bucket holding uploads, blobs and variants"),
+    SECRET("FM_S3_ACCESS_KEY", FM_SVC_ALL, NULL, 1, s3_access_key, "S3 access key id"),
+    SECRET("FM_S3_SECRET_KEY", FM_SVC_ALL, NULL, 1, s3_secret_key, "S3 secret access key"),
+    SECRET("FM_S3_SESSION_TOKEN", FM_SVC_ALL, "", 0, s3_session_token, "Temporary-credential session token (X-Amz-Security-Token)"),
+    INT("FM_OFFLOAD_THREADS", FM_SVC_ALL, "2", 1, 64, offload_threads, "Threads for blocking work (argon2id, S3 calls)"),
+    SECRET("FM_JWT_SECRET", FM_SVC_CONTROL | FM_SVC_EDGE, NULL, 32, jwt_secret, "HS256 key of access tokens, at least 32 bytes"),
+    STR("FM_JWT_ISSUER", FM_SVC_CONTROL | FM_SVC_EDGE, "files-manager", 1, jwt_issuer, "iss of the tokens we issue and accept"),
+    INT("FM_ACCESS_TTL_S", FM_SVC_CONTROL, "900", 30, 86400, access_ttl_s, "Access token lifetime (s)"),
+    INT("FM_REFRESH_TTL_S", FM_SVC_CONTROL, "2592000", 60, 31536000, refresh_ttl_s, "Refresh token / session lifetime (s)"),
+    STR("FM_JWT_EXTERNAL_KEY_FILE", FM_SVC_CONTROL, "", 0, jwt_external_key_file, "PEM public key of an external identity provider"),
+    ENUM("FM_JWT_EXTERNAL_ALG", FM_SVC_CONTROL, "RS256", "|RS256|ES256|", jwt_external_alg, "Its algorithm, pinned (never read from the token)"),
+    STR("FM_JWT_EXTERNAL_ISSUER", FM_SVC_CONTROL, "", 0, jwt_external_issuer, "Its iss claim; required with the key file"),
+    ENUM("FM_EXTERNAL_DEFAULT_ROLE", FM_SVC_CONTROL, "member", "|admin|member|viewer|", external_default_role, "Role of external users whose token names none"),
+    STR("FM_ADMIN_EMAIL", FM_SVC_CONTROL, "", 0, admin_email, "This email becomes admin on register (the first user always does)"),
+    INT("FM_ARGON2_M_KIB", FM_SVC_CONTROL, "19456", 1024, 4194304, argon2_m_kib, "argon2id memory cost (KiB)"),
+    INT("FM_ARGON2_T", FM_SVC_CONTROL, "2", 1, 100, argon2_t, "argon2id passes"),
+    INT("FM_ARGON2_P", FM_SVC_CONTROL, "1", 1, 16, argon2_p, "argon2id lanes"),
+    INT("FM_LOGIN_LIMIT_ACCOUNT", FM_SVC_CONTROL, "10", 1, 100000, login_limit_account, "Login attempts per account per window"),
+    INT("FM_LOGIN_LIMIT_IP", FM_SVC_CONTROL, "30", 1, 1000000, login_limit_ip, "Login attempts per client IP per window"),
+    INT("FM_LOGIN_WINDOW_S", FM_SVC_CONTROL, "300", 1, 86400, login_window_s, "Rate-limit window for logins (s)"),
+    INT("FM_REGISTER_LIMIT_IP", FM_SVC_CONTROL, "20", 1, 1000000, register_limit_ip, "Registrations per client IP per login window"),
+    INT("FM_EDGE_HTTP_PORT", FM_SVC_EDGE, "8081", 1, 65535, edge_http_port, "fm-edge HTTP port"),
+    INT("FM_EDGE_HTTPS_PORT", FM_SVC_EDGE, "8444", 0, 65535, edge_https_port, "fm-edge TLS port; 0 = off"),
+    INT("FM_WORKER_HEALTH_PORT", FM_SVC_WORKER, "8082", 1, 65535, worker_health_port, "fm-worker health endpoint port"),
+};
+
+static int parse_int(const char *s, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (errno != 0 || end == s || *end != '\0')
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int fm_config_load(fm_config_t *cfg, unsigned service, FILE *err)
+{
+    int bad = 0;
+    memset(cfg, 0, sizeof(*cfg));
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); ++i) {
+        const var_t *v = &vars[i];
+        const char *value = getenv(v->name);
+        int from_env = value != NULL && value[0] != '\0';
+        if (!(v->services & service))
+            from_env = 0; /* not ours: keep the default so shared code sees sane values */
+        if (!from_env)
+            value = v->def;
+        if (value == NULL) {
+            fprintf(err, "config: %s is required (%s)\n", v->name, v->help);
+            ++bad;
+            continue;
+        }
+        char *field = (char *)cfg + v->offset;
+        switch (v->kind) {
+        case T_INT: {
+            int64_t n;
+            if (parse_int(value, &n) != 0 || n < v->min || n > v->max) {
+                fprintf(err, "config: %s=\"%s\" must be an integer in [%" PRId64 ", %" PRId64 "]\n", v->name, value,
+                        v->min, v->max);
+                ++bad;
+                continue;
+            }
+            memcpy(field, &n, sizeof(n));
+            break;
+        }
+        case T_STR:
+        case T_SECRET: {
+            size_t len = strlen(value);
+            const char *shown = v->kind == T_SECRET ? "(secret)" : value;
+            if (len > (size_t)v->max || (len > 0 && len < (size_t)v->min)) {
+                fprintf(err, "config: %s=%s must be %" PRId64 "..%" PRId64 " bytes long\n", v->name, shown, v->min,
+                        v->max);
+                ++bad;
+                continue;
+            }
+            memcpy(field, value, len + 1);
+            break;
+        }
+        case T_ENUM: {
+            char probe[80];
+            snprintf(probe, sizeof(probe), "|%s|", value);
+            if (strlen(value) >= v->size || strstr(v->choices, probe) == NULL) {
+                fprintf(err, "config: %s=\"%s\" must be one of %s\n", v->name, value, v->choices);
+                ++bad;
+                continue;
+            }
+            strcpy(field, value);
+            break;
+        }
+        }
+    }
+    if (bad)
+        return -1;
+
+    /* Cross-field rules. */
+    if (cfg->threads == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        cfg->threads = cores > 0 ? (cores > 64 ? 64 : cores) : 1;
+    }
+    if ((service & FM_SVC_CONTROL) && (cfg->tls_cert[0] != '\0') != (cfg->tls_key[0] != '\0')) {
+        fprintf(err, "config: FM_TLS_CERT and FM_TLS_KEY go together\n");
+        ++bad;
+    }
+    if ((service & FM_SVC_CONTROL) && cfg->jwt_external_key_file[0] != '\0' && cfg->jwt_external_issuer[0] == '\0') {
+        fprintf(err, "config: FM_JWT_EXTERNAL_KEY_FILE needs FM_JWT_EXTERNAL_ISSUER\n");
+        ++bad;
+    }
+    if ((service & FM_SVC_CONTROL) && cfg->jwt_external_issuer[0] != '\0' &&
+        strcmp(cfg->jwt_external_issuer, cfg->jwt_issuer) == 0) {
+        fprintf(err, "config: FM_JWT_EXTERNAL_ISSUER must differ from FM_JWT_ISSUER (keys are chosen by issuer)\n");
+        ++bad;
+    }
+    if (strncmp(cfg->s3_endpoint, "http://", 7) != 0 && strncmp(cfg->s3_endpoint, "https://", 8) != 0) {
+        fprintf(err, "config: FM_S3_ENDPOINT=\"%s\" must start with http:// or https://\n", cfg->s3_endpoint);
+        ++bad;
+    }
+    if (strncmp(cfg->redis_url, "redis://", 8) != 0) {
+        fprintf(err, "config: FM_REDIS_URL must start with redis://\n");
+        ++bad;
+    }
+    return bad ? -1 : 0;
+}
+
+void fm_config_print_table(unsigned service, FILE *out)
+{
+    fprintf(out, "| variable | default | meaning |\n|---|---|---|\n");
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); ++i) {
+        const var_t *v = &vars[i];
+        if (!(v->services & service))
+            continue;
+        const char *def = v->def == NULL ? "*required*" : v->def[0] == '\0' ? "—" : v->def;
+        fprintf(out, "| `%s` | %s%s%s | %s |\n", v->name, v->def && v->def[0] ? "`" : "", def,
+                v->def && v->def[0] ? "`" : "", v->help);
+    }
+}
+
+int fm_redis_url_parse(const char *url, char *host, size_t host_size, int *port, char *password, size_t password_size,
+                       int *db)
+{
+    if (strncmp(url, "redis://", 8) != 0)
+        return -1;
+    const char *p = url + 8, *at = strrchr(p, '@');
+    password[0] = '\0';
+    if (at != NULL) {
+        const char *colon = memchr(p, ':', at - p);
+        const char *pw = colon ? colon + 1 : p;
+        if ((size_t)(at - pw) >= password_size)
+            return -1;
+        memcpy(password, pw, at - pw);
+        password[at - pw] = '\0';
+        p = at + 1;
+    }
+    size_t host_len = strcspn(p, ":/");
+    if (host_len == 0 || host_len >= host_size)
+        return -1;
+    memcpy(host, p, host_len);
+    host[host_len] = '\0';
+    p += host_len;
+    *port = 6379;
+    *db = 0;
+    if (*p == ':') {
+        char *end;
+        long v = strtol(p + 1, &end, 10);
+        if (end == p + 1 || v < 1 || v > 65535)
+            return -1;
+        *port = (int)v;
+        p = end;
+    }
+    if (*p == '/' && p[1] != '\0') {
+        char *end;
+        long v = strtol(p + 1, &end, 10);
+        if (end == p + 1 || *end != '\0' || v < 0 || v > 10000)
+            return -1;
+        *db = (int)v;
+    } else if (*p != '\0' && strcmp(p, "/") != 0) {
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,75 @@
+/*
+ * Configuration from FM_* environment variables (DESIGN.md §3).
+ *
+ * One table describes every variable: name, type, default, bounds, whether it is a secret, and what it is for.
+ * fm_config_load() validates the whole environment against it at start; a bad value stops the service with a
+ * message naming the variable. The same table prints the README's configuration table (`fm-control config`).
+ */
+#ifndef FM_CONFIG_H
+#define FM_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+/** Which services read a variable (a bit set); `fm_config_load` validates only the caller's variables. */
+enum {
+    FM_SVC_CONTROL = 1,
+    FM_SVC_EDGE = 2,
+    FM_SVC_WORKER = 4,
+    FM_SVC_ALL = 7,
+};
+
+/** Every setting of every service. Strings are NUL-terminated and owned by the config (never NULL: "" when unset). */
+typedef struct fm_config {
+    /* process */
+    int64_t threads;
+    char bind[64];
+    int64_t http_port, https_port;
+    char tls_cert[512], tls_key[512];
+    int64_t max_body_bytes;
+    int64_t graceful_timeout_ms;
+    char log_level[8];
+    char public_url[256];
+    char web_origin[512];
+    char web_dir[512];
+    /* dependencies */
+    char database_url[1024];
+    int64_t pg_pool_size, pg_timeout_ms;
+    char redis_url[512];
+    int64_t redis_pool_size, redis_timeout_ms;
+    char s3_endpoint[256], s3_region[64], s3_bucket[64];
+    char s3_access_key[128], s3_secret_key[128], s3_session_token[2048];
+    int64_t offload_threads;
+    /* accounts */
+    char jwt_secret[256];
+    char jwt_issuer[256];
+    int64_t access_ttl_s, refresh_ttl_s;
+    char jwt_external_key_file[512], jwt_external_alg[8], jwt_external_issuer[256];
+    char external_default_role[8];
+    char admin_email[256];
+    int64_t argon2_m_kib, argon2_t, argon2_p;
+    int64_t login_limit_account, login_limit_ip, login_window_s;
+    int64_t register_limit_ip;
+    /* edge and worker (health only for now) */
+    int64_t edge_http_port, edge_https_port;
+    int64_t worker_health_port;
+} fm_config_t;
+
+/**
+ * Fills `cfg` from the environment for `service` (FM_SVC_*). Returns 0, or -1 after writing one line per bad
+ * variable to `err` (the caller prints it and exits 2). Secrets are never echoed in messages.
+ */
+int fm_config_load(fm_config_t *cfg, unsigned service, FILE *err);
+
+/** Prints the variables of `service` as a Markdown table (name, default, meaning) for the README. */
+void fm_config_print_table(unsigned service, FILE *out);
+
+/**
+ * Splits a Redis URL `redis://[[user]:password@]host[:port][/db]` into parts (port 6379 and db 0 by default).
+ * Returns 0, or -1 when it does not parse.
+ */
+int fm_redis_url_parse(const char *url, char *host, size_t host_size, int *port, char *password, size_t password_size,
+                       int *db);
+
+#endif

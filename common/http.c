@@ -1,0 +1,334 @@
+/* Request lifecycle and API replies: see http.h. */
+#include "http.h"
+
+#include <arpa/inet.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "metrics.h"
+
+static __thread uint64_t id_state[2];
+
+/* xorshift128+ seeded from the OS: request ids need to be unique, not secret. */
+static uint64_t next_random(void)
+{
+    if (id_state[0] == 0 && id_state[1] == 0) {
+        FILE *f = fopen("/dev/urandom", "rb");
+        if (f == NULL || fread(id_state, sizeof(id_state), 1, f) != 1)
+            id_state[0] = (uint64_t)fm_now_ns() | 1;
+        if (f != NULL)
+            fclose(f);
+    }
+    uint64_t s1 = id_state[0];
+    const uint64_t s0 = id_state[1];
+    id_state[0] = s0;
+    s1 ^= s1 << 23;
+    id_state[1] = s1 ^ s0 ^ (s1 >> 17) ^ (s0 >> 26);
+    return id_state[1] + s0;
+}
+
+/* An X-Request-Id from the client is honoured when it is short and plain (it goes into logs and JSON). */
+static int request_id_acceptable(h2o_iovec_t id)
+{
+    if (id.len == 0 || id.len > 64)
+        return 0;
+    for (size_t i = 0; i < id.len; ++i) {
+        char c = id.base[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+              c == '.' || c == ':'))
+            return 0;
+    }
+    return 1;
+}
+
+static void req_free(fm_req_t *r)
+{
+    free(r->auth);
+    if (r->state != NULL) {
+        if (r->state_free != NULL)
+            r->state_free(r->state);
+        free(r->state);
+    }
+    free(r);
+}
+
+static void on_pool_dispose(void *slot)
+{
+    fm_req_t *r = *(fm_req_t **)slot;
+    r->thread->inflight--;
+    r->req = NULL;
+    if (r->pending == 0)
+        req_free(r);
+}
+
+void *fm_req_state(fm_req_t *r, size_t size)
+{
+    if (r->state == NULL && (r->state = calloc(1, size)) == NULL)
+        h2o_fatal("out of memory");
+    return r->state;
+}
+
+void fm_req_hold(fm_req_t *r)
+{
+    r->pending++;
+}
+
+int fm_req_resume(fm_req_t *r)
+{
+    r->pending--;
+    if (r->req != NULL)
+        return 0;
+    if (r->pending == 0)
+        req_free(r);
+    return -1;
+}
+
+h2o_iovec_t fm_req_header(fm_req_t *r, const char *name)
+{
+    ssize_t i = h2o_find_header_by_str(&r->req->headers, name, strlen(name), -1);
+    if (i < 0)
+        return h2o_iovec_init(NULL, 0);
+    return r->req->headers.entries[i].value;
+}
+
+void fm_req_peer(fm_req_t *r, char *out, size_t size)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = r->req->conn->callbacks->get_peername(r->req->conn, (struct sockaddr *)&ss);
+    out[0] = '\0';
+    if (len == 0)
+        return;
+    if (ss.ss_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, out, size);
+    else if (ss.ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, out, size);
+}
+
+void fm_req_add_header(fm_req_t *r, const char *name, const char *value)
+{
+    if (r->req == NULL)
+        return;
+    h2o_mem_pool_t *pool = &r->req->pool;
+    h2o_iovec_t n = h2o_strdup(pool, name, SIZE_MAX), v = h2o_strdup(pool, value, SIZE_MAX);
+    h2o_add_header_by_str(pool, &r->req->res.headers, n.base, n.len, 1, NULL, v.base, v.len);
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 304: return "Not Modified";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 409: return "Conflict";
+    case 413: return "Payload Too Large";
+    case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Entity";
+    case 429: return "Too Many Requests";
+    case 500: return "Internal Server Error";
+    case 503: return "Service Unavailable";
+    default: return "Status";
+    }
+}
+
+static void account(fm_req_t *r)
+{
+    double seconds = (double)(fm_now_ns() - r->started_ns) / 1e9;
+    const char *route = r->route != NULL ? r->route->pattern : "unmatched";
+    char labels[200];
+    snprintf(labels, sizeof(labels), "service=\"%s\",route=\"%s\",method=\"%.*s\",status=\"%d\"",
+             r->thread->spec->service, route, (int)(r->req->method.len > 8 ? 8 : r->req->method.len),
+             r->req->method.base, r->status);
+    fm_metrics_counter_add("fm_http_requests_total", labels, 1);
+    snprintf(labels, sizeof(labels), "service=\"%s\",route=\"%s\"", r->thread->spec->service, route);
+    fm_metrics_observe("fm_http_request_duration_seconds", labels, seconds);
+
+    char method[9], path[256];
+    snprintf(method, sizeof(method), "%.*s", (int)(r->req->method.len > 8 ? 8 : r->req->method.len),
+             r->req->method.base);
+    snprintf(path, sizeof(path), "%.*s", (int)(r->req->path_normalized.len > 255 ? 255 : r->req->path_normalized.len),
+             r->req->path_normalized.base);
+    fm_log_access(r->request_id, method, route, path, r->status, seconds * 1000, r->error_code);
+}
+
+void fm_reply_raw(fm_req_t *r, int status, const char *content_type, const char *body, size_t len)
+{
+    if (r->req == NULL || r->answered)
+        return;
+    h2o_req_t *req = r->req;
+    r->answered = 1;
+    r->status = status;
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, content_type, strlen(content_type));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, r->request_id,
+                          strlen(r->request_id));
+    if (status >= 400)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CACHE_CONTROL, NULL, H2O_STRLIT("no-store"));
+    req->res.content_length = len;
+    account(r);
+    h2o_send_inline(req, body, len);
+}
+
+void fm_reply_json(fm_req_t *r, int status, cJSON *body)
+{
+    if (body == NULL) {
+        fm_reply_raw(r, status, "application/json", "{}", 2);
+        return;
+    }
+    char *text = cJSON_PrintUnformatted(body);
+    cJSON_Delete(body);
+    if (text == NULL)
+        h2o_fatal("out of memory");
+    fm_reply_raw(r, status, "application/json", text, strlen(text));
+    cJSON_free(text);
+}
+
+void fm_reply_error(fm_req_t *r, int status, const char *code, const char *fmt, ...)
+{
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof(message), fmt, ap);
+    va_end(ap);
+    r->error_code = code;
+    cJSON *body = cJSON_CreateObject(), *error = cJSON_AddObjectToObject(body, "error");
+    cJSON_AddStringToObject(error, "code", code);
+    cJSON_AddStringToObject(error, "message", message);
+    cJSON_AddStringToObject(error, "request_id", r->request_id);
+    fm_reply_json(r, status, body);
+}
+
+void fm_reply_unavailable(fm_req_t *r, const char *dependency)
+{
+    fm_req_add_header(r, "retry-after", "1");
+    fm_reply_error(r, 503, "unavailable", "%s is unavailable, try again shortly", dependency);
+}
+
+/* Media type equality ignoring parameters (charset) and case. */
+static int is_json_content_type(h2o_iovec_t ct)
+{
+    size_t n = 0;
+    while (n < ct.len && ct.base[n] != ';' && ct.base[n] != ' ')
+        ++n;
+    return h2o_lcstris(ct.base, n, H2O_STRLIT("application/json"));
+}
+
+cJSON *fm_req_json_body(fm_req_t *r, size_t max_bytes)
+{
+    h2o_req_t *req = r->req;
+    if (!is_json_content_type(fm_req_header(r, "content-type"))) {
+        fm_reply_error(r, 415, "unsupported_media_type", "the body must be application/json");
+        return NULL;
+    }
+    if (req->entity.len > max_bytes) {
+        fm_reply_error(r, 413, "payload_too_large", "the body is larger than %zu bytes", max_bytes);
+        return NULL;
+    }
+    if (req->entity.base == NULL || req->entity.len == 0) {
+        fm_reply_error(r, 400, "invalid_json", "the body is empty");
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *json = cJSON_ParseWithLengthOpts(req->entity.base, req->entity.len, &end, 0);
+    if (json == NULL) {
+        fm_reply_error(r, 400, "invalid_json", "the body is not valid JSON");
+        return NULL;
+    }
+    /* Trailing bytes after the value (other than whitespace) make it invalid too. */
+    while (end < req->entity.base + req->entity.len && strchr(" \t\r\n", *end) != NULL)
+        ++end;
+    if (end != req->entity.base + req->entity.len || !cJSON_IsObject(json)) {
+        cJSON_Delete(json);
+        fm_reply_error(r, 400, "invalid_json", "the body must be one JSON object");
+        return NULL;
+    }
+    return json;
+}
+
+const char *fm_json_require_string(fm_req_t *r, cJSON *obj, const char *name, size_t min_len, size_t max_len)
+{
+    cJSON *item = cJSON_GetObjectItemCaseSensitive(obj, name);
+    if (item == NULL || cJSON_IsNull(item)) {
+        fm_reply_error(r, 422, "missing_field", "%s is required", name);
+        return NULL;
+    }
+    if (!cJSON_IsString(item)) {
+        fm_reply_error(r, 422, "invalid_field", "%s must be a string", name);
+        return NULL;
+    }
+    size_t len = strlen(item->valuestring);
+    if (len < min_len || len > max_len) {
+        fm_reply_error(r, 422, "invalid_field", "%s must be %zu to %zu bytes long", name, min_len, max_len);
+        return NULL;
+    }
+    return item->valuestring;
+}
+
+static void handle_healthz(fm_req_t *r)
+{
+    static const char body[] = "{\"status\":\"ok\"}";
+    fm_reply_raw(r, 200, "application/json", body, sizeof(body) - 1);
+}
+
+static void handle_metrics(fm_req_t *r)
+{
+    size_t len;
+    char *text = fm_metrics_render(&len);
+    fm_reply_raw(r, 200, "text/plain; version=0.0.4", text, len);
+    free(text);
+}
+
+static const fm_route_t builtin_routes[] = {
+    {"GET", "/healthz", handle_healthz},
+    {"GET", "/metrics", handle_metrics},
+};
+
+void fm_http_dispatch(fm_thread_t *thread, h2o_req_t *req)
+{
+    fm_req_t *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        h2o_fatal("out of memory");
+    r->req = req;
+    r->thread = thread;
+    r->started_ns = fm_now_ns();
+    fm_req_t **slot = h2o_mem_alloc_shared(&req->pool, sizeof(*slot), on_pool_dispose);
+    *slot = r;
+    thread->inflight++;
+
+    h2o_iovec_t id = fm_req_header(r, "x-request-id");
+    if (request_id_acceptable(id))
+        snprintf(r->request_id, sizeof(r->request_id), "%.*s", (int)id.len, id.base);
+    else
+        snprintf(r->request_id, sizeof(r->request_id), "%016llx%016llx", (unsigned long long)next_random(),
+                 (unsigned long long)next_random());
+
+    char allow[64];
+    fm_route_result_t found = fm_router_match(builtin_routes, sizeof(builtin_routes) / sizeof(builtin_routes[0]),
+                                              req->method, req->path_normalized, &r->route, r->params,
+                                              &r->param_count, allow, sizeof(allow));
+    if (found == FM_ROUTE_NOT_FOUND)
+        found = fm_router_match(thread->spec->routes, thread->spec->route_count, req->method, req->path_normalized,
+                                &r->route, r->params, &r->param_count, allow, sizeof(allow));
+    switch (found) {
+    case FM_ROUTE_FOUND:
+        r->route->handler(r);
+        break;
+    case FM_ROUTE_METHOD_NOT_ALLOWED:
+        fm_req_add_header(r, "allow", allow);
+        fm_reply_error(r, 405, "method_not_allowed", "this path accepts %s", allow);
+        break;
+    case FM_ROUTE_NOT_FOUND:
+        fm_reply_error(r, 404, "not_found", "no such route");
+        break;
+    }
+}

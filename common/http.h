@@ -1,0 +1,82 @@
+/*
+ * One API request on its way through a handler: the route's captures, the request id, replies in the API's
+ * JSON shapes (DESIGN.md §6), JSON body parsing with bounds, and the bookkeeping that makes asynchronous
+ * handlers safe when the client goes away mid-request.
+ *
+ * Handler shape (STYLE.md): parse → authorize → act → answer. A handler that waits on Redis, PostgreSQL or
+ * the offload pool calls fm_req_hold() before issuing the call and starts its callback with
+ * `if (fm_req_resume(r) != 0) return;` — the request may be gone by then, and fm_req_resume frees it.
+ */
+#ifndef FM_HTTP_H
+#define FM_HTTP_H
+
+#include <cjson/cJSON.h>
+#include <h2o.h>
+
+#include "router.h"
+#include "server.h"
+
+/** The state of one request. Allocated by the server, freed when h2o freed the request and no call is pending. */
+typedef struct fm_req {
+    h2o_req_t *req; /* NULL once h2o freed the request (the client went away) */
+    fm_thread_t *thread;
+    const fm_route_t *route;
+    h2o_iovec_t params[FM_ROUTE_MAX_PARAMS]; /* captures, borrowed from req->path_normalized */
+    size_t param_count;
+    char request_id[68];
+    uint64_t started_ns;
+    unsigned pending;  /* asynchronous calls in flight */
+    int answered;      /* a response was started */
+    int status;        /* the status answered */
+    const char *error_code;
+    void *auth;  /* the service's idea of the caller (control-plane: fm_principal_t), free()d with the request */
+    void *state; /* handler state from fm_req_state(), freed with the request */
+    void (*state_free)(void *state);
+} fm_req_t;
+
+/** Handler state of `size` zeroed bytes, owned by the request (freed with `state_free` first, if set). */
+void *fm_req_state(fm_req_t *r, size_t size);
+
+/** Marks an asynchronous call as started. */
+void fm_req_hold(fm_req_t *r);
+
+/** Marks it finished; returns -1 (and frees r if it was the last call) when the request is gone, else 0. */
+int fm_req_resume(fm_req_t *r);
+
+/** The value of header `name` (lowercase), or {NULL,0}. */
+h2o_iovec_t fm_req_header(fm_req_t *r, const char *name);
+
+/** The client's address as text (IPv4/IPv6), for rate limits and audit. */
+void fm_req_peer(fm_req_t *r, char *out, size_t size);
+
+/** Adds a response header (before answering); name lowercase. Value is copied. */
+void fm_req_add_header(fm_req_t *r, const char *name, const char *value);
+
+/** Answers `body` (consumed, may be NULL for an empty object) as application/json. */
+void fm_reply_json(fm_req_t *r, int status, cJSON *body);
+
+/** Answers raw bytes with a content type. */
+void fm_reply_raw(fm_req_t *r, int status, const char *content_type, const char *body, size_t len);
+
+/** Answers {"error":{"code","message","request_id"}} with `status`; `code` is a static snake_case string. */
+void fm_reply_error(fm_req_t *r, int status, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/** 503 for a dependency that failed or timed out; the message names it, not its internals. */
+void fm_reply_unavailable(fm_req_t *r, const char *dependency);
+
+/**
+ * Parses the body as a JSON object of at most `max_bytes`: answers 415 (not application/json), 413 (too large),
+ * 400 (invalid JSON or not an object) and returns NULL; otherwise returns the object (caller deletes).
+ */
+cJSON *fm_req_json_body(fm_req_t *r, size_t max_bytes);
+
+/**
+ * Reads string member `name`: returns it, or NULL after answering 422 when it is missing, not a string, or
+ * longer than `max_len` bytes (or shorter than `min_len`).
+ */
+const char *fm_json_require_string(fm_req_t *r, cJSON *obj, const char *name, size_t min_len, size_t max_len);
+
+/** The server-side entry point (used by server.c). */
+void fm_http_dispatch(fm_thread_t *thread, h2o_req_t *req);
+
+#endif
