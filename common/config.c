@@ -40,9 +40,7 @@ static const var_t vars[] = {
     INT("FM_MAX_BODY_BYTES", FM_SVC_CONTROL, "1048576", 1024, 67108864, max_body_bytes, "Largest request body accepted (413 above)"),
     INT("FM_GRACEFUL_TIMEOUT_MS", FM_SVC_ALL, "10000", 0, 600000, graceful_timeout_ms, "How long SIGTERM waits for in-flight requests"),
     ENUM("FM_LOG_LEVEL", FM_SVC_ALL, "info", "|debug|info|warn|error|", log_level, "Lowest level logged (JSON lines on stderr)"),
-    STR("FM_PUBLIC_URL", FM_SVC_CONTROL, "", 0, public_url, "Public base URL of the control plane (links, S3 event webhook)"),
-    STR("FM_WEB_ORIGIN", FM_SVC_CONTROL, "", 0, web_origin, "Browser origins allowed by CORS, comma-separated"),
-    STR("FM_WEB_DIR", FM_SVC_CONTROL, "", 0, web_dir, "Folder of the web client served at /; empty = not served"),
+    SECRET("FM_EVENTS_SECRET", FM_SVC_CONTROL, "", 16, events_secret, "Shared secret of POST /v1/events/s3 (S3 notifications)"),
     SECRET("FM_DATABASE_URL", FM_SVC_CONTROL | FM_SVC_WORKER, NULL, 1, database_url, "libpq connection string of PostgreSQL"),
     INT("FM_PG_POOL_SIZE", FM_SVC_CONTROL | FM_SVC_WORKER, "4", 1, 64, pg_pool_size, "PostgreSQL connections per event-loop thread"),
     INT("FM_PG_TIMEOUT_MS", FM_SVC_CONTROL | FM_SVC_WORKER, "5000", 10, 600000, pg_timeout_ms, "Per-query timeout (503 after it)"),
@@ -100,6 +98,8 @@ int fm_config_load(fm_config_t *cfg, unsigned service, FILE *err)
             from_env = 0; /* not ours: keep the default so shared code sees sane values */
         if (!from_env)
             value = v->def;
+        if (value == NULL && !(v->services & service))
+            continue; /* another service's required variable: left empty */
         if (value == NULL) {
             fprintf(err, "config: %s is required (%s)\n", v->name, v->help);
             ++bad;
@@ -178,14 +178,23 @@ int fm_config_load(fm_config_t *cfg, unsigned service, FILE *err)
 
 void fm_config_print_table(unsigned service, FILE *out)
 {
-    fprintf(out, "| variable | default | meaning |\n|---|---|---|\n");
+    fprintf(out, "| variable | default | read by | meaning |\n|---|---|---|---|\n");
     for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); ++i) {
         const var_t *v = &vars[i];
         if (!(v->services & service))
             continue;
         const char *def = v->def == NULL ? "*required*" : v->def[0] == '\0' ? "—" : v->def;
-        fprintf(out, "| `%s` | %s%s%s | %s |\n", v->name, v->def && v->def[0] ? "`" : "", def,
-                v->def && v->def[0] ? "`" : "", v->help);
+        const char *quote = v->def && v->def[0] ? "`" : "";
+        char readers[40] = "";
+        if (v->services == FM_SVC_ALL)
+            snprintf(readers, sizeof(readers), "all");
+        else
+            snprintf(readers, sizeof(readers), "%s%s%s%s%s", (v->services & FM_SVC_CONTROL) ? "control" : "",
+                     (v->services & FM_SVC_CONTROL) && (v->services & ~FM_SVC_CONTROL) ? ", " : "",
+                     (v->services & FM_SVC_EDGE) ? "edge" : "",
+                     (v->services & FM_SVC_EDGE) && (v->services & FM_SVC_WORKER) ? ", " : "",
+                     (v->services & FM_SVC_WORKER) ? "worker" : "");
+        fprintf(out, "| `%s` | %s%s%s | %s | %s |\n", v->name, quote, def, quote, readers, v->help);
     }
 }
 

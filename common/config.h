@@ -30,9 +30,7 @@ typedef struct fm_config {
     int64_t max_body_bytes;
     int64_t graceful_timeout_ms;
     char log_level[8];
-    char public_url[256];
-    char web_origin[512];
-    char web_dir[512];
+    char events_secret[256];
     /* dependencies */
     char database_url[1024];
     int64_t pg_pool_size, pg_timeout_ms;

@@ -161,7 +161,8 @@ int main(int argc, char **argv)
 {
     const char *command = argc > 1 ? argv[1] : "serve";
     if (strcmp(command, "config") == 0) {
-        fm_config_print_table(FM_SVC_CONTROL, stdout);
+        /* `config --all`: every service's variables (the README's table). */
+        fm_config_print_table(argc > 2 && strcmp(argv[2], "--all") == 0 ? FM_SVC_ALL : FM_SVC_CONTROL, stdout);
         return 0;
     }
     if (strcmp(command, "serve") != 0 && strcmp(command, "migrate") != 0) {

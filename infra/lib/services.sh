@@ -1,0 +1,114 @@
+# shellcheck shell=bash
+# Files Manager's own services (fm-control, fm-edge, fm-worker) on top of the local stack: secrets and the TLS
+# certificate made once per data folder, start/stop by PID. Sourced by infra/up and infra/down.
+#   services_env DATA PORTS…   `export` lines: stack env + secrets + service settings
+#   services_start DATA BUILD  migrate, start the three services, wait for health
+#   services_stop DATA         SIGTERM by PID, wait (graceful), SIGKILL after 30 s
+
+SERVICES=(fm-control fm-edge fm-worker)
+
+# Secrets made once per data folder (never printed): the JWT key and the S3-events webhook secret.
+services_secrets() {
+  local data="$1" file="$1/secrets.env"
+  if [ ! -f "$file" ]; then
+    umask 077
+    {
+      echo "FM_JWT_SECRET=$(openssl rand -hex 32)"
+      echo "FM_EVENTS_SECRET=$(openssl rand -hex 24)"
+    } > "$file"
+  fi
+  cat "$file"
+}
+
+# A self-signed certificate for localhost when none is configured (DESIGN.md §5).
+services_tls() {
+  local dir="$1/tls"
+  if [ ! -s "$dir/cert.pem" ]; then
+    mkdir -p "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
+      -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+      -keyout "$dir/key.pem" -out "$dir/cert.pem" >/dev/null 2>&1
+    chmod 600 "$dir/key.pem"
+  fi
+  echo "$dir"
+}
+
+services_env() {
+  local data="$1"
+  stack_env "$data"
+  local line
+  while IFS= read -r line; do echo "export $line"; done < <(services_secrets "$data")
+  local tls
+  tls="$(services_tls "$data")"
+  echo "export FM_TLS_CERT=${FM_TLS_CERT:-$tls/cert.pem}"
+  echo "export FM_TLS_KEY=${FM_TLS_KEY:-$tls/key.pem}"
+}
+
+_service_pidfile() { echo "$1/run/$2.pid"; }
+
+_service_running() {
+  local pidfile pid
+  pidfile="$(_service_pidfile "$1" "$2")"
+  [ -f "$pidfile" ] || return 1
+  pid="$(cat "$pidfile")"
+  [ -n "$pid" ] && [ -d "/proc/$pid" ] && grep -q "$2" "/proc/$pid/cmdline" 2>/dev/null
+}
+
+_wait_http() {
+  local url="$1" seconds="$2" i
+  for ((i = 0; i < seconds * 10; i++)); do
+    curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null && return 0
+    sleep 0.1
+  done
+  return 1
+}
+
+# services_start DATA BUILD_DIR: assumes the stack is up and services_env has been eval'd.
+services_start() {
+  local data="$1" build="$2" svc port
+  mkdir -p "$data/run" "$data/logs"
+  "$build/fm-control" migrate >> "$data/logs/migrate.log" 2>&1 || {
+    echo "up: migrations failed, see $data/logs/migrate.log" >&2
+    tail -5 "$data/logs/migrate.log" >&2
+    return 1
+  }
+  for svc in "${SERVICES[@]}"; do
+    if _service_running "$data" "$svc"; then
+      echo "up: $svc already running (pid $(cat "$(_service_pidfile "$data" "$svc")"))"
+      continue
+    fi
+    setsid "$build/$svc" >> "$data/logs/$svc.log" 2>&1 < /dev/null &
+    echo $! > "$(_service_pidfile "$data" "$svc")"
+  done
+  for svc in "${SERVICES[@]}"; do
+    case "$svc" in
+      fm-control) port="${FM_HTTP_PORT:-8080}" ;;
+      fm-edge) port="${FM_EDGE_HTTP_PORT:-8081}" ;;
+      fm-worker) port="${FM_WORKER_HEALTH_PORT:-8082}" ;;
+    esac
+    if ! _wait_http "http://127.0.0.1:$port/healthz" 20; then
+      echo "up: $svc did not become healthy on port $port; last log lines:" >&2
+      tail -20 "$data/logs/$svc.log" >&2
+      return 1
+    fi
+  done
+}
+
+services_stop() {
+  local data="$1" svc pidfile pid i
+  for svc in "${SERVICES[@]}"; do
+    pidfile="$(_service_pidfile "$data" "$svc")"
+    _service_running "$data" "$svc" || { rm -f "$pidfile"; continue; }
+    pid="$(cat "$pidfile")"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 300; i++)); do
+      [ -d "/proc/$pid" ] || break
+      sleep 0.1
+    done
+    if [ -d "/proc/$pid" ]; then
+      echo "down: $svc (pid $pid) did not stop in 30 s, killing it" >&2
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
+  done
+}
