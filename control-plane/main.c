@@ -46,6 +46,10 @@ static int thread_init(fm_thread_t *thread)
         return -1;
     }
     thread->data = ct;
+    /* Give the pools a moment to connect, so the first requests after a start do not fail with 503. */
+    for (uint64_t deadline = fm_now_ns() + 3000000000u;
+         (fm_redis_connected(ct->redis) == 0 || fm_pg_connected(ct->pg) == 0) && fm_now_ns() < deadline;)
+        h2o_evloop_run(thread->loop, 10);
     return 0;
 }
 

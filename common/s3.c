@@ -1,0 +1,518 @@
+/*
+ * s3: blocking S3 calls on libcurl, signed by sigv4.c (see s3.h for the threading rules).
+ *
+ * Each call has one shape: sign (fm_sigv4_sign_headers) -> send (perform) -> read the answer (status, the few
+ * headers we use, S3's XML error). The curl handle is reset between calls but kept, so its connection cache
+ * gives keep-alive to the store.
+ */
+#include "s3.h"
+
+#include "sigv4.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include <curl/curl.h>
+#include <openssl/evp.h>
+
+#define DEFAULT_CONNECT_TIMEOUT_MS 3000
+#define DEFAULT_TIMEOUT_MS 30000
+/* S3 answers we read (errors, InitiateMultipartUploadResult) are well under a few KiB. */
+#define MAX_RESPONSE_BODY (64 * 1024)
+
+struct fm_s3 {
+    fm_sigv4_t *signer;
+    char *endpoint; /* as signed: with the bucket in the host name when virtual-hosted */
+    char *bucket;   /* path-style bucket, NULL when virtual-hosted */
+    long connect_timeout_ms, timeout_ms;
+    CURL *curl;
+    char curl_error[CURL_ERROR_SIZE];
+    char *body; /* the last answer's body, at most MAX_RESPONSE_BODY bytes */
+    size_t body_len;
+};
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc = CURLE_FAILED_INIT;
+
+static void global_init_once(void)
+{
+    global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int fm_s3_global_init(void)
+{
+    pthread_once(&global_once, global_init_once);
+    return global_rc == CURLE_OK ? 0 : -1;
+}
+
+__attribute__((format(printf, 3, 4))) static void set_text(char *out, size_t size, const char *fmt, ...)
+{
+    if (out == NULL || size == 0)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(out, size, fmt, ap);
+    va_end(ap);
+}
+
+/* Copies at most size-1 bytes and always terminates (a truncated header is better than none in a log). */
+static void copy_text(char *out, size_t size, const char *in, size_t len)
+{
+    if (len >= size)
+        len = size - 1;
+    memcpy(out, in, len);
+    out[len] = '\0';
+}
+
+fm_s3_t *fm_s3_new(const fm_s3_config_t *cfg, char *err, size_t err_size)
+{
+    if (cfg == NULL || cfg->endpoint == NULL || cfg->bucket == NULL || *cfg->bucket == '\0') {
+        set_text(err, err_size, "s3: endpoint and bucket are required");
+        return NULL;
+    }
+    if (fm_s3_global_init() != 0) {
+        set_text(err, err_size, "s3: curl_global_init failed");
+        return NULL;
+    }
+    fm_sigv4_t *signer = fm_sigv4_new(cfg->access_key, cfg->secret_key, cfg->session_token,
+                                      cfg->region != NULL ? cfg->region : "us-east-1", "s3");
+    if (signer == NULL) {
+        set_text(err, err_size, "s3: %s", fm_sigv4_last_error());
+        return NULL;
+    }
+    fm_s3_t *s3 = calloc(1, sizeof(*s3));
+    if (s3 == NULL)
+        abort();
+    s3->signer = signer;
+    if (cfg->virtual_hosted) {
+        /* Virtual-hosted style: the bucket is the first label of the host, the path is just the key. */
+        const char *sep = strstr(cfg->endpoint, "://");
+        if (sep == NULL || strchr(cfg->bucket, '.') != NULL) {
+            set_text(err, err_size, "s3: virtual-hosted style needs scheme://host and a bucket without '.'");
+            fm_s3_free(s3);
+            return NULL;
+        }
+        size_t n = strlen(cfg->endpoint) + strlen(cfg->bucket) + 2;
+        s3->endpoint = malloc(n);
+        if (s3->endpoint == NULL)
+            abort();
+        snprintf(s3->endpoint, n, "%.*s%s.%s", (int)(sep + 3 - cfg->endpoint), cfg->endpoint, cfg->bucket, sep + 3);
+    } else {
+        s3->endpoint = strdup(cfg->endpoint);
+        s3->bucket = strdup(cfg->bucket);
+        if (s3->endpoint == NULL || s3->bucket == NULL)
+            abort();
+    }
+    /* Validate endpoint and bucket now rather than on the first call. */
+    fm_sigv4_request_t probe = {.method = "HEAD", .endpoint = s3->endpoint, .bucket = s3->bucket};
+    char *url = NULL;
+    if (fm_sigv4_url(&probe, &url) != 0) {
+        set_text(err, err_size, "s3: %s", fm_sigv4_last_error());
+        fm_s3_free(s3);
+        return NULL;
+    }
+    free(url);
+    s3->connect_timeout_ms = cfg->connect_timeout_ms > 0 ? cfg->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
+    s3->timeout_ms = cfg->timeout_ms > 0 ? cfg->timeout_ms : DEFAULT_TIMEOUT_MS;
+    s3->curl = curl_easy_init();
+    if (s3->curl == NULL) {
+        set_text(err, err_size, "s3: curl_easy_init failed");
+        fm_s3_free(s3);
+        return NULL;
+    }
+    return s3;
+}
+
+void fm_s3_free(fm_s3_t *s3)
+{
+    if (s3 == NULL)
+        return;
+    if (s3->curl != NULL)
+        curl_easy_cleanup(s3->curl);
+    fm_sigv4_free(s3->signer);
+    free(s3->endpoint);
+    free(s3->bucket);
+    free(s3->body);
+    free(s3);
+}
+
+/* ---- minimal XML ------------------------------------------------------------------------------------------- */
+
+/* Appends code point `cp` as UTF-8; returns bytes written or 0 if it does not fit or is not a scalar value. */
+static size_t put_utf8(char *out, size_t room, unsigned long cp)
+{
+    unsigned char b[4];
+    size_t n;
+    if (cp == 0 || (cp >= 0xD800 && cp <= 0xDFFF) || cp > 0x10FFFF)
+        return 0;
+    if (cp < 0x80) {
+        b[0] = (unsigned char)cp;
+        n = 1;
+    } else if (cp < 0x800) {
+        b[0] = (unsigned char)(0xC0 | (cp >> 6));
+        b[1] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 2;
+    } else if (cp < 0x10000) {
+        b[0] = (unsigned char)(0xE0 | (cp >> 12));
+        b[1] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        b[2] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 3;
+    } else {
+        b[0] = (unsigned char)(0xF0 | (cp >> 18));
+        b[1] = (unsigned char)(0x80 | ((cp >> 12) & 0x3F));
+        b[2] = (unsigned char)(0x80 | ((cp >> 6) & 0x3F));
+        b[3] = (unsigned char)(0x80 | (cp & 0x3F));
+        n = 4;
+    }
+    if (n > room)
+        return 0;
+    memcpy(out, b, n);
+    return n;
+}
+
+static const char *find_bytes(const char *hay, size_t hay_len, const char *needle, size_t needle_len)
+{
+    if (needle_len == 0 || needle_len > hay_len)
+        return NULL;
+    for (size_t i = 0; i + needle_len <= hay_len; i++)
+        if (hay[i] == needle[0] && memcmp(hay + i, needle, needle_len) == 0)
+            return hay + i;
+    return NULL;
+}
+
+int fm_s3_xml_text(const char *xml, size_t len, const char *tag, char *out, size_t out_size)
+{
+    if (out_size == 0)
+        return -1;
+    out[0] = '\0';
+    char open[80], close[80];
+    int open_len = snprintf(open, sizeof(open), "<%s>", tag);
+    int close_len = snprintf(close, sizeof(close), "</%s>", tag);
+    if (xml == NULL || open_len <= 2 || (size_t)close_len >= sizeof(close))
+        return -1;
+    const char *start = find_bytes(xml, len, open, (size_t)open_len);
+    if (start == NULL)
+        return -1;
+    start += open_len;
+    const char *end = find_bytes(start, len - (size_t)(start - xml), close, (size_t)close_len);
+    if (end == NULL)
+        return -1;
+    static const struct {
+        const char *name;
+        char c;
+    } entities[] = {{"amp;", '&'}, {"lt;", '<'}, {"gt;", '>'}, {"quot;", '"'}, {"apos;", '\''}};
+    size_t o = 0;
+    for (const char *p = start; p < end;) {
+        size_t room = out_size - 1 - o;
+        if (*p == '&') {
+            size_t rest = (size_t)(end - p - 1);
+            int done = 0;
+            for (size_t i = 0; i < sizeof(entities) / sizeof(entities[0]) && !done; i++) {
+                size_t n = strlen(entities[i].name);
+                if (n <= rest && memcmp(p + 1, entities[i].name, n) == 0) {
+                    if (room < 1)
+                        goto too_long;
+                    out[o++] = entities[i].c;
+                    p += 1 + n;
+                    done = 1;
+                }
+            }
+            if (!done && rest >= 3 && p[1] == '#') {
+                /* &#NNN; or &#xHHH; character reference */
+                int hex = p[2] == 'x' || p[2] == 'X';
+                const char *q = p + 2 + hex;
+                unsigned long cp = 0;
+                size_t digits = 0;
+                for (; q < end && *q != ';' && digits < 8; q++, digits++) {
+                    int d = (*q >= '0' && *q <= '9')          ? *q - '0'
+                            : hex && (*q >= 'a' && *q <= 'f') ? *q - 'a' + 10
+                            : hex && (*q >= 'A' && *q <= 'F') ? *q - 'A' + 10
+                                                              : -1;
+                    if (d < 0)
+                        break;
+                    cp = cp * (hex ? 16 : 10) + (unsigned long)d;
+                }
+                if (digits > 0 && q < end && *q == ';') {
+                    size_t n = put_utf8(out + o, room, cp);
+                    if (n == 0)
+                        goto too_long;
+                    o += n;
+                    p = q + 1;
+                    done = 1;
+                }
+            }
+            if (done)
+                continue;
+        }
+        if (room < 1)
+            goto too_long;
+        out[o++] = *p++;
+    }
+    out[o] = '\0';
+    return 0;
+too_long:
+    out[0] = '\0';
+    return -1;
+}
+
+/* ---- one request ------------------------------------------------------------------------------------------- */
+
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
+{
+    fm_s3_t *s3 = userdata;
+    size_t n = size * nmemb;
+    size_t keep = n;
+    if (s3->body_len + keep > MAX_RESPONSE_BODY)
+        keep = MAX_RESPONSE_BODY - s3->body_len; /* the rest is read and dropped; we only need the start */
+    if (keep > 0) {
+        char *body = realloc(s3->body, s3->body_len + keep + 1);
+        if (body == NULL)
+            abort();
+        memcpy(body + s3->body_len, data, keep);
+        s3->body = body;
+        s3->body_len += keep;
+        s3->body[s3->body_len] = '\0';
+    }
+    return n;
+}
+
+static void response_header(fm_s3_t *s3, const char *name, char *out, size_t size)
+{
+    struct curl_header *h = NULL;
+    if (curl_easy_header(s3->curl, name, 0, CURLH_HEADER, -1, &h) == CURLHE_OK && h != NULL && h->value != NULL)
+        copy_text(out, size, h->value, strlen(h->value));
+}
+
+static struct curl_slist *append_line(struct curl_slist *list, const char *line)
+{
+    struct curl_slist *next = curl_slist_append(list, line); /* copies the line */
+    if (next == NULL)
+        abort();
+    return next;
+}
+
+static struct curl_slist *add_header(struct curl_slist *list, const char *name, const char *value)
+{
+    size_t name_len = strlen(name), value_len = strlen(value);
+    char *line = malloc(name_len + value_len + 3);
+    if (line == NULL)
+        abort();
+    memcpy(line, name, name_len);
+    memcpy(line + name_len, ": ", 2);
+    memcpy(line + name_len + 2, value, value_len + 1);
+    struct curl_slist *next = append_line(list, line);
+    free(line);
+    return next;
+}
+
+static void fail_transport(fm_s3_result_t *res, CURLcode rc, const char *detail)
+{
+    res->status = 0;
+    const char *code = rc == CURLE_OPERATION_TIMEDOUT                                    ? "Timeout"
+                       : rc == CURLE_COULDNT_CONNECT || rc == CURLE_COULDNT_RESOLVE_HOST ? "ConnectFailed"
+                                                                                         : "NetworkError";
+    copy_text(res->code, sizeof(res->code), code, strlen(code));
+    set_text(res->message, sizeof(res->message), "%s", detail[0] != '\0' ? detail : curl_easy_strerror(rc));
+}
+
+/* An answer without S3's XML error (HEAD has no body): name the status instead. */
+static const char *status_code_name(long status)
+{
+    return status == 404 ? "NotFound" : status == 403 ? "Forbidden" : "HttpError";
+}
+
+/*
+ * Signs and sends one request; `headers` are extra signed headers, sent as given. Returns 0 on a 2xx answer,
+ * else -1 with res->code/message set. s3->body holds the answer's body.
+ */
+static int perform(fm_s3_t *s3, const char *method, const char *key, const fm_sigv4_param_t *params, size_t param_count,
+                   const fm_sigv4_header_t *headers, size_t header_count, const void *body, size_t body_len,
+                   fm_s3_result_t *res)
+{
+    memset(res, 0, sizeof(*res));
+    res->content_length = -1;
+    free(s3->body);
+    s3->body = NULL;
+    s3->body_len = 0;
+
+    fm_sigv4_request_t req = {.method = method,
+                              .endpoint = s3->endpoint,
+                              .bucket = s3->bucket,
+                              .key = key,
+                              .params = params,
+                              .param_count = param_count,
+                              .headers = headers,
+                              .header_count = header_count};
+    char payload_hash[65];
+    fm_sigv4_sha256_hex(body != NULL ? body : "", body != NULL ? body_len : 0, payload_hash);
+    fm_sigv4_auth_t auth;
+    char *url = NULL;
+    if (fm_sigv4_sign_headers(s3->signer, &req, payload_hash, time(NULL), &auth) != 0 ||
+        fm_sigv4_url(&req, &url) != 0) {
+        strcpy(res->code, "InvalidArgument");
+        set_text(res->message, sizeof(res->message), "%s", fm_sigv4_last_error());
+        return -1;
+    }
+
+    /* Host is set to exactly what was signed; "Expect:" stops curl's 100-continue round trip on larger bodies. */
+    struct curl_slist *list = NULL;
+    list = add_header(list, "Host", auth.host);
+    list = add_header(list, "Authorization", auth.authorization);
+    list = add_header(list, "x-amz-date", auth.amz_date);
+    list = add_header(list, "x-amz-content-sha256", auth.content_sha256);
+    if (auth.security_token != NULL)
+        list = add_header(list, "x-amz-security-token", auth.security_token);
+    int has_content_type = 0;
+    for (size_t i = 0; i < header_count; i++) {
+        list = add_header(list, headers[i].name, headers[i].value);
+        has_content_type |= strcasecmp(headers[i].name, "content-type") == 0;
+    }
+    list = append_line(list, "Expect:");
+    /* Without this, curl labels a PUT/POST body application/x-www-form-urlencoded, and S3 would keep that. */
+    if (!has_content_type)
+        list = append_line(list, "Content-Type:");
+
+    CURL *c = s3->curl;
+    curl_easy_reset(c); /* options only: the connection cache (keep-alive) survives */
+    s3->curl_error[0] = '\0';
+    curl_easy_setopt(c, CURLOPT_URL, url);
+    curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L); /* timeouts without SIGALRM: we run on pool threads */
+    curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, s3->connect_timeout_ms);
+    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, s3->timeout_ms);
+    /* S3 keys are not normalised: "a/../b" must reach the store as signed. */
+    curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt(c, CURLOPT_ERRORBUFFER, s3->curl_error);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEDATA, s3);
+    if (strcmp(method, "HEAD") == 0) {
+        curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+    } else if (strcmp(method, "PUT") == 0 || strcmp(method, "POST") == 0) {
+        curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(body != NULL ? body_len : 0));
+        curl_easy_setopt(c, CURLOPT_POSTFIELDS, body != NULL ? (const char *)body : "");
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    } else if (strcmp(method, "GET") != 0) {
+        curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+    }
+
+    CURLcode rc = curl_easy_perform(c);
+    curl_slist_free_all(list);
+    free(url);
+    if (rc != CURLE_OK) {
+        fail_transport(res, rc, s3->curl_error);
+        return -1;
+    }
+    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &res->status);
+    response_header(s3, "x-amz-request-id", res->request_id, sizeof(res->request_id));
+    response_header(s3, "ETag", res->etag, sizeof(res->etag));
+    response_header(s3, "Content-Type", res->content_type, sizeof(res->content_type));
+    char length[32] = "";
+    response_header(s3, "Content-Length", length, sizeof(length));
+    if (length[0] != '\0' && strspn(length, "0123456789") == strlen(length) && strlen(length) <= 18)
+        res->content_length = strtoll(length, NULL, 10);
+    if (res->status >= 200 && res->status < 300)
+        return 0;
+    /* The object fields describe an error document here, not an object: clear them so nobody uses them. */
+    res->etag[0] = res->content_type[0] = '\0';
+    res->content_length = -1;
+    if (s3->body == NULL || fm_s3_xml_text(s3->body, s3->body_len, "Code", res->code, sizeof(res->code)) != 0 ||
+        res->code[0] == '\0') {
+        const char *name = status_code_name(res->status);
+        copy_text(res->code, sizeof(res->code), name, strlen(name));
+    }
+    /* RGW sends no <Message>: fall back to the status and code, so logs still say something. */
+    if (s3->body == NULL ||
+        fm_s3_xml_text(s3->body, s3->body_len, "Message", res->message, sizeof(res->message)) != 0 ||
+        res->message[0] == '\0')
+        set_text(res->message, sizeof(res->message), "S3 answered HTTP %ld %s", res->status, res->code);
+    if (res->request_id[0] == '\0' && s3->body != NULL)
+        fm_s3_xml_text(s3->body, s3->body_len, "RequestId", res->request_id, sizeof(res->request_id));
+    return -1;
+}
+
+static int need_key(const char *key, fm_s3_result_t *res)
+{
+    if (key != NULL && *key != '\0')
+        return 0;
+    memset(res, 0, sizeof(*res));
+    res->content_length = -1;
+    strcpy(res->code, "InvalidArgument");
+    strcpy(res->message, "an object key is required");
+    return -1;
+}
+
+/* ---- the calls --------------------------------------------------------------------------------------------- */
+
+int fm_s3_head_bucket(fm_s3_t *s3, fm_s3_result_t *res)
+{
+    return perform(s3, "HEAD", NULL, NULL, 0, NULL, 0, NULL, 0, res);
+}
+
+int fm_s3_head_object(fm_s3_t *s3, const char *key, fm_s3_result_t *res)
+{
+    if (need_key(key, res) != 0)
+        return -1;
+    return perform(s3, "HEAD", key, NULL, 0, NULL, 0, NULL, 0, res);
+}
+
+int fm_s3_put_object(fm_s3_t *s3, const char *key, const void *data, size_t len, const char *content_type,
+                     fm_s3_result_t *res)
+{
+    if (need_key(key, res) != 0)
+        return -1;
+    /* Content-MD5 (RFC 1864, base64 of the MD5): the store checks the body and answers BadDigest if it differs. */
+    unsigned char md5[16];
+    unsigned int md5_len = 0;
+    if (EVP_Digest(data != NULL ? data : "", data != NULL ? len : 0, md5, &md5_len, EVP_md5(), NULL) != 1)
+        abort();
+    char md5_b64[32];
+    EVP_EncodeBlock((unsigned char *)md5_b64, md5, 16);
+    fm_sigv4_header_t headers[2] = {{"Content-MD5", md5_b64}, {"Content-Type", content_type}};
+    size_t header_count = content_type != NULL && *content_type != '\0' ? 2 : 1;
+    return perform(s3, "PUT", key, NULL, 0, headers, header_count, data != NULL ? data : "", len, res);
+}
+
+int fm_s3_delete_object(fm_s3_t *s3, const char *key, fm_s3_result_t *res)
+{
+    if (need_key(key, res) != 0)
+        return -1;
+    return perform(s3, "DELETE", key, NULL, 0, NULL, 0, NULL, 0, res);
+}
+
+int fm_s3_create_multipart(fm_s3_t *s3, const char *key, const char *content_type, fm_s3_result_t *res)
+{
+    if (need_key(key, res) != 0)
+        return -1;
+    fm_sigv4_param_t params[1] = {{"uploads", ""}};
+    fm_sigv4_header_t headers[1] = {{"Content-Type", content_type}};
+    size_t header_count = content_type != NULL && *content_type != '\0' ? 1 : 0;
+    if (perform(s3, "POST", key, params, 1, headers, header_count, "", 0, res) != 0)
+        return -1;
+    if (s3->body == NULL ||
+        fm_s3_xml_text(s3->body, s3->body_len, "UploadId", res->upload_id, sizeof(res->upload_id)) != 0 ||
+        res->upload_id[0] == '\0') {
+        strcpy(res->code, "InvalidResponse");
+        strcpy(res->message, "CreateMultipartUpload answered without an UploadId");
+        return -1;
+    }
+    return 0;
+}
+
+int fm_s3_abort_multipart(fm_s3_t *s3, const char *key, const char *upload_id, fm_s3_result_t *res)
+{
+    if (need_key(key, res) != 0)
+        return -1;
+    if (upload_id == NULL || *upload_id == '\0') {
+        strcpy(res->code, "InvalidArgument");
+        strcpy(res->message, "an upload id is required");
+        return -1;
+    }
+    fm_sigv4_param_t params[1] = {{"uploadId", upload_id}};
+    return perform(s3, "DELETE", key, params, 1, NULL, 0, NULL, 0, res);
+}

@@ -1,0 +1,123 @@
+/*
+ * s3: a small blocking S3 client on libcurl for the calls the servers make themselves (bucket check, object
+ * HEAD/PUT/DELETE, starting and aborting multipart uploads). File bytes from users never pass through it: they
+ * go to S3 with presigned URLs (sigv4.h).
+ *
+ * BLOCKING: every call waits for the network (up to the configured timeouts). Call it from an offload pool
+ * thread (offload.h), never from an event-loop thread (DESIGN.md §3).
+ *
+ * NOT THREAD-SAFE: an fm_s3_t owns one curl handle, reused for keep-alive, and must be used by one thread at a
+ * time. Give each offload thread its own fm_s3_t.
+ *
+ * Requests are signed with SigV4 headers by our own signer (fm_sigv4_sign_headers), not by CURLOPT_AWS_SIGV4,
+ * so the code that presigns upload URLs is the code these calls exercise against the store.
+ */
+#ifndef FM_S3_H
+#define FM_S3_H
+
+#include <stddef.h>
+
+/** Everything an fm_s3_t needs; the strings are copied by fm_s3_new(). */
+typedef struct fm_s3_config {
+    /** "http://127.0.0.1:7480" (scheme://host[:port], no path). */
+    const char *endpoint;
+    /** Region of the SigV4 scope, e.g. "us-east-1" (Ceph RGW accepts any). */
+    const char *region;
+    /** The bucket every call addresses. */
+    const char *bucket;
+    const char *access_key;
+    const char *secret_key;
+    /** Temporary-credential token (x-amz-security-token), or NULL / "". */
+    const char *session_token;
+    /** 0: path-style URLs http://host/bucket/key (what RGW and MinIO need); 1: http://bucket.host/key. */
+    int virtual_hosted;
+    /** TCP (and TLS) connect timeout in ms; 0 means 3000. */
+    long connect_timeout_ms;
+    /** Whole-request timeout in ms; 0 means 30000. */
+    long timeout_ms;
+} fm_s3_config_t;
+
+/** A client: configuration, signer and one reusable curl handle. Opaque. */
+typedef struct fm_s3 fm_s3_t;
+
+/** Size of fm_s3_result_t.upload_id, NUL included (S3 upload ids are opaque; RGW's are ~40 bytes). */
+#define FM_S3_UPLOAD_ID_MAX 1024
+
+/**
+ * The outcome of one call. On success `code` is "". On failure `code` is S3's <Code> (e.g. "NoSuchKey",
+ * "SignatureDoesNotMatch"); when the answer has no XML body (HEAD) it is "NotFound" for 404, "Forbidden" for 403,
+ * else "HttpError"; when no answer came, `status` is 0 and `code` is "Timeout", "ConnectFailed" or
+ * "NetworkError"; a request refused before sending is "InvalidArgument"; a 2xx answer lacking what the call
+ * needs (no <UploadId>) is "InvalidResponse".
+ */
+typedef struct fm_s3_result {
+    /** HTTP status, 0 if no response arrived. */
+    long status;
+    /** See above; "" on success. */
+    char code[64];
+    /** S3's <Message>, else a sentence naming the status and code; "" on success. */
+    char message[256];
+    /** x-amz-request-id of the answer, for logs. */
+    char request_id[128];
+    /** ETag header as sent (quotes included): PUT and HEAD object, on success only. */
+    char etag[256];
+    /** Content-Type header: HEAD object, on success only. */
+    char content_type[256];
+    /** Content-Length header: HEAD object (the object's size), on success only; else -1. */
+    long long content_length;
+    /** <UploadId> of CreateMultipartUpload. */
+    char upload_id[FM_S3_UPLOAD_ID_MAX];
+} fm_s3_result_t;
+
+/**
+ * Initialises libcurl for the process (curl_global_init, once). fm_s3_new() calls it too; calling it early in
+ * main, before threads start, is the safe habit with older libcurl. Returns 0 or -1.
+ */
+int fm_s3_global_init(void);
+
+/**
+ * Creates a client from `cfg` (strings copied). Returns NULL and writes the reason into `err` (may be NULL) on a
+ * bad or missing setting. The creator owns the client and frees it with fm_s3_free().
+ */
+fm_s3_t *fm_s3_new(const fm_s3_config_t *cfg, char *err, size_t err_size);
+
+/** Frees a client and closes its connections (NULL is fine). */
+void fm_s3_free(fm_s3_t *s3);
+
+/** HEAD the bucket: 0 if it exists and the credentials may use it, else -1 (readiness checks). */
+int fm_s3_head_bucket(fm_s3_t *s3, fm_s3_result_t *res);
+
+/**
+ * HEAD an object: on 0, res->content_length, res->etag and res->content_type describe it; -1 with "NotFound" if
+ * it is absent.
+ */
+int fm_s3_head_object(fm_s3_t *s3, const char *key, fm_s3_result_t *res);
+
+/**
+ * PUT a small object from memory (the whole body is hashed for x-amz-content-sha256 and sent with Content-MD5,
+ * so the store rejects a corrupted body). `content_type` may be NULL. On 0, res->etag is the new ETag.
+ */
+int fm_s3_put_object(fm_s3_t *s3, const char *key, const void *data, size_t len, const char *content_type,
+                     fm_s3_result_t *res);
+
+/** DELETE an object; S3 answers 204 whether or not it existed, so 0 means "it is gone". */
+int fm_s3_delete_object(fm_s3_t *s3, const char *key, fm_s3_result_t *res);
+
+/**
+ * CreateMultipartUpload (POST ?uploads). `content_type` (may be NULL) becomes the final object's type. On 0,
+ * res->upload_id holds the upload id.
+ */
+int fm_s3_create_multipart(fm_s3_t *s3, const char *key, const char *content_type, fm_s3_result_t *res);
+
+/** AbortMultipartUpload (DELETE ?uploadId=…): frees the parts stored so far. -1 with "NoSuchUpload" if unknown. */
+int fm_s3_abort_multipart(fm_s3_t *s3, const char *key, const char *upload_id, fm_s3_result_t *res);
+
+/**
+ * Minimal XML text extraction for S3's small answers: copies the text of the first <tag>…</tag> in `xml` (`len`
+ * bytes, need not be NUL-terminated) into `out`, with the five XML entities and numeric character references
+ * decoded. Returns 0, or -1 if the element is absent or its text does not fit `out_size` (out is then "").
+ * Not an XML parser: no attributes on the tag, no CDATA, no nesting of the same tag.
+ */
+int fm_s3_xml_text(const char *xml, size_t len, const char *tag, char *out, size_t out_size);
+
+#endif /* FM_S3_H */
