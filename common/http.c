@@ -140,14 +140,23 @@ static const char *reason_phrase(int status)
     }
 }
 
+/* A fixed set of method labels: a client inventing methods must not grow the metrics registry. */
+static const char *method_label(h2o_iovec_t method)
+{
+    static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); ++i)
+        if (h2o_memis(method.base, method.len, known[i], strlen(known[i])))
+            return known[i];
+    return "other";
+}
+
 static void account(fm_req_t *r)
 {
     double seconds = (double)(fm_now_ns() - r->started_ns) / 1e9;
     const char *route = r->route != NULL ? r->route->pattern : "unmatched";
     char labels[200];
-    snprintf(labels, sizeof(labels), "service=\"%s\",route=\"%s\",method=\"%.*s\",status=\"%d\"",
-             r->thread->spec->service, route, (int)(r->req->method.len > 8 ? 8 : r->req->method.len),
-             r->req->method.base, r->status);
+    snprintf(labels, sizeof(labels), "service=\"%s\",route=\"%s\",method=\"%s\",status=\"%d\"",
+             r->thread->spec->service, route, method_label(r->req->method), r->status);
     fm_metrics_counter_add("fm_http_requests_total", labels, 1);
     snprintf(labels, sizeof(labels), "service=\"%s\",route=\"%s\"", r->thread->spec->service, route);
     fm_metrics_observe("fm_http_request_duration_seconds", labels, seconds);
