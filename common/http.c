@@ -232,6 +232,59 @@ static int is_json_content_type(h2o_iovec_t ct)
     return h2o_lcstris(ct.base, n, H2O_STRLIT("application/json"));
 }
 
+/* RFC 8259 §8.1: JSON text is UTF-8. Checked here because cJSON passes any bytes through, and PostgreSQL (and
+ * every client reading our answers back) would then meet them. Overlongs, surrogates and > U+10FFFF are refused. */
+static int utf8_valid(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = s[i];
+        size_t n;
+        unsigned min;
+        unsigned cp;
+        if (c < 0x80) {
+            ++i;
+            continue;
+        } else if ((c & 0xe0) == 0xc0) {
+            n = 1, min = 0x80, cp = c & 0x1f;
+        } else if ((c & 0xf0) == 0xe0) {
+            n = 2, min = 0x800, cp = c & 0x0f;
+        } else if ((c & 0xf8) == 0xf0) {
+            n = 3, min = 0x10000, cp = c & 0x07;
+        } else {
+            return 0;
+        }
+        if (len - i <= n)
+            return 0;
+        for (size_t k = 1; k <= n; ++k) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return 0;
+        i += n + 1;
+    }
+    return 1;
+}
+
+/* C strings end at NUL: a "\u0000" escape would let "a@b.c\u0000junk" be read as "a@b.c" (returns 2). Raw control
+ * characters other than whitespace, NUL included, are invalid JSON, though cJSON is lenient there (returns 1). */
+static int has_nul_or_control(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; ++i) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 && c != '\t' && c != '\n' && c != '\r')
+            return 1;
+        if (c == '\\' && i + 1 < len) {
+            if (s[i + 1] == 'u' && i + 5 < len && memcmp(s + i + 2, "0000", 4) == 0)
+                return 2;
+            ++i; /* skip the escaped character: JSON "\\u0000" is a backslash, then the text u0000 */
+        }
+    }
+    return 0;
+}
+
 cJSON *fm_req_json_body(fm_req_t *r, size_t max_bytes)
 {
     h2o_req_t *req = r->req;
@@ -245,6 +298,18 @@ cJSON *fm_req_json_body(fm_req_t *r, size_t max_bytes)
     }
     if (req->entity.base == NULL || req->entity.len == 0) {
         fm_reply_error(r, 400, "invalid_json", "the body is empty");
+        return NULL;
+    }
+    if (!utf8_valid((const unsigned char *)req->entity.base, req->entity.len)) {
+        fm_reply_error(r, 400, "invalid_json", "the body is not valid UTF-8");
+        return NULL;
+    }
+    switch (has_nul_or_control(req->entity.base, req->entity.len)) {
+    case 1:
+        fm_reply_error(r, 400, "invalid_json", "the body holds raw control characters");
+        return NULL;
+    case 2: /* valid JSON, but no field of ours may hold a NUL */
+        fm_reply_error(r, 422, "invalid_field", "strings must not contain NUL (\\u0000)");
         return NULL;
     }
     const char *end = NULL;

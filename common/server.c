@@ -145,6 +145,11 @@ static void *thread_main(void *arg)
     h2o_multithread_register_receiver(thread->queue, &thread->shutdown_receiver, on_shutdown_message);
     thread->offload = fm_offload_port_create(offload_pool, thread->loop);
 
+    if (spec->thread_init != NULL && spec->thread_init(thread) != 0) {
+        announce_started(thread, -1);
+        return NULL;
+    }
+    /* Listen only once the thread can serve (its pools are up), so no early request meets an empty pool. */
     int ports[2] = {spec->http_port, spec->https_port};
     h2o_accept_ctx_t *accept_ctx[2] = {&thread->accept_plain, &thread->accept_tls};
     for (int i = 0; i < 2; ++i) {
@@ -161,10 +166,6 @@ static void *thread_main(void *arg)
         h2o_socket_read_start(thread->listeners[i], on_accept);
     }
 
-    if (spec->thread_init != NULL && spec->thread_init(thread) != 0) {
-        announce_started(thread, -1);
-        return NULL;
-    }
     h2o_timeout_init(thread->ctx.loop, &thread->tick_timeout, 1000);
     thread->tick_entry.cb = on_tick;
     h2o_timeout_link(thread->ctx.loop, &thread->tick_timeout, &thread->tick_entry);

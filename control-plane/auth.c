@@ -222,7 +222,10 @@ static void answer_tokens(fm_req_t *r, auth_state_t *s, int status)
     cJSON_AddStringToObject(body, "token_type", "Bearer");
     cJSON_AddNumberToObject(body, "expires_in", (double)cfg->access_ttl_s);
     cJSON_AddStringToObject(body, "refresh_token", s->new_refresh_token);
-    cJSON_AddNumberToObject(body, "refresh_expires_in", (double)(s->session_expires_at - time(NULL)));
+    long long refresh_left = s->session_expires_at - (long long)time(NULL);
+    if (refresh_left > cfg->refresh_ttl_s) /* the database rounds the expiry to the second */
+        refresh_left = cfg->refresh_ttl_s;
+    cJSON_AddNumberToObject(body, "refresh_expires_in", (double)refresh_left);
     cJSON_AddStringToObject(body, "session_id", s->session_id);
     cJSON *user = cJSON_AddObjectToObject(body, "user");
     cJSON_AddStringToObject(user, "id", s->user_id);
@@ -404,9 +407,13 @@ static void on_password_verified(void *data)
     char ttl[24], hash_hex[80];
     snprintf(ttl, sizeof(ttl), "%lld", (long long)fm_control->config.refresh_ttl_s);
     snprintf(hash_hex, sizeof(hash_hex), "\\x%s", s->new_refresh_hash);
+    /* The User-Agent is any bytes a client sends: keep printable ASCII only, so it is valid UTF-8 for the database. */
     h2o_iovec_t ua = fm_req_header(r, "user-agent");
     char user_agent[512];
-    snprintf(user_agent, sizeof(user_agent), "%.*s", (int)(ua.len > 511 ? 511 : ua.len), ua.base ? ua.base : "");
+    size_t ua_len = 0;
+    for (size_t i = 0; i < ua.len && ua_len + 1 < sizeof(user_agent); ++i)
+        user_agent[ua_len++] = ua.base[i] >= 0x20 && ua.base[i] < 0x7f ? ua.base[i] : '?';
+    user_agent[ua_len] = '\0';
     const char *params[] = {s->user_id, hash_hex, ttl, user_agent, s->ip[0] ? s->ip : NULL, r->request_id};
     pg_call(r, on_session_created,
             "SELECT session_id, extract(epoch FROM expires_at)::bigint "
@@ -608,6 +615,10 @@ static void on_me_loaded(PGresult *res, const char *errstr, void *data)
         fm_reply_error(r, 404, "not_found", "this account no longer exists");
         return;
     }
+    if (strcmp(PQgetvalue(res, 0, 7), "t") == 0) {
+        fm_reply_error(r, 403, "account_disabled", "this account is disabled");
+        return;
+    }
     const fm_principal_t *p = r->auth;
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "id", PQgetvalue(res, 0, 0));
@@ -631,8 +642,9 @@ static void me_authorized(fm_req_t *r, const fm_principal_t *p)
     const char *params[] = {p->user_id};
     pg_call(r, on_me_loaded,
             "SELECT id, email, role, display_name, "
-            "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), quota_bytes, used_bytes "
-            "FROM users WHERE id = $1 AND disabled_at IS NULL",
+            "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), quota_bytes, used_bytes, "
+            "disabled_at IS NOT NULL "
+            "FROM users WHERE id = $1",
             1, params);
 }
 

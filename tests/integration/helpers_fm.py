@@ -1,0 +1,166 @@
+"""Small helpers shared by the accounts tests: error-shape assertions, account set-up, hand-made JWTs, a raw RESP
+client for Redis and psql against the private stack. No mocks: everything talks to the real services."""
+import base64
+import hashlib
+import hmac
+import json
+import socket
+import subprocess
+import time
+
+import requests
+
+PASSWORD = "correct horse battery staple"
+ISSUER = "files-manager"
+
+
+def assert_error(resp, status, code=None):
+    """The contract of DESIGN.md §6: the status, a JSON body {"error":{"code","message","request_id"}} whose
+    request_id is the X-Request-Id header; returns the error object."""
+    assert resp.status_code == status, f"expected {status}, got {resp.status_code}: {resp.text[:500]}"
+    assert resp.headers.get("Content-Type", "").startswith("application/json"), resp.headers
+    body = resp.json()
+    assert isinstance(body, dict) and set(body) == {"error"}, body
+    err = body["error"]
+    assert isinstance(err.get("code"), str) and err["code"], body
+    assert isinstance(err.get("message"), str) and err["message"], body
+    assert isinstance(err.get("request_id"), str) and err["request_id"], body
+    assert err["request_id"] == resp.headers.get("X-Request-Id"), (err, resp.headers)
+    if code is not None:
+        assert err["code"] == code, f"expected code {code!r}, got {err['code']!r}: {body}"
+    return err
+
+
+def assert_unauthorized(resp, code=None):
+    err = assert_error(resp, 401, code)
+    assert resp.headers.get("WWW-Authenticate", "").startswith("Bearer"), resp.headers
+    return err
+
+
+def post_json(base, path, body, headers=None, timeout=10):
+    return requests.post(base + path, json=body, headers=headers or {}, timeout=timeout)
+
+
+def register(base, email, password=PASSWORD):
+    r = post_json(base, "/v1/auth/register", {"email": email, "password": password})
+    assert r.status_code == 201, r.text
+    return r.json()["user"]
+
+
+def login(base, email, password=PASSWORD):
+    r = post_json(base, "/v1/auth/login", {"email": email, "password": password})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def me(base, token, timeout=10):
+    return requests.get(base + "/v1/me", headers=bearer(token), timeout=timeout)
+
+
+def b64url(data):
+    if isinstance(data, str):
+        data = data.encode()
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def compact(header, payload, sign):
+    """A compact JWS from dicts; `sign(signing_input_bytes) -> signature bytes`."""
+    signing_input = b64url(json.dumps(header, separators=(",", ":"))) + "." + b64url(
+        json.dumps(payload, separators=(",", ":")))
+    return signing_input + "." + b64url(sign(signing_input.encode()))
+
+
+def hs256_by_hand(key_bytes, payload, header=None):
+    """HS256 with any key bytes (PyJWT refuses a PEM public key as an HMAC secret; that is the attack)."""
+    return compact(header or {"alg": "HS256", "typ": "JWT"}, payload,
+                   lambda msg: hmac.new(key_bytes, msg, hashlib.sha256).digest())
+
+
+def claims(sub, sid, role="member", iss=ISSUER, iat=None, ttl=900, **extra):
+    now = int(time.time()) if iat is None else iat
+    out = {"iss": iss, "sub": sub, "sid": sid, "role": role, "iat": now, "nbf": now, "exp": now + ttl}
+    out.update(extra)
+    return out
+
+
+def wait_for(predicate, timeout, interval=0.1):
+    """Polls predicate() until it returns a truthy value; returns that value or the last falsy one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+# --- the stack's services, spoken to directly --------------------------------------------------------------------
+
+def redis_port(stack):
+    return int(stack.env["FM_REDIS_URL"].rsplit(":", 1)[1].split("/")[0])
+
+
+def redis_url(stack, db):
+    return f"redis://127.0.0.1:{redis_port(stack)}/{db}"
+
+
+def _read_reply(f):
+    line = f.readline()
+    if not line:
+        raise ConnectionError("redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest.decode()
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2].decode(errors="replace")
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_read_reply(f) for _ in range(n)]
+    raise RuntimeError(f"unexpected RESP line {line!r}")
+
+
+def redis_cmd(stack, db, *args):
+    """One Redis command on database `db`; returns the decoded reply."""
+    def encode(parts):
+        out = f"*{len(parts)}\r\n".encode()
+        for p in parts:
+            b = p if isinstance(p, bytes) else str(p).encode()
+            out += f"${len(b)}\r\n".encode() + b + b"\r\n"
+        return out
+
+    with socket.create_connection(("127.0.0.1", redis_port(stack)), timeout=5) as s:
+        s.sendall(encode(["SELECT", db]) + encode(list(args)))
+        f = s.makefile("rb")
+        _read_reply(f)
+        return _read_reply(f)
+
+
+def psql(stack, sql, dbname=None):
+    """Runs SQL as user postgres on the stack's PostgreSQL; returns the unaligned output."""
+    args = ["/usr/bin/psql", "-X", "-tA", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
+            str(stack.env["FM_PG_PORT"]), "-U", "postgres", "-d", dbname or "postgres", "-c", sql]
+    p = subprocess.run(args, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return p.stdout.strip()
+
+
+def database_url(stack, dbname):
+    """The stack's FM_DATABASE_URL with another database name."""
+    words = [w for w in stack.env["FM_DATABASE_URL"].split() if not w.startswith("dbname=")]
+    return " ".join(words + [f"dbname={dbname}"])
+
+
+def main_dbname(stack):
+    """The database name in the stack's FM_DATABASE_URL."""
+    return next(w.split("=", 1)[1] for w in stack.env["FM_DATABASE_URL"].split() if w.startswith("dbname="))
