@@ -9,6 +9,15 @@
 
 typedef enum { T_INT, T_STR, T_SECRET, T_ENUM } kind_t;
 
+/* Types a file-storage product is expected to take; the worker sniffs the real type by magic numbers. */
+#define FM_DEFAULT_CONTENT_TYPES                                                                                    \
+    "image/jpeg,image/png,image/gif,image/webp,image/avif,image/heic,image/tiff,image/svg+xml,application/pdf,"   \
+    "text/plain,text/csv,text/markdown,application/json,application/zip,application/gzip,application/x-tar,"      \
+    "application/octet-stream,video/mp4,video/webm,video/quicktime,audio/mpeg,audio/ogg,audio/wav,audio/flac,"     \
+    "application/msword,application/vnd.openxmlformats-officedocument.wordprocessingml.document,"                  \
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet,"                                          \
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation"
+
 typedef struct {
     const char *name;
     kind_t kind;
@@ -41,6 +50,14 @@ static const var_t vars[] = {
     INT("FM_GRACEFUL_TIMEOUT_MS", FM_SVC_ALL, "10000", 0, 600000, graceful_timeout_ms, "How long SIGTERM waits for in-flight requests"),
     ENUM("FM_LOG_LEVEL", FM_SVC_ALL, "info", "|debug|info|warn|error|", log_level, "Lowest level logged (JSON lines on stderr)"),
     SECRET("FM_EVENTS_SECRET", FM_SVC_CONTROL, "", 16, events_secret, "Shared secret of POST /v1/events/s3 (S3 notifications)"),
+    STR("FM_WEB_DIR", FM_SVC_CONTROL, "", 0, web_dir, "Folder of the browser client served at / (infra/up: web/); empty = not served"),
+    INT("FM_MAX_UPLOAD_BYTES", FM_SVC_CONTROL, "53687091200", 0, 5497558138880LL, max_upload_bytes, "Largest file accepted by POST /v1/uploads (413 above; S3's limit is 5 TiB)"),
+    INT("FM_MULTIPART_THRESHOLD", FM_SVC_CONTROL, "104857600", 5242880, 5368709120LL, multipart_threshold, "Sizes above it upload in parts (S3: a single PUT is at most 5 GiB)"),
+    INT("FM_UPLOAD_URL_TTL_S", FM_SVC_CONTROL, "3600", 1, 604800, upload_url_ttl_s, "Lifetime of presigned upload URLs (SigV4 allows 7 days)"),
+    INT("FM_UPLOAD_EXPIRY_S", FM_SVC_CONTROL, "86400", 60, 2592000, upload_expiry_s, "An upload not finished after this is abandoned (object deleted, multipart aborted)"),
+    INT("FM_RECONCILE_INTERVAL_S", FM_SVC_CONTROL, "30", 1, 86400, reconcile_interval_s, "How often pending uploads are checked against the bucket"),
+    STR("FM_ALLOWED_CONTENT_TYPES", FM_SVC_CONTROL, FM_DEFAULT_CONTENT_TYPES, 1, allowed_content_types, "Content types accepted for uploads, comma-separated; * = any"),
+    STR("FM_S3_PUBLIC_ENDPOINT", FM_SVC_CONTROL, "", 0, s3_public_endpoint, "S3 endpoint as clients reach it, in presigned URLs (default FM_S3_ENDPOINT)"),
     SECRET("FM_DATABASE_URL", FM_SVC_CONTROL | FM_SVC_WORKER, NULL, 1, database_url, "libpq connection string of PostgreSQL"),
     INT("FM_PG_POOL_SIZE", FM_SVC_CONTROL | FM_SVC_WORKER, "4", 1, 64, pg_pool_size, "PostgreSQL connections per event-loop thread"),
     INT("FM_PG_TIMEOUT_MS", FM_SVC_CONTROL | FM_SVC_WORKER, "5000", 10, 600000, pg_timeout_ms, "Per-query timeout (503 after it)"),
@@ -169,6 +186,8 @@ int fm_config_load(fm_config_t *cfg, unsigned service, FILE *err)
         fprintf(err, "config: FM_S3_ENDPOINT=\"%s\" must start with http:// or https://\n", cfg->s3_endpoint);
         ++bad;
     }
+    if ((service & FM_SVC_CONTROL) && cfg->s3_public_endpoint[0] == '\0')
+        memcpy(cfg->s3_public_endpoint, cfg->s3_endpoint, sizeof(cfg->s3_public_endpoint));
     if (strncmp(cfg->redis_url, "redis://", 8) != 0) {
         fprintf(err, "config: FM_REDIS_URL must start with redis://\n");
         ++bad;
@@ -224,6 +243,8 @@ int fm_redis_url_parse(const char *url, char *host, size_t host_size, int *port,
     *db = 0;
     if (*p == ':') {
         char *end;
+        if (p[1] < '0' || p[1] > '9') /* strtol would skip spaces and signs */
+            return -1;
         long v = strtol(p + 1, &end, 10);
         if (end == p + 1 || v < 1 || v > 65535)
             return -1;
@@ -232,6 +253,8 @@ int fm_redis_url_parse(const char *url, char *host, size_t host_size, int *port,
     }
     if (*p == '/' && p[1] != '\0') {
         char *end;
+        if (p[1] < '0' || p[1] > '9')
+            return -1;
         long v = strtol(p + 1, &end, 10);
         if (end == p + 1 || *end != '\0' || v < 0 || v > 10000)
             return -1;
