@@ -31,6 +31,11 @@ typedef struct fm_config {
     int64_t graceful_timeout_ms;
     char log_level[8];
     char events_secret[256];
+    char web_dir[512];
+    /* uploads */
+    int64_t max_upload_bytes, multipart_threshold, upload_url_ttl_s, upload_expiry_s, reconcile_interval_s;
+    char allowed_content_types[2048];
+    char s3_public_endpoint[256];
     /* dependencies */
     char database_url[1024];
     int64_t pg_pool_size, pg_timeout_ms;

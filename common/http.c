@@ -47,6 +47,7 @@ static int request_id_acceptable(h2o_iovec_t id)
 static void req_free(fm_req_t *r)
 {
     free(r->auth);
+    free(r->state_aux);
     if (r->state != NULL) {
         if (r->state_free != NULL)
             r->state_free(r->state);
@@ -69,6 +70,14 @@ void *fm_req_state(fm_req_t *r, size_t size)
     if (r->state == NULL && (r->state = calloc(1, size)) == NULL)
         h2o_fatal("out of memory");
     return r->state;
+}
+
+void *fm_req_aux(fm_req_t *r, size_t size)
+{
+    free(r->state_aux);
+    if ((r->state_aux = calloc(1, size)) == NULL)
+        h2o_fatal("out of memory");
+    return r->state_aux;
 }
 
 void fm_req_hold(fm_req_t *r)
@@ -402,7 +411,11 @@ void fm_http_dispatch(fm_thread_t *thread, h2o_req_t *req)
         fm_reply_error(r, 405, "method_not_allowed", "this path accepts %s", allow);
         break;
     case FM_ROUTE_NOT_FOUND:
-        fm_reply_error(r, 404, "not_found", "no such route");
+        if (thread->spec->fallback != NULL && (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("GET")) ||
+                                               h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"))))
+            thread->spec->fallback(r);
+        else
+            fm_reply_error(r, 404, "not_found", "no such route");
         break;
     }
 }

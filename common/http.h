@@ -31,11 +31,15 @@ typedef struct fm_req {
     const char *error_code;
     void *auth;  /* the service's idea of the caller (control-plane: fm_principal_t), free()d with the request */
     void *state; /* handler state from fm_req_state(), freed with the request */
+    void *state_aux; /* a helper module's state (fm_req_aux), free()d with the request */
     void (*state_free)(void *state);
 } fm_req_t;
 
 /** Handler state of `size` zeroed bytes, owned by the request (freed with `state_free` first, if set). */
 void *fm_req_state(fm_req_t *r, size_t size);
+
+/** State of `size` zeroed bytes for a helper module working inside a handler (one at a time), freed with r. */
+void *fm_req_aux(fm_req_t *r, size_t size);
 
 /** Marks an asynchronous call as started. */
 void fm_req_hold(fm_req_t *r);

@@ -14,6 +14,7 @@
 #include "router.h"
 
 typedef struct fm_thread fm_thread_t;
+struct fm_req;
 
 /** What a service gives the server. Borrowed for the life of fm_server_run(). */
 typedef struct fm_server_spec {
@@ -28,6 +29,8 @@ typedef struct fm_server_spec {
     size_t offload_threads;
     size_t max_body_bytes;
     uint64_t graceful_timeout_ms;
+    /** Answers GET/HEAD requests that match no route (static files); NULL = 404. */
+    void (*fallback)(struct fm_req *r);
     /** Per-thread set-up and tear-down (on the thread, around its loop); may be NULL. Nonzero = fail start. */
     int (*thread_init)(fm_thread_t *thread);
     void (*thread_dispose)(fm_thread_t *thread);

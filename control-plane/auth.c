@@ -91,44 +91,6 @@ static void lowercase_into(char *dst, size_t size, const char *src)
     dst[i] = '\0';
 }
 
-/* Sends a query on behalf of r; the callback starts with fm_req_resume(). */
-static void pg_call(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params)
-{
-    fm_req_hold(r);
-    fm_pg_query(fm_control_thread(r)->pg, cb, r, sql, nparams, params);
-}
-
-static void redis_call_argv(fm_req_t *r, fm_redis_cb cb, int argc, const char **argv)
-{
-    fm_req_hold(r);
-    fm_redis_commandargv(fm_control_thread(r)->redis, cb, r, argc, argv, NULL);
-}
-
-/* Answers 503/500 for a failed query; returns 1 if it did. */
-static int pg_failed(fm_req_t *r, PGresult *res, const char *errstr)
-{
-    if (res == NULL) {
-        fm_log(FM_LOG_WARN, r->request_id, "postgres: %s", errstr);
-        fm_reply_unavailable(r, "the database");
-        return 1;
-    }
-    ExecStatusType st = PQresultStatus(res);
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
-        return 0;
-    fm_log(FM_LOG_ERROR, r->request_id, "postgres: %s", PQresultErrorMessage(res));
-    fm_reply_error(r, 500, "internal_error", "the request could not be completed");
-    return 1;
-}
-
-static int redis_failed(fm_req_t *r, redisReply *reply, const char *errstr)
-{
-    if (reply != NULL && reply->type != REDIS_REPLY_ERROR)
-        return 0;
-    fm_log(FM_LOG_WARN, r->request_id, "redis: %s", reply != NULL ? reply->str : errstr);
-    fm_reply_unavailable(r, "the session store");
-    return 1;
-}
-
 static void session_key(char *out, size_t size, const char *session_id)
 {
     snprintf(out, size, "fm:sess:{%.36s}", session_id);
@@ -143,7 +105,7 @@ static void session_cache_set(fm_req_t *r, fm_redis_cb cb, const char *session_i
     snprintf(value, sizeof(value), "%s %s", user_id, role);
     snprintf(ttl, sizeof(ttl), "%lld", ttl_seconds > 1 ? ttl_seconds : 1);
     const char *argv[] = {"SET", key, value, "EX", ttl};
-    redis_call_argv(r, cb, 5, argv);
+    fm_redis_call(r, cb, 5, argv);
 }
 
 /* Marks a session revoked for longer than any of its access tokens can live. */
@@ -153,7 +115,7 @@ static void session_cache_revoke(fm_req_t *r, fm_redis_cb cb, const char *sessio
     session_key(key, sizeof(key), session_id);
     snprintf(ttl, sizeof(ttl), "%lld", (long long)fm_control->config.access_ttl_s + FM_JWT_LEEWAY_SECONDS + 60);
     const char *argv[] = {"SET", key, "revoked", "EX", ttl};
-    redis_call_argv(r, cb, 5, argv);
+    fm_redis_call(r, cb, 5, argv);
 }
 
 /* ---- rate limits ---------------------------------------------------------------------------------------- */
@@ -195,7 +157,7 @@ static void rate_limit(fm_req_t *r, fm_redis_cb cb, const char *key1, const char
     char window[24];
     snprintf(window, sizeof(window), "%lld", (long long)fm_control->config.login_window_s);
     const char *argv[] = {"EVAL", rate_limit_script, key2 ? "2" : "1", key1, key2 ? key2 : window, window};
-    redis_call_argv(r, cb, key2 ? 6 : 5, argv);
+    fm_redis_call(r, cb, key2 ? 6 : 5, argv);
 }
 
 /* ---- token answers -------------------------------------------------------------------------------------- */
@@ -278,7 +240,7 @@ static void on_register_inserted(PGresult *res, const char *errstr, void *data)
             return;
         }
     }
-    if (pg_failed(r, res, errstr))
+    if (fm_pg_failed(r, res, errstr))
         return;
     cJSON *body = cJSON_CreateObject(), *user = cJSON_AddObjectToObject(body, "user");
     cJSON_AddStringToObject(user, "id", PQgetvalue(res, 0, 0));
@@ -308,7 +270,7 @@ static void on_password_hashed(void *data)
     }
     const char *params[] = {s->email, s->password_hash, fm_control->config.admin_email, s->ip[0] ? s->ip : NULL,
                             r->request_id};
-    pg_call(r, on_register_inserted,
+    fm_pg_call(r, on_register_inserted,
             "SELECT id, email, role, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
             "FROM fm_register_user($1, $2, $3, $4::inet, $5)",
             5, params);
@@ -319,16 +281,12 @@ static void on_register_rate_checked(redisReply *reply, const char *errstr, void
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (redis_failed(r, reply, errstr))
+    if (fm_redis_failed(r, reply, errstr))
         return;
     long long limits[] = {fm_control->config.register_limit_ip};
     if (over_limit(r, reply, limits, 1))
         return;
-    fm_req_hold(r);
-    if (fm_offload_run(r->thread->offload, hash_password_work, on_password_hashed, r) != 0) {
-        fm_req_resume(r);
-        fm_reply_unavailable(r, "the password hasher");
-    }
+    fm_offload_call(r, hash_password_work, on_password_hashed, "the password hasher");
 }
 
 void handle_auth_register(fm_req_t *r)
@@ -367,7 +325,7 @@ static void on_session_created(PGresult *res, const char *errstr, void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (pg_failed(r, res, errstr))
+    if (fm_pg_failed(r, res, errstr))
         return;
     auth_state_t *s = r->state;
     copy_field(s->session_id, sizeof(s->session_id), res, 0, 0);
@@ -415,7 +373,7 @@ static void on_password_verified(void *data)
         user_agent[ua_len++] = ua.base[i] >= 0x20 && ua.base[i] < 0x7f ? ua.base[i] : '?';
     user_agent[ua_len] = '\0';
     const char *params[] = {s->user_id, hash_hex, ttl, user_agent, s->ip[0] ? s->ip : NULL, r->request_id};
-    pg_call(r, on_session_created,
+    fm_pg_call(r, on_session_created,
             "SELECT session_id, extract(epoch FROM expires_at)::bigint "
             "FROM fm_session_create($1, $2::bytea, $3::integer, $4, $5::inet, $6)",
             6, params);
@@ -426,7 +384,7 @@ static void on_login_user_loaded(PGresult *res, const char *errstr, void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (pg_failed(r, res, errstr))
+    if (fm_pg_failed(r, res, errstr))
         return;
     auth_state_t *s = r->state;
     if (PQntuples(res) == 1) {
@@ -437,11 +395,7 @@ static void on_login_user_loaded(PGresult *res, const char *errstr, void *data)
         s->user_disabled = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
         copy_field(s->email, sizeof(s->email), res, 0, 4);
     }
-    fm_req_hold(r);
-    if (fm_offload_run(r->thread->offload, verify_password_work, on_password_verified, r) != 0) {
-        fm_req_resume(r);
-        fm_reply_unavailable(r, "the password hasher");
-    }
+    fm_offload_call(r, verify_password_work, on_password_verified, "the password hasher");
 }
 
 static void on_login_rate_checked(redisReply *reply, const char *errstr, void *data)
@@ -449,14 +403,14 @@ static void on_login_rate_checked(redisReply *reply, const char *errstr, void *d
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (redis_failed(r, reply, errstr))
+    if (fm_redis_failed(r, reply, errstr))
         return;
     long long limits[] = {fm_control->config.login_limit_account, fm_control->config.login_limit_ip};
     if (over_limit(r, reply, limits, 2))
         return;
     auth_state_t *s = r->state;
     const char *params[] = {s->email};
-    pg_call(r, on_login_user_loaded,
+    fm_pg_call(r, on_login_user_loaded,
             "SELECT id, password_hash, role, disabled_at IS NOT NULL, email FROM users WHERE lower(email) = lower($1)",
             1, params);
 }
@@ -502,7 +456,7 @@ static void on_refresh_rotated(PGresult *res, const char *errstr, void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (pg_failed(r, res, errstr))
+    if (fm_pg_failed(r, res, errstr))
         return;
     auth_state_t *s = r->state;
     const char *outcome = PQgetvalue(res, 0, 0);
@@ -549,7 +503,7 @@ void handle_auth_refresh(fm_req_t *r)
     snprintf(old_hex, sizeof(old_hex), "\\x%s", s->refresh_hash);
     snprintf(new_hex, sizeof(new_hex), "\\x%s", s->new_refresh_hash);
     const char *params[] = {old_hex, new_hex, s->ip[0] ? s->ip : NULL, r->request_id};
-    pg_call(r, on_refresh_rotated,
+    fm_pg_call(r, on_refresh_rotated,
             "SELECT outcome, session_id, user_id, role, email, extract(epoch FROM expires_at)::bigint "
             "FROM fm_refresh_rotate($1::bytea, $2::bytea, $3::inet, $4)",
             4, params);
@@ -562,7 +516,7 @@ static void on_logout_recorded(PGresult *res, const char *errstr, void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (pg_failed(r, res, errstr))
+    if (fm_pg_failed(r, res, errstr))
         return;
     fm_reply_raw(r, 204, "application/json", "", 0);
 }
@@ -572,14 +526,14 @@ static void on_logout_revoked(redisReply *reply, const char *errstr, void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (redis_failed(r, reply, errstr))
+    if (fm_redis_failed(r, reply, errstr))
         return;
     const fm_principal_t *p = r->auth;
     char ip[64];
     fm_req_peer(r, ip, sizeof(ip));
     const char *params[] = {p->session_id, ip[0] ? ip : NULL, r->request_id};
     /* Revoking in PostgreSQL ends the refresh tokens too. */
-    pg_call(r, on_logout_recorded,
+    fm_pg_call(r, on_logout_recorded,
             "WITH s AS (UPDATE sessions SET revoked_at = now(), revoked_reason = 'logout' "
             "           WHERE id = $1 AND revoked_at IS NULL RETURNING id, user_id) "
             "INSERT INTO audit_log (actor_id, action, target_type, target_id, ip, request_id) "
@@ -609,7 +563,7 @@ static void on_me_loaded(PGresult *res, const char *errstr, void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (pg_failed(r, res, errstr))
+    if (fm_pg_failed(r, res, errstr))
         return;
     if (PQntuples(res) != 1) {
         fm_reply_error(r, 404, "not_found", "this account no longer exists");
@@ -640,7 +594,7 @@ static void on_me_loaded(PGresult *res, const char *errstr, void *data)
 static void me_authorized(fm_req_t *r, const fm_principal_t *p)
 {
     const char *params[] = {p->user_id};
-    pg_call(r, on_me_loaded,
+    fm_pg_call(r, on_me_loaded,
             "SELECT id, email, role, display_name, "
             "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), quota_bytes, used_bytes, "
             "disabled_at IS NOT NULL "
@@ -696,7 +650,7 @@ static void on_session_loaded(PGresult *res, const char *errstr, void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (pg_failed(r, res, errstr))
+    if (fm_pg_failed(r, res, errstr))
         return;
     auth_check_t *check = r->auth;
     if (PQntuples(res) == 1 && strcmp(PQgetvalue(res, 0, 0), check->claims.sub) == 0) {
@@ -715,13 +669,13 @@ static void on_session_checked(redisReply *reply, const char *errstr, void *data
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (redis_failed(r, reply, errstr))
+    if (fm_redis_failed(r, reply, errstr))
         return;
     auth_check_t *check = r->auth;
     if (reply->type == REDIS_REPLY_NIL) {
         /* Not cached (expired from Redis, or Redis lost its data): PostgreSQL decides and the cache is refilled. */
         const char *params[] = {check->principal.session_id};
-        pg_call(r, on_session_loaded,
+        fm_pg_call(r, on_session_loaded,
                 "SELECT s.user_id, u.role, GREATEST(1, extract(epoch FROM s.expires_at - now())::bigint) "
                 "FROM sessions s JOIN users u ON u.id = s.user_id "
                 "WHERE s.id = $1::uuid AND s.revoked_at IS NULL AND s.expires_at > now() AND u.disabled_at IS NULL",
@@ -742,7 +696,7 @@ static void on_external_user(PGresult *res, const char *errstr, void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (pg_failed(r, res, errstr))
+    if (fm_pg_failed(r, res, errstr))
         return;
     if (PQntuples(res) != 1) {
         auth_fail(r, "unknown_user", "this identity is not known here");
@@ -800,7 +754,7 @@ void fm_auth_require(fm_req_t *r, authed_fn next)
     check->principal.source = check->claims.source;
     if (check->claims.source == FM_JWT_SOURCE_EXTERNAL) {
         const char *params[] = {check->claims.iss, check->claims.sub, fm_control->config.external_default_role};
-        pg_call(r, on_external_user, "SELECT id, role FROM fm_external_user($1, $2, $3::user_role)", 3, params);
+        fm_pg_call(r, on_external_user, "SELECT id, role FROM fm_external_user($1, $2, $3::user_role)", 3, params);
         return;
     }
     if (!is_uuid(check->claims.sid) || !is_uuid(check->claims.sub)) {
@@ -811,5 +765,5 @@ void fm_auth_require(fm_req_t *r, authed_fn next)
     char key[80];
     session_key(key, sizeof(key), check->principal.session_id);
     const char *argv[] = {"GET", key};
-    redis_call_argv(r, on_session_checked, 2, argv);
+    fm_redis_call(r, on_session_checked, 2, argv);
 }

@@ -10,6 +10,8 @@
 #include "password.h"
 #include "pg.h"
 #include "redis.h"
+#include "s3.h"
+#include "sigv4.h"
 
 /** The process: configuration and what every thread reads but never changes after start. Owned by main.c. */
 typedef struct fm_control {
@@ -20,9 +22,13 @@ typedef struct fm_control {
 } fm_control_t;
 
 /** One event-loop thread's connections. Owned by that thread. */
+typedef struct reconcile reconcile_t;
+
 typedef struct fm_control_thread {
     fm_redis_t *redis;
     fm_pg_t *pg;
+    reconcile_t *reconcile; /* thread 0 only */
+    fm_sigv4_t *signer; /* presigns the URLs handed to clients (FM_S3_PUBLIC_ENDPOINT) */
 } fm_control_thread_t;
 
 /** Who is calling, once fm_auth_require() accepted the bearer token. */
@@ -32,6 +38,15 @@ typedef struct fm_principal {
     fm_jwt_role_t role;
     fm_jwt_source_t source;
 } fm_principal_t;
+
+/** The job stream and its consumer group (DESIGN.md §5). */
+#define FM_JOBS_STREAM "jobs"
+#define FM_JOBS_GROUP "workers"
+
+/** What the stream entry of a job carries; the worker reads the rest from the `jobs` row. */
+typedef struct fm_job_ref {
+    const char *job_id, *type, *file_id, *upload_id;
+} fm_job_ref_t;
 
 /** The running service (set by main.c before the threads start). */
 extern fm_control_t *fm_control;
@@ -48,6 +63,43 @@ static inline fm_control_thread_t *fm_control_thread(fm_req_t *r)
  */
 void fm_auth_require(fm_req_t *r, void (*next)(fm_req_t *r, const fm_principal_t *principal));
 
+/* Calls on behalf of a request (calls.c): each holds r; its callback starts with fm_req_resume(). */
+void fm_pg_call(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params);
+void fm_redis_call(fm_req_t *r, fm_redis_cb cb, int argc, const char **argv);
+/** Runs work(r) on the offload pool, then done(r) on r's loop; answers 503 naming `what` if the pool is full. */
+void fm_offload_call(fm_req_t *r, void (*work)(void *), void (*done)(void *), const char *what);
+/** Answer 503 (no result: the database is unreachable) or 500 (an SQL error) and return 1; 0 when res is fine. */
+int fm_pg_failed(fm_req_t *r, PGresult *res, const char *errstr);
+/** Answer 503 and return 1 when Redis failed; 0 when the reply is usable. */
+int fm_redis_failed(fm_req_t *r, redisReply *reply, const char *errstr);
+
+/** The calling offload thread's S3 client (made on first use from the configuration); NULL if it cannot be made.
+ *  Only for work functions running on the offload pool. */
+fm_s3_t *fm_offload_s3(void);
+
+/** Adds a job to the stream (and records enqueued_at), then calls done(r); failures are logged, not answered:
+ *  the job row exists and the reconciler enqueues it later. `arg` is malloc'd (or NULL); if the request goes away
+ *  before done runs, it is free()d instead. */
+void fm_jobs_enqueue(fm_req_t *r, const fm_job_ref_t *job, void (*done)(fm_req_t *r, void *arg), void *arg);
+/** Creates the consumer group (and the stream) if missing; asynchronous, errors logged. */
+void fm_jobs_ensure_group(fm_redis_t *redis);
+
+/** What fm_upload_mark() found: outcome "uploaded" (this call made the job, now on the stream), "already",
+ *  "size_mismatch", "not_pending" or "unknown"; job_id/file_id may be "". */
+typedef void (*fm_upload_marked_fn)(fm_req_t *r, const char *outcome, const char *job_id, const char *file_id);
+/** Marks upload `upload_id` UPLOADED (its object has `size` bytes, -1 = unchecked) and enqueues its one job
+ *  (schema/003_uploads.sql fm_upload_mark_uploaded); answers 503/500 itself when PostgreSQL fails. */
+void fm_upload_mark(fm_req_t *r, const char *upload_id, long long size, const char *etag, const char *by,
+                    fm_upload_marked_fn done);
+
+/** Loads the browser client's files from `dir` (web.c); "" = none. Returns 0, or -1 if the folder is unreadable. */
+int fm_web_load(const char *dir);
+void fm_web_free(void);
+
+/** Starts the reconciler on `thread` (reconcile.c); stop it after the thread's pools were destroyed. */
+reconcile_t *fm_reconcile_start(fm_thread_t *thread);
+void fm_reconcile_stop(reconcile_t *rc);
+
 /* Route handlers, by file. */
 void handle_auth_register(fm_req_t *r);
 void handle_auth_login(fm_req_t *r);
@@ -55,6 +107,15 @@ void handle_auth_refresh(fm_req_t *r);
 void handle_auth_logout(fm_req_t *r);
 void handle_me(fm_req_t *r);
 void handle_readyz(fm_req_t *r);
+void handle_upload_create(fm_req_t *r);
+void handle_upload_part_urls(fm_req_t *r);
+void handle_upload_parts_list(fm_req_t *r);
+void handle_upload_complete(fm_req_t *r);
+void handle_upload_abort(fm_req_t *r);
+void handle_events_s3(fm_req_t *r);
+void handle_file_get(fm_req_t *r);
+void handle_job_get(fm_req_t *r);
+void handle_web(fm_req_t *r);
 
 /** Applies the schema/NNN_name.sql files that are not yet applied (blocking; for `fm-control migrate`). Returns 0 or -1. */
 int fm_migrate(const char *conninfo, const char *schema_dir);

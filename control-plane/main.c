@@ -25,6 +25,14 @@ static const fm_route_t routes[] = {
     {"POST", "/v1/auth/refresh", handle_auth_refresh},
     {"POST", "/v1/auth/logout", handle_auth_logout},
     {"GET", "/v1/me", handle_me},
+    {"POST", "/v1/uploads", handle_upload_create},
+    {"POST", "/v1/uploads/{id}/parts", handle_upload_part_urls},
+    {"GET", "/v1/uploads/{id}/parts", handle_upload_parts_list},
+    {"POST", "/v1/uploads/{id}/complete", handle_upload_complete},
+    {"DELETE", "/v1/uploads/{id}", handle_upload_abort},
+    /* EVENTS_ROUTE */
+    {"GET", "/v1/files/{id}", handle_file_get},
+    {"GET", "/v1/jobs/{id}", handle_job_get},
 };
 
 static int thread_init(fm_thread_t *thread)
@@ -41,9 +49,10 @@ static int thread_init(fm_thread_t *thread)
                                 (uint64_t)cfg->redis_timeout_ms);
     ct->pg = fm_pg_create(thread->loop, cfg->database_url, (size_t)cfg->pg_pool_size,
                           (uint64_t)cfg->pg_timeout_ms);
+    ct->signer = fm_sigv4_new(cfg->s3_access_key, cfg->s3_secret_key, cfg->s3_session_token, cfg->s3_region, "s3");
     OPENSSL_cleanse(password, sizeof(password));
-    if (ct->redis == NULL || ct->pg == NULL) {
-        fm_error("thread %zu: cannot create the Redis/PostgreSQL pools", thread->index);
+    if (ct->redis == NULL || ct->pg == NULL || ct->signer == NULL) {
+        fm_error("thread %zu: cannot create the Redis/PostgreSQL pools or the S3 signer", thread->index);
         return -1;
     }
     thread->data = ct;
@@ -51,6 +60,8 @@ static int thread_init(fm_thread_t *thread)
     for (uint64_t deadline = fm_now_ns() + 3000000000u;
          (fm_redis_connected(ct->redis) == 0 || fm_pg_connected(ct->pg) == 0) && fm_now_ns() < deadline;)
         h2o_evloop_run(thread->loop, 10);
+    if (thread->index == 0 && (ct->reconcile = fm_reconcile_start(thread)) == NULL)
+        return -1;
     return 0;
 }
 
@@ -59,6 +70,8 @@ static void thread_dispose(fm_thread_t *thread)
     fm_control_thread_t *ct = thread->data;
     fm_redis_destroy(ct->redis);
     fm_pg_destroy(ct->pg);
+    fm_reconcile_stop(ct->reconcile); /* after the pools: their last callbacks may still reach it */
+    fm_sigv4_free(ct->signer);
     free(ct);
     thread->data = NULL;
 }
@@ -139,6 +152,8 @@ static int serve(fm_control_t *app)
      * keeps them on mmap, so they go back to the system after each hash. */
     mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
     describe_metrics();
+    if (fm_s3_global_init() != 0 || fm_web_load(cfg->web_dir) != 0)
+        return 2;
     fm_server_spec_t spec = {
         .service = "fm-control",
         .routes = routes,
@@ -152,6 +167,7 @@ static int serve(fm_control_t *app)
         .offload_threads = (size_t)cfg->offload_threads,
         .max_body_bytes = (size_t)cfg->max_body_bytes,
         .graceful_timeout_ms = (uint64_t)cfg->graceful_timeout_ms,
+        .fallback = cfg->web_dir[0] ? handle_web : NULL,
         .thread_init = thread_init,
         .thread_dispose = thread_dispose,
         .thread_tick = thread_tick,
@@ -163,6 +179,7 @@ static int serve(fm_control_t *app)
     }
     int rc = fm_server_run(&spec);
     fm_jwt_verifier_free(app->verifier);
+    fm_web_free();
     return rc;
 }
 

@@ -1,0 +1,142 @@
+/*
+ * GET /v1/files/{id} and GET /v1/jobs/{id}: status reads, answered from a Redis-cached row (`fm:file:{id}`,
+ * `fm:job:{id}`, JSON with the owner's id) and filled from PostgreSQL on a miss. Whoever changes a row deletes its
+ * key (uploads_complete.c, events.c, the worker); the TTL bounds what a lost delete can cost.
+ * Only the owner sees a row; anyone else gets the same 404 as for a missing id.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "control.h"
+#include "log.h"
+
+#define CACHE_TTL_S "300"
+
+typedef struct {
+    const char *kind; /* "file" | "job" */
+    char id[40], key[64];
+    const fm_principal_t *principal;
+} read_state_t;
+
+static const char file_sql[] =
+    "SELECT json_build_object('id', f.id, 'name', f.name, 'size', f.size, 'content_type', f.content_type,"
+    " 'sha256', encode(f.claimed_sha256, 'hex'), 'status', f.status, 'status_reason', f.status_reason,"
+    " 'folder_id', f.folder_id, 'deduplicated', f.blob_sha256 IS NOT NULL AND NOT EXISTS ("
+    "   SELECT 1 FROM uploads u WHERE u.file_id = f.id),"
+    " 'created_at', to_char(f.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+    " 'updated_at', to_char(f.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+    " 'owner_id', f.owner_id)::text "
+    "FROM files f WHERE f.id = $1::uuid AND f.deleted_at IS NULL";
+
+static const char job_sql[] =
+    "SELECT json_build_object('id', j.id, 'type', j.type, 'status', j.status, 'file_id', j.file_id,"
+    " 'upload_id', j.upload_id, 'attempts', j.attempts, 'last_error', j.last_error,"
+    " 'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+    " 'owner_id', f.owner_id)::text "
+    "FROM jobs j JOIN files f ON f.id = j.file_id WHERE j.id = $1::uuid";
+
+/* Answers the cached/loaded JSON if the caller owns it; the owner's id is not part of the answer. */
+static void answer_row(fm_req_t *r, const char *json, size_t len)
+{
+    read_state_t *s = r->state;
+    cJSON *row = cJSON_ParseWithLength(json, len);
+    cJSON *owner = cJSON_GetObjectItemCaseSensitive(row, "owner_id");
+    if (!cJSON_IsString(owner) || strcmp(owner->valuestring, s->principal->user_id) != 0) {
+        cJSON_Delete(row);
+        fm_reply_error(r, 404, "not_found", "no such %s", s->kind);
+        return;
+    }
+    cJSON_DeleteItemFromObjectCaseSensitive(row, "owner_id");
+    fm_reply_json(r, 200, row);
+}
+
+static void on_cache_filled(redisReply *reply, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+        fm_log(FM_LOG_WARN, r->request_id, "redis: row not cached: %s", reply ? reply->str : errstr);
+}
+
+static void on_loaded(PGresult *res, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    if (fm_pg_failed(r, res, errstr))
+        return;
+    read_state_t *s = r->state;
+    if (PQntuples(res) != 1) {
+        fm_reply_error(r, 404, "not_found", "no such %s", s->kind);
+        return;
+    }
+    const char *json = PQgetvalue(res, 0, 0);
+    const char *argv[] = {"SET", s->key, json, "EX", CACHE_TTL_S};
+    fm_redis_call(r, on_cache_filled, 5, argv);
+    answer_row(r, json, strlen(json));
+}
+
+static void on_cache_read(redisReply *reply, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    read_state_t *s = r->state;
+    if (reply != NULL && reply->type == REDIS_REPLY_STRING) {
+        answer_row(r, reply->str, reply->len);
+        return;
+    }
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR) /* Redis down: PostgreSQL still answers */
+        fm_log(FM_LOG_WARN, r->request_id, "redis: cache unavailable: %s", reply ? reply->str : errstr);
+    const char *params[] = {s->id};
+    fm_pg_call(r, on_loaded, strcmp(s->kind, "file") == 0 ? file_sql : job_sql, 1, params);
+}
+
+static int is_uuid(h2o_iovec_t id)
+{
+    if (id.len != 36)
+        return 0;
+    for (size_t i = 0; i < 36; ++i) {
+        char c = id.base[i];
+        int dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return 0;
+    }
+    return 1;
+}
+
+static void read_row(fm_req_t *r, const fm_principal_t *p, const char *kind)
+{
+    read_state_t *s = fm_req_state(r, sizeof(read_state_t));
+    s->kind = kind;
+    s->principal = p;
+    if (!is_uuid(r->params[0])) {
+        fm_reply_error(r, 404, "not_found", "no such %s", kind);
+        return;
+    }
+    snprintf(s->id, sizeof(s->id), "%.*s", (int)r->params[0].len, r->params[0].base);
+    snprintf(s->key, sizeof(s->key), "fm:%s:{%s}", kind, s->id);
+    const char *argv[] = {"GET", s->key};
+    fm_redis_call(r, on_cache_read, 2, argv);
+}
+
+static void file_authorized(fm_req_t *r, const fm_principal_t *p)
+{
+    read_row(r, p, "file");
+}
+
+static void job_authorized(fm_req_t *r, const fm_principal_t *p)
+{
+    read_row(r, p, "job");
+}
+
+void handle_file_get(fm_req_t *r)
+{
+    fm_auth_require(r, file_authorized);
+}
+
+void handle_job_get(fm_req_t *r)
+{
+    fm_auth_require(r, job_authorized);
+}
