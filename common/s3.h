@@ -1,7 +1,7 @@
 /*
  * s3: a small blocking S3 client on libcurl for the calls the servers make themselves (bucket check, object
- * HEAD/PUT/DELETE, starting and aborting multipart uploads). File bytes from users never pass through it: they
- * go to S3 with presigned URLs (sigv4.h).
+ * HEAD/PUT/DELETE, multipart uploads: create, list parts, complete, abort). File bytes from users never pass
+ * through it: they go to S3 with presigned URLs (sigv4.h).
  *
  * BLOCKING: every call waits for the network (up to the configured timeouts). Call it from an offload pool
  * thread (offload.h), never from an event-loop thread (DESIGN.md §3).
@@ -43,12 +43,30 @@ typedef struct fm_s3 fm_s3_t;
 /** Size of fm_s3_result_t.upload_id, NUL included (S3 upload ids are opaque; RGW's are ~40 bytes). */
 #define FM_S3_UPLOAD_ID_MAX 1024
 
+/** S3's limit on parts: part numbers are 1..10000, so an upload has at most this many. */
+#define FM_S3_MAX_PARTS 10000
+
+/** Size of fm_s3_part_t.etag, NUL included (S3's part ETags are a quoted MD5, 34 bytes). */
+#define FM_S3_ETAG_MAX 128
+
+/** One part of a multipart upload: what ListParts reports, and what CompleteMultipartUpload takes. */
+typedef struct fm_s3_part {
+    /** 1..FM_S3_MAX_PARTS. */
+    int part_number;
+    /** As S3 lists it, quotes included ("\"5d41…\""); fm_s3_complete_multipart() takes it with or without. */
+    char etag[FM_S3_ETAG_MAX];
+    /** Bytes stored for the part (ListParts); fm_s3_complete_multipart() ignores it. */
+    long long size;
+} fm_s3_part_t;
+
 /**
  * The outcome of one call. On success `code` is "". On failure `code` is S3's <Code> (e.g. "NoSuchKey",
  * "SignatureDoesNotMatch"); when the answer has no XML body (HEAD) it is "NotFound" for 404, "Forbidden" for 403,
  * else "HttpError"; when no answer came, `status` is 0 and `code` is "Timeout", "ConnectFailed" or
  * "NetworkError"; a request refused before sending is "InvalidArgument"; a 2xx answer lacking what the call
- * needs (no <UploadId>) is "InvalidResponse".
+ * needs (no <UploadId>, a cut or inconsistent ListParts page) is "InvalidResponse". A 200 whose body is S3's
+ * <Error> document (CompleteMultipartUpload can fail after its 200 is sent) is a failure with `status` 200 and
+ * the document's <Code>.
  */
 typedef struct fm_s3_result {
     /** HTTP status, 0 if no response arrived. */
@@ -113,11 +131,46 @@ int fm_s3_create_multipart(fm_s3_t *s3, const char *key, const char *content_typ
 int fm_s3_abort_multipart(fm_s3_t *s3, const char *key, const char *upload_id, fm_s3_result_t *res);
 
 /**
+ * ListParts (GET ?uploadId=…): the parts S3 holds for an upload, ascending, into `parts` (room for `max_parts`,
+ * FM_S3_MAX_PARTS covers any upload). Follows the pages (1000 parts each, IsTruncated / NextPartNumberMarker ->
+ * part-number-marker). On 0, *count parts were written. On -1, *count is 0 and res->code is S3's (NoSuchUpload),
+ * "TooManyParts" when the upload has more than `max_parts`, or "InvalidResponse" for a page that is cut, out of
+ * order or does not move the marker forward (so a broken server cannot loop us forever).
+ */
+int fm_s3_list_parts(fm_s3_t *s3, const char *key, const char *upload_id, fm_s3_part_t *parts, size_t max_parts,
+                     size_t *count, fm_s3_result_t *res);
+
+/**
+ * CompleteMultipartUpload (POST ?uploadId=…) with `count` (1..FM_S3_MAX_PARTS) parts. Only part_number and etag
+ * are used; an ETag may be given with or without its quotes and must otherwise be an RFC 7232 entity-tag (no
+ * spaces, quotes or control characters). Refused before anything is sent: a bad count, number or ETag
+ * ("InvalidArgument"), and part numbers not strictly ascending ("InvalidPartOrder", status 0: S3 answers that
+ * itself, but Ceph RGW 16 completes parts in any order). The body is signed with its SHA-256.
+ *
+ * -1 with res->code "InvalidPart" (a part missing or its ETag wrong), "EntityTooSmall" (a part but the last under
+ * 5 MiB), "NoSuchUpload" (unknown or aborted) or S3's other codes -- also when they come in a 200 answer. On 0,
+ * res->etag is the <ETag> of the answer, which Ceph RGW leaves unquoted (and some versions empty): take the
+ * object's ETag from fm_s3_head_object() or the S3 event. A 200 without a result document is "InvalidResponse":
+ * the upload may or may not be complete, so HEAD the object before retrying. The whole call must fit the client's
+ * timeout_ms: AWS may take minutes to complete a large upload.
+ */
+int fm_s3_complete_multipart(fm_s3_t *s3, const char *key, const char *upload_id, const fm_s3_part_t *parts,
+                             size_t count, fm_s3_result_t *res);
+
+/**
  * Minimal XML text extraction for S3's small answers: copies the text of the first <tag>…</tag> in `xml` (`len`
  * bytes, need not be NUL-terminated) into `out`, with the five XML entities and numeric character references
  * decoded. Returns 0, or -1 if the element is absent or its text does not fit `out_size` (out is then "").
  * Not an XML parser: no attributes on the tag, no CDATA, no nesting of the same tag.
  */
 int fm_s3_xml_text(const char *xml, size_t len, const char *tag, char *out, size_t out_size);
+
+/**
+ * Walks repeated elements (every <Part> of a ListParts page): finds the first <tag>…</tag> that starts at or after
+ * byte *offset of `xml` (`len` bytes, need not be NUL-terminated), points *inner / *inner_len at its raw content
+ * (a slice of `xml`, not decoded: read it with fm_s3_xml_text) and moves *offset past its end tag. Returns 0, or -1
+ * when no complete element is left. Same limits as fm_s3_xml_text.
+ */
+int fm_s3_xml_next(const char *xml, size_t len, const char *tag, size_t *offset, const char **inner, size_t *inner_len);
 
 #endif /* FM_S3_H */

@@ -30,7 +30,7 @@ static const fm_route_t routes[] = {
     {"GET", "/v1/uploads/{id}/parts", handle_upload_parts_list},
     {"POST", "/v1/uploads/{id}/complete", handle_upload_complete},
     {"DELETE", "/v1/uploads/{id}", handle_upload_abort},
-    /* EVENTS_ROUTE */
+    {"POST", "/v1/events/s3", handle_events_s3},
     {"GET", "/v1/files/{id}", handle_file_get},
     {"GET", "/v1/jobs/{id}", handle_job_get},
 };
