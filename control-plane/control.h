@@ -116,6 +116,12 @@ void handle_events_s3(fm_req_t *r);
 void handle_file_get(fm_req_t *r);
 void handle_job_get(fm_req_t *r);
 void handle_web(fm_req_t *r);
+void handle_uppy_params(fm_req_t *r);
+void handle_uppy_multipart_create(fm_req_t *r);
+void handle_uppy_sign_part(fm_req_t *r);
+void handle_uppy_list_parts(fm_req_t *r);
+void handle_uppy_complete(fm_req_t *r);
+void handle_uppy_abort(fm_req_t *r);
 
 /** Applies the schema/NNN_name.sql files that are not yet applied (blocking; for `fm-control migrate`). Returns 0 or -1. */
 int fm_migrate(const char *conninfo, const char *schema_dir);

@@ -33,6 +33,13 @@ static const fm_route_t routes[] = {
     {"POST", "/v1/events/s3", handle_events_s3},
     {"GET", "/v1/files/{id}", handle_file_get},
     {"GET", "/v1/jobs/{id}", handle_job_get},
+    /* Companion's S3 routes for stock Uppy (uppy.c) */
+    {"GET", "/v1/uppy/s3/params", handle_uppy_params},
+    {"POST", "/v1/uppy/s3/multipart", handle_uppy_multipart_create},
+    {"GET", "/v1/uppy/s3/multipart/{uploadId}/{partNumber}", handle_uppy_sign_part},
+    {"POST", "/v1/uppy/s3/multipart/{uploadId}/complete", handle_uppy_complete},
+    {"GET", "/v1/uppy/s3/multipart/{uploadId}", handle_uppy_list_parts},
+    {"DELETE", "/v1/uppy/s3/multipart/{uploadId}", handle_uppy_abort},
 };
 
 static int thread_init(fm_thread_t *thread)

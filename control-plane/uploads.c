@@ -128,7 +128,7 @@ void iso8601(long long t, char out[32])
 
 /* ---- presigning ----------------------------------------------------------------------------------------------- */
 
-static char *presign(fm_req_t *r, const char *key, const char *content_type, int part_number, const char *s3_upload_id,
+char *upload_presign(fm_req_t *r, const char *key, const char *content_type, int part_number, const char *s3_upload_id,
                      long long ttl)
 {
     const fm_config_t *cfg = &fm_control->config;
@@ -158,7 +158,7 @@ static char *presign(fm_req_t *r, const char *key, const char *content_type, int
 static int add_part_urls(fm_req_t *r, upload_state_t *s, cJSON *array, const int *numbers, size_t count, long long ttl)
 {
     for (size_t i = 0; i < count; ++i) {
-        char *url = presign(r, s->key, NULL, numbers[i], s->s3_upload_id, ttl);
+        char *url = upload_presign(r, s->key, NULL, numbers[i], s->s3_upload_id, ttl);
         if (url == NULL) {
             fm_reply_error(r, 500, "internal_error", "could not sign the part URLs");
             return -1;
@@ -174,9 +174,37 @@ static int add_part_urls(fm_req_t *r, upload_state_t *s, cJSON *array, const int
 
 /* ---- POST /v1/uploads ----------------------------------------------------------------------------------------- */
 
+/* Uppy's @uppy/aws-s3 (Companion's routes, uppy.c) expects other shapes for the same two answers. */
+static void answer_created_uppy(fm_req_t *r, upload_state_t *s, long long ttl)
+{
+    cJSON *body = cJSON_CreateObject();
+    if (s->mode == UPLOAD_MODE_CLIENT_PARTS) {
+        cJSON_AddStringToObject(body, "key", s->key);
+        cJSON_AddStringToObject(body, "uploadId", s->s3_upload_id);
+    } else {
+        char *url = upload_presign(r, s->key, s->content_type, 0, NULL, ttl);
+        if (url == NULL) {
+            cJSON_Delete(body);
+            fm_reply_error(r, 500, "internal_error", "could not sign the upload URL");
+            return;
+        }
+        cJSON_AddStringToObject(body, "method", "PUT");
+        cJSON_AddStringToObject(body, "url", url);
+        cJSON_AddObjectToObject(body, "fields");
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(body, "headers"), "Content-Type", s->content_type);
+        cJSON_AddNumberToObject(body, "expires", (double)ttl);
+        free(url);
+    }
+    fm_reply_json(r, 200, body);
+}
+
 static void answer_created(fm_req_t *r, upload_state_t *s)
 {
     long long ttl = fm_control->config.upload_url_ttl_s;
+    if (s->uppy) {
+        answer_created_uppy(r, s, ttl);
+        return;
+    }
     char expires[32];
     iso8601((long long)time(NULL) + ttl, expires);
     cJSON *body = cJSON_CreateObject();
@@ -184,8 +212,8 @@ static void answer_created(fm_req_t *r, upload_state_t *s)
     cJSON_AddStringToObject(body, "file_id", s->file_id);
     cJSON_AddBoolToObject(body, "deduplicated", 0);
     cJSON_AddStringToObject(body, "expires_at", expires);
-    if (s->part_count == 0) {
-        char *url = presign(r, s->key, s->content_type, 0, NULL, ttl);
+    if (s->s3_upload_id[0] == '\0') {
+        char *url = upload_presign(r, s->key, s->content_type, 0, NULL, ttl);
         if (url == NULL) {
             cJSON_Delete(body);
             fm_reply_error(r, 500, "internal_error", "could not sign the upload URL");
@@ -258,10 +286,10 @@ static void record_upload(fm_req_t *r, upload_state_t *s)
     snprintf(part_size, sizeof(part_size), "%lld", s->part_size);
     snprintf(part_count, sizeof(part_count), "%d", s->part_count);
     snprintf(ttl, sizeof(ttl), "%lld", (long long)fm_control->config.upload_url_ttl_s);
-    int multipart = s->part_count > 0;
+    int multipart = s->s3_upload_id[0] != '\0';
     const char *params[] = {s->principal->user_id, s->folder[0] ? s->folder : NULL, s->name, size, s->content_type,
                             s->sha256, s->upload_id, multipart ? "MULTIPART" : "PUT",
-                            multipart ? part_size : NULL, multipart ? part_count : NULL, ttl,
+                            s->part_count > 0 ? part_size : NULL, s->part_count > 0 ? part_count : NULL, ttl,
                             multipart ? s->s3_upload_id : NULL, s->key};
     fm_pg_call(r, on_upload_recorded,
                "WITH f AS ("
@@ -304,11 +332,16 @@ static void on_multipart_created(void *data)
     record_upload(r, s);
 }
 
-static void start_upload(fm_req_t *r, upload_state_t *s)
+void upload_start(fm_req_t *r, upload_state_t *s)
 {
     uuid_v4(s->upload_id);
     snprintf(s->key, sizeof(s->key), "incoming/%s", s->upload_id);
-    if (s->size > fm_control->config.multipart_threshold) {
+    if (s->mode == UPLOAD_MODE_CLIENT_PARTS) {
+        /* The client (Uppy) chooses its part size: part_size/part_count stay unknown (NULL) until complete. */
+        s->part_size = 0;
+        s->part_count = 0;
+        fm_offload_call(r, create_multipart_work, on_multipart_created, "the object store");
+    } else if (s->mode == UPLOAD_MODE_AUTO && s->size > fm_control->config.multipart_threshold) {
         s->part_size = choose_part_size(s->size);
         s->part_count = (int)((s->size + s->part_size - 1) / s->part_size);
         fm_offload_call(r, create_multipart_work, on_multipart_created, "the object store");
@@ -328,7 +361,7 @@ static void on_dedupe_inserted(PGresult *res, const char *errstr, void *data)
         return;
     upload_state_t *s = r->state;
     if (PQntuples(res) == 0) { /* the index was stale, or the size differs: upload the bytes */
-        start_upload(r, s);
+        upload_start(r, s);
         return;
     }
     cJSON *body = cJSON_CreateObject();
@@ -369,7 +402,7 @@ static void on_dedupe_index_rebuilt(redisReply *reply, const char *errstr, void 
     if (s->s3_ok) /* (reused as "the rebuilt index has our hash") */
         try_dedupe(r, s);
     else
-        start_upload(r, s);
+        upload_start(r, s);
 }
 
 static void dedupe_key(char *out, size_t size, const char *owner)
@@ -426,7 +459,7 @@ static void on_dedupe_index(redisReply *reply, const char *errstr, void *data)
     if (have_hash) {
         try_dedupe(r, s);
     } else if (built) {
-        start_upload(r, s);
+        upload_start(r, s);
     } else {
         const char *params[] = {s->principal->user_id};
         fm_pg_call(r, on_verified_hashes,
@@ -436,6 +469,44 @@ static void on_dedupe_index(redisReply *reply, const char *errstr, void *data)
     }
 }
 
+int upload_validate(fm_req_t *r, upload_state_t *s, const char *name, double size, const char *type, const char *sha,
+                    const char *folder)
+{
+    if (!name_valid(name)) {
+        fm_reply_error(r, 422, "invalid_name",
+                       "name must be 1 to 255 bytes without '/', '\\', control characters, and not . or ..");
+        return -1;
+    }
+    if (!(size >= 0) || size != (double)(long long)size) {
+        fm_reply_error(r, 422, "invalid_size", "size must be a whole number of bytes, 0 or more");
+        return -1;
+    }
+    if (size > (double)fm_control->config.max_upload_bytes) {
+        fm_reply_error(r, 413, "too_large", "files may be at most %lld bytes",
+                       (long long)fm_control->config.max_upload_bytes);
+        return -1;
+    }
+    if (!content_type_allowed(type)) {
+        fm_reply_error(r, 415, "content_type_not_allowed", "content type %.100s is not accepted here", type);
+        return -1;
+    }
+    if (!sha256_normalize(sha, s->sha256)) {
+        fm_reply_error(r, 422, "invalid_sha256", "sha256 must be 64 hexadecimal digits");
+        return -1;
+    }
+    if (folder != NULL) {
+        if (!uuid_valid(folder, strlen(folder))) {
+            fm_reply_error(r, 422, "invalid_folder", "folder must be a folder id (UUID) or null");
+            return -1;
+        }
+        snprintf(s->folder, sizeof(s->folder), "%s", folder);
+    }
+    snprintf(s->name, sizeof(s->name), "%s", name);
+    snprintf(s->content_type, sizeof(s->content_type), "%s", type);
+    s->size = (long long)size;
+    return 0;
+}
+
 /* Reads and checks the body of POST /v1/uploads into s; answers and returns -1 on bad input. */
 static int parse_upload_request(fm_req_t *r, upload_state_t *s)
 {
@@ -443,49 +514,23 @@ static int parse_upload_request(fm_req_t *r, upload_state_t *s)
     if (body == NULL)
         return -1;
     int rc = -1;
-    const char *name = fm_json_require_string(r, body, "name", 1, 10240);
+    const char *name = fm_json_require_string(r, body, "name", 1, 10240), *type = NULL, *sha = NULL;
     cJSON *size = cJSON_GetObjectItemCaseSensitive(body, "size");
     cJSON *folder = cJSON_GetObjectItemCaseSensitive(body, "folder");
-    const char *type, *sha;
     if (name == NULL)
         goto done;
-    if (!name_valid(name)) {
-        fm_reply_error(r, 422, "invalid_name",
-                       "name must be 1 to 255 bytes without '/', '\\\\', control characters, and not . or ..");
-        goto done;
-    }
-    if (!cJSON_IsNumber(size) || size->valuedouble < 0 || size->valuedouble != (double)(long long)size->valuedouble) {
+    if (!cJSON_IsNumber(size)) {
         fm_reply_error(r, 422, "invalid_size", "size must be a whole number of bytes, 0 or more");
         goto done;
     }
-    if (size->valuedouble > (double)fm_control->config.max_upload_bytes) {
-        fm_reply_error(r, 413, "too_large", "files may be at most %lld bytes",
-                       (long long)fm_control->config.max_upload_bytes);
+    if ((type = fm_json_require_string(r, body, "content_type", 1, 127)) == NULL ||
+        (sha = fm_json_require_string(r, body, "sha256", 1, 128)) == NULL)
+        goto done;
+    if (folder != NULL && !cJSON_IsNull(folder) && !cJSON_IsString(folder)) {
+        fm_reply_error(r, 422, "invalid_folder", "folder must be a folder id (UUID) or null");
         goto done;
     }
-    if ((type = fm_json_require_string(r, body, "content_type", 1, 127)) == NULL)
-        goto done;
-    if (!content_type_allowed(type)) {
-        fm_reply_error(r, 415, "content_type_not_allowed", "content type %.100s is not accepted here", type);
-        goto done;
-    }
-    if ((sha = fm_json_require_string(r, body, "sha256", 1, 128)) == NULL)
-        goto done;
-    if (!sha256_normalize(sha, s->sha256)) {
-        fm_reply_error(r, 422, "invalid_sha256", "sha256 must be 64 hexadecimal digits");
-        goto done;
-    }
-    if (folder != NULL && !cJSON_IsNull(folder)) {
-        if (!cJSON_IsString(folder) || !uuid_valid(folder->valuestring, strlen(folder->valuestring))) {
-            fm_reply_error(r, 422, "invalid_folder", "folder must be a folder id (UUID) or null");
-            goto done;
-        }
-        snprintf(s->folder, sizeof(s->folder), "%s", folder->valuestring);
-    }
-    snprintf(s->name, sizeof(s->name), "%s", name);
-    snprintf(s->content_type, sizeof(s->content_type), "%s", type);
-    s->size = (long long)size->valuedouble;
-    rc = 0;
+    rc = upload_validate(r, s, name, size->valuedouble, type, sha, cJSON_IsString(folder) ? folder->valuestring : NULL);
 done:
     cJSON_Delete(body);
     return rc;
@@ -650,6 +695,18 @@ static void on_parts_listed(void *data)
         fm_reply_unavailable(r, "the object store");
         return;
     }
+    if (s->uppy) { /* Companion answers a bare array of S3's own field names */
+        cJSON *list = cJSON_CreateArray();
+        for (size_t i = 0; i < s->part_count_given; ++i) {
+            cJSON *part = cJSON_CreateObject();
+            cJSON_AddNumberToObject(part, "PartNumber", s->parts[i].part_number);
+            cJSON_AddNumberToObject(part, "Size", (double)s->parts[i].size);
+            cJSON_AddStringToObject(part, "ETag", s->parts[i].etag);
+            cJSON_AddItemToArray(list, part);
+        }
+        fm_reply_json(r, 200, list);
+        return;
+    }
     cJSON *body = cJSON_CreateObject(), *parts = cJSON_AddArrayToObject(body, "parts");
     for (size_t i = 0; i < s->part_count_given; ++i) {
         cJSON *part = cJSON_CreateObject();
@@ -663,7 +720,7 @@ static void on_parts_listed(void *data)
     fm_reply_json(r, 200, body);
 }
 
-static void list_parts_loaded(fm_req_t *r, upload_state_t *s)
+void upload_list_parts_loaded(fm_req_t *r, upload_state_t *s)
 {
     if (strcmp(s->method, "MULTIPART") != 0) {
         fm_reply_error(r, 409, "not_multipart", "this upload is a single PUT");
@@ -678,7 +735,7 @@ static void list_parts_loaded(fm_req_t *r, upload_state_t *s)
 
 static void list_parts_authorized(fm_req_t *r, const fm_principal_t *p)
 {
-    load_upload(r, p, list_parts_loaded);
+    load_upload(r, p, upload_list_parts_loaded);
 }
 
 void handle_upload_parts_list(fm_req_t *r)

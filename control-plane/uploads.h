@@ -10,6 +10,9 @@
 #define MAX_PARTS 10000
 
 typedef struct upload_state upload_state_t;
+
+/** How the bytes will travel: chosen by size (our API), one PUT, or multipart with parts the client sizes (Uppy). */
+typedef enum { UPLOAD_MODE_AUTO, UPLOAD_MODE_SINGLE, UPLOAD_MODE_CLIENT_PARTS } upload_mode_t;
 typedef void (*upload_loaded_fn)(fm_req_t *r, upload_state_t *s);
 
 struct upload_state {
@@ -29,6 +32,9 @@ struct upload_state {
     char job_id[40];
     const fm_principal_t *principal;
     upload_loaded_fn loaded;
+    upload_mode_t mode;
+    int uppy; /* answer in Companion's shapes (uppy.c) */
+    char uppy_key[80];
 };
 
 
@@ -38,6 +44,22 @@ upload_state_t *upload_state(fm_req_t *r);
 /** Loads upload {id} (r->params[0]) of the caller into the state and calls next; answers 404 for a missing upload or
  *  someone else's (the two are not told apart). */
 void load_upload(fm_req_t *r, const fm_principal_t *p, upload_loaded_fn next);
+
+/** Checks the fields of a new upload and copies them into s; answers 4xx and returns -1 when one is bad. */
+int upload_validate(fm_req_t *r, upload_state_t *s, const char *name, double size, const char *type, const char *sha,
+                    const char *folder);
+
+/** Creates the upload (S3 multipart first if needed), records it, and answers 201 (or Uppy's shape). */
+void upload_start(fm_req_t *r, upload_state_t *s);
+
+/** A presigned PUT for `key` (a part when part_number > 0) valid `ttl` seconds; NULL (logged) on failure. */
+char *upload_presign(fm_req_t *r, const char *key, const char *content_type, int part_number, const char *s3_upload_id,
+                     long long ttl);
+
+/* uploads_complete.c, shared with uppy.c */
+void upload_complete_loaded(fm_req_t *r, upload_state_t *s);
+void upload_abort_loaded(fm_req_t *r, upload_state_t *s);
+void upload_list_parts_loaded(fm_req_t *r, upload_state_t *s);
 
 /** Formats unix time t as 2026-01-02T03:04:05Z. */
 void iso8601(long long t, char out[32]);

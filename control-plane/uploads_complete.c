@@ -96,6 +96,16 @@ static void answer_completed(fm_req_t *r, const char *job_id)
 {
     upload_state_t *s = r->state;
     cJSON *body = cJSON_CreateObject();
+    if (s->uppy) { /* Companion's answer: where the object is */
+        char location[512];
+        snprintf(location, sizeof(location), "%s/%s/%s", fm_control->config.s3_public_endpoint,
+                 fm_control->config.s3_bucket, s->key);
+        cJSON_AddStringToObject(body, "location", location);
+        cJSON_AddStringToObject(body, "file_id", s->file_id);
+        cJSON_AddStringToObject(body, "job_id", job_id);
+        fm_reply_json(r, 200, body);
+        return;
+    }
     cJSON_AddStringToObject(body, "upload_id", s->upload_id);
     cJSON_AddStringToObject(body, "file_id", s->file_id);
     cJSON_AddStringToObject(body, "status", "UPLOADED");
@@ -195,9 +205,12 @@ static int parse_parts(fm_req_t *r, upload_state_t *s)
         return -1;
     cJSON *parts = cJSON_GetObjectItemCaseSensitive(body, "parts"), *item;
     int count = cJSON_GetArraySize(parts), previous = 0;
-    if (!cJSON_IsArray(parts) || count < 1 || count > s->part_count) {
+    /* Parts sized by the client (Uppy): their number is known only now. */
+    int most = s->part_count > 0 ? s->part_count : MAX_PARTS;
+    const char *number_field = s->uppy ? "PartNumber" : "part_number", *etag_field = s->uppy ? "ETag" : "etag";
+    if (!cJSON_IsArray(parts) || count < 1 || count > most) {
         cJSON_Delete(body);
-        fm_reply_error(r, 422, "invalid_parts", "parts must list 1 to %d parts", s->part_count);
+        fm_reply_error(r, 422, "invalid_parts", "parts must list 1 to %d parts", most);
         return -1;
     }
     s->parts = calloc((size_t)count, sizeof(fm_s3_part_t));
@@ -205,15 +218,15 @@ static int parse_parts(fm_req_t *r, upload_state_t *s)
         h2o_fatal("out of memory");
     cJSON_ArrayForEach(item, parts)
     {
-        cJSON *number = cJSON_GetObjectItemCaseSensitive(item, "part_number");
-        cJSON *etag = cJSON_GetObjectItemCaseSensitive(item, "etag");
+        cJSON *number = cJSON_GetObjectItemCaseSensitive(item, number_field);
+        cJSON *etag = cJSON_GetObjectItemCaseSensitive(item, etag_field);
         if (!cJSON_IsNumber(number) || number->valuedouble != (double)(int)number->valuedouble ||
-            (int)number->valuedouble <= previous || number->valuedouble > s->part_count || !cJSON_IsString(etag) ||
+            (int)number->valuedouble <= previous || number->valuedouble > most || !cJSON_IsString(etag) ||
             strlen(etag->valuestring) == 0 || strlen(etag->valuestring) >= sizeof(s->parts[0].etag)) {
             cJSON_Delete(body);
             fm_reply_error(r, 422, "invalid_parts",
-                           "each part needs a part_number (ascending, 1 to %d) and the etag S3 answered",
-                           s->part_count);
+                           "each part needs a %s (ascending, 1 to %d) and the %s S3 answered", number_field, most,
+                           etag_field);
             return -1;
         }
         fm_s3_part_t *part = &s->parts[s->part_count_given++];
@@ -221,7 +234,7 @@ static int parse_parts(fm_req_t *r, upload_state_t *s)
         snprintf(part->etag, sizeof(part->etag), "%s", etag->valuestring);
     }
     cJSON_Delete(body);
-    if ((int)s->part_count_given != s->part_count) {
+    if (s->part_count > 0 && (int)s->part_count_given != s->part_count) {
         fm_reply_error(r, 422, "invalid_parts", "all %d parts must be listed, %zu were", s->part_count,
                        s->part_count_given);
         return -1;
@@ -229,7 +242,7 @@ static int parse_parts(fm_req_t *r, upload_state_t *s)
     return 0;
 }
 
-static void complete_loaded(fm_req_t *r, upload_state_t *s)
+void upload_complete_loaded(fm_req_t *r, upload_state_t *s)
 {
     if (strcmp(s->status, "UPLOADED") == 0 || strcmp(s->status, "COMPLETED") == 0) {
         /* Idempotent: the same answer, the same job. */
@@ -251,7 +264,7 @@ static void complete_loaded(fm_req_t *r, upload_state_t *s)
 
 static void complete_authorized(fm_req_t *r, const fm_principal_t *p)
 {
-    load_upload(r, p, complete_loaded);
+    load_upload(r, p, upload_complete_loaded);
 }
 
 void handle_upload_complete(fm_req_t *r)
@@ -260,6 +273,15 @@ void handle_upload_complete(fm_req_t *r)
 }
 
 /* ---- DELETE /v1/uploads/{id} ---------------------------------------------------------------------------------- */
+
+static void answer_aborted(fm_req_t *r)
+{
+    upload_state_t *s = r->state;
+    if (s->uppy)
+        fm_reply_raw(r, 200, "application/json", "{}", 2); /* Companion answers an empty object */
+    else
+        fm_reply_raw(r, 204, "application/json", "", 0);
+}
 
 static void on_abort_recorded(PGresult *res, const char *errstr, void *data)
 {
@@ -274,7 +296,7 @@ static void on_abort_recorded(PGresult *res, const char *errstr, void *data)
     }
     upload_state_t *s = r->state;
     fm_redis_command(fm_control_thread(r)->redis, ignore_reply, NULL, "DEL fm:file:{%s}", s->file_id);
-    fm_reply_raw(r, 204, "application/json", "", 0);
+    answer_aborted(r);
 }
 
 static void abort_work(void *data)
@@ -318,14 +340,14 @@ static void on_aborted(void *data)
                1, params);
 }
 
-static void abort_loaded(fm_req_t *r, upload_state_t *s)
+void upload_abort_loaded(fm_req_t *r, upload_state_t *s)
 {
     if (strcmp(s->status, "UPLOADED") == 0 || strcmp(s->status, "COMPLETED") == 0) {
         fm_reply_error(r, 409, "already_completed", "this upload was completed; delete the file instead");
         return;
     }
     if (strcmp(s->status, "PENDING") != 0) {
-        fm_reply_raw(r, 204, "application/json", "", 0); /* aborted or expired already */
+        answer_aborted(r); /* aborted or expired already */
         return;
     }
     fm_offload_call(r, abort_work, on_aborted, "the object store");
@@ -333,7 +355,7 @@ static void abort_loaded(fm_req_t *r, upload_state_t *s)
 
 static void abort_authorized(fm_req_t *r, const fm_principal_t *p)
 {
-    load_upload(r, p, abort_loaded);
+    load_upload(r, p, upload_abort_loaded);
 }
 
 void handle_upload_abort(fm_req_t *r)

@@ -1,0 +1,287 @@
+/*
+ * Stock Uppy (@uppy/aws-s3 with `endpoint` pointing here) speaks Companion's S3 routes; this file maps them onto the
+ * same upload logic as /v1/uploads (uploads.c, uploads_complete.c). Uppy option `endpoint` = `<control>/v1/uppy`,
+ * `headers` = {authorization: "Bearer …"}; the app puts the file's `size` and `sha256` into its meta and lists
+ * them in `allowedMetaFields` (we record both before any byte moves, as for our own API).
+ *
+ *   GET    /v1/uppy/s3/params?filename=&type=&metadata[size]=&metadata[sha256]=  getUploadParameters (one PUT)
+ *   POST   /v1/uppy/s3/multipart {filename, type, metadata}                       createMultipartUpload
+ *   GET    /v1/uppy/s3/multipart/{uploadId}/{partNumber}?key=                     signPart
+ *   GET    /v1/uppy/s3/multipart/{uploadId}?key=                                  listParts
+ *   POST   /v1/uppy/s3/multipart/{uploadId}/complete?key= {parts:[{PartNumber, ETag}]}
+ *   DELETE /v1/uppy/s3/multipart/{uploadId}?key=                                  abortMultipartUpload
+ *
+ * `key` is our object key (`incoming/{upload_id}`), which names the upload; `uploadId` is S3's and must match it.
+ * A single PUT through Uppy has no `complete` call: the S3 event (or the reconciler) finishes it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "control.h"
+#include "log.h"
+#include "uploads.h"
+
+static int hex_value(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+}
+
+/* Decodes application/x-www-form-urlencoded text ('+' is a space) into out; -1 if malformed or too long or NUL. */
+static int form_decode(const char *in, size_t len, char *out, size_t size)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; ++i) {
+        char c = in[i];
+        if (c == '+') {
+            c = ' ';
+        } else if (c == '%') {
+            if (i + 2 >= len)
+                return -1;
+            int hi = hex_value(in[i + 1]), lo = hex_value(in[i + 2]);
+            if (hi < 0 || lo < 0)
+                return -1;
+            c = (char)(hi << 4 | lo);
+            i += 2;
+        }
+        if (c == '\0' || n + 1 >= size)
+            return -1;
+        out[n++] = c;
+    }
+    out[n] = '\0';
+    return 0;
+}
+
+/* The query parameter `name` (compared after decoding), decoded into out; 0 found, -1 absent or bad. */
+static int query_param(fm_req_t *r, const char *name, char *out, size_t size)
+{
+    h2o_req_t *req = r->req;
+    if (req->query_at == SIZE_MAX)
+        return -1;
+    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', end - p), *item_end = amp ? amp : end;
+        const char *eq = memchr(p, '=', item_end - p);
+        char key[64];
+        if (eq != NULL && form_decode(p, eq - p, key, sizeof(key)) == 0 && strcmp(key, name) == 0)
+            return form_decode(eq + 1, item_end - eq - 1, out, size);
+        p = item_end + 1;
+    }
+    return -1;
+}
+
+/* ---- GET /v1/uppy/s3/params and POST /v1/uppy/s3/multipart: a new upload --------------------------------------- */
+
+static void start_from_fields(fm_req_t *r, upload_state_t *s, const char *filename, const char *type,
+                              const char *size_text, const char *sha256)
+{
+    char *end = NULL;
+    double size = size_text != NULL ? strtod(size_text, &end) : -1;
+    if (size_text == NULL || end == size_text || *end != '\0') {
+        fm_reply_error(r, 422, "invalid_size",
+                       "put the file's size (and sha256) into its Uppy meta and allowedMetaFields");
+        return;
+    }
+    if (sha256 == NULL) {
+        fm_reply_error(r, 422, "invalid_sha256", "put the file's sha256 into its Uppy meta and allowedMetaFields");
+        return;
+    }
+    if (upload_validate(r, s, filename, size, type, sha256, NULL) != 0)
+        return;
+    if (s->mode == UPLOAD_MODE_SINGLE && s->size > 5368709120LL) {
+        fm_reply_error(r, 413, "too_large", "a single PUT holds at most 5 GiB: use multipart");
+        return;
+    }
+    upload_start(r, s);
+}
+
+static void params_authorized(fm_req_t *r, const fm_principal_t *p)
+{
+    upload_state_t *s = upload_state(r);
+    s->principal = p;
+    s->uppy = 1;
+    s->mode = UPLOAD_MODE_SINGLE;
+    if (p->role == FM_JWT_ROLE_VIEWER) {
+        fm_reply_error(r, 403, "forbidden", "viewers cannot upload");
+        return;
+    }
+    char filename[1024], type[128], size[32], sha256[80];
+    if (query_param(r, "filename", filename, sizeof(filename)) != 0 || query_param(r, "type", type, sizeof(type)) != 0) {
+        fm_reply_error(r, 422, "invalid_field", "filename and type are required");
+        return;
+    }
+    int have_size = query_param(r, "metadata[size]", size, sizeof(size)) == 0;
+    int have_sha = query_param(r, "metadata[sha256]", sha256, sizeof(sha256)) == 0;
+    start_from_fields(r, s, filename, type, have_size ? size : NULL, have_sha ? sha256 : NULL);
+}
+
+void handle_uppy_params(fm_req_t *r)
+{
+    fm_auth_require(r, params_authorized);
+}
+
+static void multipart_create_authorized(fm_req_t *r, const fm_principal_t *p)
+{
+    upload_state_t *s = upload_state(r);
+    s->principal = p;
+    s->uppy = 1;
+    s->mode = UPLOAD_MODE_CLIENT_PARTS;
+    if (p->role == FM_JWT_ROLE_VIEWER) {
+        fm_reply_error(r, 403, "forbidden", "viewers cannot upload");
+        return;
+    }
+    cJSON *body = fm_req_json_body(r, 16384);
+    if (body == NULL)
+        return;
+    const char *filename = fm_json_require_string(r, body, "filename", 1, 1024);
+    const char *type = filename ? fm_json_require_string(r, body, "type", 1, 127) : NULL;
+    if (type == NULL) {
+        cJSON_Delete(body);
+        return;
+    }
+    cJSON *meta = cJSON_GetObjectItemCaseSensitive(body, "metadata");
+    cJSON *size = cJSON_GetObjectItemCaseSensitive(meta, "size"), *sha = cJSON_GetObjectItemCaseSensitive(meta, "sha256");
+    char size_text[32];
+    if (cJSON_IsNumber(size))
+        snprintf(size_text, sizeof(size_text), "%.0f", size->valuedouble);
+    else
+        snprintf(size_text, sizeof(size_text), "%s", cJSON_IsString(size) ? size->valuestring : "");
+    start_from_fields(r, s, filename, type, size_text[0] ? size_text : NULL,
+                      cJSON_IsString(sha) ? sha->valuestring : NULL);
+    cJSON_Delete(body);
+}
+
+void handle_uppy_multipart_create(fm_req_t *r)
+{
+    fm_auth_require(r, multipart_create_authorized);
+}
+
+/* ---- the routes on an existing multipart upload ---------------------------------------------------------------- */
+
+/* Finds our upload from ?key=incoming/{id}, then the loaded upload must carry S3's uploadId of the path. */
+static void load_by_key(fm_req_t *r, const fm_principal_t *p, upload_loaded_fn next)
+{
+    upload_state_t *s = upload_state(r);
+    s->uppy = 1;
+    static const char prefix[] = "incoming/";
+    if (query_param(r, "key", s->uppy_key, sizeof(s->uppy_key)) != 0 ||
+        strncmp(s->uppy_key, prefix, sizeof(prefix) - 1) != 0) {
+        fm_reply_error(r, 404, "upload_not_found", "no such upload");
+        return;
+    }
+    /* load_upload() reads the upload id from params[0]; S3's uploadId stays in params[1] (see routes). */
+    r->params[1] = r->params[0];
+    r->params[0] = h2o_iovec_init(s->uppy_key + sizeof(prefix) - 1, strlen(s->uppy_key) - (sizeof(prefix) - 1));
+    load_upload(r, p, next);
+}
+
+static int s3_upload_id_matches(fm_req_t *r, upload_state_t *s)
+{
+    char given[FM_S3_UPLOAD_ID_MAX];
+    if (strcmp(s->method, "MULTIPART") != 0 ||
+        form_decode(r->params[1].base, r->params[1].len, given, sizeof(given)) != 0 ||
+        strcmp(given, s->s3_upload_id) != 0) {
+        fm_reply_error(r, 404, "upload_not_found", "no such multipart upload for this key");
+        return 0;
+    }
+    return 1;
+}
+
+static void sign_part_loaded(fm_req_t *r, upload_state_t *s)
+{
+    if (!s3_upload_id_matches(r, s))
+        return;
+    if (strcmp(s->status, "PENDING") != 0) {
+        fm_reply_error(r, 409, "not_pending", "this upload is %s", s->status);
+        return;
+    }
+    /* params[2] holds the part number (captured after the uploadId). */
+    char number[8];
+    h2o_iovec_t text = r->params[2];
+    int part = 0;
+    if (text.len == 0 || text.len >= sizeof(number)) {
+        part = -1;
+    } else {
+        memcpy(number, text.base, text.len);
+        number[text.len] = '\0';
+        char *end;
+        long v = strtol(number, &end, 10);
+        part = *end == '\0' && v >= 1 && v <= MAX_PARTS ? (int)v : -1;
+    }
+    if (part < 1) {
+        fm_reply_error(r, 422, "invalid_parts", "part numbers go from 1 to %d", MAX_PARTS);
+        return;
+    }
+    long long ttl = fm_control->config.upload_url_ttl_s;
+    char *url = upload_presign(r, s->key, NULL, part, s->s3_upload_id, ttl);
+    if (url == NULL) {
+        fm_reply_error(r, 500, "internal_error", "could not sign the part URL");
+        return;
+    }
+    cJSON *body = cJSON_CreateObject();
+    cJSON_AddStringToObject(body, "url", url);
+    cJSON_AddStringToObject(body, "method", "PUT");
+    cJSON_AddNumberToObject(body, "expires", (double)ttl);
+    free(url);
+    fm_reply_json(r, 200, body);
+}
+
+static void sign_part_authorized(fm_req_t *r, const fm_principal_t *p)
+{
+    /* The route captured {uploadId} and {partNumber}; keep the part number where load_by_key leaves it alone. */
+    r->params[2] = r->params[1];
+    load_by_key(r, p, sign_part_loaded);
+}
+
+void handle_uppy_sign_part(fm_req_t *r)
+{
+    fm_auth_require(r, sign_part_authorized);
+}
+
+static void list_loaded(fm_req_t *r, upload_state_t *s)
+{
+    if (s3_upload_id_matches(r, s))
+        upload_list_parts_loaded(r, s);
+}
+
+static void list_authorized(fm_req_t *r, const fm_principal_t *p)
+{
+    load_by_key(r, p, list_loaded);
+}
+
+void handle_uppy_list_parts(fm_req_t *r)
+{
+    fm_auth_require(r, list_authorized);
+}
+
+static void complete_loaded(fm_req_t *r, upload_state_t *s)
+{
+    if (s3_upload_id_matches(r, s))
+        upload_complete_loaded(r, s);
+}
+
+static void complete_authorized(fm_req_t *r, const fm_principal_t *p)
+{
+    load_by_key(r, p, complete_loaded);
+}
+
+void handle_uppy_complete(fm_req_t *r)
+{
+    fm_auth_require(r, complete_authorized);
+}
+
+static void abort_loaded(fm_req_t *r, upload_state_t *s)
+{
+    if (s3_upload_id_matches(r, s))
+        upload_abort_loaded(r, s);
+}
+
+static void abort_authorized(fm_req_t *r, const fm_principal_t *p)
+{
+    load_by_key(r, p, abort_loaded);
+}
+
+void handle_uppy_abort(fm_req_t *r)
+{
+    fm_auth_require(r, abort_authorized);
+}
