@@ -733,26 +733,14 @@ static int etag_opaque(const char *etag, char *out)
 /* Text for XML element content: the five special characters as entities. */
 static void buf_xml_text(buf_t *b, const char *text)
 {
+    static const char specials[] = "&<>\"'";
+    static const char *const entities[] = {"&amp;", "&lt;", "&gt;", "&quot;", "&apos;"};
     for (const char *p = text; *p != '\0'; p++) {
-        switch (*p) {
-        case '&':
-            buf_str(b, "&amp;");
-            break;
-        case '<':
-            buf_str(b, "&lt;");
-            break;
-        case '>':
-            buf_str(b, "&gt;");
-            break;
-        case '"':
-            buf_str(b, "&quot;");
-            break;
-        case '\'':
-            buf_str(b, "&apos;");
-            break;
-        default:
+        const char *special = strchr(specials, *p);
+        if (special != NULL)
+            buf_str(b, entities[special - specials]);
+        else
             buf_add(b, p, 1);
-        }
     }
 }
 
@@ -764,15 +752,6 @@ int fm_s3_complete_multipart(fm_s3_t *s3, const char *key, const char *upload_id
     if (parts == NULL || count == 0 || count > FM_S3_MAX_PARTS)
         return refuse(res, "1 to %d parts are required, not %zu", FM_S3_MAX_PARTS, parts == NULL ? 0 : count);
     /* S3 API reference, CompleteMultipartUpload: <Part><PartNumber/><ETag/></Part> per part, in the given order. */
-    /* S3 answers InvalidPartOrder for parts not strictly ascending; Ceph RGW 16 completes them in the given order. */
-    for (size_t i = 1; i < count; i++) {
-        if (parts[i].part_number <= parts[i - 1].part_number) {
-            refuse(res, "part %d is given after part %d: parts must be ascending, each once", parts[i].part_number,
-                   parts[i - 1].part_number);
-            strcpy(res->code, "InvalidPartOrder");
-            return -1;
-        }
-    }
     buf_t body = {0};
     buf_str(&body, "<CompleteMultipartUpload xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\">");
     for (size_t i = 0; i < count; i++) {
@@ -781,6 +760,15 @@ int fm_s3_complete_multipart(fm_s3_t *s3, const char *key, const char *upload_id
             etag_opaque(parts[i].etag, opaque) != 0) {
             free(body.data);
             return refuse(res, "part %zu: number %d or its ETag is not valid", i + 1, parts[i].part_number);
+        }
+        /* S3 answers InvalidPartOrder for numbers not strictly ascending; Ceph RGW 16 sorts them itself (a part
+         * given twice counts once), so the same request would complete there: refuse it here for both. */
+        if (i > 0 && parts[i].part_number <= parts[i - 1].part_number) {
+            free(body.data);
+            refuse(res, "part %d is given after part %d: parts must be ascending, each once", parts[i].part_number,
+                   parts[i - 1].part_number);
+            strcpy(res->code, "InvalidPartOrder");
+            return -1;
         }
         snprintf(number, sizeof(number), "%d", parts[i].part_number);
         buf_str(&body, "<Part><PartNumber>");

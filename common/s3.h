@@ -145,7 +145,7 @@ int fm_s3_list_parts(fm_s3_t *s3, const char *key, const char *upload_id, fm_s3_
  * are used; an ETag may be given with or without its quotes and must otherwise be an RFC 7232 entity-tag (no
  * spaces, quotes or control characters). Refused before anything is sent: a bad count, number or ETag
  * ("InvalidArgument"), and part numbers not strictly ascending ("InvalidPartOrder", status 0: S3 answers that
- * itself, but Ceph RGW 16 completes parts in any order). The body is signed with its SHA-256.
+ * itself, but Ceph RGW 16 sorts the parts and completes). The body is signed with its SHA-256.
  *
  * -1 with res->code "InvalidPart" (a part missing or its ETag wrong), "EntityTooSmall" (a part but the last under
  * 5 MiB), "NoSuchUpload" (unknown or aborted) or S3's other codes -- also when they come in a 200 answer. On 0,

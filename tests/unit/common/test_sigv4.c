@@ -1,8 +1,6 @@
 /*
  * Tests of common/sigv4.c against the AWS documentation's examples and against botocore (sigv4_vectors.py, run
- * here with Debian's /usr/bin/python3; a missing botocore fails the test). The last section tests what of
- * common/s3.c needs no S3 server: XML extraction, the request it puts on the wire (captured by a one-shot local
- * TCP listener) and how it reports transport failures.
+ * here with Debian's /usr/bin/python3; a missing botocore fails the test). common/s3.c is tested in test_s3.c.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,20 +9,14 @@
 
 #include <cmocka.h>
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <cjson/cJSON.h>
 
-#include "s3.h"
 #include "sigv4.h"
 
 #define DOC_ACCESS "AKIAIOSFODNN7EXAMPLE"
@@ -456,276 +448,6 @@ static void test_header_signing_token_and_unsigned(void **state)
     fm_sigv4_free(s);
 }
 
-/* ---- s3.c: what needs no S3 server ------------------------------------------------------------------------- */
-
-static void test_s3_xml_text(void **state)
-{
-    const char *xml = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NoSuchKey</Code>"
-                      "<Message>The key &lt;a&amp;b&gt; &quot;x&apos;s&quot; &#233;&#x65E5;</Message>"
-                      "<Key>a&amp;b</Key><RequestId>tx0001</RequestId><Empty></Empty><Odd>&bogus; &#;</Odd></Error>";
-    char out[128];
-    assert_int_equal(fm_s3_xml_text(xml, strlen(xml), "Code", out, sizeof(out)), 0);
-    assert_string_equal(out, "NoSuchKey");
-    assert_int_equal(fm_s3_xml_text(xml, strlen(xml), "Message", out, sizeof(out)), 0);
-    assert_string_equal(out, "The key <a&b> \"x's\" \xc3\xa9\xe6\x97\xa5");
-    assert_int_equal(fm_s3_xml_text(xml, strlen(xml), "Empty", out, sizeof(out)), 0);
-    assert_string_equal(out, "");
-    assert_int_equal(fm_s3_xml_text(xml, strlen(xml), "Odd", out, sizeof(out)), 0);
-    assert_string_equal(out, "&bogus; &#;"); /* unknown references are kept as text */
-    assert_int_equal(fm_s3_xml_text(xml, strlen(xml), "UploadId", out, sizeof(out)), -1);
-    assert_int_equal(fm_s3_xml_text(xml, strlen(xml), "Cod", out, sizeof(out)), -1);
-    char small[4];
-    assert_int_equal(fm_s3_xml_text(xml, strlen(xml), "Code", small, sizeof(small)), -1);
-    assert_string_equal(small, "");
-    /* Not NUL-terminated, cut inside the element: no read past `len`, no match. */
-    const char *cut = "<UploadId>abc</Upl";
-    assert_int_equal(fm_s3_xml_text(cut, strlen(cut), "UploadId", out, sizeof(out)), -1);
-    const char *etag = "<CompleteMultipartUploadResult><ETag>&quot;3858f62230ac3c915f300c664312c11f-9&quot;</ETag>";
-    assert_int_equal(fm_s3_xml_text(etag, strlen(etag), "ETag", out, sizeof(out)), 0);
-    assert_string_equal(out, "\"3858f62230ac3c915f300c664312c11f-9\"");
-}
-
-/* A one-shot HTTP listener on 127.0.0.1: keeps the request it gets and answers with a canned response. */
-typedef struct {
-    int fd;
-    int port;
-    char response[4096];
-    char request[16384];
-    size_t request_len;
-    int silent; /* accept but never answer (timeout test) */
-    pthread_t thread;
-} listener_t;
-
-static void *listener_run(void *arg)
-{
-    listener_t *l = arg;
-    int conn = accept(l->fd, NULL, NULL);
-    if (conn < 0)
-        return NULL;
-    size_t header_end = 0, want = 0;
-    while (l->request_len < sizeof(l->request) - 1) {
-        ssize_t n = recv(conn, l->request + l->request_len, sizeof(l->request) - 1 - l->request_len, 0);
-        if (n <= 0)
-            break;
-        l->request_len += (size_t)n;
-        l->request[l->request_len] = '\0';
-        if (header_end == 0) {
-            char *end = strstr(l->request, "\r\n\r\n");
-            if (end == NULL)
-                continue;
-            header_end = (size_t)(end + 4 - l->request);
-            char *cl = strcasestr(l->request, "\r\nContent-Length:");
-            want = header_end + (cl != NULL && cl < end ? strtoul(cl + 17, NULL, 10) : 0);
-        }
-        if (l->request_len >= want)
-            break;
-    }
-    if (l->silent) {
-        char sink[256];
-        while (recv(conn, sink, sizeof(sink), 0) > 0) {
-        }
-    } else {
-        send(conn, l->response, strlen(l->response), MSG_NOSIGNAL);
-    }
-    close(conn);
-    return NULL;
-}
-
-/* `head` is the status line and headers without Content-Length, which is computed from `body`; a NULL `head`
- * makes a listener that reads the request and never answers. */
-static void listener_start(listener_t *l, const char *head, const char *body)
-{
-    memset(l, 0, sizeof(*l));
-    l->silent = head == NULL;
-    if (head != NULL)
-        snprintf(l->response, sizeof(l->response), "%sContent-Length: %zu\r\n\r\n%s", head, strlen(body), body);
-    l->fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(l->fd >= 0);
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    assert_int_equal(bind(l->fd, (struct sockaddr *)&addr, sizeof(addr)), 0);
-    assert_int_equal(listen(l->fd, 4), 0);
-    socklen_t len = sizeof(addr);
-    assert_int_equal(getsockname(l->fd, (struct sockaddr *)&addr, &len), 0);
-    l->port = ntohs(addr.sin_port);
-    assert_int_equal(pthread_create(&l->thread, NULL, listener_run, l), 0);
-}
-
-static void listener_stop(listener_t *l)
-{
-    shutdown(l->fd, SHUT_RDWR);
-    pthread_join(l->thread, NULL);
-    close(l->fd);
-}
-
-static fm_s3_t *s3_for_port(int port, long timeout_ms)
-{
-    char endpoint[64];
-    snprintf(endpoint, sizeof(endpoint), "http://127.0.0.1:%d", port);
-    fm_s3_config_t cfg = {.endpoint = endpoint,
-                          .region = "us-east-1",
-                          .bucket = "fm-bucket",
-                          .access_key = DOC_ACCESS,
-                          .secret_key = DOC_SECRET,
-                          .timeout_ms = timeout_ms};
-    char err[256];
-    fm_s3_t *s3 = fm_s3_new(&cfg, err, sizeof(err));
-    if (s3 == NULL)
-        fail_msg("%s", err);
-    return s3;
-}
-
-/* The value of request header `name` in a captured request, or NULL. */
-static char *captured_header(const char *request, const char *name, char *out, size_t size)
-{
-    char pattern[128];
-    snprintf(pattern, sizeof(pattern), "\r\n%s:", name);
-    const char *p = strcasestr(request, pattern);
-    if (p == NULL)
-        return NULL;
-    p += strlen(pattern);
-    while (*p == ' ')
-        p++;
-    size_t n = strcspn(p, "\r");
-    if (n >= size)
-        n = size - 1;
-    memcpy(out, p, n);
-    out[n] = '\0';
-    return out;
-}
-
-static void test_s3_put_request_on_the_wire(void **state)
-{
-    listener_t l;
-    listener_start(&l, "HTTP/1.1 200 OK\r\nETag: \"5eb63bbbe01eeed093cb22bb8f5acdc3\"\r\nx-amz-request-id: tx-put\r\n",
-                   "");
-    fm_s3_t *s3 = s3_for_port(l.port, 5000);
-    fm_s3_result_t res;
-    assert_int_equal(fm_s3_put_object(s3, "in/ü a+b", "hello world", 11, "text/plain", &res), 0);
-    listener_stop(&l);
-    assert_int_equal(res.status, 200);
-    assert_string_equal(res.code, "");
-    assert_string_equal(res.etag, "\"5eb63bbbe01eeed093cb22bb8f5acdc3\"");
-    assert_string_equal(res.request_id, "tx-put");
-
-    char value[512], host[64];
-    assert_non_null(strstr(l.request, "PUT /fm-bucket/in/%C3%BC%20a%2Bb HTTP/1.1\r\n"));
-    snprintf(host, sizeof(host), "127.0.0.1:%d", l.port);
-    assert_string_equal(captured_header(l.request, "Host", value, sizeof(value)), host);
-    /* sha256("hello world"), the body actually sent, and its MD5 in base64. */
-    assert_string_equal(captured_header(l.request, "x-amz-content-sha256", value, sizeof(value)),
-                        "b94d27b9934d3e08a52e52d7da7dabfac484efe37a5380ee9088f7ace2efcde9");
-    assert_string_equal(captured_header(l.request, "Content-MD5", value, sizeof(value)), "XrY7u+Ae7tCTyyK7j1rNww==");
-    assert_string_equal(captured_header(l.request, "Content-Type", value, sizeof(value)), "text/plain");
-    assert_non_null(captured_header(l.request, "Authorization", value, sizeof(value)));
-    assert_non_null(strstr(value, "SignedHeaders=content-md5;content-type;host;x-amz-content-sha256;x-amz-date, "));
-    assert_null(captured_header(l.request, "Expect", value, sizeof(value)));
-    assert_non_null(strstr(l.request, "\r\n\r\nhello world"));
-    fm_s3_free(s3);
-}
-
-static void test_s3_error_answers(void **state)
-{
-    listener_t l;
-    listener_start(&l, "HTTP/1.1 404 Not Found\r\nContent-Type: application/xml\r\n",
-                   "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchUpload</Code>"
-                   "<Message>gone</Message><RequestId>tx-abort</RequestId><HostId>h</HostId></Error>");
-    fm_s3_t *s3 = s3_for_port(l.port, 5000);
-    fm_s3_result_t res;
-    assert_int_equal(fm_s3_abort_multipart(s3, "big/new", "2~Zx/y+z==", &res), -1);
-    listener_stop(&l);
-    assert_non_null(strstr(l.request, "DELETE /fm-bucket/big/new?uploadId=2~Zx%2Fy%2Bz%3D%3D HTTP/1.1\r\n"));
-    assert_int_equal(res.status, 404);
-    assert_string_equal(res.code, "NoSuchUpload");
-    assert_string_equal(res.message, "gone");
-    assert_string_equal(res.request_id, "tx-abort");
-
-    /* HEAD: no body, so the status names the error. */
-    listener_start(&l, "HTTP/1.1 404 Not Found\r\n", "");
-    fm_s3_free(s3);
-    s3 = s3_for_port(l.port, 5000);
-    assert_int_equal(fm_s3_head_object(s3, "missing", &res), -1);
-    listener_stop(&l);
-    assert_non_null(strstr(l.request, "HEAD /fm-bucket/missing HTTP/1.1\r\n"));
-    assert_int_equal(res.status, 404);
-    assert_string_equal(res.code, "NotFound");
-    assert_string_equal(res.message, "S3 answered HTTP 404 NotFound");
-    assert_int_equal(res.content_length, -1);
-
-    /* CreateMultipartUpload: the upload id comes from the XML answer. */
-    listener_start(&l, "HTTP/1.1 200 OK\r\n",
-                   "<InitiateMultipartUploadResult><Bucket>fm-bucket</Bucket><Key>k</Key>"
-                   "<UploadId>2~abc&amp;def</UploadId></InitiateMultipartUploadResult>");
-    fm_s3_free(s3);
-    s3 = s3_for_port(l.port, 5000);
-    assert_int_equal(fm_s3_create_multipart(s3, "k", NULL, &res), 0);
-    listener_stop(&l);
-    assert_non_null(strstr(l.request, "POST /fm-bucket/k?uploads= HTTP/1.1\r\n"));
-    char value[64];
-    assert_null(captured_header(l.request, "Content-Type", value, sizeof(value)));
-    assert_string_equal(res.upload_id, "2~abc&def");
-
-    assert_int_equal(fm_s3_delete_object(s3, "", &res), -1);
-    assert_string_equal(res.code, "InvalidArgument");
-    fm_s3_free(s3);
-}
-
-/* Virtual-hosted style: the bucket moves into Host (signed and sent alike) and out of the path. */
-static void test_s3_virtual_hosted(void **state)
-{
-    listener_t l;
-    listener_start(&l, "HTTP/1.1 200 OK\r\n", "");
-    char endpoint[64], host[64], value[128];
-    snprintf(endpoint, sizeof(endpoint), "http://localhost:%d", l.port);
-    fm_s3_config_t cfg = {.endpoint = endpoint,
-                          .bucket = "fm-bucket",
-                          .access_key = DOC_ACCESS,
-                          .secret_key = DOC_SECRET,
-                          .virtual_hosted = 1,
-                          .connect_timeout_ms = 2000};
-    char err[128];
-    fm_s3_t *s3 = fm_s3_new(&cfg, err, sizeof(err));
-    assert_non_null(s3);
-    fm_s3_result_t res;
-    /* curl resolves *.localhost to the loopback address itself. */
-    assert_int_equal(fm_s3_delete_object(s3, "a b", &res), 0);
-    listener_stop(&l);
-    assert_non_null(strstr(l.request, "DELETE /a%20b HTTP/1.1\r\n"));
-    snprintf(host, sizeof(host), "fm-bucket.localhost:%d", l.port);
-    assert_string_equal(captured_header(l.request, "Host", value, sizeof(value)), host);
-    fm_s3_free(s3);
-    cfg.bucket = "dotted.bucket"; /* would not match a TLS wildcard certificate: refused */
-    assert_null(fm_s3_new(&cfg, err, sizeof(err)));
-}
-
-static void test_s3_transport_failures(void **state)
-{
-    /* Nothing listens on a port we just released: ConnectFailed, status 0. */
-    listener_t l;
-    listener_start(&l, NULL, NULL);
-    int port = l.port;
-    listener_stop(&l);
-    fm_s3_t *s3 = s3_for_port(port, 2000);
-    fm_s3_result_t res;
-    assert_int_equal(fm_s3_head_bucket(s3, &res), -1);
-    assert_int_equal(res.status, 0);
-    assert_string_equal(res.code, "ConnectFailed");
-    fm_s3_free(s3);
-
-    /* Connected, but no answer within the timeout. */
-    listener_start(&l, NULL, NULL);
-    s3 = s3_for_port(l.port, 300);
-    assert_int_equal(fm_s3_head_bucket(s3, &res), -1);
-    assert_int_equal(res.status, 0);
-    assert_string_equal(res.code, "Timeout");
-    fm_s3_free(s3); /* closes the connection, which ends the listener */
-    listener_stop(&l);
-
-    char err[128];
-    fm_s3_config_t bad = {.endpoint = "http://127.0.0.1:7480/x", .bucket = "b", .access_key = "a", .secret_key = "s"};
-    assert_null(fm_s3_new(&bad, err, sizeof(err)));
-    assert_non_null(strstr(err, "path"));
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -738,11 +460,6 @@ int main(void)
         cmocka_unit_test(test_signer_shared_by_threads),
         cmocka_unit_test(test_rejects_bad_input),
         cmocka_unit_test(test_header_signing_token_and_unsigned),
-        cmocka_unit_test(test_s3_xml_text),
-        cmocka_unit_test(test_s3_put_request_on_the_wire),
-        cmocka_unit_test(test_s3_error_answers),
-        cmocka_unit_test(test_s3_virtual_hosted),
-        cmocka_unit_test(test_s3_transport_failures),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
