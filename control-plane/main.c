@@ -2,7 +2,6 @@
  * fm-control: the control plane (DESIGN.md §1). `fm-control [serve]` runs the API; `fm-control migrate` applies
  * schema/; `fm-control config` prints the configuration table for the README.
  */
-#include <malloc.h>
 #include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -154,10 +153,6 @@ static int serve(fm_control_t *app)
         fm_error("config: the argon2id parameters are not usable");
         return 2;
     }
-    /* argon2id allocates m KiB per hash on an offload thread. With glibc's adaptive mmap threshold those blocks end
-     * up in per-thread arenas that are never returned (~19 MiB resident per offload thread); a fixed threshold
-     * keeps them on mmap, so they go back to the system after each hash. */
-    mallopt(M_MMAP_THRESHOLD, 1024 * 1024);
     describe_metrics();
     if (fm_s3_global_init() != 0 || fm_web_load(cfg->web_dir) != 0)
         return 2;

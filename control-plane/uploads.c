@@ -351,7 +351,9 @@ void upload_start(fm_req_t *r, upload_state_t *s)
 }
 
 /* Dedupe: a new file record on a blob this owner already holds, verified by a worker. PostgreSQL decides (the
- * Redis index only says whether asking is worthwhile), and the size must match the blob's. */
+ * Redis index only says whether asking is worthwhile), and the size must match the blob's. The blob row is only
+ * read, not updated: a popular blob must not serialise every dedupe on its row lock (blobs.ref_count is kept by the
+ * cleanup jobs, which count the files that point at a blob). */
 static void on_dedupe_inserted(PGresult *res, const char *errstr, void *data)
 {
     fm_req_t *r = data;
@@ -379,12 +381,11 @@ static void try_dedupe(fm_req_t *r, upload_state_t *s)
                             s->sha256};
     fm_pg_call(r, on_dedupe_inserted,
                "WITH b AS ("
-               "  UPDATE blobs SET ref_count = ref_count + 1"
+               "  SELECT sha256 FROM blobs"
                "  WHERE sha256 = decode($6, 'hex') AND size = $4::bigint AND EXISTS ("
                "    SELECT 1 FROM files WHERE owner_id = $1::uuid AND blob_sha256 = decode($6, 'hex')"
                "    AND status = 'READY' AND deleted_at IS NULL)"
-               "  AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM folders WHERE id = $2::uuid AND owner_id = $1::uuid))"
-               "  RETURNING sha256) "
+               "  AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM folders WHERE id = $2::uuid AND owner_id = $1::uuid))) "
                "INSERT INTO files (owner_id, folder_id, name, size, content_type, claimed_sha256, blob_sha256, status)"
                "  SELECT $1::uuid, $2::uuid, $3, $4::bigint, $5, b.sha256, b.sha256, 'READY' FROM b "
                "RETURNING id",
