@@ -33,17 +33,40 @@ static void events_state_free(void *p)
 
 static void next_record(fm_req_t *r);
 
+/* An object of another size than announced: the upload and file are FAILED, and the object goes. */
+static void delete_object_work(void *data)
+{
+    fm_req_t *r = data;
+    events_state_t *s = r->state;
+    const fm_s3event_record_t *record = &s->records[s->next - 1];
+    fm_s3_t *s3 = fm_offload_s3();
+    fm_s3_result_t res;
+    if (s3 == NULL || (fm_s3_delete_object(s3, record->key, &res) != 0 && res.status != 404))
+        fm_warn("events: could not delete %s (the reconciler sweeps it)", record->key);
+}
+
+static void on_object_deleted(void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    next_record(r);
+}
+
 static void on_record_marked(fm_req_t *r, const char *outcome, const char *job_id, const char *file_id)
 {
     events_state_t *s = r->state;
-    if (strcmp(outcome, "uploaded") == 0)
+    if (strcmp(outcome, "uploaded") == 0) {
         s->enqueued++;
-    else if (strcmp(outcome, "already") == 0)
+    } else if (strcmp(outcome, "already") == 0) {
         s->duplicates++;
-    else if (strcmp(outcome, "size_mismatch") == 0)
-        s->failed++; /* the object stays for the reconciler's expiry; the file is FAILED */
-    else
+    } else if (strcmp(outcome, "size_mismatch") == 0) {
+        s->failed++;
+        fm_offload_call(r, delete_object_work, on_object_deleted, "the object store");
+        return;
+    } else {
         s->ignored++;
+    }
     next_record(r);
 }
 

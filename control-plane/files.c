@@ -100,7 +100,7 @@ static int is_uuid(h2o_iovec_t id)
     for (size_t i = 0; i < 36; ++i) {
         char c = id.base[i];
         int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
             return 0;
     }
     return 1;
@@ -115,7 +115,10 @@ static void read_row(fm_req_t *r, const fm_principal_t *p, const char *kind)
         fm_reply_error(r, 404, "not_found", "no such %s", kind);
         return;
     }
-    snprintf(s->id, sizeof(s->id), "%.*s", (int)r->params[0].len, r->params[0].base);
+    for (size_t i = 0; i < 36; ++i) /* one cache key per id, whatever the case it was written in */
+        s->id[i] = (char)(r->params[0].base[i] >= 'A' && r->params[0].base[i] <= 'F' ? r->params[0].base[i] + 32
+                                                                                      : r->params[0].base[i]);
+    s->id[36] = '\0';
     snprintf(s->key, sizeof(s->key), "fm:%s:{%s}", kind, s->id);
     const char *argv[] = {"GET", s->key};
     fm_redis_call(r, on_cache_read, 2, argv);

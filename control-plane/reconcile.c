@@ -6,7 +6,9 @@
  *      `complete` nor was the event delivered): an object of the right size makes the upload UPLOADED and its job;
  *      each upload is looked at again only every 10 intervals;
  *   3. expires uploads older than FM_UPLOAD_EXPIRY_S: the multipart upload is aborted on S3, a stray object deleted,
- *      upload EXPIRED and file FAILED.
+ *      upload EXPIRED and file FAILED;
+ *   4. sweeps the objects of ABORTED and FAILED uploads (a PUT may land after an abort while its URL lives; a size
+ *      mismatch found by an event leaves the object), every 10 intervals while their URLs could still be used.
  * Each step handles at most BATCH rows per round, so one round stays short whatever the backlog.
  */
 #include <stdio.h>
@@ -33,11 +35,13 @@ typedef struct reconcile {
     int offload_pending; /* an S3 call on the offload pool still refers to this */
     row_t rows[BATCH];
     int row_count, next_row;
-    enum { STEP_JOBS, STEP_PROBE, STEP_EXPIRE } step;
+    enum { STEP_JOBS, STEP_PROBE, STEP_EXPIRE, STEP_SWEEP } step;
 } reconcile_t;
 
 static void step_start(reconcile_t *rc);
 static void next_row(reconcile_t *rc);
+static void expire_work(void *data);
+static void on_swept(void *data);
 
 static fm_control_thread_t *ct(reconcile_t *rc)
 {
@@ -49,9 +53,20 @@ static void round_end(reconcile_t *rc)
     rc->running = 0;
 }
 
+static void ignore_reply(redisReply *reply, const char *errstr, void *data)
+{
+}
+
+/* The cached row of GET /v1/files/{id} (files.c) is stale once the reconciler changed the file. */
+static void forget_file(reconcile_t *rc, const char *file_id)
+{
+    if (file_id[0] != '\0')
+        fm_redis_command(ct(rc)->redis, ignore_reply, NULL, "DEL fm:file:{%s}", file_id);
+}
+
 static void step_next(reconcile_t *rc)
 {
-    if (rc->step == STEP_EXPIRE) {
+    if (rc->step == STEP_SWEEP) {
         round_end(rc);
         return;
     }
@@ -102,6 +117,14 @@ static void on_probe_marked(PGresult *res, const char *errstr, void *data)
     }
     const char *outcome = PQgetvalue(res, 0, 0);
     fm_info("reconcile: upload %s: %s (its object was found without complete or event)", row->id, outcome);
+    forget_file(rc, PQgetvalue(res, 0, 2));
+    if (strcmp(outcome, "size_mismatch") == 0) { /* FAILED now: the object goes at once */
+        if (fm_offload_run(rc->thread->offload, expire_work, on_swept, rc) == 0)
+            rc->offload_pending = 1;
+        else
+            next_row(rc);
+        return;
+    }
     if (strcmp(outcome, "uploaded") == 0) {
         /* the job row exists; reuse step 1's path for the stream entry */
         memcpy(row->s3_upload_id, row->id, sizeof(row->id)); /* the upload id moves over; id becomes the job id */
@@ -171,7 +194,20 @@ static void expire_work(void *data)
 
 static void on_expired_recorded(PGresult *res, const char *errstr, void *data)
 {
-    next_row(data);
+    reconcile_t *rc = data;
+    if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+        forget_file(rc, PQgetvalue(res, 0, 0));
+    next_row(rc);
+}
+
+static void on_swept(void *data)
+{
+    reconcile_t *rc = data;
+    rc->offload_pending = 0;
+    row_t *row = &rc->rows[rc->next_row - 1];
+    if (!row->done_ok)
+        fm_warn("reconcile: could not clean %s on S3; retried later", row->key);
+    next_row(rc);
 }
 
 static void on_expired(void *data)
@@ -189,7 +225,7 @@ static void on_expired(void *data)
                 "WITH u AS (UPDATE uploads SET status = 'EXPIRED', status_reason = 'abandoned'"
                 "           WHERE id = $1::uuid AND status = 'PENDING' RETURNING file_id) "
                 "UPDATE files SET status = 'FAILED', status_reason = 'upload expired', updated_at = now(),"
-                "                 version = version + 1 WHERE id IN (SELECT file_id FROM u)",
+                "                 version = version + 1 WHERE id IN (SELECT file_id FROM u) RETURNING id",
                 1, params);
 }
 
@@ -216,6 +252,9 @@ static void next_row(reconcile_t *rc)
         break;
     case STEP_EXPIRE:
         queued = fm_offload_run(rc->thread->offload, expire_work, on_expired, rc) == 0;
+        break;
+    case STEP_SWEEP:
+        queued = fm_offload_run(rc->thread->offload, expire_work, on_swept, rc) == 0;
         break;
     }
     if (queued)
@@ -278,6 +317,23 @@ static void step_start(reconcile_t *rc)
                     "  ORDER BY created_at LIMIT 50 FOR UPDATE SKIP LOCKED) "
                     "RETURNING id, object_key, method, '', size",
                     3, params);
+        break;
+    }
+    case STEP_SWEEP: {
+        /* Aborted and failed (size mismatch) uploads: their object may land or stay after the fact, as long as the
+         * presigned URL lives; delete it (and abort the multipart upload) now and then within that window. */
+        char window[24];
+        snprintf(window, sizeof(window), "%lld",
+                 (long long)cfg->upload_url_ttl_s + (long long)cfg->reconcile_interval_s * 20);
+        const char *params[] = {window, recheck};
+        fm_pg_query(ct(rc)->pg, on_rows, rc,
+                    "UPDATE uploads SET checked_at = now() WHERE id IN ("
+                    "  SELECT id FROM uploads WHERE status IN ('ABORTED', 'FAILED')"
+                    "  AND created_at > now() - make_interval(secs => $1::integer)"
+                    "  AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => $2::integer))"
+                    "  ORDER BY created_at LIMIT 50 FOR UPDATE SKIP LOCKED) "
+                    "RETURNING id, object_key, method, coalesce(s3_upload_id, ''), size",
+                    2, params);
         break;
     }
     case STEP_EXPIRE: {

@@ -478,13 +478,14 @@ int upload_validate(fm_req_t *r, upload_state_t *s, const char *name, double siz
                        "name must be 1 to 255 bytes without '/', '\\', control characters, and not . or ..");
         return -1;
     }
-    if (!(size >= 0) || size != (double)(long long)size) {
-        fm_reply_error(r, 422, "invalid_size", "size must be a whole number of bytes, 0 or more");
-        return -1;
-    }
+    /* range first: converting an out-of-range double to an integer is undefined */
     if (size > (double)fm_control->config.max_upload_bytes) {
         fm_reply_error(r, 413, "too_large", "files may be at most %lld bytes",
                        (long long)fm_control->config.max_upload_bytes);
+        return -1;
+    }
+    if (!(size >= 0) || size != (double)(long long)size) {
+        fm_reply_error(r, 422, "invalid_size", "size must be a whole number of bytes, 0 or more");
         return -1;
     }
     if (!content_type_allowed(type)) {
@@ -635,7 +636,7 @@ static void part_urls_loaded(fm_req_t *r, upload_state_t *s)
     cJSON *item;
     cJSON_ArrayForEach(item, numbers)
     {
-        if (!cJSON_IsNumber(item) || item->valuedouble < 1 || item->valuedouble > s->part_count ||
+        if (!cJSON_IsNumber(item) || !(item->valuedouble >= 1 && item->valuedouble <= s->part_count) ||
             item->valuedouble != (double)(int)item->valuedouble) {
             free(list);
             cJSON_Delete(body);
@@ -688,7 +689,8 @@ static void on_parts_listed(void *data)
         return;
     upload_state_t *s = r->state;
     if (!s->s3_ok) {
-        if (strcmp(s->s3.code, "NoSuchUpload") == 0) {
+        /* AWS says NoSuchUpload; Ceph RGW NoSuchKey */
+        if (strcmp(s->s3.code, "NoSuchUpload") == 0 || strcmp(s->s3.code, "NoSuchKey") == 0) {
             fm_reply_error(r, 409, "not_pending", "the object store no longer holds this upload");
             return;
         }

@@ -220,8 +220,10 @@ static int parse_parts(fm_req_t *r, upload_state_t *s)
     {
         cJSON *number = cJSON_GetObjectItemCaseSensitive(item, number_field);
         cJSON *etag = cJSON_GetObjectItemCaseSensitive(item, etag_field);
-        if (!cJSON_IsNumber(number) || number->valuedouble != (double)(int)number->valuedouble ||
-            (int)number->valuedouble <= previous || number->valuedouble > most || !cJSON_IsString(etag) ||
+        /* range first: converting an out-of-range double to int is undefined */
+        if (!cJSON_IsNumber(number) || !(number->valuedouble >= 1 && number->valuedouble <= most) ||
+            number->valuedouble != (double)(int)number->valuedouble || (int)number->valuedouble <= previous ||
+            !cJSON_IsString(etag) ||
             strlen(etag->valuestring) == 0 || strlen(etag->valuestring) >= sizeof(s->parts[0].etag)) {
             cJSON_Delete(body);
             fm_reply_error(r, 422, "invalid_parts",
@@ -283,22 +285,9 @@ static void answer_aborted(fm_req_t *r)
         fm_reply_raw(r, 204, "application/json", "", 0);
 }
 
-static void on_abort_recorded(PGresult *res, const char *errstr, void *data)
-{
-    fm_req_t *r = data;
-    if (fm_req_resume(r) != 0)
-        return;
-    if (fm_pg_failed(r, res, errstr))
-        return;
-    if (PQntuples(res) == 0) { /* completed meanwhile (an event raced the abort) */
-        fm_reply_error(r, 409, "already_completed", "this upload was completed");
-        return;
-    }
-    upload_state_t *s = r->state;
-    fm_redis_command(fm_control_thread(r)->redis, ignore_reply, NULL, "DEL fm:file:{%s}", s->file_id);
-    answer_aborted(r);
-}
-
+/* The abort is recorded first, then S3 is cleaned: the other order lets a `complete` or an event that wins the race
+ * record an upload whose object the abort has just deleted. If the S3 clean-up fails, the reconciler's sweep of
+ * ABORTED uploads finishes it. */
 static void abort_work(void *data)
 {
     fm_req_t *r = data;
@@ -308,15 +297,14 @@ static void abort_work(void *data)
         s->s3_ok = 0;
         return;
     }
-    if (strcmp(s->method, "MULTIPART") == 0) {
-        s->s3_ok = fm_s3_abort_multipart(s3, s->key, s->s3_upload_id, &s->s3) == 0 ||
-                   strcmp(s->s3.code, "NoSuchUpload") == 0;
-    }
-    /* A single PUT may have landed; a completed multipart too (a lost complete). Either way it goes. */
+    s->s3_ok = 1;
+    if (strcmp(s->method, "MULTIPART") == 0 && fm_s3_abort_multipart(s3, s->key, s->s3_upload_id, &s->s3) != 0 &&
+        strcmp(s->s3.code, "NoSuchUpload") != 0)
+        s->s3_ok = 0;
+    /* A single PUT may have landed. */
     fm_s3_result_t res;
-    int deleted = fm_s3_delete_object(s3, s->key, &res) == 0 || res.status == 404;
-    if (strcmp(s->method, "MULTIPART") != 0)
-        s->s3_ok = deleted;
+    if (fm_s3_delete_object(s3, s->key, &res) != 0 && res.status != 404)
+        s->s3_ok = 0;
 }
 
 static void on_aborted(void *data)
@@ -325,19 +313,26 @@ static void on_aborted(void *data)
     if (fm_req_resume(r) != 0)
         return;
     upload_state_t *s = r->state;
-    if (!s->s3_ok) {
-        fm_log(FM_LOG_WARN, r->request_id, "s3: abort %s: %ld %s", s->key, s->s3.status, s->s3.code);
-        fm_reply_unavailable(r, "the object store");
+    if (!s->s3_ok)
+        fm_log(FM_LOG_WARN, r->request_id, "s3: abort %s: %ld %s (the reconciler sweeps it later)", s->key,
+               s->s3.status, s->s3.code);
+    answer_aborted(r);
+}
+
+static void on_abort_recorded(PGresult *res, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    if (fm_pg_failed(r, res, errstr))
+        return;
+    if (PQntuples(res) == 0) { /* completed meanwhile (an event or a complete won the race): the object stays */
+        fm_reply_error(r, 409, "already_completed", "this upload was completed");
         return;
     }
-    const char *params[] = {s->upload_id};
-    fm_pg_call(r, on_abort_recorded,
-               "WITH u AS (UPDATE uploads SET status = 'ABORTED', status_reason = 'aborted by the owner'"
-               "           WHERE id = $1::uuid AND status = 'PENDING' RETURNING file_id) "
-               "UPDATE files SET status = 'FAILED', status_reason = 'aborted', deleted_at = now(),"
-               "                 updated_at = now(), version = version + 1 "
-               "WHERE id IN (SELECT file_id FROM u) RETURNING id",
-               1, params);
+    upload_state_t *s = r->state;
+    fm_redis_command(fm_control_thread(r)->redis, ignore_reply, NULL, "DEL fm:file:{%s}", s->file_id);
+    fm_offload_call(r, abort_work, on_aborted, "the object store");
 }
 
 void upload_abort_loaded(fm_req_t *r, upload_state_t *s)
@@ -350,7 +345,14 @@ void upload_abort_loaded(fm_req_t *r, upload_state_t *s)
         answer_aborted(r); /* aborted or expired already */
         return;
     }
-    fm_offload_call(r, abort_work, on_aborted, "the object store");
+    const char *params[] = {s->upload_id};
+    fm_pg_call(r, on_abort_recorded,
+               "WITH u AS (UPDATE uploads SET status = 'ABORTED', status_reason = 'aborted by the owner'"
+               "           WHERE id = $1::uuid AND status = 'PENDING' RETURNING file_id) "
+               "UPDATE files SET status = 'FAILED', status_reason = 'aborted', deleted_at = now(),"
+               "                 updated_at = now(), version = version + 1 "
+               "WHERE id IN (SELECT file_id FROM u) RETURNING id",
+               1, params);
 }
 
 static void abort_authorized(fm_req_t *r, const fm_principal_t *p)
