@@ -705,20 +705,6 @@ static void on_external_user(PGresult *res, const char *errstr, void *data)
     auth_accept(r, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
 }
 
-/* Session ids we issue are UUIDs; anything else cannot be one of ours (and must not reach a ::uuid cast). */
-static int is_uuid(const char *s)
-{
-    if (strlen(s) != 36)
-        return 0;
-    for (int i = 0; i < 36; ++i) {
-        char c = s[i];
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
-            return 0;
-    }
-    return 1;
-}
-
 void fm_auth_require(fm_req_t *r, authed_fn next)
 {
     h2o_iovec_t header = fm_req_header(r, "authorization");
@@ -757,7 +743,9 @@ void fm_auth_require(fm_req_t *r, authed_fn next)
         fm_pg_call(r, on_external_user, "SELECT id, role FROM fm_external_user($1, $2, $3::user_role)", 3, params);
         return;
     }
-    if (!is_uuid(check->claims.sid) || !is_uuid(check->claims.sub)) {
+    /* Session ids we issue are UUIDs; anything else cannot be one of ours (and must not reach a ::uuid cast). */
+    if (!fm_uuid_valid(check->claims.sid, strlen(check->claims.sid)) ||
+        !fm_uuid_valid(check->claims.sub, strlen(check->claims.sub))) {
         auth_fail(r, "invalid_token", "the access token is not valid (bad_claim)");
         return;
     }

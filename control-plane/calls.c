@@ -79,17 +79,7 @@ fm_s3_t *fm_offload_s3(void)
     fm_s3_t *s3 = pthread_getspecific(s3_key);
     if (s3 != NULL)
         return s3;
-    const fm_config_t *cfg = &fm_control->config;
-    fm_s3_config_t s3cfg = {
-        .endpoint = cfg->s3_endpoint,
-        .region = cfg->s3_region,
-        .bucket = cfg->s3_bucket,
-        .access_key = cfg->s3_access_key,
-        .secret_key = cfg->s3_secret_key,
-        .session_token = cfg->s3_session_token,
-        .connect_timeout_ms = 2000,
-        .timeout_ms = 20000,
-    };
+    fm_s3_config_t s3cfg = fm_s3_config(2000, 20000);
     char err[160];
     if ((s3 = fm_s3_new(&s3cfg, err, sizeof(err))) == NULL) {
         fm_error("s3: cannot create a client: %s", err);
@@ -97,4 +87,32 @@ fm_s3_t *fm_offload_s3(void)
     }
     pthread_setspecific(s3_key, s3);
     return s3;
+}
+
+int fm_uuid_valid(const char *s, size_t len)
+{
+    if (len != 36)
+        return 0;
+    for (size_t i = 0; i < 36; ++i) {
+        char c = s[i];
+        int dash = i == 8 || i == 13 || i == 18 || i == 23;
+        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
+            return 0;
+    }
+    return 1;
+}
+
+fm_s3_config_t fm_s3_config(long connect_timeout_ms, long timeout_ms)
+{
+    const fm_config_t *cfg = &fm_control->config;
+    return (fm_s3_config_t){
+        .endpoint = cfg->s3_endpoint,
+        .region = cfg->s3_region,
+        .bucket = cfg->s3_bucket,
+        .access_key = cfg->s3_access_key,
+        .secret_key = cfg->s3_secret_key,
+        .session_token = cfg->s3_session_token,
+        .connect_timeout_ms = connect_timeout_ms,
+        .timeout_ms = timeout_ms,
+    };
 }

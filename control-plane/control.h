@@ -100,6 +100,11 @@ void fm_web_free(void);
 reconcile_t *fm_reconcile_start(fm_thread_t *thread);
 void fm_reconcile_stop(reconcile_t *rc);
 
+/** True when s (len bytes) is a UUID in its 8-4-4-4-12 hex form (either case). */
+int fm_uuid_valid(const char *s, size_t len);
+/** The S3 client settings of this service (FM_S3_*) with the given timeouts. */
+fm_s3_config_t fm_s3_config(long connect_timeout_ms, long timeout_ms);
+
 /* Route handlers, by file. */
 void handle_auth_register(fm_req_t *r);
 void handle_auth_login(fm_req_t *r);

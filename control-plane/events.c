@@ -77,12 +77,11 @@ static int upload_id_of(const char *key, char out[37])
     if (strncmp(key, prefix, sizeof(prefix) - 1) != 0 || strlen(key) != sizeof(prefix) - 1 + 36)
         return 0;
     const char *id = key + sizeof(prefix) - 1;
-    for (int i = 0; i < 36; ++i) {
-        char c = id[i];
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+    if (!fm_uuid_valid(id, 36))
+        return 0;
+    for (int i = 0; i < 36; ++i) /* keys are case-sensitive and ours are lowercase: "incoming/ABC…" is another object */
+        if (id[i] >= 'A' && id[i] <= 'F')
             return 0;
-    }
     memcpy(out, id, 36);
     out[36] = '\0';
     return 1;

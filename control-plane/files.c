@@ -93,25 +93,12 @@ static void on_cache_read(redisReply *reply, const char *errstr, void *data)
     fm_pg_call(r, on_loaded, strcmp(s->kind, "file") == 0 ? file_sql : job_sql, 1, params);
 }
 
-static int is_uuid(h2o_iovec_t id)
-{
-    if (id.len != 36)
-        return 0;
-    for (size_t i = 0; i < 36; ++i) {
-        char c = id.base[i];
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
-            return 0;
-    }
-    return 1;
-}
-
 static void read_row(fm_req_t *r, const fm_principal_t *p, const char *kind)
 {
     read_state_t *s = fm_req_state(r, sizeof(read_state_t));
     s->kind = kind;
     s->principal = p;
-    if (!is_uuid(r->params[0])) {
+    if (!fm_uuid_valid(r->params[0].base, r->params[0].len)) {
         fm_reply_error(r, 404, "not_found", "no such %s", kind);
         return;
     }

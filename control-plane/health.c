@@ -58,17 +58,8 @@ static void s3_check_work(void *data)
 {
     fm_req_t *r = data;
     ready_state_t *s = r->state;
-    const fm_config_t *cfg = &fm_control->config;
-    fm_s3_config_t s3cfg = {
-        .endpoint = cfg->s3_endpoint,
-        .region = cfg->s3_region,
-        .bucket = cfg->s3_bucket,
-        .access_key = cfg->s3_access_key,
-        .secret_key = cfg->s3_secret_key,
-        .session_token = cfg->s3_session_token,
-        .connect_timeout_ms = 1000,
-        .timeout_ms = 2000,
-    };
+    /* Its own client with short timeouts: a hanging store must make /readyz answer 503, not wait. */
+    fm_s3_config_t s3cfg = fm_s3_config(1000, 2000);
     fm_s3_result_t res;
     fm_s3_t *s3 = fm_s3_new(&s3cfg, s->s3_detail, sizeof(s->s3_detail));
     if (s3 != NULL && fm_s3_head_bucket(s3, &res) == 0) {

@@ -85,19 +85,6 @@ static int content_type_allowed(const char *type)
     return 0;
 }
 
-static int uuid_valid(const char *s, size_t len)
-{
-    if (len != 36)
-        return 0;
-    for (size_t i = 0; i < 36; ++i) {
-        char c = s[i];
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
-            return 0;
-    }
-    return 1;
-}
-
 /* A version 4 UUID: the upload id is ours, so the object key is known before the row exists. */
 static void uuid_v4(char out[37])
 {
@@ -497,7 +484,7 @@ int upload_validate(fm_req_t *r, upload_state_t *s, const char *name, double siz
         return -1;
     }
     if (folder != NULL) {
-        if (!uuid_valid(folder, strlen(folder))) {
+        if (!fm_uuid_valid(folder, strlen(folder))) {
             fm_reply_error(r, 422, "invalid_folder", "folder must be a folder id (UUID) or null");
             return -1;
         }
@@ -592,7 +579,7 @@ void load_upload(fm_req_t *r, const fm_principal_t *p, upload_loaded_fn next)
     upload_state_t *s = upload_state(r);
     s->principal = p;
     h2o_iovec_t id = r->params[0];
-    if (!uuid_valid(id.base, id.len)) {
+    if (!fm_uuid_valid(id.base, id.len)) {
         fm_reply_error(r, 404, "upload_not_found", "no such upload");
         return;
     }
