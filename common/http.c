@@ -30,6 +30,11 @@ static uint64_t next_random(void)
     return id_state[1] + s0;
 }
 
+void fm_http_request_id(char out[33])
+{
+    snprintf(out, 33, "%016llx%016llx", (unsigned long long)next_random(), (unsigned long long)next_random());
+}
+
 /* An X-Request-Id from the client is honoured when it is short and plain (it goes into logs and JSON). */
 static int request_id_acceptable(h2o_iovec_t id)
 {
@@ -392,8 +397,7 @@ void fm_http_dispatch(fm_thread_t *thread, h2o_req_t *req)
     if (request_id_acceptable(id))
         snprintf(r->request_id, sizeof(r->request_id), "%.*s", (int)id.len, id.base);
     else
-        snprintf(r->request_id, sizeof(r->request_id), "%016llx%016llx", (unsigned long long)next_random(),
-                 (unsigned long long)next_random());
+        fm_http_request_id(r->request_id);
 
     char allow[64];
     fm_route_result_t found = fm_router_match(builtin_routes, sizeof(builtin_routes) / sizeof(builtin_routes[0]),

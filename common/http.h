@@ -80,6 +80,9 @@ cJSON *fm_req_json_body(fm_req_t *r, size_t max_bytes);
  */
 const char *fm_json_require_string(fm_req_t *r, cJSON *obj, const char *name, size_t min_len, size_t max_len);
 
+/** A new random request id (32 hex digits). */
+void fm_http_request_id(char out[33]);
+
 /** The server-side entry point (used by server.c). */
 void fm_http_dispatch(fm_thread_t *thread, h2o_req_t *req);
 

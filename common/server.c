@@ -46,6 +46,46 @@ static int on_req(h2o_handler_t *self, h2o_req_t *req)
     return 0;
 }
 
+/* h2o answers a few errors itself, before any handler runs and on the host's fallback path: a body over
+ * max_request_entity_size (413), an unparsable request (400). This filter turns those plain-text answers into the
+ * API's JSON error (DESIGN.md §6) with a request id; our own handlers never run on the fallback path. */
+typedef struct {
+    h2o_ostream_t super;
+    h2o_iovec_t body;
+} json_error_ostream_t;
+
+static void json_error_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt,
+                            h2o_send_state_t state)
+{
+    json_error_ostream_t *o = (json_error_ostream_t *)self;
+    if (h2o_send_state_is_in_progress(state)) { /* h2o's text is dropped; ours goes with the last call */
+        h2o_ostream_send_next(self, req, NULL, 0, state);
+        return;
+    }
+    h2o_ostream_send_next(self, req, &o->body, 1, state);
+}
+
+static void json_error_setup(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    int status = req->res.status;
+    if (status >= 400) {
+        const char *code = status == 413 ? "payload_too_large" : status == 400 ? "bad_request" : "http_error";
+        char id[33], text[256];
+        fm_http_request_id(id);
+        int len = snprintf(text, sizeof(text), "{\"error\":{\"code\":\"%s\",\"message\":\"%s\",\"request_id\":\"%s\"}}",
+                           code, status == 413 ? "the request body is too large" : "the request could not be read", id);
+        json_error_ostream_t *o = (json_error_ostream_t *)h2o_add_ostream(req, sizeof(*o), slot);
+        o->super.do_send = json_error_send;
+        o->body = h2o_strdup(&req->pool, text, (size_t)len);
+        h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, H2O_STRLIT("application/json"), 1);
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL,
+                              h2o_strdup(&req->pool, id, SIZE_MAX).base, strlen(id));
+        req->res.content_length = o->body.len;
+        slot = &o->super.next;
+    }
+    h2o_setup_next_ostream(req, slot);
+}
+
 static int resolve(const char *bind_addr, int port, struct sockaddr_in *sin)
 {
     memset(sin, 0, sizeof(*sin));
@@ -247,6 +287,7 @@ int fm_server_run(const fm_server_spec_t *spec)
     h2o_pathconf_t *pathconf = h2o_config_register_path(hostconf, "/", 0);
     dispatch_handler_t *handler = (dispatch_handler_t *)h2o_create_handler(pathconf, sizeof(*handler));
     handler->super.on_req = on_req;
+    h2o_create_filter(&hostconf->fallback_path, sizeof(h2o_filter_t))->on_setup_ostream = json_error_setup;
 
     fm_metrics_describe("fm_http_requests_total", FM_METRIC_COUNTER, "HTTP requests answered, by route and status");
     fm_metrics_describe("fm_http_request_duration_seconds", FM_METRIC_HISTOGRAM, "Time to answer, by route");

@@ -259,9 +259,6 @@ def test_event_body_too_large_is_413(fm):
     assert r.status_code == 200 and r.json() == summary(records=50, ignored=50), r.text
 
 
-@pytest.mark.xfail(strict=True, reason="server bug (all routes): a body above FM_MAX_BODY_BYTES gets h2o's own 413, "
-                                       "text/plain 'request entity is too large' without request id, not the JSON "
-                                       "error of DESIGN.md section 6")
 def test_event_body_too_large_is_a_json_error(fm):
     with socket.create_connection(("127.0.0.1", fm.svc.port), timeout=10) as s:
         s.sendall((f"POST /v1/events/s3?secret={EVENTS_SECRET} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
