@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "pg.h"
+#include "loop_test.h"
 
 #define PG_BIN "/usr/lib/postgresql/15/bin"
 #define MANY 1000
@@ -56,43 +57,6 @@ static struct {
     int completions;
     result_t many[FM_PG_MAX_QUEUE + MANY];
 } env;
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* Drives the loop until `cond` holds or `ms` pass; evaluates to the final value of `cond`. */
-#define RUN_UNTIL(cond, ms)                                                                                            \
-    ({                                                                                                                 \
-        uint64_t deadline_ = now_ms() + (ms);                                                                          \
-        while (!(cond) && now_ms() < deadline_)                                                                        \
-            h2o_evloop_run(env.loop, 10);                                                                              \
-        (cond);                                                                                                        \
-    })
-
-static void run_for(uint64_t ms)
-{
-    uint64_t until = now_ms() + ms;
-    while (now_ms() < until)
-        h2o_evloop_run(env.loop, 10);
-}
-
-static int free_port(void)
-{
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&addr, &len) != 0) {
-        perror("free_port");
-        abort();
-    }
-    close(fd);
-    return ntohs(addr.sin_port);
-}
 
 /* In a forked child: become the postgres user (initdb and postgres refuse root), log to the temp dir. */
 static void child_become_postgres(void)

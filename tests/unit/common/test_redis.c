@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "redis.h"
+#include "loop_test.h"
 
 #define PASSWORD "s3cret with spaces" /* AUTH must go out as one binary-safe argument */
 #define DB 3
@@ -50,43 +51,6 @@ static struct {
     size_t next_slot;
     result_t many[MANY];
 } env;
-
-static uint64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* Drives the loop until `cond` holds or `ms` pass; evaluates to the final value of `cond`. */
-#define RUN_UNTIL(cond, ms)                                                                                            \
-    ({                                                                                                                 \
-        uint64_t deadline_ = now_ms() + (ms);                                                                          \
-        while (!(cond) && now_ms() < deadline_)                                                                        \
-            h2o_evloop_run(env.loop, 10);                                                                              \
-        (cond);                                                                                                        \
-    })
-
-static void run_for(uint64_t ms)
-{
-    uint64_t until = now_ms() + ms;
-    while (now_ms() < until)
-        h2o_evloop_run(env.loop, 10);
-}
-
-static int free_port(void)
-{
-    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t len = sizeof(addr);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 ||
-        getsockname(fd, (struct sockaddr *)&addr, &len) != 0) {
-        perror("free_port");
-        abort();
-    }
-    close(fd);
-    return ntohs(addr.sin_port);
-}
 
 /* A blocking PING with AUTH straight to the server: tells when it accepts connections. */
 static int server_answers(void)
