@@ -180,6 +180,9 @@ static void answer_created_uppy(fm_req_t *r, upload_state_t *s, long long ttl)
         cJSON_AddObjectToObject(body, "fields");
         cJSON_AddStringToObject(cJSON_AddObjectToObject(body, "headers"), "Content-Type", s->content_type);
         cJSON_AddNumberToObject(body, "expires", (double)ttl);
+        /* not Companion's, ignored by Uppy: lets the app follow the file (no complete call comes on this path) */
+        cJSON_AddStringToObject(body, "file_id", s->file_id);
+        cJSON_AddStringToObject(body, "upload_id", s->upload_id);
         free(url);
     }
     fm_reply_json(r, 200, body);

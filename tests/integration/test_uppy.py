@@ -2,6 +2,7 @@
 they map onto the same uploads as /v1/uploads, with Uppy's field names and answer shapes."""
 import hashlib
 import os
+import time
 import urllib.parse
 
 import pytest
@@ -34,8 +35,16 @@ def test_single_put_through_get_upload_parameters(uppy):
     assert body["method"] == "PUT" and body["fields"] == {} and body["headers"] == {"Content-Type": "application/octet-stream"}
     assert requests.put(body["url"], data=data, headers=body["headers"]).status_code == 200
     key = urllib.parse.urlsplit(body["url"]).path.split("/", 2)[2]
+    assert key == "incoming/" + body["upload_id"]
     obj = stack.s3_client().get_object(Bucket=stack.env["FM_S3_BUCKET"], Key=key)
     assert obj["Body"].read() == data
+    # Uppy sends no complete on this path: the S3 event or the reconciler (1 s here) finishes the upload.
+    deadline = time.monotonic() + 20
+    status = None
+    while time.monotonic() < deadline and status != "UPLOADED":
+        status = requests.get(f"{base}/v1/files/{body['file_id']}", headers=auth).json()["status"]
+        time.sleep(0.2)
+    assert status == "UPLOADED"
 
 
 def test_multipart_sign_list_complete(uppy):
