@@ -322,8 +322,11 @@ pageTest('a multipart upload resumes after its tab was closed', async () => {
   assertArrived(resumed, file, 'MULTIPART');
   const numbers = new Set(puts.map(partOf));
   for (const n of allowed) assert.ok(!numbers.has(n), `part ${n} was sent again`);
-  assert.equal(Number(resumed.resumedParts), allowed.size, 'the stored parts were found');
-  assert.equal(numbers.size + allowed.size, Number(resumed.partCount), `parts sent in the new tab: ${[...numbers]}`);
+  // At least the parts let through were found on S3 (a PUT cut off by the closing tab may have landed too);
+  // the new tab sent exactly the others.
+  assert.ok(Number(resumed.resumedParts) >= allowed.size, `only ${resumed.resumedParts} stored parts were found`);
+  assert.equal(numbers.size + Number(resumed.resumedParts), Number(resumed.partCount),
+               `parts sent in the new tab: ${[...numbers]}`);
   const record = await apiGet(page, `/v1/files/${resumed.fileId}`);
   assert.equal(record.sha256, file.sha256);
   assert.equal(record.size, file.size);

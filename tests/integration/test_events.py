@@ -329,8 +329,8 @@ def test_event_with_another_size_fails_the_upload(fm, user):
 def test_reconciler_enqueues_an_upload_whose_event_was_lost(fm, user):
     """Notifications are off: the object lands, no event comes, the client never calls complete."""
     a, data = put_pending(fm, user, shield=False)
-    assert wait_for(lambda: fm.upload_row(a["upload_id"])["status"] == "UPLOADED", 15), \
-        f"not reconciled in 15 s; log:\n{fm.svc.log_text()[-3000:]}"
+    assert wait_for(lambda: fm.upload_row(a["upload_id"])["status"] == "UPLOADED", 40), \
+        f"not reconciled in 40 s; log:\n{fm.svc.log_text()[-3000:]}"
     job_id = assert_one_job(fm, a, by="reconciler")
     assert fm.upload_row(a["upload_id"])["etag"] == md5(data)
     assert fm.job(user, job_id).json()["status"] == "QUEUED"

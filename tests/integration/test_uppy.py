@@ -13,7 +13,10 @@ from conftest import unique_email
 
 @pytest.fixture(scope="module")
 def uppy(controls, stack):
-    node = controls.start(FM_RECONCILE_INTERVAL_S="1")
+    # Its own Redis database: the reconciler lock of the suite's other instances (30 s rounds) must not stall this
+    # instance's 1 s reconciler, which finishes Uppy's single PUTs when no event reaches it.
+    redis_url = stack.env["FM_REDIS_URL"].rsplit("/", 1)[0] + "/14"
+    node = controls.start(FM_RECONCILE_INTERVAL_S="1", FM_REDIS_URL=redis_url)
     email, password = unique_email("uppy"), "correct horse battery"
     assert requests.post(node.url + "/v1/auth/register", json={"email": email, "password": password}).status_code == 201
     token = requests.post(node.url + "/v1/auth/login", json={"email": email, "password": password}).json()["access_token"]
