@@ -121,11 +121,14 @@ static int decode_key(const char *text, int encoded, fm_s3event_record_t *rec, s
     return 0;
 }
 
-/* eventName without "s3:" (RGW writes it in some versions), and the kind from its family. */
-static void set_kind(fm_s3event_record_t *rec)
+/* eventName without "s3:" (RGW writes it in some versions), and the kind from its family. Returns -1 for a name
+ * that is empty once stripped or carries the prefix twice: no store sends those. */
+static int set_kind(fm_s3event_record_t *rec)
 {
     if (strncmp(rec->event_name, "s3:", 3) == 0)
         memmove(rec->event_name, rec->event_name + 3, strlen(rec->event_name + 3) + 1);
+    if (rec->event_name[0] == '\0' || strncmp(rec->event_name, "s3:", 3) == 0)
+        return -1;
     static const struct {
         const char *prefix;
         fm_s3event_kind_t kind;
@@ -136,6 +139,7 @@ static void set_kind(fm_s3event_record_t *rec)
     for (size_t i = 0; i < sizeof(families) / sizeof(families[0]); i++)
         if (strncmp(rec->event_name, families[i].prefix, strlen(families[i].prefix)) == 0)
             rec->kind = families[i].kind;
+    return 0;
 }
 
 /* s3.object.size: a whole number of bytes that a double holds exactly (cJSON reads numbers as doubles). */
@@ -171,7 +175,8 @@ static int read_record(const cJSON *item, fm_s3event_record_t *rec, size_t index
         copy_field(item, "eventTime", 0, rec->event_time, sizeof(rec->event_time), index, "eventTime", err, err_size) !=
             0)
         return -1;
-    set_kind(rec);
+    if (set_kind(rec) != 0)
+        return fail(err, err_size, "record %zu: eventName %.40s is not an event name", index, rec->event_name);
 
     const cJSON *s3 = cJSON_GetObjectItemCaseSensitive(item, "s3");
     const cJSON *bucket = cJSON_GetObjectItemCaseSensitive(s3, "bucket");
