@@ -314,7 +314,8 @@ static void step_start(reconcile_t *rc)
                     "  AND created_at < now() - make_interval(secs => $1::integer)"
                     "  AND created_at > now() - make_interval(secs => $3::integer)"
                     "  AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => $2::integer))"
-                    "  ORDER BY created_at LIMIT 50 FOR UPDATE SKIP LOCKED) "
+                    /* never-looked-at uploads first: a backlog of rechecks must not delay a fresh one */
+                    "  ORDER BY checked_at NULLS FIRST, created_at LIMIT 50 FOR UPDATE SKIP LOCKED) "
                     "RETURNING id, object_key, method, '', size",
                     3, params);
         break;
