@@ -55,8 +55,11 @@ static const var_t vars[] = {
     INT("FM_MULTIPART_THRESHOLD", FM_SVC_CONTROL, "104857600", 5242880, 5368709120LL, multipart_threshold, "Sizes above it upload in parts (S3: a single PUT is at most 5 GiB)"),
     INT("FM_UPLOAD_URL_TTL_S", FM_SVC_CONTROL, "3600", 1, 604800, upload_url_ttl_s, "Lifetime of presigned upload URLs (SigV4 allows 7 days)"),
     INT("FM_UPLOAD_EXPIRY_S", FM_SVC_CONTROL, "86400", 60, 2592000, upload_expiry_s, "An upload not finished after this is abandoned (object deleted, multipart aborted)"),
+    INT("FM_RECORD_FLUSH_MS", FM_SVC_CONTROL, "50", 0, 60000, record_flush_ms, "New upload/dedupe records go to Redis and reach PostgreSQL in batches this often; 0 = written to PostgreSQL before answering"),
     INT("FM_RECONCILE_INTERVAL_S", FM_SVC_CONTROL, "30", 1, 86400, reconcile_interval_s, "How often pending uploads are checked against the bucket"),
     STR("FM_ALLOWED_CONTENT_TYPES", FM_SVC_CONTROL, FM_DEFAULT_CONTENT_TYPES, 1, allowed_content_types, "Content types accepted for uploads, comma-separated; * = any"),
+    STR("FM_CF_KEYS", FM_SVC_CONTROL, "", 0, cf_keys, "CloudFront key pairs that sign download URLs: Key-Pair-Id=private.pem, comma-separated; the first signs (rotation: put the new one first once fm-edge trusts it); empty = GET /v1/files/{id}/download answers 503 downloads_disabled"),
+    INT("FM_DOWNLOAD_URL_TTL_S", FM_SVC_CONTROL, "300", 1, 604800, download_url_ttl_s, "Lifetime of signed download URLs (at most 7 days)"),
     STR("FM_S3_PUBLIC_ENDPOINT", FM_SVC_CONTROL, "", 0, s3_public_endpoint, "S3 endpoint as clients reach it, in presigned URLs (default FM_S3_ENDPOINT)"),
     SECRET("FM_DATABASE_URL", FM_SVC_CONTROL | FM_SVC_WORKER, NULL, 1, database_url, "libpq connection string of PostgreSQL"),
     INT("FM_PG_POOL_SIZE", FM_SVC_CONTROL | FM_SVC_WORKER, "4", 1, 64, pg_pool_size, "PostgreSQL connections per event-loop thread"),
@@ -89,7 +92,27 @@ static const var_t vars[] = {
     INT("FM_REGISTER_LIMIT_IP", FM_SVC_CONTROL, "20", 1, 1000000, register_limit_ip, "Registrations per client IP per login window"),
     INT("FM_EDGE_HTTP_PORT", FM_SVC_EDGE, "8081", 1, 65535, edge_http_port, "fm-edge HTTP port"),
     INT("FM_EDGE_HTTPS_PORT", FM_SVC_EDGE, "8444", 0, 65535, edge_https_port, "fm-edge TLS port; 0 = off"),
+    STR("FM_EDGE_PUBLIC_BASE", FM_SVC_CONTROL | FM_SVC_EDGE, "", 0, edge_public_base, "scheme://host[:port] clients use to reach the edge; fm-control signs download URLs for it and fm-edge verifies them as if sent there (default: fm-edge http://FM_BIND:FM_EDGE_HTTP_PORT, fm-control http://127.0.0.1:8081)"),
+    STR("FM_EDGE_CACHE_DIR", FM_SVC_EDGE, "/tmp/fm-edge-cache", 1, edge_cache_dir, "Folder of the edge's disk cache (created; survives restarts)"),
+    INT("FM_EDGE_CACHE_MAX_BYTES", FM_SVC_EDGE, "10737418240", 1048576, 1125899906842624LL, edge_cache_max_bytes, "Size cap of the disk cache; least recently used objects are evicted above it"),
+    STR("FM_EDGE_CF_PUBLIC_KEYS", FM_SVC_EDGE, "", 0, edge_cf_public_keys, "Key pairs accepted on signed URLs: Key-Pair-Id=path.pem, comma-separated (rotation: list old and new); empty = every /f/ request is refused"),
+    SECRET("FM_EDGE_PURGE_SECRET", FM_SVC_EDGE, "", 16, edge_purge_secret, "X-FM-Edge-Secret of POST /_edge/purge; empty = purge disabled"),
+    INT("FM_EDGE_MAX_AGE_S", FM_SVC_EDGE, "3600", 0, 31536000, edge_max_age_s, "Cache-Control max-age of /f/ answers, capped by the URL's Expires"),
     INT("FM_WORKER_HEALTH_PORT", FM_SVC_WORKER, "8082", 1, 65535, worker_health_port, "fm-worker health endpoint port"),
+    INT("FM_WORKER_THREADS", FM_SVC_WORKER, "2", 1, 64, worker_threads, "Job-consumer threads of fm-worker (each works one job at a time, with its own connections)"),
+    STR("FM_CLAMD_HOST", FM_SVC_WORKER, "127.0.0.1", 1, clamd_host, "clamd TCP address (virus scan, INSTREAM)"),
+    INT("FM_CLAMD_PORT", FM_SVC_WORKER, "3310", 1, 65535, clamd_port, "clamd TCP port"),
+    INT("FM_CLAMD_TIMEOUT_MS", FM_SVC_WORKER, "30000", 100, 600000, clamd_timeout_ms, "clamd connect and per-read/write timeout; on expiry the job retries"),
+    STR("FM_WORKER_TMP_DIR", FM_SVC_WORKER, "/tmp", 1, worker_tmp_dir, "Where the worker keeps the temporary copy of the object it processes (room for the largest upload per thread)"),
+    INT("FM_JOB_MAX_ATTEMPTS", FM_SVC_WORKER, "3", 1, 100, job_max_attempts, "Attempts of a job before it is FAILED and sent to the dead-letter stream jobs:dead"),
+    INT("FM_JOB_BACKOFF_BASE_MS", FM_SVC_WORKER, "1000", 10, 3600000, job_backoff_base_ms, "Retry delay after attempt n is this × 2^n (2 s, 4 s … by default)"),
+    INT("FM_JOB_VISIBILITY_MS", FM_SVC_WORKER, "60000", 1000, 3600000, job_visibility_ms, "A job of a dead worker (no heartbeat) is reclaimed by another after this long"),
+    INT("FM_MAX_IMAGE_PIXELS", FM_SVC_WORKER, "100000000", 1, 10000000000LL, max_image_pixels, "Images with more pixels are refused undecoded (decompression bombs)"),
+    INT("FM_TEXT_MAX_BYTES", FM_SVC_WORKER, "1048576", 0, 104857600, text_max_bytes, "Cap of the text extracted for search, per file"),
+    INT("FM_THUMB_PX", FM_SVC_WORKER, "256", 16, 4096, thumb_px, "Longest edge of the `thumb` variants"),
+    INT("FM_PREVIEW_PX", FM_SVC_WORKER, "1024", 64, 8192, preview_px, "Longest edge of the `preview` variants"),
+    INT("FM_CLEANUP_INTERVAL_S", FM_SVC_WORKER, "300", 1, 86400, cleanup_interval_s, "How often one worker of the fleet looks for blobs no file references (cleanup_blob jobs)"),
+    INT("FM_BLOB_GRACE_S", FM_SVC_WORKER, "86400", 0, 31536000, blob_grace_s, "A blob no file references is deleted (object and variants) once unreferenced this long"),
 };
 
 static int parse_int(const char *s, int64_t *out)
@@ -188,6 +211,13 @@ int fm_config_load(fm_config_t *cfg, unsigned service, FILE *err)
     }
     if ((service & FM_SVC_CONTROL) && cfg->s3_public_endpoint[0] == '\0')
         memcpy(cfg->s3_public_endpoint, cfg->s3_endpoint, sizeof(cfg->s3_public_endpoint));
+    if ((service & FM_SVC_CONTROL) && cfg->edge_public_base[0] == '\0')
+        snprintf(cfg->edge_public_base, sizeof(cfg->edge_public_base), "http://127.0.0.1:8081");
+    if ((service & FM_SVC_CONTROL) && strncmp(cfg->edge_public_base, "http://", 7) != 0 &&
+        strncmp(cfg->edge_public_base, "https://", 8) != 0) {
+        fprintf(err, "config: FM_EDGE_PUBLIC_BASE=\"%s\" must start with http:// or https://\n", cfg->edge_public_base);
+        ++bad;
+    }
     if (strncmp(cfg->redis_url, "redis://", 8) != 0) {
         fprintf(err, "config: FM_REDIS_URL must start with redis://\n");
         ++bad;

@@ -34,8 +34,12 @@ typedef struct fm_config {
     char web_dir[512];
     /* uploads */
     int64_t max_upload_bytes, multipart_threshold, upload_url_ttl_s, upload_expiry_s, reconcile_interval_s;
+    int64_t record_flush_ms;
     char allowed_content_types[2048];
     char s3_public_endpoint[256];
+    /* downloads (control-plane/download.c, docs/downloads.md "Download URLs") */
+    char cf_keys[2048];
+    int64_t download_url_ttl_s;
     /* dependencies */
     char database_url[1024];
     int64_t pg_pool_size, pg_timeout_ms;
@@ -56,7 +60,22 @@ typedef struct fm_config {
     int64_t register_limit_ip;
     /* edge and worker (health only for now) */
     int64_t edge_http_port, edge_https_port;
+    /* edge (edge/, docs/downloads.md "fm-edge") */
+    char edge_public_base[256];
+    char edge_cache_dir[512];
+    int64_t edge_cache_max_bytes;
+    char edge_cf_public_keys[2048];
+    char edge_purge_secret[256];
+    int64_t edge_max_age_s;
     int64_t worker_health_port;
+    /* worker (lambda-workers/, docs/workers.md) */
+    int64_t worker_threads;
+    char clamd_host[256];
+    int64_t clamd_port, clamd_timeout_ms;
+    char worker_tmp_dir[512];
+    int64_t job_max_attempts, job_backoff_base_ms, job_visibility_ms;
+    int64_t max_image_pixels, text_max_bytes, thumb_px, preview_px;
+    int64_t cleanup_interval_s, blob_grace_s; /* cleanup.c: unreferenced blobs */
 } fm_config_t;
 
 /**

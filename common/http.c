@@ -248,7 +248,7 @@ static int is_json_content_type(h2o_iovec_t ct)
 
 /* RFC 8259 §8.1: JSON text is UTF-8. Checked here because cJSON passes any bytes through, and PostgreSQL (and
  * every client reading our answers back) would then meet them. Overlongs, surrogates and > U+10FFFF are refused. */
-static int utf8_valid(const unsigned char *s, size_t len)
+int fm_utf8_valid(const unsigned char *s, size_t len)
 {
     size_t i = 0;
     while (i < len) {
@@ -314,7 +314,7 @@ cJSON *fm_req_json_body(fm_req_t *r, size_t max_bytes)
         fm_reply_error(r, 400, "invalid_json", "the body is empty");
         return NULL;
     }
-    if (!utf8_valid((const unsigned char *)req->entity.base, req->entity.len)) {
+    if (!fm_utf8_valid((const unsigned char *)req->entity.base, req->entity.len)) {
         fm_reply_error(r, 400, "invalid_json", "the body is not valid UTF-8");
         return NULL;
     }

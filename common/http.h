@@ -86,4 +86,7 @@ void fm_http_request_id(char out[33]);
 /** The server-side entry point (used by server.c). */
 void fm_http_dispatch(fm_thread_t *thread, h2o_req_t *req);
 
+/** True when s[0..len) is well-formed UTF-8 (no overlongs, surrogates or code points above U+10FFFF). */
+int fm_utf8_valid(const unsigned char *s, size_t len);
+
 #endif

@@ -50,6 +50,8 @@ static family_t *find_family(const char *name, fm_metric_type_t type)
 
 static series_t *find_series(family_t *f, const char *labels)
 {
+    if (labels == NULL) /* a series without labels */
+        labels = "";
     series_t *s;
     for (s = f->series; s != NULL; s = s->next)
         if (strcmp(s->labels, labels) == 0)

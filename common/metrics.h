@@ -14,7 +14,7 @@ typedef enum { FM_METRIC_COUNTER, FM_METRIC_GAUGE, FM_METRIC_HISTOGRAM } fm_metr
 /** Declares a family's type and help text (call at start, before updates). */
 void fm_metrics_describe(const char *family, fm_metric_type_t type, const char *help);
 
-/** Adds `value` to the counter series `family{labels}`; `labels` is the inside of the braces, e.g. `route="/x"`. */
+/** Adds `value` to the counter series `family{labels}`; `labels` is the inside of the braces, e.g. `route="/x"`, or NULL/"" for none. */
 void fm_metrics_counter_add(const char *family, const char *labels, double value);
 
 /** Sets the gauge series `family{labels}`. */

@@ -27,18 +27,29 @@
 /* A ListParts page of LIST_PARTS_PAGE parts is ~200 bytes a part on AWS and RGW: room for four times that. */
 #define LIST_PARTS_PAGE 1000
 #define MAX_LIST_PARTS_BODY (1024 * 1024)
+/* A streamed GET has no whole-request timeout: it fails when it moves under this many bytes a second for the
+ * client's timeout_ms, so a GB object on a slow link completes and a stalled one does not hang a worker. */
+#define STREAM_LOW_SPEED_BYTES 1024L
 
 struct fm_s3 {
     fm_sigv4_t *signer;
     char *endpoint; /* as signed: with the bucket in the host name when virtual-hosted */
     char *bucket;   /* path-style bucket, NULL when virtual-hosted */
     long connect_timeout_ms, timeout_ms;
+    /* The bucket in both styles (x-amz-copy-source names it). */
+    char *bucket_name;
     CURL *curl;
     char curl_error[CURL_ERROR_SIZE];
     char *body; /* the last answer's body, at most body_limit bytes */
     size_t body_len;
     size_t body_limit;  /* MAX_RESPONSE_BODY but while a call that reads larger answers runs */
     int body_truncated; /* the answer was longer than body_limit: its end was dropped */
+    /* A streamed GET (fm_s3_get_object) while `sink` is set: a 2xx body goes to sink, any other to `body`. */
+    fm_s3_write_fn sink;
+    void *sink_ud;
+    int sink_status_known; /* the answer's status was looked at, on its first body bytes */
+    int sink_pass;         /* ... and it is 2xx: the body is the object's */
+    int sink_aborted;      /* the sink returned non-zero */
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -94,6 +105,9 @@ fm_s3_t *fm_s3_new(const fm_s3_config_t *cfg, char *err, size_t err_size)
     if (s3 == NULL)
         abort();
     s3->signer = signer;
+    s3->bucket_name = strdup(cfg->bucket);
+    if (s3->bucket_name == NULL)
+        abort();
     if (cfg->virtual_hosted) {
         /* Virtual-hosted style: the bucket is the first label of the host, the path is just the key. */
         const char *sep = strstr(cfg->endpoint, "://");
@@ -143,6 +157,7 @@ void fm_s3_free(fm_s3_t *s3)
     fm_sigv4_free(s3->signer);
     free(s3->endpoint);
     free(s3->bucket);
+    free(s3->bucket_name);
     free(s3->body);
     free(s3);
 }
@@ -315,6 +330,27 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
     return n;
 }
 
+/* The write callback of a streamed GET: the status is known once curl hands over body bytes, so the first call
+ * decides whether the body is the object (to the caller's sink) or an error document (kept like any answer). */
+static size_t on_stream(char *data, size_t size, size_t nmemb, void *userdata)
+{
+    fm_s3_t *s3 = userdata;
+    size_t n = size * nmemb;
+    if (!s3->sink_status_known) {
+        long status = 0;
+        curl_easy_getinfo(s3->curl, CURLINFO_RESPONSE_CODE, &status);
+        s3->sink_status_known = 1;
+        s3->sink_pass = status >= 200 && status < 300;
+    }
+    if (!s3->sink_pass)
+        return on_body(data, size, nmemb, userdata);
+    if (n > 0 && s3->sink(s3->sink_ud, data, n) != 0) {
+        s3->sink_aborted = 1;
+        return 0; /* anything but n: curl stops with CURLE_WRITE_ERROR */
+    }
+    return n;
+}
+
 static void response_header(fm_s3_t *s3, const char *name, char *out, size_t size)
 {
     struct curl_header *h = NULL;
@@ -380,6 +416,19 @@ static void read_error_document(fm_s3_t *s3, fm_s3_result_t *res)
         fm_s3_xml_text(s3->body, s3->body_len, "RequestId", res->request_id, sizeof(res->request_id));
 }
 
+/* Status and the headers a result reports, from the answer just received. */
+static void read_answer_headers(fm_s3_t *s3, fm_s3_result_t *res)
+{
+    curl_easy_getinfo(s3->curl, CURLINFO_RESPONSE_CODE, &res->status);
+    response_header(s3, "x-amz-request-id", res->request_id, sizeof(res->request_id));
+    response_header(s3, "ETag", res->etag, sizeof(res->etag));
+    response_header(s3, "Content-Type", res->content_type, sizeof(res->content_type));
+    char length[32] = "";
+    response_header(s3, "Content-Length", length, sizeof(length));
+    if (length[0] != '\0' && strspn(length, "0123456789") == strlen(length) && strlen(length) <= 18)
+        res->content_length = strtoll(length, NULL, 10);
+}
+
 /*
  * Signs and sends one request; `headers` are extra signed headers, sent as given. Returns 0 on a 2xx answer,
  * else -1 with res->code/message set. s3->body holds the answer's body.
@@ -394,6 +443,7 @@ static int perform(fm_s3_t *s3, const char *method, const char *key, const fm_si
     s3->body = NULL;
     s3->body_len = 0;
     s3->body_truncated = 0;
+    s3->sink_status_known = s3->sink_pass = s3->sink_aborted = 0;
 
     fm_sigv4_request_t req = {.method = method,
                               .endpoint = s3->endpoint,
@@ -439,12 +489,18 @@ static int perform(fm_s3_t *s3, const char *method, const char *key, const fm_si
     curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L); /* timeouts without SIGALRM: we run on pool threads */
     curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, s3->connect_timeout_ms);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, s3->timeout_ms);
+    if (s3->sink != NULL) {
+        long stall_s = (s3->timeout_ms + 999) / 1000;
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, STREAM_LOW_SPEED_BYTES);
+        curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, stall_s);
+    } else {
+        curl_easy_setopt(c, CURLOPT_TIMEOUT_MS, s3->timeout_ms);
+    }
     /* S3 keys are not normalised: "a/../b" must reach the store as signed. */
     curl_easy_setopt(c, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(c, CURLOPT_HTTPHEADER, list);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, s3->curl_error);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, s3->sink != NULL ? on_stream : on_body);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, s3);
     if (strcmp(method, "HEAD") == 0) {
         curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
@@ -459,18 +515,18 @@ static int perform(fm_s3_t *s3, const char *method, const char *key, const fm_si
     CURLcode rc = curl_easy_perform(c);
     curl_slist_free_all(list);
     free(url);
+    if (rc == CURLE_WRITE_ERROR && s3->sink_aborted) {
+        /* The caller stopped a 2xx body: the answer's headers are there (its size tells it how much it refused). */
+        read_answer_headers(s3, res);
+        strcpy(res->code, "Aborted");
+        set_text(res->message, sizeof(res->message), "the write function stopped the transfer");
+        return -1;
+    }
     if (rc != CURLE_OK) {
         fail_transport(res, rc, s3->curl_error);
         return -1;
     }
-    curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &res->status);
-    response_header(s3, "x-amz-request-id", res->request_id, sizeof(res->request_id));
-    response_header(s3, "ETag", res->etag, sizeof(res->etag));
-    response_header(s3, "Content-Type", res->content_type, sizeof(res->content_type));
-    char length[32] = "";
-    response_header(s3, "Content-Length", length, sizeof(length));
-    if (length[0] != '\0' && strspn(length, "0123456789") == strlen(length) && strlen(length) <= 18)
-        res->content_length = strtoll(length, NULL, 10);
+    read_answer_headers(s3, res);
     if (res->status >= 200 && res->status < 300)
         return 0;
     read_error_document(s3, res);
@@ -797,6 +853,79 @@ int fm_s3_complete_multipart(fm_s3_t *s3, const char *key, const char *upload_id
     /* The header ETag of this answer is not the object's: report the document's (RGW's may be empty). */
     res->etag[0] = '\0';
     fm_s3_xml_text(s3->body, s3->body_len, "ETag", res->etag, sizeof(res->etag));
+    res->content_type[0] = '\0';
+    res->content_length = -1;
+    return 0;
+}
+
+/* ---- streamed GET, copy ------------------------------------------------------------------------------------ */
+
+int fm_s3_get_object(fm_s3_t *s3, const char *key, fm_s3_write_fn write, void *ud, fm_s3_result_t *res)
+{
+    if (need_key(key, res) != 0)
+        return -1;
+    if (write == NULL)
+        return refuse(res, "a write function is required");
+    s3->sink = write;
+    s3->sink_ud = ud;
+    int rc = perform(s3, "GET", key, NULL, 0, NULL, 0, NULL, 0, res);
+    s3->sink = NULL;
+    s3->sink_ud = NULL;
+    return rc;
+}
+
+/* x-amz-copy-source: "bucket/key", URL-encoded as S3 requires (RFC 3986 unreserved characters and '/' kept). */
+static char *copy_source(const char *bucket, const char *key)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t bucket_len = strlen(bucket), key_len = strlen(key);
+    char *out = malloc(bucket_len + 1 + key_len * 3 + 1);
+    if (out == NULL)
+        abort();
+    memcpy(out, bucket, bucket_len);
+    char *o = out + bucket_len;
+    *o++ = '/';
+    for (const unsigned char *p = (const unsigned char *)key; *p != '\0'; p++) {
+        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+            strchr("-._~/", *p) != NULL) {
+            *o++ = (char)*p;
+        } else {
+            *o++ = '%';
+            *o++ = hex[*p >> 4];
+            *o++ = hex[*p & 15];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+int fm_s3_copy_object(fm_s3_t *s3, const char *src_key, const char *dst_key, fm_s3_result_t *res)
+{
+    if (need_key(src_key, res) != 0 || need_key(dst_key, res) != 0)
+        return -1;
+    char *source = copy_source(s3->bucket_name, src_key);
+    fm_sigv4_header_t headers[1] = {{"x-amz-copy-source", source}};
+    int rc = perform(s3, "PUT", dst_key, NULL, 0, headers, 1, "", 0, res);
+    free(source);
+    if (rc != 0)
+        return -1;
+    /* As with CompleteMultipartUpload, S3 may send the 200 before the copy fails and put the <Error> in the body. */
+    const char *inner;
+    size_t inner_len, offset = 0;
+    if (s3->body != NULL && fm_s3_xml_next(s3->body, s3->body_len, "Error", &offset, &inner, &inner_len) == 0) {
+        read_error_document(s3, res);
+        return -1;
+    }
+    if (!body_has(s3, "</CopyObjectResult>"))
+        return invalid_response(res, "CopyObject answered %ld without a result", res->status);
+    /* The answer's headers describe the answer, not the copy: its ETag is in the document, quoted by AWS and
+     * bare by Ceph RGW. Quote it as HEAD would send it, so the two compare equal. */
+    char etag[sizeof(res->etag) - 2] = "";
+    fm_s3_xml_text(s3->body, s3->body_len, "ETag", etag, sizeof(etag));
+    if (etag[0] != '\0' && etag[0] != '"')
+        snprintf(res->etag, sizeof(res->etag), "\"%s\"", etag);
+    else
+        snprintf(res->etag, sizeof(res->etag), "%s", etag);
     res->content_type[0] = '\0';
     res->content_length = -1;
     return 0;

@@ -1,7 +1,8 @@
 /*
  * s3: a small blocking S3 client on libcurl for the calls the servers make themselves (bucket check, object
- * HEAD/PUT/DELETE, multipart uploads: create, list parts, complete, abort). File bytes from users never pass
- * through it: they go to S3 with presigned URLs (sigv4.h).
+ * HEAD/PUT/DELETE/copy, multipart uploads: create, list parts, complete, abort). File bytes from users never pass
+ * through it on their way in: they go to S3 with presigned URLs (sigv4.h). The worker reads them back with the
+ * streamed GET (fm_s3_get_object), which never holds an object in memory.
  *
  * BLOCKING: every call waits for the network (up to the configured timeouts). Call it from an offload pool
  * thread (offload.h), never from an event-loop thread (DESIGN.md §3).
@@ -120,6 +121,33 @@ int fm_s3_put_object(fm_s3_t *s3, const char *key, const void *data, size_t len,
 
 /** DELETE an object; S3 answers 204 whether or not it existed, so 0 means "it is gone". */
 int fm_s3_delete_object(fm_s3_t *s3, const char *key, fm_s3_result_t *res);
+
+/**
+ * Receives the body of a GET as it arrives, `len` > 0 bytes at a time (curl's buffer, valid during the call only).
+ * Return 0 to go on; any other value stops the transfer, and the call then fails with res->code "Aborted".
+ */
+typedef int (*fm_s3_write_fn)(void *ud, const void *data, size_t len);
+
+/**
+ * GET an object, streamed: the body of a 2xx answer goes to `write` piece by piece, never held whole in memory (an
+ * error answer's body is read for its <Code> and never reaches `write`). On 0, res->content_length, res->etag and
+ * res->content_type describe the object and every byte went to `write`; -1 with S3's code ("NoSuchKey", status
+ * 404) otherwise, also when the connection broke mid-body ("NetworkError": `write` may have had part of it, so
+ * start again from scratch) or `write` asked to stop ("Aborted", with the answer's status, ETag and
+ * content_length, so a caller refusing an oversized object learns its size). No whole-request timeout applies,
+ * so a large object can take as long as it needs: the call fails with "Timeout" only when the transfer (or the
+ * wait for the answer) stays under 1 KiB/s for timeout_ms.
+ */
+int fm_s3_get_object(fm_s3_t *s3, const char *key, fm_s3_write_fn write, void *ud, fm_s3_result_t *res);
+
+/**
+ * CopyObject (PUT with x-amz-copy-source) inside the client's bucket: `dst_key` gets the content, type and metadata
+ * of `src_key`, which stays (delete it to move). Objects over 5 GiB need UploadPartCopy, which is not offered.
+ * On 0, res->etag is the copy's ETag from the answer's <CopyObjectResult>, quoted as HEAD reports it (Ceph RGW
+ * sends it bare). -1 with "NoSuchKey" if `src_key` is absent, or with S3's code when the 200 answer carries an
+ * <Error> document (the copy failed after it began); a 200 without a result document is "InvalidResponse".
+ */
+int fm_s3_copy_object(fm_s3_t *s3, const char *src_key, const char *dst_key, fm_s3_result_t *res);
 
 /**
  * CreateMultipartUpload (POST ?uploads). `content_type` (may be NULL) becomes the final object's type. On 0,

@@ -23,11 +23,13 @@ typedef struct fm_control {
 
 /** One event-loop thread's connections. Owned by that thread. */
 typedef struct reconcile reconcile_t;
+typedef struct records_flusher records_flusher_t;
 
 typedef struct fm_control_thread {
     fm_redis_t *redis;
     fm_pg_t *pg;
-    reconcile_t *reconcile; /* thread 0 only */
+    reconcile_t *reconcile;     /* thread 0 only */
+    records_flusher_t *records; /* thread 0 only, when records are written behind */
     fm_sigv4_t *signer; /* presigns the URLs handed to clients (FM_S3_PUBLIC_ENDPOINT) */
 } fm_control_thread_t;
 
@@ -92,6 +94,26 @@ typedef void (*fm_upload_marked_fn)(fm_req_t *r, const char *outcome, const char
 void fm_upload_mark(fm_req_t *r, const char *upload_id, long long size, const char *etag, const char *by,
                     fm_upload_marked_fn done);
 
+/* Write-behind of new file records (records.c, docs/decisions.md). */
+/** A new file: a single-PUT upload (upload_id set) or a dedupe hit (upload_id NULL: READY on the owner's blob). */
+typedef struct fm_record {
+    const char *upload_id, *file_id, *owner_id, *name, *content_type, *sha256, *object_key;
+    long long size, expires_at;
+} fm_record_t;
+typedef void (*fm_records_done_fn)(fm_req_t *r);
+typedef void (*fm_records_next_fn)(fm_req_t *r, void *arg);
+/** Computes the script id once per process. */
+int fm_records_init(void);
+/** Stores the record in Redis (atomically, with its place in the flusher's list), then calls done(r); answers 503
+ *  itself when Redis fails. */
+void fm_records_put(fm_req_t *r, const fm_record_t *rec, fm_records_done_fn done);
+/** Makes sure the record `record_id` (an upload id, or the file id of a dedupe) is in PostgreSQL if it was written
+ *  behind and not flushed yet, then calls next(r, arg). Answers 503 itself (and frees arg) when Redis or PostgreSQL
+ *  cannot tell; if the request goes away meanwhile, arg is free()d. */
+void fm_records_ensure(fm_req_t *r, const char *record_id, fm_records_next_fn next, void *arg);
+records_flusher_t *fm_records_flusher_start(fm_thread_t *thread);
+/** After the thread's pools were destroyed. */
+void fm_records_flusher_stop(records_flusher_t *f);
 /** Loads the browser client's files from `dir` (web.c); "" = none. Returns 0, or -1 if the folder is unreadable. */
 int fm_web_load(const char *dir);
 void fm_web_free(void);
@@ -99,6 +121,23 @@ void fm_web_free(void);
 /** Starts the reconciler on `thread` (reconcile.c); stop it after the thread's pools were destroyed. */
 reconcile_t *fm_reconcile_start(fm_thread_t *thread);
 void fm_reconcile_stop(reconcile_t *rc);
+
+/**
+ * Reads file `id` (id_len bytes) as its cached row (files.c: Redis `fm:file:{id}`, filled from PostgreSQL on a miss)
+ * and calls next(r, row, arg) if `p` owns it; otherwise answers 404 (503/500 when PostgreSQL cannot tell) and never
+ * calls next. `row` is the JSON of GET /v1/files/{id} plus the internal fields owner_id, visibility, storage_key
+ * (null until verified) and variants (blobs.variants, {} when none); next owns it (cJSON_Delete or fm_reply_json).
+ * Uses the request's handler state (fm_req_state): the caller must not have its own.
+ */
+void fm_file_row(fm_req_t *r, const fm_principal_t *p, const char *id, size_t id_len,
+                 void (*next)(fm_req_t *r, cJSON *row, void *arg), void *arg);
+
+/**
+ * Loads the download signing keys (FM_CF_KEYS, download.c) once at start; empty = downloads answer 503. Returns 0,
+ * or -1 after logging what is wrong. fm_download_free releases them after the threads stopped.
+ */
+int fm_download_init(const fm_config_t *cfg);
+void fm_download_free(void);
 
 /** True when s (len bytes) is a UUID in its 8-4-4-4-12 hex form (either case). */
 int fm_uuid_valid(const char *s, size_t len);
@@ -120,6 +159,9 @@ void handle_upload_abort(fm_req_t *r);
 void handle_events_s3(fm_req_t *r);
 void handle_file_get(fm_req_t *r);
 void handle_job_get(fm_req_t *r);
+void handle_file_download(fm_req_t *r);
+void handle_admin_jobs(fm_req_t *r);
+void handle_admin_job_retry(fm_req_t *r);
 void handle_web(fm_req_t *r);
 void handle_uppy_params(fm_req_t *r);
 void handle_uppy_multipart_create(fm_req_t *r);

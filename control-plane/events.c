@@ -87,6 +87,16 @@ static int upload_id_of(const char *key, char out[37])
     return 1;
 }
 
+/* The record s->next - 1 names one of our uploads (checked by next_record). */
+static void mark_record(fm_req_t *r, void *arg)
+{
+    events_state_t *s = r->state;
+    const fm_s3event_record_t *record = &s->records[s->next - 1];
+    char upload_id[37];
+    upload_id_of(record->key, upload_id);
+    fm_upload_mark(r, upload_id, record->size, record->etag, "event", on_record_marked);
+}
+
 static void next_record(fm_req_t *r)
 {
     events_state_t *s = r->state;
@@ -98,7 +108,8 @@ static void next_record(fm_req_t *r)
             s->ignored++;
             continue;
         }
-        fm_upload_mark(r, upload_id, record->size, record->etag, "event", on_record_marked);
+        /* The upload may still be a record in Redis (records.c): bring it into PostgreSQL first. */
+        fm_records_ensure(r, upload_id, mark_record, NULL);
         return;
     }
     cJSON *body = cJSON_CreateObject();

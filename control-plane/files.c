@@ -3,6 +3,8 @@
  * `fm:job:{id}`, JSON with the owner's id) and filled from PostgreSQL on a miss. Whoever changes a row deletes its
  * key (uploads_complete.c, events.c, the worker); the TTL bounds what a lost delete can cost.
  * Only the owner sees a row; anyone else gets the same 404 as for a missing id.
+ * A file's row also carries what the download route needs (visibility, the blob's storage_key and variants,
+ * fm_file_row); GET /v1/files/{id} strips those internal fields, like the owner's id.
  */
 #include <stdio.h>
 #include <string.h>
@@ -16,7 +18,14 @@ typedef struct {
     const char *kind; /* "file" | "job" */
     char id[40], key[64];
     const fm_principal_t *principal;
+    int record_checked; /* the written-behind record was looked for already */
+    /* fm_file_row's caller and its argument; NULL: answer the row (GET /v1/files/{id}) */
+    void (*next)(fm_req_t *r, cJSON *row, void *arg);
+    void *arg;
 } read_state_t;
+
+/* Fields of the cached file row that are not part of GET /v1/files/{id}'s answer. */
+static const char *const internal_fields[] = {"owner_id", "visibility", "storage_key", "variants"};
 
 static const char file_sql[] =
     "SELECT json_build_object('id', f.id, 'name', f.name, 'size', f.size, 'content_type', f.content_type,"
@@ -25,8 +34,9 @@ static const char file_sql[] =
     "   SELECT 1 FROM uploads u WHERE u.file_id = f.id),"
     " 'created_at', to_char(f.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
     " 'updated_at', to_char(f.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
-    " 'owner_id', f.owner_id)::text "
-    "FROM files f WHERE f.id = $1::uuid AND f.deleted_at IS NULL";
+    " 'owner_id', f.owner_id, 'visibility', f.visibility, 'storage_key', b.storage_key,"
+    " 'variants', coalesce(b.variants, '{}'::jsonb))::text "
+    "FROM files f LEFT JOIN blobs b ON b.sha256 = f.blob_sha256 WHERE f.id = $1::uuid AND f.deleted_at IS NULL";
 
 static const char job_sql[] =
     "SELECT json_build_object('id', j.id, 'type', j.type, 'status', j.status, 'file_id', j.file_id,"
@@ -35,18 +45,23 @@ static const char job_sql[] =
     " 'owner_id', f.owner_id)::text "
     "FROM jobs j JOIN files f ON f.id = j.file_id WHERE j.id = $1::uuid";
 
-/* Answers the cached/loaded JSON if the caller owns it; the owner's id is not part of the answer. */
-static void answer_row(fm_req_t *r, const char *json, size_t len)
+/* Answers the cached/loaded JSON (or hands it to fm_file_row's caller) if the caller owns it; the internal fields are
+ * not part of the answer. */
+static void answer_row(fm_req_t *r, cJSON *row)
 {
     read_state_t *s = r->state;
-    cJSON *row = cJSON_ParseWithLength(json, len);
     cJSON *owner = cJSON_GetObjectItemCaseSensitive(row, "owner_id");
     if (!cJSON_IsString(owner) || strcmp(owner->valuestring, s->principal->user_id) != 0) {
         cJSON_Delete(row);
         fm_reply_error(r, 404, "not_found", "no such %s", s->kind);
         return;
     }
-    cJSON_DeleteItemFromObjectCaseSensitive(row, "owner_id");
+    if (s->next != NULL) {
+        s->next(r, row, s->arg);
+        return;
+    }
+    for (size_t i = 0; i < sizeof(internal_fields) / sizeof(internal_fields[0]); ++i)
+        cJSON_DeleteItemFromObjectCaseSensitive(row, internal_fields[i]);
     fm_reply_json(r, 200, row);
 }
 
@@ -59,6 +74,24 @@ static void on_cache_filled(redisReply *reply, const char *errstr, void *data)
         fm_log(FM_LOG_WARN, r->request_id, "redis: row not cached: %s", reply ? reply->str : errstr);
 }
 
+static void load_row(fm_req_t *r, void *arg);
+
+static void on_record_id(redisReply *reply, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    if (fm_redis_failed(r, reply, errstr))
+        return;
+    read_state_t *s = r->state;
+    if (reply->type != REDIS_REPLY_STRING || reply->len > 36) {
+        fm_reply_error(r, 404, "not_found", "no such %s", s->kind);
+        return;
+    }
+    s->record_checked = 1;
+    fm_records_ensure(r, reply->str, load_row, NULL);
+}
+
 static void on_loaded(PGresult *res, const char *errstr, void *data)
 {
     fm_req_t *r = data;
@@ -67,6 +100,15 @@ static void on_loaded(PGresult *res, const char *errstr, void *data)
     if (fm_pg_failed(r, res, errstr))
         return;
     read_state_t *s = r->state;
+    if (PQntuples(res) != 1 && strcmp(s->kind, "file") == 0 && !s->record_checked &&
+        fm_control->config.record_flush_ms > 0) {
+        /* A file created a moment ago may still be a record in Redis (records.c): bring it in, then read again. */
+        char key[64];
+        snprintf(key, sizeof(key), "fm:recf:{%s}", s->id);
+        const char *argv[] = {"GET", key};
+        fm_redis_call(r, on_record_id, 2, argv);
+        return;
+    }
     if (PQntuples(res) != 1) {
         fm_reply_error(r, 404, "not_found", "no such %s", s->kind);
         return;
@@ -74,7 +116,7 @@ static void on_loaded(PGresult *res, const char *errstr, void *data)
     const char *json = PQgetvalue(res, 0, 0);
     const char *argv[] = {"SET", s->key, json, "EX", CACHE_TTL_S};
     fm_redis_call(r, on_cache_filled, 5, argv);
-    answer_row(r, json, strlen(json));
+    answer_row(r, cJSON_Parse(json));
 }
 
 static void on_cache_read(redisReply *reply, const char *errstr, void *data)
@@ -82,43 +124,62 @@ static void on_cache_read(redisReply *reply, const char *errstr, void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    read_state_t *s = r->state;
     if (reply != NULL && reply->type == REDIS_REPLY_STRING) {
-        answer_row(r, reply->str, reply->len);
-        return;
+        read_state_t *s = r->state;
+        cJSON *row = cJSON_ParseWithLength(reply->str, reply->len);
+        /* A file row cached before it carried the download fields is read again (it lives CACHE_TTL_S at most). */
+        if (strcmp(s->kind, "file") != 0 || cJSON_HasObjectItem(row, "visibility")) {
+            answer_row(r, row);
+            return;
+        }
+        cJSON_Delete(row);
     }
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) /* Redis down: PostgreSQL still answers */
         fm_log(FM_LOG_WARN, r->request_id, "redis: cache unavailable: %s", reply ? reply->str : errstr);
+    load_row(r, NULL);
+}
+
+static void load_row(fm_req_t *r, void *arg)
+{
+    read_state_t *s = r->state;
     const char *params[] = {s->id};
     fm_pg_call(r, on_loaded, strcmp(s->kind, "file") == 0 ? file_sql : job_sql, 1, params);
 }
 
-static void read_row(fm_req_t *r, const fm_principal_t *p, const char *kind)
+static void read_row(fm_req_t *r, const fm_principal_t *p, const char *kind, const char *id, size_t id_len)
 {
     read_state_t *s = fm_req_state(r, sizeof(read_state_t));
     s->kind = kind;
     s->principal = p;
-    if (!fm_uuid_valid(r->params[0].base, r->params[0].len)) {
+    if (!fm_uuid_valid(id, id_len)) {
         fm_reply_error(r, 404, "not_found", "no such %s", kind);
         return;
     }
     for (size_t i = 0; i < 36; ++i) /* one cache key per id, whatever the case it was written in */
-        s->id[i] = (char)(r->params[0].base[i] >= 'A' && r->params[0].base[i] <= 'F' ? r->params[0].base[i] + 32
-                                                                                      : r->params[0].base[i]);
+        s->id[i] = (char)(id[i] >= 'A' && id[i] <= 'F' ? id[i] + 32 : id[i]);
     s->id[36] = '\0';
     snprintf(s->key, sizeof(s->key), "fm:%s:{%s}", kind, s->id);
     const char *argv[] = {"GET", s->key};
     fm_redis_call(r, on_cache_read, 2, argv);
 }
 
+void fm_file_row(fm_req_t *r, const fm_principal_t *p, const char *id, size_t id_len,
+                 void (*next)(fm_req_t *r, cJSON *row, void *arg), void *arg)
+{
+    read_state_t *s = fm_req_state(r, sizeof(read_state_t));
+    s->next = next;
+    s->arg = arg;
+    read_row(r, p, "file", id, id_len);
+}
+
 static void file_authorized(fm_req_t *r, const fm_principal_t *p)
 {
-    read_row(r, p, "file");
+    read_row(r, p, "file", r->params[0].base, r->params[0].len);
 }
 
 static void job_authorized(fm_req_t *r, const fm_principal_t *p)
 {
-    read_row(r, p, "job");
+    read_row(r, p, "job", r->params[0].base, r->params[0].len);
 }
 
 void handle_file_get(fm_req_t *r)

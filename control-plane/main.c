@@ -31,7 +31,10 @@ static const fm_route_t routes[] = {
     {"DELETE", "/v1/uploads/{id}", handle_upload_abort},
     {"POST", "/v1/events/s3", handle_events_s3},
     {"GET", "/v1/files/{id}", handle_file_get},
+    {"GET", "/v1/files/{id}/download", handle_file_download},
     {"GET", "/v1/jobs/{id}", handle_job_get},
+    {"GET", "/v1/admin/jobs", handle_admin_jobs},
+    {"POST", "/v1/admin/jobs/{id}/retry", handle_admin_job_retry},
     /* Companion's S3 routes for stock Uppy (uppy.c) */
     {"GET", "/v1/uppy/s3/params", handle_uppy_params},
     {"POST", "/v1/uppy/s3/multipart", handle_uppy_multipart_create},
@@ -68,6 +71,8 @@ static int thread_init(fm_thread_t *thread)
         h2o_evloop_run(thread->loop, 10);
     if (thread->index == 0 && (ct->reconcile = fm_reconcile_start(thread)) == NULL)
         return -1;
+    if (thread->index == 0 && cfg->record_flush_ms > 0 && (ct->records = fm_records_flusher_start(thread)) == NULL)
+        return -1;
     return 0;
 }
 
@@ -77,6 +82,7 @@ static void thread_dispose(fm_thread_t *thread)
     fm_redis_destroy(ct->redis);
     fm_pg_destroy(ct->pg);
     fm_reconcile_stop(ct->reconcile); /* after the pools: their last callbacks may still reach it */
+    fm_records_flusher_stop(ct->records);
     fm_sigv4_free(ct->signer);
     free(ct);
     thread->data = NULL;
@@ -154,7 +160,8 @@ static int serve(fm_control_t *app)
         return 2;
     }
     describe_metrics();
-    if (fm_s3_global_init() != 0 || fm_web_load(cfg->web_dir) != 0)
+    fm_records_init();
+    if (fm_s3_global_init() != 0 || fm_web_load(cfg->web_dir) != 0 || fm_download_init(cfg) != 0)
         return 2;
     fm_server_spec_t spec = {
         .service = "fm-control",
@@ -182,6 +189,7 @@ static int serve(fm_control_t *app)
     int rc = fm_server_run(&spec);
     fm_jwt_verifier_free(app->verifier);
     fm_web_free();
+    fm_download_free();
     return rc;
 }
 

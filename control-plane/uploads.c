@@ -322,6 +322,29 @@ static void on_multipart_created(void *data)
     record_upload(r, s);
 }
 
+static void on_record_stored(fm_req_t *r)
+{
+    answer_created(r, r->state);
+}
+
+/* A single PUT outside any folder: the record is written behind (records.c), nothing waits for PostgreSQL. */
+static void record_upload_behind(fm_req_t *r, upload_state_t *s)
+{
+    uuid_v4(s->file_id);
+    fm_record_t rec = {
+        .upload_id = s->upload_id,
+        .file_id = s->file_id,
+        .owner_id = s->principal->user_id,
+        .name = s->name,
+        .content_type = s->content_type,
+        .sha256 = s->sha256,
+        .object_key = s->key,
+        .size = s->size,
+        .expires_at = (long long)time(NULL) + fm_control->config.upload_url_ttl_s,
+    };
+    fm_records_put(r, &rec, on_record_stored);
+}
+
 void upload_start(fm_req_t *r, upload_state_t *s)
 {
     uuid_v4(s->upload_id);
@@ -335,8 +358,10 @@ void upload_start(fm_req_t *r, upload_state_t *s)
         s->part_size = choose_part_size(s->size);
         s->part_count = (int)((s->size + s->part_size - 1) / s->part_size);
         fm_offload_call(r, create_multipart_work, on_multipart_created, "the object store");
+    } else if (fm_control->config.record_flush_ms > 0 && s->folder[0] == '\0') {
+        record_upload_behind(r, s);
     } else {
-        record_upload(r, s);
+        record_upload(r, s); /* a folder's ownership is PostgreSQL's to check */
     }
 }
 
@@ -361,6 +386,32 @@ static void on_dedupe_inserted(PGresult *res, const char *errstr, void *data)
     cJSON_AddBoolToObject(body, "deduplicated", 1);
     cJSON_AddStringToObject(body, "status", "READY");
     fm_reply_json(r, 200, body);
+}
+
+static void on_dedupe_stored(fm_req_t *r)
+{
+    upload_state_t *s = r->state;
+    cJSON *body = cJSON_CreateObject();
+    cJSON_AddStringToObject(body, "file_id", s->file_id);
+    cJSON_AddBoolToObject(body, "deduplicated", 1);
+    cJSON_AddStringToObject(body, "status", "READY");
+    fm_reply_json(r, 200, body);
+}
+
+/* The index names this hash with this size: the new file is written behind, READY on the blob (records.c checks
+ * again in PostgreSQL that the owner still holds it). */
+static void dedupe_behind(fm_req_t *r, upload_state_t *s)
+{
+    uuid_v4(s->file_id);
+    fm_record_t rec = {
+        .file_id = s->file_id,
+        .owner_id = s->principal->user_id,
+        .name = s->name,
+        .content_type = s->content_type,
+        .sha256 = s->sha256,
+        .size = s->size,
+    };
+    fm_records_put(r, &rec, on_dedupe_stored);
 }
 
 static void try_dedupe(fm_req_t *r, upload_state_t *s)
@@ -424,7 +475,7 @@ static void on_verified_hashes(PGresult *res, const char *errstr, void *data)
     s->s3_ok = 0;
     for (int i = 0; i < rows; ++i) {
         argv[argc++] = PQgetvalue(res, i, 0);
-        argv[argc++] = "1";
+        argv[argc++] = PQgetvalue(res, i, 1); /* the blob's size: a hit with another size is no hit */
         if (strcmp(PQgetvalue(res, i, 0), s->sha256) == 0)
             s->s3_ok = 1;
     }
@@ -445,17 +496,22 @@ static void on_dedupe_index(redisReply *reply, const char *errstr, void *data)
         try_dedupe(r, s);
         return;
     }
-    int have_hash = reply->element[0]->type == REDIS_REPLY_STRING;
+    const redisReply *hash = reply->element[0];
+    int have_hash = hash->type == REDIS_REPLY_STRING;
     int built = reply->element[1]->type == REDIS_REPLY_STRING;
-    if (have_hash) {
+    char size[24];
+    snprintf(size, sizeof(size), "%lld", s->size);
+    if (have_hash && strcmp(hash->str, size) == 0 && fm_control->config.record_flush_ms > 0 && s->folder[0] == '\0') {
+        dedupe_behind(r, s);
+    } else if (have_hash) { /* another size, a folder to check, or no write-behind: PostgreSQL decides */
         try_dedupe(r, s);
     } else if (built) {
         upload_start(r, s);
     } else {
         const char *params[] = {s->principal->user_id};
         fm_pg_call(r, on_verified_hashes,
-                   "SELECT DISTINCT encode(blob_sha256, 'hex') FROM files "
-                   "WHERE owner_id = $1::uuid AND blob_sha256 IS NOT NULL AND status = 'READY' AND deleted_at IS NULL",
+                   "SELECT DISTINCT encode(f.blob_sha256, 'hex'), b.size FROM files f JOIN blobs b ON b.sha256 = f.blob_sha256 "
+                   "WHERE f.owner_id = $1::uuid AND f.status = 'READY' AND f.deleted_at IS NULL",
                    1, params);
     }
 }
@@ -577,6 +633,8 @@ static void on_upload_loaded(PGresult *res, const char *errstr, void *data)
     s->loaded(r, s);
 }
 
+static void load_upload_row(fm_req_t *r, void *arg);
+
 void load_upload(fm_req_t *r, const fm_principal_t *p, upload_loaded_fn next)
 {
     upload_state_t *s = upload_state(r);
@@ -588,7 +646,13 @@ void load_upload(fm_req_t *r, const fm_principal_t *p, upload_loaded_fn next)
     }
     snprintf(s->upload_id, sizeof(s->upload_id), "%.*s", (int)id.len, id.base);
     s->loaded = next;
-    const char *params[] = {s->upload_id, p->user_id};
+    fm_records_ensure(r, s->upload_id, load_upload_row, NULL);
+}
+
+static void load_upload_row(fm_req_t *r, void *arg)
+{
+    upload_state_t *s = r->state;
+    const char *params[] = {s->upload_id, s->principal->user_id};
     fm_pg_call(r, on_upload_loaded,
                "SELECT id, file_id, object_key, size, content_type, method, coalesce(s3_upload_id, ''),"
                " coalesce(part_size, 0), coalesce(part_count, 0), status "

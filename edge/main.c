@@ -1,13 +1,117 @@
 /*
- * fm-edge: the delivery tier (DESIGN.md §1). For now it starts, answers /healthz and /metrics, and stops
- * gracefully; signed-URL verification, the cache and variants arrive with the downloads issue.
+ * fm-edge: the delivery tier (DESIGN.md §1, docs/downloads.md "fm-edge"). Serves CloudFront-style signed URLs
+ * GET /f/{object key}?… from a disk cache filled from the S3 origin with request coalescing; POST /_edge/purge;
+ * /healthz and /metrics. One h2o loop per thread (common/server.c); origin fetches run on the offload pool.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
-#include "config.h"
+#include "edge.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
+
+fm_edge_t fm_edge;
+
+static const fm_route_t routes[] = {
+    {"GET", "/f/{k1}", fm_edge_handle_file},
+    {"HEAD", "/f/{k1}", fm_edge_handle_file},
+    {"GET", "/f/{k1}/{k2}", fm_edge_handle_file},
+    {"HEAD", "/f/{k1}/{k2}", fm_edge_handle_file},
+    {"GET", "/f/{k1}/{k2}/{k3}", fm_edge_handle_file},
+    {"HEAD", "/f/{k1}/{k2}/{k3}", fm_edge_handle_file},
+    {"GET", "/f/{k1}/{k2}/{k3}/{k4}", fm_edge_handle_file},
+    {"HEAD", "/f/{k1}/{k2}/{k3}/{k4}", fm_edge_handle_file},
+    {"POST", "/_edge/purge", fm_edge_handle_purge},
+};
+
+/* GET/HEAD paths no route matched: "/f//x" (an empty segment never matches a capture) and keys deeper than four
+ * segments still reach the /f/ handler, which answers 400 or serves them; anything else is a 404. */
+static void fallback(fm_req_t *r)
+{
+    h2o_iovec_t path = r->req->path;
+    if (path.len >= 3 && memcmp(path.base, "/f/", 3) == 0)
+        fm_edge_handle_file(r);
+    else
+        fm_reply_error(r, 404, "not_found", "no such route");
+}
+
+/* FM_EDGE_CF_PUBLIC_KEYS: "id=/path/a.pem,id2=/path/b.pem". */
+static int load_keys(const char *spec)
+{
+    if ((fm_edge.keys = fm_cf_keys_new()) == NULL)
+        return -1;
+    char *copy = strdup(spec), *save = NULL;
+    if (copy == NULL)
+        return -1;
+    int bad = 0;
+    for (char *item = strtok_r(copy, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
+        while (*item == ' ')
+            ++item;
+        char *eq = strchr(item, '=');
+        if (eq == NULL || eq == item) {
+            fprintf(stderr, "config: FM_EDGE_CF_PUBLIC_KEYS: \"%s\" is not Key-Pair-Id=path.pem\n", item);
+            bad = 1;
+            continue;
+        }
+        *eq = '\0';
+        const char *path = eq + 1;
+        FILE *f = fopen(path, "rb");
+        char pem[16384], err[256];
+        size_t len = f ? fread(pem, 1, sizeof(pem), f) : 0;
+        if (f != NULL)
+            fclose(f);
+        if (len == 0 || len == sizeof(pem)) {
+            fprintf(stderr, "config: FM_EDGE_CF_PUBLIC_KEYS: cannot read %s\n", path);
+            bad = 1;
+        } else if (fm_cf_keys_add_pem(fm_edge.keys, item, pem, len, err, sizeof(err)) != 0) {
+            fprintf(stderr, "config: FM_EDGE_CF_PUBLIC_KEYS: key %s (%s): %s\n", item, path, err);
+            bad = 1;
+        }
+    }
+    free(copy);
+    return bad ? -1 : 0;
+}
+
+void fm_edge_metrics_init(void)
+{
+    fm_metrics_describe("fm_edge_hits_total", FM_METRIC_COUNTER, "Signed requests served from the disk cache");
+    fm_metrics_describe("fm_edge_misses_total", FM_METRIC_COUNTER, "Origin fetches started (cache misses)");
+    fm_metrics_describe("fm_edge_coalesced_total", FM_METRIC_COUNTER,
+                        "Misses that joined a fetch already in flight for the same object");
+    fm_metrics_describe("fm_edge_bytes_served_total", FM_METRIC_COUNTER, "Body bytes answered on /f/");
+    fm_metrics_describe("fm_edge_origin_bytes_total", FM_METRIC_COUNTER, "Bytes fetched from the origin");
+    fm_metrics_describe("fm_edge_origin_seconds", FM_METRIC_HISTOGRAM, "Duration of origin fetches");
+    fm_metrics_describe("fm_edge_origin_errors_total", FM_METRIC_COUNTER, "Origin fetches that failed");
+    fm_metrics_describe("fm_edge_refused_total", FM_METRIC_COUNTER, "Requests refused by the signature check");
+    fm_metrics_describe("fm_edge_evictions_total", FM_METRIC_COUNTER, "Objects evicted from the cache (LRU)");
+    fm_metrics_describe("fm_edge_purged_total", FM_METRIC_COUNTER, "Objects removed by POST /_edge/purge");
+    fm_metrics_describe("fm_edge_cache_bytes", FM_METRIC_GAUGE, "Bytes in the disk cache");
+    fm_metrics_describe("fm_edge_cache_objects", FM_METRIC_GAUGE, "Objects in the disk cache");
+    /* Zero series from the start, so a scrape can tell "none yet" from "not exported". */
+    const char *counters[] = {"fm_edge_hits_total",         "fm_edge_misses_total",       "fm_edge_coalesced_total",
+                              "fm_edge_bytes_served_total", "fm_edge_origin_bytes_total", "fm_edge_origin_errors_total",
+                              "fm_edge_refused_total",      "fm_edge_evictions_total",    "fm_edge_purged_total"};
+    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); ++i)
+        fm_metrics_counter_add(counters[i], NULL, 0);
+}
+
+static void thread_tick(fm_thread_t *thread)
+{
+    if (thread->index != 0)
+        return;
+    uint64_t bytes, objects;
+    fm_edge_cache_stats(&bytes, &objects);
+    fm_metrics_gauge_set("fm_edge_cache_bytes", NULL, (double)bytes);
+    fm_metrics_gauge_set("fm_edge_cache_objects", NULL, (double)objects);
+}
+
+static void thread_dispose(fm_thread_t *thread)
+{
+    fm_edge_origin_thread_dispose(thread);
+    fm_edge_serve_thread_dispose();
+}
 
 int main(int argc, char **argv)
 {
@@ -21,8 +125,45 @@ int main(int argc, char **argv)
         return 2;
     }
     fm_log_init("fm-edge", cfg.log_level);
+    fm_edge.cfg = &cfg;
+    if (load_keys(cfg.edge_cf_public_keys) != 0) {
+        fprintf(stderr, "fm-edge: fix FM_EDGE_CF_PUBLIC_KEYS (see `fm-edge config`)\n");
+        fm_cf_keys_free(fm_edge.keys);
+        return 2;
+    }
+    if (fm_cf_keys_count(fm_edge.keys) == 0)
+        fm_warn("FM_EDGE_CF_PUBLIC_KEYS is empty: every /f/ request will be refused");
+    if (cfg.edge_public_base[0] != '\0') {
+        size_t len = strlen(cfg.edge_public_base);
+        while (len > 0 && cfg.edge_public_base[len - 1] == '/')
+            --len;
+        snprintf(fm_edge.public_base, sizeof(fm_edge.public_base), "%.*s", (int)len, cfg.edge_public_base);
+    } else {
+        snprintf(fm_edge.public_base, sizeof(fm_edge.public_base), "http://%s:%d", cfg.bind, (int)cfg.edge_http_port);
+    }
+    if (strncmp(fm_edge.public_base, "http://", 7) != 0 && strncmp(fm_edge.public_base, "https://", 8) != 0) {
+        fprintf(stderr, "config: FM_EDGE_PUBLIC_BASE must start with http:// or https://\n");
+        fm_cf_keys_free(fm_edge.keys);
+        return 2;
+    }
+    fm_edge.s3 = (fm_s3_config_t){
+        .endpoint = cfg.s3_endpoint,
+        .region = cfg.s3_region,
+        .bucket = cfg.s3_bucket,
+        .access_key = cfg.s3_access_key,
+        .secret_key = cfg.s3_secret_key,
+        .session_token = cfg.s3_session_token,
+    };
+    if (fm_s3_global_init() != 0 || fm_edge_cache_open(cfg.edge_cache_dir, (uint64_t)cfg.edge_cache_max_bytes) != 0) {
+        fm_cf_keys_free(fm_edge.keys);
+        return 1;
+    }
+    fm_edge_metrics_init();
+
     fm_server_spec_t spec = {
         .service = "fm-edge",
+        .routes = routes,
+        .route_count = sizeof(routes) / sizeof(routes[0]),
         .bind = cfg.bind,
         .http_port = (int)cfg.edge_http_port,
         .https_port = cfg.tls_cert[0] ? (int)cfg.edge_https_port : 0,
@@ -32,6 +173,14 @@ int main(int argc, char **argv)
         .offload_threads = (size_t)cfg.offload_threads,
         .max_body_bytes = 65536,
         .graceful_timeout_ms = (uint64_t)cfg.graceful_timeout_ms,
+        .fallback = fallback,
+        .thread_init = fm_edge_origin_thread_init,
+        .thread_dispose = thread_dispose,
+        .thread_tick = thread_tick,
+        .app = &fm_edge,
     };
-    return fm_server_run(&spec);
+    int status = fm_server_run(&spec);
+    fm_edge_cache_close();
+    fm_cf_keys_free(fm_edge.keys);
+    return status;
 }

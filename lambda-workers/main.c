@@ -1,13 +1,109 @@
 /*
- * fm-worker: post-processing (DESIGN.md §1). For now it starts, answers /healthz and /metrics on its health
- * port, and stops gracefully; the job consumer and the Lambda runtime arrive with the workers issue.
+ * fm-worker: post-processing (DESIGN.md §1, §4 "Processing (workers)"; docs/workers.md).
+ *
+ *   fm-worker            the queue consumer (queue.c) + /healthz and /metrics on FM_WORKER_HEALTH_PORT
+ *   fm-worker config     prints the worker's configuration table
+ *   with AWS_LAMBDA_RUNTIME_API set: an AWS Lambda custom runtime (lambda.h, docs/lambda.md) whose handler runs
+ *   the same per-job function for each `incoming/{upload_id}` object of the S3 event, synchronously.
  */
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config.h"
+#include "lambda.h"
 #include "log.h"
+#include "queue.h"
 #include "server.h"
+
+#define INCOMING_PREFIX "incoming/"
+
+/* ---- Lambda mode ---------------------------------------------------------------------------------------------------
+ */
+
+typedef struct {
+    fm_worker_t *worker;
+    const char *request_id;
+    int processed, failed;
+} lambda_batch_t;
+
+static int lambda_record(void *ud, const fm_s3event_record_t *record, size_t index, char *err, size_t err_size)
+{
+    lambda_batch_t *b = ud;
+    size_t prefix = sizeof(INCOMING_PREFIX) - 1;
+    if (record->kind != FM_S3EVENT_CREATED || record->key_len != prefix + 36 ||
+        strncmp(record->key, INCOMING_PREFIX, prefix) != 0 || !fm_uuid_text_valid(record->key + prefix))
+        return 0; /* not an upload of ours (variants/, quarantine/ …): nothing to do */
+    char job_id[40];
+    int rc = fm_worker_job_of_upload(b->worker, record->key + prefix, record->size, record->etag, record->bucket,
+                                     job_id, sizeof(job_id));
+    if (rc < 0) {
+        snprintf(err, err_size, "record %zu: PostgreSQL is unavailable", index);
+        return -1;
+    }
+    if (rc > 0)
+        return 0;
+    fm_entry_t entry = {.reclaimed = 0};
+    snprintf(entry.job_id, sizeof(entry.job_id), "%s", job_id);
+    snprintf(entry.request_id, sizeof(entry.request_id), "%s", b->request_id);
+    fm_outcome_t outcome = fm_worker_process(b->worker, &entry);
+    b->processed++;
+    if (outcome == FM_OUTCOME_LEFT || outcome == FM_OUTCOME_RETRY) {
+        /* Lambda retries the invocation; processing is idempotent, and a RETRY job is also on the delayed set. */
+        snprintf(err, err_size, "record %zu: job %s %s", index, job_id,
+                 outcome == FM_OUTCOME_LEFT ? "could not be processed now" : "failed and will be retried");
+        b->failed++;
+        return -1;
+    }
+    return 0;
+}
+
+static int lambda_handler(void *ud, const char *request_id, const char *payload, size_t len, long long deadline_ms,
+                          char **response, char *error_type, size_t error_type_size, char **error_message)
+{
+    lambda_batch_t batch = {.worker = ud, .request_id = request_id};
+    char err[256] = "";
+    int rc = fm_lambda_s3_records(payload, len, lambda_record, &batch, err, sizeof(err));
+    if (rc < 0) {
+        snprintf(error_type, error_type_size, "%s", FM_LAMBDA_ERROR_PROCESSING);
+        *error_message = strdup(err[0] ? err : "the event could not be processed");
+        return -1;
+    }
+    char body[64];
+    snprintf(body, sizeof(body), "{\"processed\":%d}", batch.processed);
+    *response = strdup(body);
+    return 0;
+}
+
+static int lambda_init(void *ud, char *err, size_t err_size)
+{
+    fm_worker_t *w = ud;
+    if (fm_worker_pg(w) != 0 || fm_worker_redis(w) != 0) {
+        snprintf(err, err_size, "cannot reach PostgreSQL or Redis");
+        return -1;
+    }
+    return 0;
+}
+
+static int run_lambda(const fm_config_t *cfg, const char *runtime_api)
+{
+    char host[128] = "", consumer[160], err[256] = "";
+    gethostname(host, sizeof(host) - 1);
+    snprintf(consumer, sizeof(consumer), "%.100s-%d-lambda", host, (int)getpid());
+    fm_worker_t *w = fm_worker_new(cfg, consumer, 0, err, sizeof(err));
+    if (w == NULL) {
+        fm_error("lambda: %s", err);
+        return 1;
+    }
+    int rc = fm_lambda_run(runtime_api, lambda_handler, w, lambda_init, 0);
+    fm_worker_free(w);
+    return rc == 0 ? 0 : 1;
+}
+
+/* ---- queue mode
+ * ------------------------------------------------------------------------------------------------------ */
 
 int main(int argc, char **argv)
 {
@@ -21,6 +117,18 @@ int main(int argc, char **argv)
         return 2;
     }
     fm_log_init("fm-worker", cfg.log_level);
+    signal(SIGPIPE, SIG_IGN); /* hiredis and libpq write to sockets whose peer may be gone */
+    if (fm_s3_global_init() != 0 || fm_media_init(argv[0]) != 0) {
+        fm_error("worker: cannot initialise libcurl or libvips");
+        return 1;
+    }
+    const char *runtime_api = getenv("AWS_LAMBDA_RUNTIME_API");
+    if (runtime_api != NULL && runtime_api[0] != '\0')
+        return run_lambda(&cfg, runtime_api);
+
+    fm_queue_t *queue = fm_queue_start(&cfg);
+    if (queue == NULL)
+        return 1;
     fm_server_spec_t spec = {
         .service = "fm-worker",
         .bind = cfg.bind,
@@ -28,7 +136,10 @@ int main(int argc, char **argv)
         .threads = 1,
         .offload_threads = 1,
         .max_body_bytes = 65536,
-        .graceful_timeout_ms = (uint64_t)cfg.graceful_timeout_ms,
+        .graceful_timeout_ms = 1000, /* only /healthz and /metrics: the jobs have their own delay below */
     };
-    return fm_server_run(&spec);
+    int rc = fm_server_run(&spec); /* until SIGTERM/SIGINT */
+    if (fm_queue_stop(queue, (uint64_t)cfg.graceful_timeout_ms) != 0)
+        _exit(rc); /* a job thread is inside a step: its job stays pending and is reclaimed; nothing half-marked */
+    return rc;
 }

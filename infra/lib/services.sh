@@ -20,6 +20,24 @@ services_secrets() {
   cat "$file"
 }
 
+# The CloudFront key pair of download URLs (docs/downloads.md "Download URLs"), made once per data folder like the
+# secrets: fm-control signs with the private key (FM_CF_KEYS), fm-edge verifies with the public one
+# (FM_EDGE_CF_PUBLIC_KEYS). The Key-Pair-Id is derived from the public key, so a new pair gets a new id (rotation).
+# Prints "KEY_PAIR_ID DIR".
+services_cf_keys() {
+  local dir="$1/cloudfront"
+  if [ ! -s "$dir/private.pem" ] || [ ! -s "$dir/public.pem" ] || [ ! -s "$dir/key_pair_id" ]; then
+    mkdir -p "$dir"
+    chmod 700 "$dir"
+    (umask 077 && openssl genrsa -out "$dir/private.pem" 2048 2>/dev/null) || return 1
+    openssl rsa -in "$dir/private.pem" -pubout -out "$dir/public.pem" 2>/dev/null || return 1
+    chmod 600 "$dir/private.pem" "$dir/public.pem"
+    echo "K$(openssl pkey -pubin -in "$dir/public.pem" -outform DER | sha256sum | cut -c1-13 | tr a-f A-F)" \
+      > "$dir/key_pair_id"
+  fi
+  echo "$(cat "$dir/key_pair_id") $dir"
+}
+
 # A self-signed certificate for localhost when none is configured (DESIGN.md §5).
 services_tls() {
   local dir="$1/tls"
@@ -34,14 +52,38 @@ services_tls() {
 }
 
 services_env() {
-  local data="$1"
-  stack_env "$data"
+  local data="$1" stack_lines clamd
+  stack_lines="$(stack_env "$data")" || return 1
+  echo "$stack_lines"
+  # fm-worker's virus scan: the stack's clamd (stack_env names it FM_CLAMD_ADDR=host:port).
+  clamd="$(sed -n "s/^export FM_CLAMD_ADDR='\(.*\)'$/\1/p" <<< "$stack_lines")"
+  if [ -n "$clamd" ]; then
+    echo "export FM_CLAMD_HOST=${clamd%:*}"
+    echo "export FM_CLAMD_PORT=${clamd##*:}"
+  fi
   local line
   while IFS= read -r line; do echo "export $line"; done < <(services_secrets "$data")
+  services_edge_env "$data"
   local tls
   tls="$(services_tls "$data")"
   echo "export FM_TLS_CERT=${FM_TLS_CERT:-$tls/cert.pem}"
   echo "export FM_TLS_KEY=${FM_TLS_KEY:-$tls/key.pem}"
+  local cf cf_id cf_dir
+  cf="$(services_cf_keys "$data")" || return 1
+  cf_id="${cf%% *}" cf_dir="${cf#* }"
+  echo "export FM_CF_KEYS=${FM_CF_KEYS:-$cf_id=$cf_dir/private.pem}"
+  echo "export FM_EDGE_CF_PUBLIC_KEYS=${FM_EDGE_CF_PUBLIC_KEYS:-$cf_id=$cf_dir/public.pem}"
+  echo "export FM_EDGE_PUBLIC_BASE=${FM_EDGE_PUBLIC_BASE:-http://127.0.0.1:${FM_EDGE_HTTP_PORT:-8081}}"
+}
+
+# fm-edge (docs/downloads.md "fm-edge"): its purge secret and its cache folder, made once per data folder (the key
+# pair it trusts is services_cf_keys').
+services_edge_env() {
+  local data="$1" dir="$1/edge"
+  mkdir -p "$dir"
+  [ -s "$dir/purge.secret" ] || (umask 077 && openssl rand -hex 24 > "$dir/purge.secret")
+  echo "export FM_EDGE_PURGE_SECRET=$(cat "$dir/purge.secret")"
+  echo "export FM_EDGE_CACHE_DIR=${FM_EDGE_CACHE_DIR:-$dir/cache}"
 }
 
 _service_pidfile() { echo "$1/run/$2.pid"; }

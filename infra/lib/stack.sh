@@ -164,13 +164,16 @@ _stack_check_port() {  # PORT WHAT
   fi
 }
 
-# _stack_wait WHAT TIMEOUT_S LOG PID_NAME CMD...: run CMD every 0.1 s until it succeeds.
+# _stack_wait WHAT TIMEOUT_S LOG PID_NAME CMD...: run CMD every 0.1 s until it succeeds, failing early when
+# the process recorded in run/PID_NAME.pid is gone. Only liveness is checked here, not _stack_pid's identity
+# test: a child just spawned may not have exec'd yet, and Redis renames its command line after start.
 _stack_wait() {
-  local what="$1" timeout="$2" log="$3" pidname="$4" deadline
+  local what="$1" timeout="$2" log="$3" pidname="$4" deadline pid=""
   shift 4
   deadline=$(( EPOCHSECONDS + timeout ))
+  [ -z "$pidname" ] || read -r pid < "$_SD/run/$pidname.pid" || true
   until "$@" > /dev/null 2>&1; do
-    if [ -n "$pidname" ] && ! _stack_pid "$pidname" > /dev/null; then
+    if [ -n "$pidname" ] && ! _stack_alive "$pid"; then
       _stack_err "$what exited during start"; _stack_tail "$log"; return 1
     fi
     if [ "$EPOCHSECONDS" -ge "$deadline" ]; then

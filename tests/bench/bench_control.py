@@ -333,6 +333,11 @@ ENDPOINTS = {
     "me": {"path": "/v1/me", "name": "`/v1/me`", "auth": True},
     "presign": {"path": "/v1/uploads", "name": "`POST /v1/uploads` presign", "auth": True, "upload": True},
     "dedupe": {"path": "/v1/uploads", "name": "`POST /v1/uploads` dedupe hit", "auth": True, "upload": True},
+    # the dedupe source file's id is filled in once it exists; its row is cached in Redis after the first read
+    "file": {"path": "/v1/files/{id}", "name": "`GET /v1/files/{id}` (cached row)", "auth": True},
+    # the same file: cached permission check + CloudFront signature (FM_CF_KEYS: an RSA-2048 key made per run)
+    "download": {"path": "/v1/files/{id}/download", "name": "`GET /v1/files/{id}/download` (cached row, signed URL)",
+                 "auth": True},
 }
 UPLOAD_SIZE = 1000
 UPLOAD_TYPE = "text/plain"
@@ -366,20 +371,21 @@ class Db:
 def make_dedupe_source(db, email, sha256):
     """A verified blob of `sha256` and one READY file of the benchmark user on it, made directly in SQL (what a
     worker would have left after verifying an upload), so that POST /v1/uploads with the same sha256 and size is
-    a dedupe hit (control-plane/uploads.c try_dedupe). Must run before the user's first POST /v1/uploads: that
-    request builds the user's Redis dedupe index from PostgreSQL. Returns the user's id."""
+    a dedupe hit (control-plane/uploads.c). Must run before the user's first POST /v1/uploads: that request builds
+    the user's Redis dedupe index from PostgreSQL. Returns (the user's id, the file's id)."""
     out = db.run(
         "BEGIN;\n"
         "INSERT INTO blobs (sha256, size, storage_key, content_type, ref_count)\n"
-        "  VALUES (decode(:'sha', 'hex'), :size, 'bench/blobs/' || :'sha', :'ctype', 1);\n"
+        "  VALUES (decode(:'sha', 'hex'), :size, 'incoming/' || gen_random_uuid(), :'ctype', 1);\n"
         "INSERT INTO files (owner_id, name, size, content_type, claimed_sha256, blob_sha256, status)\n"
         "  SELECT id, 'bench-dedupe-source.txt', :size, :'ctype', decode(:'sha', 'hex'), decode(:'sha', 'hex'),\n"
         "         'READY'\n"
-        "  FROM users WHERE lower(email) = lower(:'email') RETURNING owner_id;\n"
+        "  FROM users WHERE lower(email) = lower(:'email') RETURNING owner_id, id;\n"
         "COMMIT;\n", sha=sha256, size=UPLOAD_SIZE, ctype=UPLOAD_TYPE, email=email)
-    if len(out) != 1 or not re.fullmatch(r"[0-9a-f-]{36}", out[0]):
+    if len(out) != 1 or not re.fullmatch(r"[0-9a-f-]{36}\|[0-9a-f-]{36}", out[0]):
         raise RuntimeError(f"dedupe source: unexpected psql output {out!r}")
-    return out[0]
+    user_id, file_id = out[0].split("|")
+    return user_id, file_id
 
 
 LOAD_NAMES = ("bench-presign.txt", "bench-presign-h2.txt", "bench-dedupe.txt")  # names the loads' bodies use
@@ -422,6 +428,33 @@ def check_rows_written(kind, before, after, answered):
         if d["ref_count"] != d["ready"]:
             problems.append(f"{d['ref_count']} more files point at the blob for {d['ready']} new READY files")
     return d, problems
+
+
+def records_pending(stack_env):
+    """How many written-behind records wait in Redis (control-plane/records.c's fm:rec:pending), or None."""
+    p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(stack_env["FM_REDIS_PORT"]), "ZCARD",
+                        "fm:rec:pending"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=10)
+    return int(p.stdout.strip()) if p.returncode == 0 and p.stdout.strip().isdigit() else None
+
+
+def wait_rows_written(db, stack_env, user_id, sha256, kind, before, answered, limit_s=300):
+    """Polls until Redis holds no written-behind record any more — every request answered so far, h2load's warm-up
+    ones included, is then in PostgreSQL or lost (check_rows_written says which) — or limit_s passed. Waiting only
+    for `answered` rows would let the warm-up's rows land in the next row's counts. Returns (seconds waited until
+    the answered requests' rows were in, the counts once Redis was empty)."""
+    t0 = time.monotonic()
+    want = "pending" if kind == "presign" else "ready"
+    answered_at = None
+    while True:
+        now = upload_counts(db, user_id, sha256)
+        if answered_at is None and now[want] - before[want] >= answered:
+            answered_at = time.monotonic() - t0
+        if records_pending(stack_env) == 0:  # the flusher is done: read once more (its last batch may just
+            now = upload_counts(db, user_id, sha256)  # have committed)
+            return (answered_at if answered_at is not None else time.monotonic() - t0), now
+        if time.monotonic() - t0 > limit_s:
+            return time.monotonic() - t0, now
+        time.sleep(0.2)
 
 
 def check_first_upload(ctl, token, kind, body):
@@ -605,14 +638,16 @@ def render(meta, rows, servers, logins, hash_ms, notes, first_answers=()):
         add(f"`POST /v1/uploads` (FM_THREADS={', '.join(map(str, meta['upload_threads']))} only), body "
             f"`{{\"name\", \"size\": {UPLOAD_SIZE}, \"content_type\": \"{UPLOAD_TYPE}\", \"sha256\"}}`: "
             "JWT verify + Redis session GET + Redis HMGET of the user's dedupe index, then "
-            "**presign** = one PostgreSQL statement inserting a `files` (PENDING_UPLOAD) and an `uploads` row + a "
-            "SigV4 presigned PUT URL → 201; **dedupe hit** = one PostgreSQL statement inserting a READY `files` row "
-            "that points at the blob (the blob row is only read) → 200 `deduplicated: true` (no S3, no signature). "
+            "**presign** = one Redis script storing the new `files` (PENDING_UPLOAD) + `uploads` record, written "
+            "behind into PostgreSQL in batches (control-plane/records.c, FM_RECORD_FLUSH_MS=50) + a SigV4 presigned "
+            "PUT URL → 201; **dedupe hit** = the index names the hash with this size, one Redis script storing a "
+            "READY `files` record on the blob → 200 `deduplicated: true` (no S3, no signature). "
             "wrk's presign body gets a fresh random sha256 per request (wrk_me.lua); h2load repeats one fixed body, "
             "so its presign rows claim the same sha256 every time (a new file + upload row each, as the API allows; "
             "the hash is not in the dedupe index, so the path is the same). The dedupe source (a verified blob and a "
             "READY file of the user) is made in SQL before the user's first upload. Every upload row is checked "
-            "against PostgreSQL: rows written ≥ requests answered, and of the right kind.")
+            "against PostgreSQL once flushed: rows written ≥ requests answered, and of the right kind; the flush "
+            "column is how long after the load the last answered request's rows were in PostgreSQL.")
     add("")
     add("| FM_THREADS | tool | protocol | endpoint | req/s | p50 ms | p99 ms | ÷ `/healthz` | errors | "
         "CPU µs per request: srv / pg / redis | CPU % of a core: srv / gen / pg / redis / stk / oth | "
@@ -663,12 +698,12 @@ def render(meta, rows, servers, logins, hash_ms, notes, first_answers=()):
             add(f"- FM_THREADS={f['threads']}, {f['kind']}: {'ok' if f['ok'] else '**WRONG**'} — {f['desc']}")
         add("")
         add("| FM_THREADS | tool | protocol | case | req/s | ÷ `/healthz` (≥ 60 %) | p99 ms (≤ 10) | "
-            "÷ HTTP/1.1 (≥ 100 %) | rows written: files / uploads (answered) | verdict |")
-        add("|---|---|---|---|---:|---:|---:|---:|---|---|")
+            "÷ HTTP/1.1 (≥ 100 %) | rows written: files / uploads (answered) | in PostgreSQL after, s | verdict |")
+        add("|---|---|---|---|---:|---:|---:|---:|---|---:|---|")
         for r in up:
             name = ENDPOINTS[r["ep"]]["name"].replace("`POST /v1/uploads` ", "")
             if "failure" in r:
-                add(f"| {r['threads']} | {r['tool']} | {r['label']} | {name} | — | — | — | — | — | "
+                add(f"| {r['threads']} | {r['tool']} | {r['label']} | {name} | — | — | — | — | — | — | "
                     f"**run failed: {r['failure']}** |")
                 continue
             ratio = r.get("ratio")
@@ -689,7 +724,7 @@ def render(meta, rows, servers, logins, hash_ms, notes, first_answers=()):
             add(f"| {r['threads']} | {r['tool']} | {r['proto']} | {name} | {fmt(r['rps'], 0)} | "
                 f"{'—' if ratio is None else f'{100 * ratio:.0f} %'} | {fmt(r['p99_ms'], 2)} | "
                 f"{'—' if vs_h1 is None else f'{100 * vs_h1:.0f} %'} | "
-                f"{files:,} / {w.get('uploads', 0):,} ({r['requests']:,}) | {verdict} |")
+                f"{files:,} / {w.get('uploads', 0):,} ({r['requests']:,}) | {fmt(r.get('flush_s'))} | {verdict} |")
         add("")
         add("The p99 target is an HTTP/1.1 (64 connections) one; h2load's 400 streams in flight measure queueing, so "
             "only the ratios are compared there. Rows written exceed the requests answered by those still in flight "
@@ -809,6 +844,10 @@ def main():
             "FM_GRACEFUL_TIMEOUT_MS": "2000", "FM_SCHEMA_DIR": str(REPO / "schema"),
             "FM_ARGON2_M_KIB": str(ARGON2["m_kib"]), "FM_ARGON2_T": str(ARGON2["t"]), "FM_ARGON2_P": str(ARGON2["p"]),
         })
+        cf_key = Path(workdir) / "cf-private.pem"  # signs GET /v1/files/{id}/download's URLs
+        subprocess.run(["openssl", "genrsa", "-out", str(cf_key), "2048"], check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        env["FM_CF_KEYS"] = f"KFMBENCH={cf_key}"
         p = subprocess.run([str(binary), "migrate"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, timeout=120)
         if p.returncode != 0:
@@ -847,7 +886,9 @@ def main():
                     registered = True
                     if upload_threads:
                         # Before the user's first POST /v1/uploads (which builds its Redis dedupe index).
-                        user_id = make_dedupe_source(db, email, dedupe_sha)
+                        user_id, source_file = make_dedupe_source(db, email, dedupe_sha)
+                        ENDPOINTS["file"]["path"] = f"/v1/files/{source_file}"
+                        ENDPOINTS["download"]["path"] = f"/v1/files/{source_file}/download"
                         log(f"dedupe source: blob {dedupe_sha[:12]}… and a READY file for user {user_id}")
                 r = post_until_ok(ctl, "/v1/auth/login", {"email": email, "password": password}, 200, notes)
                 token = r.json()["access_token"]
@@ -858,7 +899,7 @@ def main():
                 endpoints = ["healthz", "me"]
                 upload_fail = {}
                 if threads in upload_threads:
-                    endpoints += ["presign", "dedupe"]
+                    endpoints += ["presign", "dedupe", "file", "download"]
                     # The first answer of each kind, by hand, before any load of it.
                     for kind, body in (("presign", upload_body("bench-first.txt", secrets.token_hex(32))),
                                        ("dedupe", dedupe_body)):
@@ -868,8 +909,17 @@ def main():
                         if not ok:
                             upload_fail[kind] = f"the first {kind} answer was wrong: {desc}"
                             notes.append(f"FM_THREADS={threads}: {upload_fail[kind]}")
+                    r = requests.get(ctl.base + ENDPOINTS["download"]["path"],
+                                     headers={"authorization": f"Bearer {token}"}, timeout=10)
+                    ok = r.status_code == 200 and "/f/incoming/" in r.text
+                    desc = f"{r.status_code} {r.text[:200]}"
+                    first_answers.append({"threads": threads, "kind": "download", "ok": ok, "desc": desc})
+                    log(f"first download answer: {desc}")
+                    if not ok:
+                        upload_fail["download"] = f"the first download answer was wrong: {desc}"
+                        notes.append(f"FM_THREADS={threads}: {upload_fail['download']}")
                 # Warm-up (not reported): connection pools filled, caches and allocator arenas at steady state.
-                warm = [("me", 2), ("healthz", 1)] + [(k, 1) for k in ("presign", "dedupe")
+                warm = [("me", 2), ("healthz", 1)] + [(k, 1) for k in ("presign", "dedupe", "file", "download")
                                                       if k in endpoints and k not in upload_fail]
                 for key, secs in warm:
                     ep = ENDPOINTS[key]
@@ -924,8 +974,10 @@ def main():
                             if ep.get("upload"):
                                 row["invalid"].append(f"errors {res['errors']}")
                         if ep.get("upload"):
-                            time.sleep(1)  # let the requests still in flight when the tool stopped finish
-                            after = upload_counts(db, user_id, dedupe_sha)
+                            # The rows are written behind (control-plane/records.c): wait until every answered
+                            # request's rows are in PostgreSQL (or nothing moves for 5 s), and report how long.
+                            row["flush_s"], after = wait_rows_written(db, st.env, user_id, dedupe_sha, key, before,
+                                                                      res["requests"])
                             row["written"], problems = check_rows_written(key, before, after, res["requests"])
                             for pr in problems:
                                 notes.append(f"FM_THREADS={threads} {tool} {label} {ep['name']}: {pr}")
@@ -936,7 +988,8 @@ def main():
                             f"errors {res['errors'] or 0}, RSS {row['rss']:.1f} MiB"
                             + (f", {res['logged']} latencies logged of {res['requests']} done"
                                if "logged" in res else "")
-                            + (f", rows written {row['written']}" if "written" in row else "")
+                            + (f", rows written {row['written']} (all in PostgreSQL {row['flush_s']:.1f} s after "
+                               f"the load)" if "written" in row else "")
                             + (f", INVALID: {row['invalid']}" if row["invalid"] else ""))
                         rows.append(row)
                         if key == "healthz":

@@ -145,6 +145,47 @@ class ControlFactory:
         return failures
 
 
+class WorkerFactory:
+    """Starts fm-worker instances (the job consumer, health on a free port) against the session's stack, with the
+    control planes' environment plus `overrides` (e.g. FM_REDIS_URL of a suite's own Redis database). Every worker
+    started is stopped at the session's end -- SIGTERM, exit status 0 and a clean sanitizer log required -- unless
+    a test killed it on purpose with kill()."""
+
+    def __init__(self, controls, log_dir):
+        self.controls, self.log_dir, self.started = controls, log_dir, []
+
+    def start(self, **overrides):
+        port = overrides.pop("FM_WORKER_HEALTH_PORT", None) or free_ports(1)[0]
+        env = self.controls.env(FM_WORKER_HEALTH_PORT=port, **overrides)
+        svc = Service("fm-worker", [str(BUILD_DIR / "fm-worker")], env, int(port), self.log_dir)
+        self.started.append(svc)
+        return svc.start()
+
+    def stop(self, svc):
+        """Graceful stop of one worker; asserts exit status 0 and no sanitizer report."""
+        if svc in self.started:
+            self.started.remove(svc)
+        svc.check_clean_exit()
+
+    def kill(self, svc):
+        """SIGKILL (a crash); the worker is then not checked at the end."""
+        if svc in self.started:
+            self.started.remove(svc)
+        if svc.proc.poll() is None:
+            svc.proc.kill()
+        svc.proc.wait()
+        svc.log.close()
+
+    def stop_all(self):
+        failures = []
+        for svc in list(self.started):
+            try:
+                self.stop(svc)
+            except AssertionError as e:
+                failures.append(str(e))
+        return failures
+
+
 POOL_GAUGE = re.compile(r'^fm_(pg|redis)_pool_connected\{thread="(\d+)"\} (\S+)$', re.M)
 
 
@@ -194,6 +235,15 @@ def controls(stack, log_dir):
 
 
 @pytest.fixture(scope="session")
+def workers(controls, log_dir):
+    """Factory of fm-worker instances; all are stopped (and their exit checked) at the end of the session."""
+    factory = WorkerFactory(controls, log_dir)
+    yield factory
+    failures = factory.stop_all()
+    assert not failures, "\n\n".join(failures)
+
+
+@pytest.fixture(scope="session")
 def control(controls):
     """The suite's main fm-control (HTTP/1.1 + h2c on a free port)."""
     return controls.start()
@@ -217,3 +267,77 @@ class ApiClient(requests.Session):
 
 def unique_email(prefix="user"):
     return f"{prefix}-{secrets.token_hex(6)}@example.test"
+
+
+class EdgeFactory:
+    """Starts fm-edge instances against the session's stack (S3 origin = the stack's RGW), each with its own cache
+    folder unless one is passed (restart tests reuse it), trusting a CloudFront key pair made for the session
+    (RSA-2048, `cryptography`): `key_pair_id`, `private_key` (for botocore's CloudFrontSigner) and the PEM files.
+    Every edge started is stopped at the end -- SIGTERM, exit status 0 and a clean sanitizer log required."""
+
+    def __init__(self, stack, log_dir):
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+        self.stack, self.log_dir, self.started = stack, log_dir, []
+        self.dir = Path(tempfile.mkdtemp(prefix="fm-edge-test-"))
+        self.key_pair_id = "KFMEDGETEST1"
+        self.private_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        public_pem = self.private_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        self.public_key_path = self.dir / "cf-public.pem"
+        self.public_key_path.write_bytes(public_pem)
+        self.purge_secret = secrets.token_hex(24)
+        self.jwt_secret = secrets.token_hex(32)
+
+    def env(self, **overrides):
+        e = {k: v for k, v in os.environ.items() if not k.startswith("FM_")}
+        e.update(self.stack.env)
+        e.update(sanitizer_env())
+        e.update({
+            "FM_JWT_SECRET": self.jwt_secret,
+            "FM_THREADS": "2",
+            "FM_EDGE_HTTPS_PORT": "0",
+            "FM_LOG_LEVEL": "info",
+            "FM_EDGE_CF_PUBLIC_KEYS": f"{self.key_pair_id}={self.public_key_path}",
+            "FM_EDGE_PURGE_SECRET": self.purge_secret,
+            "FM_EDGE_CACHE_MAX_BYTES": str(2 << 30),
+        })
+        e.update({k: str(v) for k, v in overrides.items()})
+        return e
+
+    def start(self, cache_dir=None, **overrides):
+        port = overrides.pop("FM_EDGE_HTTP_PORT", None) or free_ports(1)[0]
+        cache_dir = Path(cache_dir or tempfile.mkdtemp(prefix="cache-", dir=self.dir))
+        env = self.env(FM_EDGE_HTTP_PORT=port, FM_EDGE_CACHE_DIR=cache_dir,
+                       FM_EDGE_PUBLIC_BASE=overrides.pop("FM_EDGE_PUBLIC_BASE", f"http://127.0.0.1:{port}"),
+                       **overrides)
+        svc = Service("fm-edge", [str(BUILD_DIR / "fm-edge")], env, int(port), self.log_dir)
+        svc.cache_dir = cache_dir
+        self.started.append(svc)
+        return svc.start()
+
+    def stop(self, svc):
+        """Graceful stop of one edge; asserts exit status 0 and no sanitizer report."""
+        if svc in self.started:
+            self.started.remove(svc)
+        svc.check_clean_exit()
+
+    def stop_all(self):
+        failures = []
+        for svc in list(self.started):
+            try:
+                self.stop(svc)
+            except AssertionError as e:
+                failures.append(str(e))
+        return failures
+
+
+@pytest.fixture(scope="session")
+def edges(stack, log_dir):
+    """Factory of fm-edge instances (see EdgeFactory); all are stopped and their exit checked at the end."""
+    factory = EdgeFactory(stack, log_dir)
+    yield factory
+    failures = factory.stop_all()
+    import shutil
+    shutil.rmtree(factory.dir, ignore_errors=True)
+    assert not failures, "\n\n".join(failures)

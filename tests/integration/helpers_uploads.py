@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import secrets
+import time
 import subprocess
 import threading
 import types
@@ -144,8 +145,9 @@ class Fm:
         return requests.request(method, self.base + path, headers=headers, **kw)
 
     def start(self, user, data=None, *, size=None, sha256=None, name=None, content_type="application/octet-stream",
-              folder=None, expect=201, **extra):
-        """POST /v1/uploads for `data` (or explicit size/sha256); asserts the status; returns the answer."""
+              folder=None, expect=201, recorded=True, **extra):
+        """POST /v1/uploads for `data` (or explicit size/sha256); asserts the status; returns the answer. With
+        `recorded`, also waits until the new file's row reached PostgreSQL (records are written behind: records.c)."""
         body = {"name": name or f"file-{secrets.token_hex(4)}.bin",
                 "size": len(data) if size is None else size,
                 "content_type": content_type,
@@ -155,7 +157,17 @@ class Fm:
         body.update(extra)
         r = self.call(user, "POST", "/v1/uploads", json=body)
         assert r.status_code == expect, f"expected {expect}, got {r.status_code}: {r.text[:500]}"
-        return r.json()
+        answer = r.json()
+        if recorded and r.status_code in (200, 201):
+            self.wait_recorded(answer["file_id"])
+        return answer
+
+    def wait_recorded(self, file_id, timeout=10):
+        """Waits for the file row in PostgreSQL (the flusher writes batches every FM_RECORD_FLUSH_MS)."""
+        deadline = time.monotonic() + timeout
+        while self.sql(f"SELECT count(*) FROM files WHERE id = '{file_id}'") != "1":
+            assert time.monotonic() < deadline, f"file {file_id} not in PostgreSQL after {timeout} s"
+            time.sleep(0.02)
 
     @staticmethod
     def put(answer, data, headers=None):

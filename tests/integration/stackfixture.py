@@ -7,6 +7,7 @@ for integration tests. Drives infra/lib/stack.sh, so tests exercise the same scr
     st.env                           # FM_DATABASE_URL, FM_REDIS_URL, FM_S3_*, FM_CLAMD_ADDR, FM_STACK_DIR (+ ports)
     st.prepare_s3(events_url=..., web_origin=...)   # bucket, CORS, topic + notification (infra/lib/s3_prepare.py)
     st.restart_pg(); st.restart_redis()             # or stop_pg()/start_pg(), stop_redis()/start_redis()
+    st.stop_clamd(); st.start_clamd()               # likewise restart_clamd(), and the same for ceph
     st.stop()                        # by PID; idempotent; removes the folder unless FM_STACK_KEEP=1
 
 Run under /usr/bin/python3 (Debian's boto3, requests, pytest).
@@ -158,6 +159,15 @@ class Stack:
 
     def restart_redis(self):
         self.sh("stack_stop_redis", "stack_start_redis")
+
+    def start_clamd(self):
+        self.sh("stack_start_clamd")
+
+    def stop_clamd(self):
+        self.sh("stack_stop_clamd")
+
+    def restart_clamd(self):
+        self.sh("stack_stop_clamd", "stack_start_clamd")
 
     def start_ceph(self):
         self.sh("stack_start_ceph")

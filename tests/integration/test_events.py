@@ -84,7 +84,8 @@ def assert_one_job(fm, a, by=None):
         assert row["completed_by"] == by, row
     jobs = fm.jobs_of_upload(a["upload_id"])
     assert len(jobs) == 1, jobs
-    entries = fm.stream_entries(jobs[0])
+    # The stream entry follows the commit that made the job (the XADD comes after it): allow it a moment.
+    entries = wait_for(lambda: fm.stream_entries(jobs[0]), 5) or []
     assert len(entries) == 1, entries
     assert entries[0]["upload_id"] == a["upload_id"] and entries[0]["file_id"] == a["file_id"]
     return jobs[0]

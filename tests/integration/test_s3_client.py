@@ -1,8 +1,10 @@
-"""The multipart calls of common/s3.c (fm_s3_list_parts, fm_s3_complete_multipart, create/abort/head) against the
-real store (Ceph RGW), through tests/tools/fm_s3ctl; boto3 is the independent client that checks what they did.
+"""The multipart calls of common/s3.c (fm_s3_list_parts, fm_s3_complete_multipart, create/abort/head) and the
+worker's streamed GET and copy against the real store (Ceph RGW), through tests/tools/fm_s3ctl; boto3 is the
+independent client that checks what they did.
 Parts go up with presigned UploadPart URLs made by our signer, as browsers will send them (DESIGN.md §4)."""
 import hashlib
 import json
+import os
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 
@@ -139,3 +141,59 @@ def test_list_follows_pages(stack, s3):
         assert listed[-1]["etag"] == f'"{hashlib.md5(b"1500").hexdigest()}"'
     finally:
         s3ctl(stack, "abort", key, upload_id)
+
+
+def s3get(stack, key, out_path, ok=True):
+    """Runs `fm_s3ctl get KEY` with the object streamed into out_path; returns (JSON line, max RSS in KiB)."""
+    env = {**stack.env, **sanitizer_env(), "PATH": "/usr/bin:/bin"}
+    with open(out_path, "wb") as out, open(f"{out_path}.err", "w+b") as err:
+        proc = subprocess.Popen([str(BUILD_DIR / "fm_s3ctl"), "get", key], env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)  # the child's own rusage, for its peak memory
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        text = err.read().decode(errors="replace")
+    assert not SANITIZER_REPORT.search(text), text
+    assert proc.returncode in (0, 1), f"fm_s3ctl get: exit {proc.returncode}\n{text}"
+    line = json.loads(text.strip().splitlines()[-1])  # the JSON line goes to stderr: stdout is the object
+    assert line["ok"] is (proc.returncode == 0)
+    assert line["ok"] is ok, line
+    return line, usage.ru_maxrss
+
+
+def test_get_streams_a_large_object(stack, s3, tmp_path):
+    """20 MiB come back byte for byte, through the write callback, without the client holding them in memory."""
+    bucket, key = stack.env["FM_S3_BUCKET"], "incoming/s3-client/get é+&.bin"
+    data = os.urandom(20 * MIB)
+    s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/x-test")
+    got, rss_kib = s3get(stack, key, tmp_path / "object")
+    assert (got["status"], got["size"], got["bytes"]) == (200, len(data), len(data))
+    assert got["etag"] == s3.head_object(Bucket=bucket, Key=key)["ETag"]
+    assert (tmp_path / "object").read_bytes() == data
+    # Peak memory against a GET answered 404 (same tool and libraries, sanitizer or not): far under the object.
+    _, base_kib = s3get(stack, "incoming/s3-client/no such object", tmp_path / "missing", ok=False)
+    assert rss_kib - base_kib < 8 * 1024, f"GET peak RSS {rss_kib} KiB vs {base_kib} KiB for an error answer"
+
+
+def test_get_missing_key(stack, tmp_path):
+    """A 404's XML error document is read for its code and never reaches the caller's write function."""
+    got, _ = s3get(stack, "incoming/s3-client/never-uploaded.bin", tmp_path / "body", ok=False)
+    assert (got["status"], got["code"]) == (404, "NoSuchKey")
+    assert (tmp_path / "body").read_bytes() == b""
+
+
+def test_copy_object(stack, s3):
+    bucket = stack.env["FM_S3_BUCKET"]
+    src, dst = "incoming/s3-client/to copy é+&=?.bin", "quarantine/s3-client/copied é+&=?.bin"
+    data = os.urandom(MIB + 7)
+    put = s3.put_object(Bucket=bucket, Key=src, Body=data, ContentType="application/pdf")
+    s3.delete_object(Bucket=bucket, Key=dst)
+
+    done = s3ctl(stack, "copy", src, dst)
+    assert done["status"] == 200
+    assert done["etag"] == put["ETag"] == f'"{hashlib.md5(data).hexdigest()}"'
+    copy = s3.get_object(Bucket=bucket, Key=dst)
+    assert copy["Body"].read() == data and copy["ContentType"] == "application/pdf"
+    assert s3ctl(stack, "head", src)["size"] == len(data)  # a copy, not a move
+
+    missing = s3ctl(stack, "copy", "incoming/s3-client/no such source", dst, ok=False)
+    assert (missing["status"], missing["code"]) == (404, "NoSuchKey")

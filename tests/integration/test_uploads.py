@@ -516,7 +516,7 @@ def verified_file(fm, user, content_type="text/plain"):
     data = random_bytes(1234)
     a, _ = fm.upload(user, data, content_type=content_type)
     fm.mark_verified(a["file_id"], data, content_type)
-    fm.redis("HSET", dedupe_key(user), sha256_hex(data), "1")
+    fm.redis("HSET", dedupe_key(user), sha256_hex(data), str(len(data)))  # the worker's entry: hash → size
     return data, a
 
 
@@ -561,12 +561,21 @@ def test_no_dedupe_across_owners(fm):
     data, first = verified_file(fm, owner)
     a = fm.start(stranger, data)  # 201: a normal upload
     assert a["deduplicated"] is False and a["method"] == "PUT"
-    # Even if the stranger's Redis index claimed the hash, PostgreSQL decides.
+    # Even if the stranger's Redis index claimed the hash, PostgreSQL decides: an entry of another form sends the
+    # decision to PostgreSQL at once…
     fm.redis("HSET", dedupe_key(stranger), sha256_hex(data), "1", "_built", "1")
     b = fm.start(stranger, data)
     assert b["deduplicated"] is False and "url" in b
     assert fm.file_row(b["file_id"])["blob"] is None
     assert_error(fm.file(stranger, first["file_id"]), 404)
+    # …and a forged entry of the worker's form is taken for the answer, but the record written behind is checked
+    # in PostgreSQL (records.c): the file never points at the owner's blob and ends FAILED.
+    fm.redis("HSET", dedupe_key(stranger), sha256_hex(data), str(len(data)))
+    c = fm.start(stranger, data, expect=200)
+    row = fm.file_row(c["file_id"])
+    assert row["blob"] is None and row["status"] == "FAILED", row
+    assert fm.file(stranger, c["file_id"]).json()["status"] == "FAILED"
+    assert fm.file_row(first["file_id"])["status"] == "READY"
 
 
 def test_no_dedupe_on_a_claimed_but_unverified_hash(fm):

@@ -8,6 +8,9 @@
  *   fm_s3ctl complete KEY UPLOADID N:ETAG...  {"ok":true,"status":200,"etag":"…"}
  *   fm_s3ctl abort KEY UPLOADID               {"ok":true,"status":204}
  *   fm_s3ctl head KEY                         {"ok":true,"status":200,"etag":"…","size":N,"content_type":"…"}
+ *   fm_s3ctl get KEY                          the object's bytes on stdout (streamed); the JSON line, with
+ *                                             "etag", "size" and "bytes" (how many were written), on stderr
+ *   fm_s3ctl copy SRC-KEY DST-KEY             {"ok":true,"status":200,"etag":"…"}
  *
  * A failed call prints {"ok":false,"status","code","message"} and exits 1; a usage error exits 2. Settings from
  * FM_S3_ENDPOINT, FM_S3_BUCKET, FM_S3_ACCESS_KEY, FM_S3_SECRET_KEY, FM_S3_SESSION_TOKEN (optional) and
@@ -34,10 +37,14 @@ static int usage(const char *argv0)
 {
     fprintf(stderr,
             "usage: %s create KEY [CONTENT-TYPE] | presign-part KEY UPLOADID N | list KEY UPLOADID |\n"
-            "       complete KEY UPLOADID N:ETAG... | abort KEY UPLOADID | head KEY\n",
+            "       complete KEY UPLOADID N:ETAG... | abort KEY UPLOADID | head KEY | get KEY |\n"
+            "       copy SRC-KEY DST-KEY\n",
             argv0);
     return 2;
 }
+
+/* Where the JSON lines go: stdout, but stderr for `get`, whose stdout is the object. */
+static FILE *json_out;
 
 /* Prints `obj` as one line and frees it. */
 static void print_line(cJSON *obj)
@@ -45,7 +52,7 @@ static void print_line(cJSON *obj)
     char *text = cJSON_PrintUnformatted(obj);
     if (text == NULL)
         abort();
-    printf("%s\n", text);
+    fprintf(json_out, "%s\n", text);
     free(text);
     cJSON_Delete(obj);
 }
@@ -167,8 +174,43 @@ static int complete(fm_s3_t *s3, const char *key, const char *upload_id, char **
     return rc == 0 ? 0 : 1;
 }
 
+typedef struct {
+    FILE *out;
+    long long bytes;
+} sink_t;
+
+static int write_out(void *ud, const void *data, size_t len)
+{
+    sink_t *sink = ud;
+    if (fwrite(data, 1, len, sink->out) != len)
+        return -1;
+    sink->bytes += (long long)len;
+    return 0;
+}
+
+static int get(fm_s3_t *s3, const char *key)
+{
+    sink_t sink = {.out = stdout};
+    fm_s3_result_t res;
+    int rc = fm_s3_get_object(s3, key, write_out, &sink, &res) == 0 ? 0 : 1;
+    if (fflush(stdout) != 0 && rc == 0) {
+        rc = 1;
+        snprintf(res.code, sizeof(res.code), "WriteFailed");
+        snprintf(res.message, sizeof(res.message), "stdout: %s", strerror(errno));
+    }
+    cJSON *obj = outcome(rc, &res);
+    if (obj != NULL) {
+        cJSON_AddStringToObject(obj, "etag", res.etag);
+        cJSON_AddNumberToObject(obj, "size", (double)res.content_length);
+        cJSON_AddNumberToObject(obj, "bytes", (double)sink.bytes);
+        print_line(obj);
+    }
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
+    json_out = stdout;
     if (argc < 3)
         return usage(argv[0]);
     const char *cmd = argv[1], *key = argv[2];
@@ -197,6 +239,8 @@ int main(int argc, char **argv)
     fm_s3_result_t res;
     cJSON *obj;
     int rc = 2;
+    if (strcmp(cmd, "get") == 0)
+        json_out = stderr;
     if (strcmp(cmd, "create") == 0 && (argc == 3 || argc == 4)) {
         rc = fm_s3_create_multipart(s3, key, argc == 4 ? argv[3] : NULL, &res) == 0 ? 0 : 1;
         if ((obj = outcome(rc, &res)) != NULL) {
@@ -217,6 +261,14 @@ int main(int argc, char **argv)
             cJSON_AddStringToObject(obj, "etag", res.etag);
             cJSON_AddNumberToObject(obj, "size", (double)res.content_length);
             cJSON_AddStringToObject(obj, "content_type", res.content_type);
+            print_line(obj);
+        }
+    } else if (strcmp(cmd, "get") == 0 && argc == 3) {
+        rc = get(s3, key);
+    } else if (strcmp(cmd, "copy") == 0 && argc == 4) {
+        rc = fm_s3_copy_object(s3, key, argv[3], &res) == 0 ? 0 : 1;
+        if ((obj = outcome(rc, &res)) != NULL) {
+            cJSON_AddStringToObject(obj, "etag", res.etag);
             print_line(obj);
         }
     }

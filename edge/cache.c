@@ -1,0 +1,408 @@
+/*
+ * The edge's disk cache: one data file and one metadata sidecar per object in FM_EDGE_CACHE_DIR, named by the
+ * SHA-256 of the object key ("<hex>.data", "<hex>.meta"), with an in-memory index (hash table + LRU list) shared
+ * by every loop thread under one mutex.
+ *
+ * Crash safety: a fill writes "<hex>.<n>.tmp", flushes it, renames it to .data, then writes the sidecar the same
+ * way. At start, temp files are deleted, and a .data without a matching .meta (or of another size) is deleted
+ * too; so a crash at any point loses at most the object being written, never serves half of one.
+ *
+ * Eviction removes the files of the least recently used objects while the total exceeds the cap. A request that
+ * already opened an evicted or purged file keeps reading it (POSIX unlink semantics).
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "edge.h"
+#include "log.h"
+#include "metrics.h"
+
+typedef struct entry {
+    char hex[FM_EDGE_HEX_LEN + 1];
+    fm_edge_meta_t meta;
+    struct entry *hash_next;
+    struct entry *lru_prev, *lru_next; /* head = most recently used */
+} entry_t;
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static char cache_dir[512];
+static uint64_t cap_bytes, total_bytes, object_count;
+static entry_t **buckets;
+static size_t bucket_count;
+static entry_t *lru_head, *lru_tail;
+
+void fm_edge_cache_name(const char *key, size_t key_len, char hex[FM_EDGE_HEX_LEN + 1])
+{
+    unsigned char digest[32];
+    unsigned int len = 0;
+    EVP_Digest(key, key_len, digest, &len, EVP_sha256(), NULL);
+    for (int i = 0; i < 32; ++i)
+        snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+}
+
+void fm_edge_cache_path(const char *hex, const char *suffix, char *out, size_t size)
+{
+    snprintf(out, size, "%s/%s%s", cache_dir, hex, suffix);
+}
+
+/* The hex name is already a uniform hash: its first 16 digits pick the bucket. */
+static size_t bucket_of(const char *hex)
+{
+    uint64_t h = 0;
+    for (int i = 0; i < 16; ++i)
+        h = (h << 4) | (uint64_t)(hex[i] <= '9' ? hex[i] - '0' : hex[i] - 'a' + 10);
+    return (size_t)(h & (bucket_count - 1));
+}
+
+static entry_t *find(const char *hex)
+{
+    for (entry_t *e = buckets[bucket_of(hex)]; e != NULL; e = e->hash_next)
+        if (memcmp(e->hex, hex, FM_EDGE_HEX_LEN) == 0)
+            return e;
+    return NULL;
+}
+
+static void lru_unlink(entry_t *e)
+{
+    if (e->lru_prev != NULL)
+        e->lru_prev->lru_next = e->lru_next;
+    else
+        lru_head = e->lru_next;
+    if (e->lru_next != NULL)
+        e->lru_next->lru_prev = e->lru_prev;
+    else
+        lru_tail = e->lru_prev;
+    e->lru_prev = e->lru_next = NULL;
+}
+
+static void lru_push_front(entry_t *e)
+{
+    e->lru_prev = NULL;
+    e->lru_next = lru_head;
+    if (lru_head != NULL)
+        lru_head->lru_prev = e;
+    lru_head = e;
+    if (lru_tail == NULL)
+        lru_tail = e;
+}
+
+static void grow(void)
+{
+    size_t old_count = bucket_count;
+    entry_t **old = buckets;
+    bucket_count = old_count == 0 ? 1024 : old_count * 2;
+    if ((buckets = calloc(bucket_count, sizeof(*buckets))) == NULL)
+        h2o_fatal("out of memory");
+    for (size_t i = 0; i < old_count; ++i) {
+        for (entry_t *e = old[i], *next; e != NULL; e = next) {
+            next = e->hash_next;
+            size_t b = bucket_of(e->hex);
+            e->hash_next = buckets[b];
+            buckets[b] = e;
+        }
+    }
+    free(old);
+}
+
+static void insert(entry_t *e)
+{
+    if (object_count + 1 > bucket_count)
+        grow();
+    size_t b = bucket_of(e->hex);
+    e->hash_next = buckets[b];
+    buckets[b] = e;
+    lru_push_front(e);
+    total_bytes += e->meta.size;
+    object_count++;
+}
+
+/* Unlinks e from the index and deletes its files; caller holds the lock. */
+static void remove_entry(entry_t *e)
+{
+    for (entry_t **p = &buckets[bucket_of(e->hex)]; *p != NULL; p = &(*p)->hash_next) {
+        if (*p == e) {
+            *p = e->hash_next;
+            break;
+        }
+    }
+    lru_unlink(e);
+    total_bytes -= e->meta.size;
+    object_count--;
+    char path[640];
+    fm_edge_cache_path(e->hex, ".meta", path, sizeof(path));
+    unlink(path); /* the sidecar first: a .data alone is cleaned at the next start */
+    fm_edge_cache_path(e->hex, ".data", path, sizeof(path));
+    unlink(path);
+    free(e);
+}
+
+static void evict_over_cap(void)
+{
+    while (total_bytes > cap_bytes && lru_tail != NULL) {
+        remove_entry(lru_tail);
+        fm_metrics_counter_add("fm_edge_evictions_total", NULL, 1);
+    }
+}
+
+/* ---- sidecar ---- */
+
+static void strip_controls(char *s)
+{
+    for (; *s != '\0'; ++s)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f)
+            *s = ' ';
+}
+
+static int write_meta(const char *hex, const fm_edge_meta_t *meta)
+{
+    char tmp[640], path[640];
+    snprintf(tmp, sizeof(tmp), "%s/%s.meta.%lu.tmp", cache_dir, hex, (unsigned long)pthread_self());
+    fm_edge_cache_path(hex, ".meta", path, sizeof(path));
+    FILE *f = fopen(tmp, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "fm-edge-meta 1\nkey=%s\nsize=%llu\netag=%s\ntype=%s\nstored=%lld\n", meta->key,
+            (unsigned long long)meta->size, meta->etag, meta->content_type, (long long)meta->stored_at);
+    int bad = fflush(f) != 0 || fdatasync(fileno(f)) != 0;
+    bad |= fclose(f) != 0;
+    if (bad || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return -1;
+    }
+    return 0;
+}
+
+static int read_meta(const char *path, fm_edge_meta_t *meta)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    char line[FM_EDGE_KEY_MAX + 64];
+    int have_key = 0, have_size = 0, ok = fgets(line, sizeof(line), f) != NULL && strcmp(line, "fm-edge-meta 1\n") == 0;
+    memset(meta, 0, sizeof(*meta));
+    while (ok && fgets(line, sizeof(line), f) != NULL) {
+        size_t len = strlen(line);
+        if (len == 0 || line[len - 1] != '\n') {
+            ok = 0;
+            break;
+        }
+        line[len - 1] = '\0';
+        char *eq = strchr(line, '=');
+        if (eq == NULL)
+            continue;
+        *eq = '\0';
+        const char *value = eq + 1;
+        if (strcmp(line, "key") == 0 && strlen(value) > 0 && strlen(value) <= FM_EDGE_KEY_MAX) {
+            strcpy(meta->key, value);
+            have_key = 1;
+        } else if (strcmp(line, "size") == 0) {
+            meta->size = strtoull(value, NULL, 10);
+            have_size = 1;
+        } else if (strcmp(line, "etag") == 0) {
+            snprintf(meta->etag, sizeof(meta->etag), "%s", value);
+        } else if (strcmp(line, "type") == 0) {
+            snprintf(meta->content_type, sizeof(meta->content_type), "%s", value);
+        } else if (strcmp(line, "stored") == 0) {
+            meta->stored_at = (time_t)strtoll(value, NULL, 10);
+        }
+    }
+    fclose(f);
+    return ok && have_key && have_size ? 0 : -1;
+}
+
+/* ---- start: rebuild the index ---- */
+
+static int by_stored_at(const void *a, const void *b)
+{
+    const entry_t *x = *(entry_t *const *)a, *y = *(entry_t *const *)b;
+    return (x->meta.stored_at > y->meta.stored_at) - (x->meta.stored_at < y->meta.stored_at);
+}
+
+static int is_hex_name(const char *name)
+{
+    for (int i = 0; i < FM_EDGE_HEX_LEN; ++i)
+        if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
+int fm_edge_cache_open(const char *dir, uint64_t max_bytes)
+{
+    snprintf(cache_dir, sizeof(cache_dir), "%s", dir);
+    cap_bytes = max_bytes;
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        fm_error("cannot create the cache folder %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    DIR *d = opendir(dir);
+    if (d == NULL) {
+        fm_error("cannot open the cache folder %s: %s", dir, strerror(errno));
+        return -1;
+    }
+    grow();
+    entry_t **found = NULL;
+    size_t found_count = 0, found_cap = 0, removed = 0;
+    struct dirent *de;
+    char path[640];
+    while ((de = readdir(d)) != NULL) {
+        const char *name = de->d_name;
+        size_t len = strlen(name);
+        if (name[0] == '.')
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir, name);
+        if (len > 4 && strcmp(name + len - 4, ".tmp") == 0) { /* a fill cut by a crash */
+            unlink(path);
+            ++removed;
+            continue;
+        }
+        if (len != FM_EDGE_HEX_LEN + 5 || !is_hex_name(name) || strcmp(name + FM_EDGE_HEX_LEN, ".data") != 0)
+            continue; /* sidecars are read with their data; anything else is not ours */
+        entry_t *e = calloc(1, sizeof(*e));
+        if (e == NULL)
+            h2o_fatal("out of memory");
+        memcpy(e->hex, name, FM_EDGE_HEX_LEN);
+        char meta_path[640], check[FM_EDGE_HEX_LEN + 1];
+        fm_edge_cache_path(e->hex, ".meta", meta_path, sizeof(meta_path));
+        struct stat st;
+        int valid = stat(path, &st) == 0 && read_meta(meta_path, &e->meta) == 0 && (uint64_t)st.st_size == e->meta.size;
+        if (valid) {
+            fm_edge_cache_name(e->meta.key, strlen(e->meta.key), check);
+            valid = memcmp(check, e->hex, FM_EDGE_HEX_LEN) == 0;
+        }
+        if (!valid) {
+            unlink(meta_path);
+            unlink(path);
+            free(e);
+            ++removed;
+            continue;
+        }
+        if (found_count == found_cap) {
+            found_cap = found_cap ? found_cap * 2 : 256;
+            if ((found = realloc(found, found_cap * sizeof(*found))) == NULL)
+                h2o_fatal("out of memory");
+        }
+        found[found_count++] = e;
+    }
+    closedir(d);
+    /* Oldest first, so the most recently stored ends at the LRU head. */
+    if (found_count > 0)
+        qsort(found, found_count, sizeof(*found), by_stored_at);
+    pthread_mutex_lock(&lock);
+    for (size_t i = 0; i < found_count; ++i)
+        insert(found[i]);
+    evict_over_cap();
+    pthread_mutex_unlock(&lock);
+    free(found);
+    fm_info("edge cache %s: %llu objects, %llu bytes (cap %llu); %zu broken or temporary files removed", dir,
+            (unsigned long long)object_count, (unsigned long long)total_bytes, (unsigned long long)cap_bytes, removed);
+    return 0;
+}
+
+void fm_edge_cache_close(void)
+{
+    pthread_mutex_lock(&lock);
+    for (entry_t *e = lru_head, *next; e != NULL; e = next) {
+        next = e->lru_next;
+        free(e);
+    }
+    free(buckets);
+    buckets = NULL;
+    bucket_count = 0;
+    lru_head = lru_tail = NULL;
+    total_bytes = object_count = 0;
+    pthread_mutex_unlock(&lock);
+}
+
+int fm_edge_cache_open_hit(const char *hex, fm_edge_meta_t *meta)
+{
+    char path[640];
+    fm_edge_cache_path(hex, ".data", path, sizeof(path));
+    pthread_mutex_lock(&lock);
+    entry_t *e = find(hex);
+    if (e == NULL) {
+        pthread_mutex_unlock(&lock);
+        return -1;
+    }
+    lru_unlink(e);
+    lru_push_front(e);
+    *meta = e->meta;
+    /* Opened under the lock so a concurrent eviction cannot slip between lookup and open. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    pthread_mutex_unlock(&lock);
+    return fd;
+}
+
+int fm_edge_cache_publish(const char *hex, const char *tmp_path, const fm_edge_meta_t *meta)
+{
+    char path[640];
+    fm_edge_cache_path(hex, ".data", path, sizeof(path));
+    entry_t *e = calloc(1, sizeof(*e));
+    if (e == NULL)
+        h2o_fatal("out of memory");
+    memcpy(e->hex, hex, FM_EDGE_HEX_LEN);
+    e->meta = *meta;
+    strip_controls(e->meta.etag);
+    strip_controls(e->meta.content_type);
+
+    pthread_mutex_lock(&lock);
+    entry_t *old = find(hex);
+    if (old != NULL) /* refilled after a purge raced with a hit: the new copy wins */
+        remove_entry(old);
+    int fd = -1;
+    if (rename(tmp_path, path) == 0 && write_meta(hex, &e->meta) == 0)
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd == -1) {
+        fm_error("edge cache: cannot store %s: %s", hex, strerror(errno));
+        unlink(path);
+        unlink(tmp_path);
+        free(e);
+    } else {
+        insert(e);
+        evict_over_cap(); /* may evict e itself when it alone exceeds the cap: fd still serves it */
+    }
+    pthread_mutex_unlock(&lock);
+    return fd;
+}
+
+int fm_edge_cache_purge_key(const char *key, size_t key_len)
+{
+    char hex[FM_EDGE_HEX_LEN + 1];
+    fm_edge_cache_name(key, key_len, hex);
+    pthread_mutex_lock(&lock);
+    entry_t *e = find(hex);
+    if (e != NULL)
+        remove_entry(e);
+    pthread_mutex_unlock(&lock);
+    return e != NULL;
+}
+
+size_t fm_edge_cache_purge_prefix(const char *prefix, size_t prefix_len)
+{
+    size_t purged = 0;
+    pthread_mutex_lock(&lock);
+    for (entry_t *e = lru_head, *next; e != NULL; e = next) {
+        next = e->lru_next;
+        if (strncmp(e->meta.key, prefix, prefix_len) == 0) {
+            remove_entry(e);
+            ++purged;
+        }
+    }
+    pthread_mutex_unlock(&lock);
+    return purged;
+}
+
+void fm_edge_cache_stats(uint64_t *bytes, uint64_t *objects)
+{
+    pthread_mutex_lock(&lock);
+    *bytes = total_bytes;
+    *objects = object_count;
+    pthread_mutex_unlock(&lock);
+}

@@ -1,0 +1,626 @@
+/*
+ * process: one job, start to end (queue.h fm_worker_process; DESIGN.md §4 "Processing (workers)"):
+ *
+ *   job_lock → job_load → (skip if done) → job_start → job_steps → one outcome:
+ *     outcome_ready        blob registered (or found: storage-level dedupe), file READY       (schema 004 fm_job_ready)
+ *     outcome_quarantine   object moved to quarantine/{upload_id}, file QUARANTINED            (fm_job_quarantine)
+ *     outcome_failed       attempts left: job RETRY + jobs:delayed; else FAILED + jobs:dead    (fm_job_attempt_failed)
+ *   → the entry acknowledged and deleted → job_unlock.
+ *
+ * A cleanup_blob job takes the same lock, load, start and failure path, and runs fm_cleanup_blob (cleanup.c) instead
+ * of the steps: outcome deleted, kept (referenced again) or skipped (already gone).
+ *
+ * PostgreSQL holds the truth and changes first; Redis (caches, dedupe index, notification) follows. A failure of
+ * PostgreSQL or Redis themselves leaves the entry pending (outcome "left"): it is processed again later.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cleanup.h"
+#include "log.h"
+#include "metrics.h"
+#include "queue.h"
+
+/* One job's working state. */
+typedef struct {
+    const fm_entry_t *entry;
+    char lock_key[64];
+    char type[32];
+    char status[16];
+    char etag[256];
+    int attempts;   /* after job_start: this attempt's number */
+    int have_file;  /* the file row still exists */
+    int blob_known; /* a blob with this content was registered before: describe/variants/text are skipped */
+    const char *failed_step;
+    fm_job_t job;
+} job_ctx_t;
+
+#define LOG(level, c, ...) fm_log(level, (c)->entry->request_id[0] ? (c)->entry->request_id : NULL, __VA_ARGS__)
+
+static const char LOCK_RELEASE_LUA[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
+
+/* ---- lock, acknowledgement, in-flight record -------------------------------------------------------------------- */
+
+typedef enum { LOCK_TAKEN, LOCK_BUSY, LOCK_ERROR } lock_rc;
+
+static lock_rc job_lock(fm_worker_t *w, job_ctx_t *c)
+{
+    char px[24];
+    snprintf(px, sizeof(px), "%lld", (long long)w->cfg->job_visibility_ms);
+    snprintf(c->lock_key, sizeof(c->lock_key), "fm:joblock:{%s}", c->entry->job_id);
+    const char *argv[] = {"SET", c->lock_key, w->consumer, "NX", "PX", px};
+    redisReply *reply = fm_worker_cmd(w, 6, argv);
+    if (reply == NULL)
+        return LOCK_ERROR;
+    lock_rc rc = reply->type == REDIS_REPLY_STATUS ? LOCK_TAKEN
+                 : reply->type == REDIS_REPLY_NIL  ? LOCK_BUSY
+                                                   : LOCK_ERROR;
+    if (rc == LOCK_ERROR)
+        LOG(FM_LOG_WARN, c, "jobs: lock of %s: %s", c->entry->job_id,
+            reply->type == REDIS_REPLY_ERROR ? reply->str : "?");
+    freeReplyObject(reply);
+    return rc;
+}
+
+static void job_unlock(fm_worker_t *w, job_ctx_t *c)
+{
+    const char *argv[] = {"EVAL", LOCK_RELEASE_LUA, "1", c->lock_key, w->consumer};
+    freeReplyObject(fm_worker_cmd(w, 5, argv));
+}
+
+/* XACK + XDEL: the stream only keeps entries still to do. 0, or -1 when Redis failed (the entry stays pending and
+ * comes back; the job is then found done and skipped). */
+static int entry_ack(fm_worker_t *w, const fm_entry_t *e)
+{
+    if (e->id[0] == '\0')
+        return 0;
+    const char *ack[] = {"XACK", FM_QUEUE_STREAM, FM_QUEUE_GROUP, e->id};
+    const char *del[] = {"XDEL", FM_QUEUE_STREAM, e->id};
+    redisReply *a = fm_worker_cmd(w, 4, ack);
+    redisReply *d = a != NULL ? fm_worker_cmd(w, 3, del) : NULL;
+    int ok = a != NULL && a->type == REDIS_REPLY_INTEGER && d != NULL;
+    freeReplyObject(a);
+    freeReplyObject(d);
+    return ok ? 0 : -1;
+}
+
+static void set_inflight(fm_worker_t *w, const fm_entry_t *e)
+{
+    pthread_mutex_lock(&w->inflight_lock);
+    snprintf(w->inflight_job, sizeof(w->inflight_job), "%s", e ? e->job_id : "");
+    snprintf(w->inflight_entry, sizeof(w->inflight_entry), "%s", e ? e->id : "");
+    w->inflight_since_ms = e ? fm_wall_ms() : 0;
+    if (e == NULL)
+        w->jobs_done++;
+    pthread_mutex_unlock(&w->inflight_lock);
+}
+
+/* ---- PostgreSQL: load and start ---------------------------------------------------------------------------------- */
+
+/* 0 loaded, 1 no such job, -1 PostgreSQL failed. */
+static int job_load(fm_worker_t *w, job_ctx_t *c)
+{
+    const char *params[] = {c->entry->job_id};
+    PGresult *res = fm_worker_sql(
+        w,
+        "SELECT j.status, j.attempts, j.type, coalesce(j.file_id::text, ''), coalesce(j.upload_id::text, ''),"
+        " coalesce(u.object_key, ''), coalesce(encode(u.claimed_sha256, 'hex'), ''), coalesce(u.content_type, ''),"
+        " coalesce(u.size, -1), coalesce(u.owner_id::text, ''), coalesce(u.etag, ''), f.id IS NOT NULL "
+        "FROM jobs j LEFT JOIN uploads u ON u.id = j.upload_id LEFT JOIN files f ON f.id = j.file_id "
+        "WHERE j.id = $1::uuid",
+        1, params);
+    if (res == NULL)
+        return -1;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return 1;
+    }
+    fm_job_t *job = &c->job;
+    snprintf(c->status, sizeof(c->status), "%s", PQgetvalue(res, 0, 0));
+    c->attempts = atoi(PQgetvalue(res, 0, 1));
+    snprintf(c->type, sizeof(c->type), "%s", PQgetvalue(res, 0, 2));
+    snprintf(job->job_id, sizeof(job->job_id), "%.36s", c->entry->job_id);
+    snprintf(job->file_id, sizeof(job->file_id), "%s", PQgetvalue(res, 0, 3));
+    snprintf(job->upload_id, sizeof(job->upload_id), "%s", PQgetvalue(res, 0, 4));
+    snprintf(job->object_key, sizeof(job->object_key), "%s", PQgetvalue(res, 0, 5));
+    snprintf(job->claimed_sha256, sizeof(job->claimed_sha256), "%s", PQgetvalue(res, 0, 6));
+    snprintf(job->declared_type, sizeof(job->declared_type), "%s", PQgetvalue(res, 0, 7));
+    job->declared_size = atoll(PQgetvalue(res, 0, 8));
+    snprintf(job->owner_id, sizeof(job->owner_id), "%s", PQgetvalue(res, 0, 9));
+    snprintf(c->etag, sizeof(c->etag), "%s", PQgetvalue(res, 0, 10));
+    c->have_file = strcmp(PQgetvalue(res, 0, 11), "t") == 0;
+    PQclear(res);
+    return 0;
+}
+
+/* Job RUNNING (attempts + 1, started_at), file PROCESSING, in one statement. 0, 1 (the job moved on meanwhile), -1. */
+static int job_start(fm_worker_t *w, job_ctx_t *c)
+{
+    const char *params[] = {c->job.job_id};
+    PGresult *res = fm_worker_sql(
+        w,
+        "WITH j AS (UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, started_at = now()"
+        "           WHERE id = $1::uuid AND status IN ('QUEUED', 'RETRY', 'RUNNING') RETURNING attempts, file_id),"
+        " f AS (UPDATE files SET status = 'PROCESSING', status_reason = NULL, updated_at = now(),"
+        "       version = version + 1 WHERE id = (SELECT file_id FROM j) RETURNING id) "
+        "SELECT attempts, (SELECT count(*) FROM f) FROM j",
+        1, params);
+    if (res == NULL)
+        return -1;
+    int rc = PQntuples(res) == 1 ? 0 : 1;
+    if (rc == 0)
+        c->attempts = atoi(PQgetvalue(res, 0, 0));
+    PQclear(res);
+    c->job.attempt = c->attempts;
+    return rc;
+}
+
+/* A job whose file or upload was deleted has nothing left to do. */
+static void job_close_gone(fm_worker_t *w, job_ctx_t *c)
+{
+    const char *params[] = {c->entry->job_id};
+    PQclear(fm_worker_sql(w,
+                          "UPDATE jobs SET status = 'DONE', finished_at = now(), last_error = 'file or upload deleted'"
+                          " WHERE id = $1::uuid AND status NOT IN ('DONE', 'FAILED')",
+                          1, params));
+}
+
+/* ---- Redis after a change: caches, dedupe index, notification -----------------------------------------------------
+ */
+
+static void forget_cached_rows(fm_worker_t *w, const fm_job_t *job)
+{
+    char file_key[64], job_key[64];
+    snprintf(file_key, sizeof(file_key), "fm:file:{%s}", job->file_id);
+    snprintf(job_key, sizeof(job_key), "fm:job:{%s}", job->job_id);
+    const char *argv[] = {"DEL", file_key, job_key};
+    freeReplyObject(fm_worker_cmd(w, 3, argv));
+}
+
+/* PUBLISH fm:events:{owner} {"type":"file.status","file_id","job_id","status"[,"reason"]}: the owner's channel. */
+static void notify_owner(fm_worker_t *w, const char *owner_id, const fm_job_t *job, const char *status,
+                         const char *reason)
+{
+    if (owner_id[0] == '\0')
+        return;
+    cJSON *doc = cJSON_CreateObject();
+    cJSON_AddStringToObject(doc, "type", "file.status");
+    cJSON_AddStringToObject(doc, "file_id", job->file_id);
+    cJSON_AddStringToObject(doc, "job_id", job->job_id);
+    cJSON_AddStringToObject(doc, "status", status);
+    if (reason != NULL)
+        cJSON_AddStringToObject(doc, "reason", reason);
+    char *json = cJSON_PrintUnformatted(doc);
+    cJSON_Delete(doc);
+    char channel[80];
+    snprintf(channel, sizeof(channel), "fm:events:{%s}", owner_id);
+    const char *argv[] = {"PUBLISH", channel, json ? json : "{}"};
+    freeReplyObject(fm_worker_cmd(w, 3, argv));
+    free(json);
+}
+
+/* ---- the steps ----------------------------------------------------------------------------------------------------
+ */
+
+static int put_variant(void *ud, const char *key, const char *content_type, const void *data, size_t len)
+{
+    fm_worker_t *w = ud;
+    fm_s3_result_t res;
+    if (fm_s3_put_object(w->s3, key, data, len, content_type, &res) != 0) {
+        fm_warn("s3: PUT %s: %s (HTTP %ld): %s", key, res.code, res.status, res.message);
+        return -1;
+    }
+    return 0;
+}
+
+static void observe_step(const char *step, uint64_t started_ms)
+{
+    char labels[48];
+    snprintf(labels, sizeof(labels), "step=\"%s\"", step);
+    fm_metrics_observe("fm_worker_step_seconds", labels, (double)(fm_mono_ms() - started_ms) / 1000.0);
+}
+
+/* Whether verified content with this hash is registered already (then the file just points at it). FOR KEY SHARE
+ * waits for a cleanup_blob job holding the row (cleanup.c) and then finds it gone: this job renders the variants
+ * again rather than pointing its file at a blob whose bytes are being deleted. */
+static int blob_exists(fm_worker_t *w, const fm_job_t *job)
+{
+    const char *params[] = {job->sha256};
+    PGresult *res = fm_worker_sql(w, "SELECT 1 FROM blobs WHERE sha256 = decode($1, 'hex') FOR KEY SHARE", 1, params);
+    int exists = res != NULL && PQntuples(res) == 1;
+    PQclear(res);
+    return exists;
+}
+
+#define RUN_STEP(label, call)                                                                                          \
+    do {                                                                                                               \
+        if (fm_worker_must_abandon(w))                                                                                 \
+            return -1;                                                                                                 \
+        uint64_t started = fm_mono_ms();                                                                               \
+        fm_step_rc step_rc = (call);                                                                                   \
+        observe_step(label, started);                                                                                  \
+        if (step_rc != FM_STEP_OK) {                                                                                   \
+            c->failed_step = label;                                                                                    \
+            *rc = step_rc;                                                                                             \
+            return 0;                                                                                                  \
+        }                                                                                                              \
+    } while (0)
+
+/* Runs the steps in order until one does not say OK. 0 with the decision in *rc, or -1 when the process is stopping
+ * and the graceful delay is over (the job is left as it is, for another worker). */
+static int job_steps(fm_worker_t *w, job_ctx_t *c, fm_step_rc *rc)
+{
+    fm_job_t *job = &c->job;
+    *rc = FM_STEP_OK;
+    RUN_STEP("fetch", step_fetch(job, w->s3, &w->limits));
+    RUN_STEP("verify", step_verify(job));
+    RUN_STEP("sniff", step_sniff(job));
+    RUN_STEP("scan", step_scan(job, &w->limits));
+    c->blob_known = blob_exists(w, job);
+    if (c->blob_known)
+        return 0; /* the same bytes were described and rendered when their blob was registered */
+    RUN_STEP("describe", step_describe(job, &w->limits));
+    RUN_STEP("variants", step_variants(job, &w->limits, put_variant, w));
+    RUN_STEP("text", step_text(job, &w->limits));
+    return 0;
+}
+
+/* ---- outcomes ------------------------------------------------------------------------------------------------------
+ */
+
+/* The steps' variant list as blobs.variants: {name: {format: {key, width, height, bytes}}}. */
+static char *variants_json(const cJSON *list)
+{
+    cJSON *out = cJSON_CreateObject();
+    const cJSON *v;
+    cJSON_ArrayForEach(v, list)
+    {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(v, "name");
+        const cJSON *format = cJSON_GetObjectItemCaseSensitive(v, "format");
+        if (!cJSON_IsString(name) || !cJSON_IsString(format))
+            continue;
+        cJSON *by_name = cJSON_GetObjectItemCaseSensitive(out, name->valuestring);
+        if (by_name == NULL)
+            by_name = cJSON_AddObjectToObject(out, name->valuestring);
+        cJSON *entry = cJSON_Duplicate(v, 1);
+        cJSON_DeleteItemFromObjectCaseSensitive(entry, "name");
+        cJSON_DeleteItemFromObjectCaseSensitive(entry, "format");
+        cJSON_DeleteItemFromObjectCaseSensitive(by_name, format->valuestring);
+        cJSON_AddItemToObject(by_name, format->valuestring, entry);
+    }
+    char *json = cJSON_PrintUnformatted(out);
+    cJSON_Delete(out);
+    return json;
+}
+
+/* Deletes the variants this attempt wrote when no blob owns them (a refused or failed job must not leave them). */
+static void drop_orphan_variants(fm_worker_t *w, job_ctx_t *c)
+{
+    const cJSON *v;
+    if (c->job.variants == NULL || c->job.sha256[0] == '\0' || blob_exists(w, &c->job))
+        return;
+    cJSON_ArrayForEach(v, c->job.variants)
+    {
+        const cJSON *key = cJSON_GetObjectItemCaseSensitive(v, "key");
+        fm_s3_result_t res;
+        if (cJSON_IsString(key) && fm_s3_delete_object(w->s3, key->valuestring, &res) != 0)
+            fm_warn("s3: DELETE %s: %s", key->valuestring, res.code);
+    }
+}
+
+static fm_outcome_t outcome_ready(fm_worker_t *w, job_ctx_t *c)
+{
+    fm_job_t *job = &c->job;
+    char size[24];
+    snprintf(size, sizeof(size), "%lld", job->size);
+    char *meta = job->meta ? cJSON_PrintUnformatted(job->meta) : NULL;
+    char *variants = variants_json(job->variants);
+    const char *type = job->real_type[0] ? job->real_type : job->declared_type;
+    const char *params[] = {job->job_id, job->sha256, size,     job->object_key, c->etag[0] ? c->etag : NULL,
+                            type,        meta,        variants, job->text};
+    PGresult *res = fm_worker_sql(w,
+                                  "SELECT out_created, out_key, coalesce(out_owner::text, '') FROM fm_job_ready("
+                                  "$1::uuid, $2, $3::bigint, $4, $5, $6, $7::jsonb, $8::jsonb, $9)",
+                                  9, params);
+    free(meta);
+    free(variants);
+    if (res == NULL)
+        return FM_OUTCOME_LEFT;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        LOG(FM_LOG_WARN, c, "jobs: %s was no longer RUNNING when it became ready; nothing recorded", job->job_id);
+        return FM_OUTCOME_SKIPPED;
+    }
+    int created = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    char owner[40];
+    snprintf(owner, sizeof(owner), "%s", PQgetvalue(res, 0, 2));
+    if (!created && strcmp(PQgetvalue(res, 0, 1), job->object_key) != 0) {
+        /* Storage-level dedupe: the file points at the existing blob's object; this copy goes. The variants are
+         * content-addressed (variants/{sha256}/…), so they are the existing blob's: nothing more to delete. */
+        fm_s3_result_t s3res;
+        if (fm_s3_delete_object(w->s3, job->object_key, &s3res) != 0)
+            LOG(FM_LOG_WARN, c, "s3: duplicate object %s not deleted: %s", job->object_key, s3res.code);
+    }
+    PQclear(res);
+    char index_key[80];
+    snprintf(index_key, sizeof(index_key), "fm:dedupe:{%s}", owner);
+    const char *hset[] = {"HSET", index_key, job->sha256, size};
+    if (owner[0] != '\0')
+        freeReplyObject(fm_worker_cmd(w, 4, hset));
+    forget_cached_rows(w, job);
+    notify_owner(w, owner, job, "READY", NULL);
+    LOG(FM_LOG_INFO, c, "jobs: %s READY (file %s, %lld bytes, %s%s)", job->job_id, job->file_id, job->size, type,
+        created ? "" : ", deduplicated");
+    return FM_OUTCOME_READY;
+}
+
+/* Copies the object to quarantine/{upload_id} and deletes it from incoming/: out of every reader's reach, kept for
+ * an operator. 0, or -1 with the reason in `why`. */
+static int quarantine_object(fm_worker_t *w, const fm_job_t *job, char *why, size_t why_size)
+{
+    char dst[96];
+    snprintf(dst, sizeof(dst), "quarantine/%s", job->upload_id);
+    fm_s3_result_t res;
+    if (fm_s3_copy_object(w->s3, job->object_key, dst, &res) != 0) {
+        fm_s3_result_t head;
+        /* gone already: an earlier attempt moved it and stopped before recording the outcome */
+        if (!(res.status == 404 && fm_s3_head_object(w->s3, dst, &head) == 0)) {
+            snprintf(why, why_size, "quarantine copy to %s failed: %s (HTTP %ld)", dst, res.code, res.status);
+            return -1;
+        }
+    }
+    if (fm_s3_delete_object(w->s3, job->object_key, &res) != 0) {
+        snprintf(why, why_size, "delete of %.100s failed: %s (HTTP %ld)", job->object_key, res.code, res.status);
+        return -1;
+    }
+    return 0;
+}
+
+static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *reason);
+
+static fm_outcome_t outcome_quarantine(fm_worker_t *w, job_ctx_t *c)
+{
+    fm_job_t *job = &c->job;
+    char why[256];
+    if (quarantine_object(w, job, why, sizeof(why)) != 0) {
+        /* Not marked: the refused bytes are still where readers could be pointed at them. Retry the move. */
+        LOG(FM_LOG_WARN, c, "jobs: %s: %s", job->job_id, why);
+        return outcome_failed(w, c, why);
+    }
+    drop_orphan_variants(w, c);
+    const char *params[] = {job->job_id, job->reason};
+    PGresult *res =
+        fm_worker_sql(w, "SELECT coalesce(out_owner::text, '') FROM fm_job_quarantine($1::uuid, $2)", 2, params);
+    if (res == NULL)
+        return FM_OUTCOME_LEFT;
+    char owner[40] = "";
+    int recorded = PQntuples(res) == 1;
+    if (recorded)
+        snprintf(owner, sizeof(owner), "%s", PQgetvalue(res, 0, 0));
+    PQclear(res);
+    if (!recorded)
+        return FM_OUTCOME_SKIPPED;
+    forget_cached_rows(w, job);
+    notify_owner(w, owner, job, "QUARANTINED", job->reason);
+    LOG(FM_LOG_WARN, c, "jobs: %s QUARANTINED at step %s: %s", job->job_id, c->failed_step ? c->failed_step : "?",
+        job->reason);
+    return FM_OUTCOME_QUARANTINED;
+}
+
+/* Due time of the next attempt: base × 2^attempts ms from now (2 s, 4 s … with the 1 s default). */
+static unsigned long long retry_due_ms(const fm_worker_t *w, int attempts)
+{
+    int shift = attempts < 0 ? 0 : attempts > 20 ? 20 : attempts;
+    return (unsigned long long)fm_wall_ms() + (unsigned long long)w->cfg->job_backoff_base_ms * (1ull << shift);
+}
+
+static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *reason)
+{
+    fm_job_t *job = &c->job;
+    int final = c->attempts >= w->cfg->job_max_attempts;
+    const char *params[] = {job->job_id, reason, final ? "true" : "false"};
+    PGresult *res = fm_worker_sql(w,
+                                  "SELECT coalesce(out_owner::text, ''), out_type, coalesce(out_file::text, ''),"
+                                  " coalesce(out_upload::text, '') FROM fm_job_attempt_failed($1::uuid, $2, $3)",
+                                  3, params);
+    if (res == NULL)
+        return FM_OUTCOME_LEFT;
+    if (PQntuples(res) != 1) {
+        PQclear(res);
+        return FM_OUTCOME_SKIPPED;
+    }
+    char owner[40];
+    snprintf(owner, sizeof(owner), "%s", PQgetvalue(res, 0, 0));
+    fm_outcome_t outcome;
+    if (!final) {
+        char due[24];
+        snprintf(due, sizeof(due), "%llu", retry_due_ms(w, c->attempts));
+        const char *zadd[] = {"ZADD", FM_QUEUE_DELAYED, due, job->job_id};
+        redisReply *reply = fm_worker_cmd(w, 4, zadd);
+        int ok = reply != NULL && reply->type == REDIS_REPLY_INTEGER;
+        freeReplyObject(reply);
+        if (!ok) { /* RETRY in PostgreSQL but not scheduled: keep the entry, it is reclaimed and run again */
+            PQclear(res);
+            return FM_OUTCOME_LEFT;
+        }
+        fm_metrics_counter_add("fm_worker_retries_total", NULL, 1);
+        LOG(FM_LOG_WARN, c, "jobs: %s attempt %d failed at step %s, retried in %lld ms: %s", job->job_id, c->attempts,
+            c->failed_step ? c->failed_step : "?", (long long)w->cfg->job_backoff_base_ms << c->attempts, reason);
+        outcome = FM_OUTCOME_RETRY;
+    } else {
+        char attempts[16];
+        snprintf(attempts, sizeof(attempts), "%d", c->attempts);
+        const char *xadd[] = {"XADD",      FM_QUEUE_DEAD,
+                              "MAXLEN",    "~",
+                              "100000",    "*",
+                              "job_id",    job->job_id,
+                              "type",      PQgetvalue(res, 0, 1),
+                              "file_id",   PQgetvalue(res, 0, 2),
+                              "upload_id", PQgetvalue(res, 0, 3),
+                              "error",     reason,
+                              "attempts",  attempts};
+        redisReply *reply = fm_worker_cmd(w, 18, xadd);
+        if (reply == NULL || reply->type != REDIS_REPLY_STRING) /* FAILED in PostgreSQL, which is what admins list */
+            LOG(FM_LOG_WARN, c, "jobs: %s not added to %s", job->job_id, FM_QUEUE_DEAD);
+        freeReplyObject(reply);
+        drop_orphan_variants(w, c);
+        fm_metrics_counter_add("fm_worker_dead_letters_total", NULL, 1);
+        notify_owner(w, owner, job, "FAILED", reason);
+        LOG(FM_LOG_ERROR, c, "jobs: %s FAILED after %d attempts: %s", job->job_id, c->attempts, reason);
+        outcome = FM_OUTCOME_FAILED;
+    }
+    PQclear(res);
+    forget_cached_rows(w, job);
+    return outcome;
+}
+
+/* ---- one job --------------------------------------------------------------------------------------------------------
+ */
+
+/* A cleanup_blob job (cleanup.h): same lock, attempts, retries and dead letters as an upload's job. */
+static fm_outcome_t job_run_cleanup(fm_worker_t *w, job_ctx_t *c)
+{
+    int was_running = strcmp(c->status, "RUNNING") == 0;
+    int started = job_start(w, c);
+    if (started != 0)
+        return started < 0 ? FM_OUTCOME_LEFT : FM_OUTCOME_SKIPPED;
+    c->failed_step = "cleanup";
+    if (was_running && c->attempts > w->cfg->job_max_attempts) {
+        c->attempts = (int)w->cfg->job_max_attempts;
+        return outcome_failed(w, c, "the worker stopped while cleaning this blob, on every attempt");
+    }
+    char reason[256] = "";
+    uint64_t started_ms = fm_mono_ms();
+    fm_cleanup_rc rc = fm_cleanup_blob(w, c->job.job_id, reason, sizeof(reason));
+    observe_step("cleanup", started_ms);
+    switch (rc) {
+    case FM_CLEANUP_DELETED:
+        return FM_OUTCOME_DELETED;
+    case FM_CLEANUP_KEPT:
+        return FM_OUTCOME_KEPT;
+    case FM_CLEANUP_GONE:
+        return FM_OUTCOME_SKIPPED;
+    case FM_CLEANUP_RETRY:
+        LOG(FM_LOG_WARN, c, "cleanup: job %s: %s", c->job.job_id, reason);
+        return outcome_failed(w, c, reason);
+    case FM_CLEANUP_LEFT:
+    default:
+        return FM_OUTCOME_LEFT;
+    }
+}
+
+static fm_outcome_t job_run(fm_worker_t *w, job_ctx_t *c)
+{
+    int loaded = job_load(w, c);
+    if (loaded < 0)
+        return FM_OUTCOME_LEFT;
+    if (loaded > 0) {
+        LOG(FM_LOG_WARN, c, "jobs: no job %s in PostgreSQL; entry dropped", c->entry->job_id);
+        return FM_OUTCOME_SKIPPED;
+    }
+    if (strcmp(c->status, "DONE") == 0 || strcmp(c->status, "FAILED") == 0 || strcmp(c->status, "DEAD") == 0)
+        return FM_OUTCOME_SKIPPED; /* a duplicate delivery, or an entry whose acknowledgement was lost */
+    if (strcmp(c->type, "cleanup_blob") == 0)
+        return job_run_cleanup(w, c);
+    if (strcmp(c->type, "process_upload") != 0) {
+        LOG(FM_LOG_WARN, c, "jobs: %s has type %s, which this worker does not run; left QUEUED", c->entry->job_id,
+            c->type);
+        return FM_OUTCOME_SKIPPED;
+    }
+    if (!c->have_file || c->job.upload_id[0] == '\0' || c->job.object_key[0] == '\0') {
+        job_close_gone(w, c);
+        return FM_OUTCOME_SKIPPED;
+    }
+    int was_running = strcmp(c->status, "RUNNING") == 0;
+    int started = job_start(w, c);
+    if (started != 0)
+        return started < 0 ? FM_OUTCOME_LEFT : FM_OUTCOME_SKIPPED;
+    forget_cached_rows(w, &c->job);
+    if (was_running && c->attempts > w->cfg->job_max_attempts) {
+        /* every earlier attempt died with its worker (kill, crash, OOM): this content is not tried again */
+        c->attempts = (int)w->cfg->job_max_attempts;
+        return outcome_failed(w, c, "the worker stopped while processing this file, on every attempt");
+    }
+    fm_step_rc rc;
+    if (job_steps(w, c, &rc) != 0) {
+        LOG(FM_LOG_WARN, c, "jobs: %s abandoned at shutdown; it stays pending for another worker", c->job.job_id);
+        return FM_OUTCOME_LEFT;
+    }
+    switch (rc) {
+    case FM_STEP_OK:
+        return outcome_ready(w, c);
+    case FM_STEP_QUARANTINE:
+        return outcome_quarantine(w, c);
+    case FM_STEP_RETRY:
+    case FM_STEP_FAIL:
+    default:
+        return outcome_failed(w, c, c->job.reason[0] ? c->job.reason : "processing failed");
+    }
+}
+
+fm_outcome_t fm_worker_process(fm_worker_t *w, const fm_entry_t *entry)
+{
+    job_ctx_t c = {.entry = entry};
+    snprintf(c.type, sizeof(c.type), "unknown");
+    fm_outcome_t outcome;
+    switch (job_lock(w, &c)) {
+    case LOCK_BUSY:
+        /* A fresh entry while another consumer holds the job is a duplicate delivery; a reclaimed one may be the
+         * very entry of a worker that died with the lock still alive: it waits for the lock to expire. */
+        if (entry->reclaimed)
+            return FM_OUTCOME_LEFT;
+        outcome = entry_ack(w, entry) == 0 ? FM_OUTCOME_SKIPPED : FM_OUTCOME_LEFT;
+        fm_metrics_counter_add("fm_worker_jobs_total", "type=\"process_upload\",outcome=\"skipped\"", 1);
+        return outcome;
+    case LOCK_ERROR:
+        return FM_OUTCOME_LEFT;
+    case LOCK_TAKEN:
+        break;
+    }
+    set_inflight(w, entry);
+    outcome = job_run(w, &c);
+    fm_job_clear(&c.job);
+    if (outcome != FM_OUTCOME_LEFT && entry_ack(w, entry) != 0)
+        LOG(FM_LOG_WARN, &c, "jobs: entry %s of %s not acknowledged; it comes back and is skipped", entry->id,
+            entry->job_id);
+    job_unlock(w, &c);
+    set_inflight(w, NULL);
+    if (outcome != FM_OUTCOME_LEFT) {
+        char labels[96];
+        snprintf(labels, sizeof(labels), "type=\"%s\",outcome=\"%s\"",
+                 strcmp(c.type, "unknown") == 0 ? "process_upload" : c.type, fm_outcome_name(outcome));
+        fm_metrics_counter_add("fm_worker_jobs_total", labels, 1);
+    }
+    return outcome;
+}
+
+/* ---- Lambda mode: from an S3 record to the job ------------------------------------------------------------------- */
+
+int fm_worker_job_of_upload(fm_worker_t *w, const char *upload_id, long long size, const char *etag, const char *bucket,
+                            char *job_id, size_t job_id_size)
+{
+    char size_text[24];
+    snprintf(size_text, sizeof(size_text), "%lld", size);
+    const char *params[] = {upload_id, size >= 0 ? size_text : NULL, etag[0] ? etag : NULL, bucket};
+    /* The Lambda function takes the job itself: recorded as enqueued, so the control plane's reconciler does not
+     * put it on the stream as well. */
+    PGresult *res = fm_worker_sql(w,
+                                  "WITH m AS (SELECT outcome, job_id FROM fm_upload_mark_uploaded($1::uuid, $2::bigint,"
+                                  " $3, 'event', $4)), e AS (UPDATE jobs SET enqueued_at = coalesce(enqueued_at, now())"
+                                  " WHERE id = (SELECT job_id FROM m) RETURNING id) "
+                                  "SELECT outcome, coalesce(job_id::text, ''), (SELECT count(*) FROM e) FROM m",
+                                  4, params);
+    if (res == NULL)
+        return -1;
+    int rc = 1;
+    if (PQntuples(res) == 1 && PQgetvalue(res, 0, 1)[0] != '\0') {
+        snprintf(job_id, job_id_size, "%s", PQgetvalue(res, 0, 1));
+        rc = 0;
+    } else {
+        fm_warn("lambda: upload %s has no job to run (%s)", upload_id, PQntuples(res) ? PQgetvalue(res, 0, 0) : "?");
+    }
+    PQclear(res);
+    return rc;
+}

@@ -1,0 +1,181 @@
+#!/usr/bin/python3
+"""Benchmark of fm-edge cache hits (DESIGN.md §8): a 4 KiB object behind a signed URL (botocore CloudFrontSigner,
+RSA-2048, canned policy: every request verifies an RSA signature) against nginx serving the same file from disk in
+the same run (wrk, HTTP/1.1 keep-alive, 64 connections), then MB/s for a 1 MiB object, and the cold-miss latency.
+
+    FM_BUILD_DIR=build /usr/bin/python3 tests/bench/bench_edge.py [--duration 10] [--threads 2]
+
+Starts a private stack (tests/integration/stackfixture.py; RGW is the origin), fm-edge and nginx (same worker
+count, sendfile on, access log off) on free loopback ports; everything is stopped by PID at the end. The load
+generator shares the 2 cores with the server under test, as in every figure of docs/benchmarks.md.
+"""
+import argparse
+import datetime
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests" / "integration"))
+from stackfixture import free_ports, start_stack  # noqa: E402
+
+BUILD_DIR = Path(os.environ.get("FM_BUILD_DIR", REPO / "build"))
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def wait_http(url, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=1).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not answer")
+
+
+def wrk(url, duration, connections, threads=2):
+    p = subprocess.run(["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency", url],
+                       capture_output=True, text=True, timeout=duration + 60)
+    out = p.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[p99.group(2)]
+    transfer = re.search(r"Transfer/sec:\s+([\d.]+)(KB|MB|GB)", out)
+    mbps = float(transfer.group(1)) * {"KB": 1 / 1024, "MB": 1, "GB": 1024}[transfer.group(2)]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non2xx:
+        raise RuntimeError(f"{url}: {non2xx.group(1)} error answers\n{out}")
+    return rps, float(p99.group(1)) * scale, mbps
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    from botocore.signers import CloudFrontSigner
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+    work = Path(tempfile.mkdtemp(prefix="fm-bench-edge-"))
+    procs = []
+    stack = start_stack()
+    try:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        (work / "pub.pem").write_bytes(key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        signer = CloudFrontSigner("KBENCH1", lambda m: key.sign(m, padding.PKCS1v15(), hashes.SHA1()))
+
+        s3 = stack.s3_client()
+        bucket = stack.env["FM_S3_BUCKET"]
+        objects = {}
+        for label, size in (("4KiB", 4096), ("1MiB", 1 << 20)):
+            k = f"incoming/{uuid.uuid4()}"
+            body = os.urandom(size)
+            s3.put_object(Bucket=bucket, Key=k, Body=body, ContentType="application/octet-stream")
+            objects[label] = (k, body)
+
+        edge_port, nginx_port = free_ports(2)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FM_")}
+        env.update(stack.env)
+        env.update({"FM_JWT_SECRET": secrets.token_hex(32), "FM_THREADS": str(args.threads),
+                    "FM_EDGE_HTTP_PORT": str(edge_port), "FM_EDGE_HTTPS_PORT": "0", "FM_LOG_LEVEL": "warn",
+                    "FM_EDGE_CACHE_DIR": str(work / "cache"), "FM_EDGE_CF_PUBLIC_KEYS": f"KBENCH1={work / 'pub.pem'}",
+                    "FM_EDGE_PUBLIC_BASE": f"http://127.0.0.1:{edge_port}"})
+        edge_log = open(work / "edge.log", "wb")
+        edge = subprocess.Popen([str(BUILD_DIR / "fm-edge")], env=env, stdout=edge_log, stderr=subprocess.STDOUT)
+        procs.append(edge)
+        wait_http(f"http://127.0.0.1:{edge_port}/healthz")
+
+        expires = datetime.datetime.now(tz=datetime.timezone.utc) + datetime.timedelta(hours=2)
+        urls = {label: signer.generate_presigned_url(f"http://127.0.0.1:{edge_port}/f/{k}", date_less_than=expires)
+                for label, (k, _) in objects.items()}
+        cold = {}
+        for label, url in urls.items():
+            t = time.monotonic()
+            r = requests.get(url, timeout=30)
+            cold[label] = (time.monotonic() - t) * 1000
+            assert r.status_code == 200 and r.content == objects[label][1], r.text[:300]
+
+        # nginx serves the very same files: copies of the edge's cached data under their key names.
+        root = work / "www"
+        work.chmod(0o755)  # nginx workers drop to an unprivileged user when started as root
+        for label, (k, body) in objects.items():
+            (root / Path(k).parent).mkdir(parents=True, exist_ok=True)
+            (root / k).write_bytes(body)
+        conf = work / "nginx.conf"
+        conf.write_text(f"""
+worker_processes {args.threads};
+pid {work}/nginx.pid;
+error_log {work}/nginx-error.log warn;
+daemon off;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on; tcp_nopush on; tcp_nodelay on;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    client_body_temp_path {work}/nginx-tmp; proxy_temp_path {work}/nginx-tmp; fastcgi_temp_path {work}/nginx-tmp;
+    uwsgi_temp_path {work}/nginx-tmp; scgi_temp_path {work}/nginx-tmp;
+    server {{ listen 127.0.0.1:{nginx_port}; root {root}; }}
+}}
+""")
+        nginx = subprocess.Popen(["/usr/sbin/nginx", "-c", str(conf), "-p", str(work)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+        procs.append(nginx)
+        wait_http(f"http://127.0.0.1:{nginx_port}/{objects['4KiB'][0]}")
+        check = requests.get(f"http://127.0.0.1:{nginx_port}/{objects['4KiB'][0]}", timeout=5)
+        assert check.status_code == 200 and check.content == objects["4KiB"][1], check.status_code
+
+        rows = []
+        d = args.duration
+        log("4 KiB: edge …")
+        e_rps, e_p99, _ = wrk(urls["4KiB"], d, 64)
+        log("4 KiB: nginx …")
+        n_rps, n_p99, _ = wrk(f"http://127.0.0.1:{nginx_port}/{objects['4KiB'][0]}", d, 64)
+        rows.append(("cache hit 4 KiB, signed URL, 64 conns", e_rps, e_p99, n_rps, n_p99))
+        log("1 MiB: edge …")
+        e1_rps, e1_p99, e1_mb = wrk(urls["1MiB"], d, 16)
+        log("1 MiB: nginx …")
+        n1_rps, n1_p99, n1_mb = wrk(f"http://127.0.0.1:{nginx_port}/{objects['1MiB'][0]}", d, 16)
+
+        print(f"### fm-edge cache hits ({datetime.date.today()}, {os.cpu_count()} cores, FM_THREADS={args.threads}, "
+              f"nginx worker_processes={args.threads}, wrk -t2, {d} s each)\n")
+        print("| what | fm-edge | nginx (same file, same run) | ratio |")
+        print("|---|---|---|---|")
+        print(f"| 4 KiB, 64 connections: req/s | {e_rps:,.0f} | {n_rps:,.0f} | {e_rps / n_rps:.2f} |")
+        print(f"| 4 KiB, 64 connections: p99 | {e_p99:.2f} ms | {n_p99:.2f} ms | |")
+        print(f"| 1 MiB, 16 connections: MB/s | {e1_mb:,.0f} | {n1_mb:,.0f} | {e1_mb / n1_mb:.2f} |")
+        print(f"| 1 MiB, 16 connections: p99 | {e1_p99:.2f} ms | {n1_p99:.2f} ms | |")
+        print(f"\nCold miss (origin fill from the local RGW, then served): 4 KiB {cold['4KiB']:.1f} ms, "
+              f"1 MiB {cold['1MiB']:.1f} ms.")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM if p is procs[0] else signal.SIGQUIT)
+                try:
+                    p.wait(30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+        stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
