@@ -67,6 +67,10 @@ typedef struct fm_config {
     char edge_cf_public_keys[2048];
     char edge_purge_secret[256];
     int64_t edge_max_age_s;
+    int64_t edge_max_dimension;    /* w/h bound of on-the-fly image variants */
+    int64_t edge_max_input_pixels; /* largest source image a variant is rendered from */
+    int64_t edge_events;           /* 1 = access events into the Redis Stream below */
+    char edge_events_stream[128];
     int64_t worker_health_port;
     /* worker (lambda-workers/, docs/workers.md) */
     int64_t worker_threads;

@@ -185,7 +185,7 @@ static int read_meta(const char *path, fm_edge_meta_t *meta)
     FILE *f = fopen(path, "r");
     if (f == NULL)
         return -1;
-    char line[FM_EDGE_KEY_MAX + 64];
+    char line[FM_EDGE_CACHE_KEY_MAX + 64];
     int have_key = 0, have_size = 0, ok = fgets(line, sizeof(line), f) != NULL && strcmp(line, "fm-edge-meta 1\n") == 0;
     memset(meta, 0, sizeof(*meta));
     while (ok && fgets(line, sizeof(line), f) != NULL) {
@@ -200,7 +200,7 @@ static int read_meta(const char *path, fm_edge_meta_t *meta)
             continue;
         *eq = '\0';
         const char *value = eq + 1;
-        if (strcmp(line, "key") == 0 && strlen(value) > 0 && strlen(value) <= FM_EDGE_KEY_MAX) {
+        if (strcmp(line, "key") == 0 && strlen(value) > 0 && strlen(value) <= FM_EDGE_CACHE_KEY_MAX) {
             strcpy(meta->key, value);
             have_key = 1;
         } else if (strcmp(line, "size") == 0) {
@@ -372,16 +372,27 @@ int fm_edge_cache_publish(const char *hex, const char *tmp_path, const fm_edge_m
     return fd;
 }
 
-int fm_edge_cache_purge_key(const char *key, size_t key_len)
+/* An object's variants are cached under "key" + FM_EDGE_VARIANT_SEP + parameters: the prefix finds them all. */
+size_t fm_edge_cache_purge_key(const char *key, size_t key_len)
 {
     char hex[FM_EDGE_HEX_LEN + 1];
     fm_edge_cache_name(key, key_len, hex);
     pthread_mutex_lock(&lock);
+    size_t purged = 0;
     entry_t *e = find(hex);
-    if (e != NULL)
+    if (e != NULL) {
         remove_entry(e);
+        ++purged;
+    }
+    for (entry_t *v = lru_head, *next; v != NULL; v = next) {
+        next = v->lru_next;
+        if (strncmp(v->meta.key, key, key_len) == 0 && v->meta.key[key_len] == FM_EDGE_VARIANT_SEP) {
+            remove_entry(v);
+            ++purged;
+        }
+    }
     pthread_mutex_unlock(&lock);
-    return e != NULL;
+    return purged;
 }
 
 size_t fm_edge_cache_purge_prefix(const char *prefix, size_t prefix_len)

@@ -1,6 +1,7 @@
 /*
- * fm-edge internals: the disk cache (cache.c), the origin fills with request coalescing (origin.c), the /f/ route
- * (serve.c) and purge (purge.c). docs/downloads.md "fm-edge" is the user's view of all of it.
+ * fm-edge internals: the disk cache (cache.c), the origin fills and variant renders with request coalescing
+ * (origin.c), on-the-fly image variants (variant.c), the /f/ route (serve.c), purge (purge.c) and access events
+ * (events.c). docs/downloads.md "fm-edge" is the user's view of all of it.
  */
 #ifndef FM_EDGE_H
 #define FM_EDGE_H
@@ -15,6 +16,14 @@
 
 /** Longest object key served (bytes, decoded); S3 allows 1024. */
 #define FM_EDGE_KEY_MAX 1024
+/**
+ * Longest cache key: an object key, or for a rendered variant the object key, FM_EDGE_VARIANT_SEP and the
+ * normalised parameters ("w=256&h=0&fit=inside&format=webp&q=80").
+ */
+#define FM_EDGE_CACHE_KEY_MAX (FM_EDGE_KEY_MAX + 128)
+/** Separates an object key from its variant parameters in a cache key: a control byte, which no object key served
+ * by the edge can hold (serve.c refuses them), so "key + SEP" is a prefix of exactly that key's variants. */
+#define FM_EDGE_VARIANT_SEP '\x1f'
 /** Cache file stem: hex SHA-256 of the key. */
 #define FM_EDGE_HEX_LEN 64
 
@@ -22,6 +31,7 @@
 typedef struct fm_edge {
     const fm_config_t *cfg;
     fm_cf_keys_t *keys;
+    int avif_ok;           /* this libvips saves AV1 HEIF (probed at start) */
     char public_base[256]; /* "http://host:port", no trailing '/' */
     fm_s3_config_t s3;
 } fm_edge_t;
@@ -31,7 +41,7 @@ extern fm_edge_t fm_edge;
 
 /** What the cache knows of an object besides its bytes (the metadata sidecar). */
 typedef struct fm_edge_meta {
-    char key[FM_EDGE_KEY_MAX + 1];
+    char key[FM_EDGE_CACHE_KEY_MAX + 1];
     uint64_t size;
     char etag[256];         /* as the origin sent it, quotes included */
     char content_type[256]; /* "" when the origin sent none */
@@ -65,8 +75,8 @@ void fm_edge_cache_path(const char *hex, const char *suffix, char *out, size_t s
  */
 int fm_edge_cache_publish(const char *hex, const char *tmp_path, const fm_edge_meta_t *meta);
 
-/** Removes the object of `key` (exact) from the cache; returns 1 if it was cached, else 0. */
-int fm_edge_cache_purge_key(const char *key, size_t key_len);
+/** Removes the object of `key` (exact) and every variant rendered from it; returns how many entries went. */
+size_t fm_edge_cache_purge_key(const char *key, size_t key_len);
 
 /** Removes every object whose key starts with `prefix`; returns how many. */
 size_t fm_edge_cache_purge_prefix(const char *prefix, size_t prefix_len);
@@ -78,9 +88,10 @@ void fm_edge_cache_stats(uint64_t *bytes, uint64_t *objects);
 
 /** Outcome of a fill as delivered to each waiting request. */
 typedef struct fm_edge_fill_result {
-    int fd;           /* open on the cached data, or -1 */
-    int status;       /* 0 = ok; else the HTTP status to answer (404, 502, 503) */
-    const char *code; /* static error code when status != 0 */
+    int fd;            /* open on the cached data, or -1 */
+    int status;        /* 0 = ok; else the HTTP status to answer (404, 502, 503) */
+    const char *code;  /* static error code when status != 0 */
+    char message[200]; /* the error's reason when status != 0 ("" = a generic one) */
     fm_edge_meta_t meta;
 } fm_edge_fill_result_t;
 
@@ -98,11 +109,81 @@ void fm_edge_origin_thread_dispose(fm_thread_t *thread);
  */
 int fm_edge_origin_fill(fm_req_t *r, const char *key, const char *hex, fm_edge_fill_cb cb);
 
+/* ---- variant.c ---- */
+
+/** How a variant fits the w×h box (docs/downloads.md "Image variants"). */
+typedef enum { FM_EDGE_FIT_INSIDE, FM_EDGE_FIT_CONTAIN, FM_EDGE_FIT_COVER } fm_edge_fit_t;
+
+/** The normalised parameters of an on-the-fly variant. */
+typedef struct fm_edge_variant {
+    int width, height;  /* 1..FM_EDGE_MAX_DIMENSION, 0 = not given */
+    fm_edge_fit_t fit;  /* INSIDE whenever one side is not given (there is no box to fill or crop to) */
+    const char *format; /* static: "webp", "jpeg", "png", "avif" */
+    int quality;        /* 1..100; 0 for png (lossless) */
+    int negotiated;     /* format chosen from Accept: the answer carries Vary: Accept */
+} fm_edge_variant_t;
+
+/**
+ * Starts libvips for the edge (once, before the server): untrusted loaders blocked, operation cache off, one vips
+ * thread per render (parallelism is across the offload pool), and probes AVIF (AV1 HEIF) saving. 0 or -1.
+ */
+int fm_edge_variant_init(const char *argv0);
+
+/** Shuts libvips down (after the server stopped). */
+void fm_edge_variant_shutdown(void);
+
+/**
+ * Reads the variant parameters w, h, fit, format, q of a signed query (raw) and the request's Accept header.
+ * Returns 0 when the query names none (the original is served), 1 with *v filled, or -1 with a reason for a 400
+ * (out of bounds, unknown value, repeated parameter, avif without an encoder).
+ */
+int fm_edge_variant_parse(h2o_iovec_t query, h2o_iovec_t accept, fm_edge_variant_t *v, char *reason,
+                          size_t reason_size);
+
+/** The cache key of a variant: key, FM_EDGE_VARIANT_SEP, normalised parameters (negotiated format included). */
+void fm_edge_variant_cache_key(const char *key, size_t key_len, const fm_edge_variant_t *v, char *out, size_t size);
+
+/**
+ * Renders `v` from the image open on `src_fd` (a cached original) into a new file `tmp_path`, on an offload thread.
+ * Returns 0 with *size and *content_type (static), or -1 with res->status (415 not an image, 422 too large or
+ * corrupt, 503 disk) , res->code and res->message set.
+ */
+int fm_edge_variant_render(const fm_edge_variant_t *v, int src_fd, const char *tmp_path, uint64_t *size,
+                           const char **content_type, fm_edge_fill_result_t *res);
+
+/* ---- origin.c (renders) ---- */
+
+/**
+ * Makes `r` wait for the variant `v` of an object whose original is open on `src_fd` (taken: closed in every case):
+ * joins the render in flight for `vkey` (hex = its cache name) or starts one on the offload pool, which publishes
+ * the result in the cache. `cb` runs on r's thread as for fm_edge_origin_fill. 0, or -1 (queue full: 503).
+ */
+int fm_edge_origin_render(fm_req_t *r, const char *vkey, const char *vhex, const fm_edge_variant_t *v, int src_fd,
+                          const fm_edge_meta_t *src, fm_edge_fill_cb cb);
+
 /** Number of fills in flight (shutdown waits for zero). */
 size_t fm_edge_origin_inflight(void);
 
-/** Marks fills in flight for `key` / keys under `prefix` as purged: their result is served once, not kept. */
+/** Marks fills in flight for `key` (and its variants) / keys under `prefix` as purged: served once, not kept. */
 void fm_edge_origin_purge(const char *key, size_t key_len, int is_prefix);
+
+/* ---- events.c ---- */
+
+/** Per-thread Redis connection and event buffer (thread_init; nothing when FM_EDGE_EVENTS=0). 0 or -1. */
+int fm_edge_events_thread_init(fm_thread_t *thread);
+
+/** Sends what the thread has buffered, waits (bounded) for Redis to take it, and closes the connection. */
+void fm_edge_events_thread_dispose(fm_thread_t *thread);
+
+/** Once a second on each thread: sends the buffered events. */
+void fm_edge_events_tick(void);
+
+/**
+ * Records one answered download on the calling loop thread: `cache_key` (an object key, or a variant's cache key),
+ * `outcome` ("hit", "miss", "variant_hit", "variant_render"), status, body bytes, client address. Buffered and sent
+ * every second or every 100 events as XADD {stream} MAXLEN ~ 1000000.
+ */
+void fm_edge_event(const char *cache_key, const char *outcome, int status, uint64_t bytes, const char *ip);
 
 /* ---- serve.c / purge.c ---- */
 

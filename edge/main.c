@@ -1,7 +1,8 @@
 /*
  * fm-edge: the delivery tier (DESIGN.md §1, docs/downloads.md "fm-edge"). Serves CloudFront-style signed URLs
- * GET /f/{object key}?… from a disk cache filled from the S3 origin with request coalescing; POST /_edge/purge;
- * /healthz and /metrics. One h2o loop per thread (common/server.c); origin fetches run on the offload pool.
+ * GET /f/{object key}?… from a disk cache filled from the S3 origin with request coalescing, renders image variants
+ * (?w=&h=&fit=&format=&q=) with libvips; POST /_edge/purge; access events into a Redis Stream; /healthz and
+ * /metrics. One h2o loop per thread (common/server.c); origin fetches and renders run on the offload pool.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -87,18 +88,35 @@ void fm_edge_metrics_init(void)
     fm_metrics_describe("fm_edge_refused_total", FM_METRIC_COUNTER, "Requests refused by the signature check");
     fm_metrics_describe("fm_edge_evictions_total", FM_METRIC_COUNTER, "Objects evicted from the cache (LRU)");
     fm_metrics_describe("fm_edge_purged_total", FM_METRIC_COUNTER, "Objects removed by POST /_edge/purge");
+    fm_metrics_describe("fm_edge_variant_hits_total", FM_METRIC_COUNTER, "Image variants served from the disk cache");
+    fm_metrics_describe("fm_edge_variant_renders_total", FM_METRIC_COUNTER, "Image variant renders started");
+    fm_metrics_describe("fm_edge_variant_coalesced_total", FM_METRIC_COUNTER,
+                        "Variant misses that joined a render already in flight");
+    fm_metrics_describe("fm_edge_variant_errors_total", FM_METRIC_COUNTER,
+                        "Renders refused or failed (not an image, too many pixels, corrupt)");
+    fm_metrics_describe("fm_edge_variant_refused_total", FM_METRIC_COUNTER,
+                        "Requests refused for bad variant parameters (400)");
+    fm_metrics_describe("fm_edge_variant_seconds", FM_METRIC_HISTOGRAM, "Duration of variant renders");
+    fm_metrics_describe("fm_edge_events_total", FM_METRIC_COUNTER, "Access events written to the Redis Stream");
+    fm_metrics_describe("fm_edge_events_dropped_total", FM_METRIC_COUNTER,
+                        "Access events lost (Redis down, slow or refusing)");
     fm_metrics_describe("fm_edge_cache_bytes", FM_METRIC_GAUGE, "Bytes in the disk cache");
     fm_metrics_describe("fm_edge_cache_objects", FM_METRIC_GAUGE, "Objects in the disk cache");
     /* Zero series from the start, so a scrape can tell "none yet" from "not exported". */
-    const char *counters[] = {"fm_edge_hits_total",         "fm_edge_misses_total",       "fm_edge_coalesced_total",
-                              "fm_edge_bytes_served_total", "fm_edge_origin_bytes_total", "fm_edge_origin_errors_total",
-                              "fm_edge_refused_total",      "fm_edge_evictions_total",    "fm_edge_purged_total"};
+    const char *counters[] = {
+        "fm_edge_hits_total",           "fm_edge_misses_total",          "fm_edge_coalesced_total",
+        "fm_edge_bytes_served_total",   "fm_edge_origin_bytes_total",    "fm_edge_origin_errors_total",
+        "fm_edge_refused_total",        "fm_edge_evictions_total",       "fm_edge_purged_total",
+        "fm_edge_variant_hits_total",   "fm_edge_variant_renders_total", "fm_edge_variant_coalesced_total",
+        "fm_edge_variant_errors_total", "fm_edge_variant_refused_total", "fm_edge_events_total",
+        "fm_edge_events_dropped_total"};
     for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); ++i)
         fm_metrics_counter_add(counters[i], NULL, 0);
 }
 
 static void thread_tick(fm_thread_t *thread)
 {
+    fm_edge_events_tick();
     if (thread->index != 0)
         return;
     uint64_t bytes, objects;
@@ -107,9 +125,17 @@ static void thread_tick(fm_thread_t *thread)
     fm_metrics_gauge_set("fm_edge_cache_objects", NULL, (double)objects);
 }
 
+static int thread_init(fm_thread_t *thread)
+{
+    if (fm_edge_origin_thread_init(thread) != 0)
+        return -1;
+    return fm_edge_events_thread_init(thread);
+}
+
 static void thread_dispose(fm_thread_t *thread)
 {
-    fm_edge_origin_thread_dispose(thread);
+    fm_edge_origin_thread_dispose(thread); /* first: the last fills' waiters are answered (and their events kept) */
+    fm_edge_events_thread_dispose(thread);
     fm_edge_serve_thread_dispose();
 }
 
@@ -154,7 +180,8 @@ int main(int argc, char **argv)
         .secret_key = cfg.s3_secret_key,
         .session_token = cfg.s3_session_token,
     };
-    if (fm_s3_global_init() != 0 || fm_edge_cache_open(cfg.edge_cache_dir, (uint64_t)cfg.edge_cache_max_bytes) != 0) {
+    if (fm_s3_global_init() != 0 || fm_edge_variant_init(argv[0]) != 0 ||
+        fm_edge_cache_open(cfg.edge_cache_dir, (uint64_t)cfg.edge_cache_max_bytes) != 0) {
         fm_cf_keys_free(fm_edge.keys);
         return 1;
     }
@@ -174,13 +201,14 @@ int main(int argc, char **argv)
         .max_body_bytes = 65536,
         .graceful_timeout_ms = (uint64_t)cfg.graceful_timeout_ms,
         .fallback = fallback,
-        .thread_init = fm_edge_origin_thread_init,
+        .thread_init = thread_init,
         .thread_dispose = thread_dispose,
         .thread_tick = thread_tick,
         .app = &fm_edge,
     };
     int status = fm_server_run(&spec);
     fm_edge_cache_close();
+    fm_edge_variant_shutdown();
     fm_cf_keys_free(fm_edge.keys);
     return status;
 }

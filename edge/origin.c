@@ -5,6 +5,10 @@
  * publishes it into the cache, takes itself out of the table (a request arriving after that is a cache hit), and
  * hands every waiter its own fd on the cached file through a message to the waiter's loop thread. Waiters are
  * served only once the whole object is on disk (no streaming while filling: docs/downloads.md says why).
+ *
+ * A variant render is the same kind of fill, keyed by the variant's cache key: its work renders from the cached
+ * original (already open, handed over by serve.c) instead of fetching, so N concurrent requests for one variant
+ * make one render.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -37,9 +41,14 @@ typedef struct waiter {
 typedef struct fill {
     struct fill *next;
     char hex[FM_EDGE_HEX_LEN + 1];
-    char key[FM_EDGE_KEY_MAX + 1];
+    char key[FM_EDGE_CACHE_KEY_MAX + 1];
     waiter_t *waiters;
     int purged;
+    /* renders only */
+    int is_render;
+    fm_edge_variant_t variant;
+    int src_fd;
+    char src_etag[256];
 } fill_t;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
@@ -143,23 +152,18 @@ static int write_to_file(void *ud, const void *data, size_t len)
     return 0;
 }
 
-/* The blocking part, on an offload thread: GET into a temp file, publish, then wake every waiter. */
-static void fill_work(void *data)
+/* The origin GET into a temp file, published into the cache. */
+static void fetch_original(fill_t *fill, const char *tmp_path, fm_edge_fill_result_t *result)
 {
-    fill_t *fill = data;
-    fm_edge_fill_result_t result = {.fd = -1};
-    char err[256] = "", tmp_path[640], suffix[64];
-    snprintf(suffix, sizeof(suffix), ".%ld.%u.tmp", (long)getpid(), atomic_fetch_add(&tmp_counter, 1));
-    fm_edge_cache_path(fill->hex, suffix, tmp_path, sizeof(tmp_path));
-
+    char err[256] = "";
     fm_s3_t *s3 = thread_s3(err, sizeof(err));
     sink_t sink = {.fd = -1};
     if (s3 == NULL) {
         fm_error("edge: S3 client: %s", err);
-        result.status = 503, result.code = "origin_unavailable";
+        result->status = 503, result->code = "origin_unavailable";
     } else if ((sink.fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) == -1) {
         fm_error("edge: cannot create %s: %s", tmp_path, strerror(errno));
-        result.status = 503, result.code = "cache_unavailable";
+        result->status = 503, result->code = "cache_unavailable";
     } else {
         fm_s3_result_t res;
         uint64_t started = fm_now_ns();
@@ -168,29 +172,71 @@ static void fill_work(void *data)
         int synced = rc == 0 && fdatasync(sink.fd) == 0;
         close(sink.fd);
         if (rc == 0 && synced && (res.content_length < 0 || (uint64_t)res.content_length == sink.written)) {
-            fm_edge_meta_t *meta = &result.meta;
+            fm_edge_meta_t *meta = &result->meta;
             snprintf(meta->key, sizeof(meta->key), "%s", fill->key);
             meta->size = sink.written;
             snprintf(meta->etag, sizeof(meta->etag), "%s", res.etag);
             snprintf(meta->content_type, sizeof(meta->content_type), "%s", res.content_type);
             meta->stored_at = time(NULL);
-            if ((result.fd = fm_edge_cache_publish(fill->hex, tmp_path, meta)) == -1)
-                result.status = 503, result.code = "cache_unavailable";
+            if ((result->fd = fm_edge_cache_publish(fill->hex, tmp_path, meta)) == -1)
+                result->status = 503, result->code = "cache_unavailable";
             fm_metrics_counter_add("fm_edge_origin_bytes_total", NULL, (double)sink.written);
         } else {
             unlink(tmp_path);
             if (rc != 0 && (res.status == 404 || strcmp(res.code, "NoSuchKey") == 0))
-                result.status = 404, result.code = "not_found";
+                result->status = 404, result->code = "not_found";
             else if (sink.failed)
-                result.status = 503, result.code = "cache_unavailable";
+                result->status = 503, result->code = "cache_unavailable";
             else
-                result.status = 502, result.code = "origin_error";
-            if (result.status != 404)
+                result->status = 502, result->code = "origin_error";
+            if (result->status != 404)
                 fm_warn("edge: origin fill of %s failed: %s %s (%ld) %s", fill->key, res.code, res.message, res.status,
                         sink.failed ? strerror(sink.failed) : "");
             fm_metrics_counter_add("fm_edge_origin_errors_total", NULL, 1);
         }
     }
+}
+
+/* A variant rendered from the original open on fill->src_fd, published into the cache. Its ETag is derived from
+ * the original's and the parameters, so it changes when the original is replaced. */
+static void render_variant(fill_t *fill, const char *tmp_path, fm_edge_fill_result_t *result)
+{
+    uint64_t started = fm_now_ns(), size = 0;
+    const char *content_type = NULL;
+    int rc = fm_edge_variant_render(&fill->variant, fill->src_fd, tmp_path, &size, &content_type, result);
+    close(fill->src_fd);
+    fill->src_fd = -1;
+    fm_metrics_observe("fm_edge_variant_seconds", NULL, (double)(fm_now_ns() - started) / 1e9);
+    if (rc != 0) {
+        unlink(tmp_path);
+        fm_metrics_counter_add("fm_edge_variant_errors_total", NULL, 1);
+        return;
+    }
+    fm_edge_meta_t *meta = &result->meta;
+    snprintf(meta->key, sizeof(meta->key), "%s", fill->key);
+    meta->size = size;
+    char tag_source[sizeof(fill->src_etag) + sizeof(fill->key)], tag_hex[FM_EDGE_HEX_LEN + 1];
+    int tag_len = snprintf(tag_source, sizeof(tag_source), "%s%s", fill->src_etag, fill->key);
+    fm_edge_cache_name(tag_source, (size_t)tag_len, tag_hex);
+    snprintf(meta->etag, sizeof(meta->etag), "\"v-%.32s\"", tag_hex);
+    snprintf(meta->content_type, sizeof(meta->content_type), "%s", content_type);
+    meta->stored_at = time(NULL);
+    if ((result->fd = fm_edge_cache_publish(fill->hex, tmp_path, meta)) == -1)
+        result->status = 503, result->code = "cache_unavailable";
+}
+
+/* The blocking part, on an offload thread: fetch or render into a temp file, publish, then wake every waiter. */
+static void fill_work(void *data)
+{
+    fill_t *fill = data;
+    fm_edge_fill_result_t result = {.fd = -1};
+    char tmp_path[640], suffix[64];
+    snprintf(suffix, sizeof(suffix), ".%ld.%u.tmp", (long)getpid(), atomic_fetch_add(&tmp_counter, 1));
+    fm_edge_cache_path(fill->hex, suffix, tmp_path, sizeof(tmp_path));
+    if (fill->is_render)
+        render_variant(fill, tmp_path, &result);
+    else
+        fetch_original(fill, tmp_path, &result);
 
     /* Out of the table first: from here on a new request finds the published object (or misses afresh). */
     pthread_mutex_lock(&lock);
@@ -224,7 +270,8 @@ static void fill_done(void *data)
     atomic_fetch_sub(&fills_inflight, 1);
 }
 
-int fm_edge_origin_fill(fm_req_t *r, const char *key, const char *hex, fm_edge_fill_cb cb)
+/* Joins the fill in flight for `proto->hex`, or starts `proto` (heap, taken) on the offload pool. */
+static int join_or_start(fm_req_t *r, fill_t *proto, fm_edge_fill_cb cb)
 {
     waiter_t *w = calloc(1, sizeof(*w));
     if (w == NULL)
@@ -232,25 +279,28 @@ int fm_edge_origin_fill(fm_req_t *r, const char *key, const char *hex, fm_edge_f
     w->r = r;
     w->cb = cb;
     w->et = r->thread->data;
+    int is_render = proto->is_render;
 
     pthread_mutex_lock(&lock);
     fill_t *fill = fills;
-    while (fill != NULL && memcmp(fill->hex, hex, FM_EDGE_HEX_LEN) != 0)
+    while (fill != NULL && memcmp(fill->hex, proto->hex, FM_EDGE_HEX_LEN) != 0)
         fill = fill->next;
     if (fill != NULL) {
         w->next = fill->waiters;
         fill->waiters = w;
         pthread_mutex_unlock(&lock);
-        fm_metrics_counter_add("fm_edge_coalesced_total", NULL, 1);
+        if (proto->is_render && proto->src_fd != -1)
+            close(proto->src_fd);
+        free(proto);
+        fm_metrics_counter_add(is_render ? "fm_edge_variant_coalesced_total" : "fm_edge_coalesced_total", NULL, 1);
     } else {
-        if ((fill = calloc(1, sizeof(*fill))) == NULL)
-            h2o_fatal("out of memory");
-        memcpy(fill->hex, hex, FM_EDGE_HEX_LEN);
-        snprintf(fill->key, sizeof(fill->key), "%s", key);
+        fill = proto;
         fill->waiters = w;
         /* Submitted under the lock, so nobody can join a fill that then fails to start. */
         if (fm_offload_run(r->thread->offload, fill_work, fill_done, fill) != 0) {
             pthread_mutex_unlock(&lock);
+            if (fill->is_render && fill->src_fd != -1)
+                close(fill->src_fd);
             free(fill);
             free(w);
             return -1;
@@ -259,11 +309,37 @@ int fm_edge_origin_fill(fm_req_t *r, const char *key, const char *hex, fm_edge_f
         fill->next = fills;
         fills = fill;
         pthread_mutex_unlock(&lock);
-        fm_metrics_counter_add("fm_edge_misses_total", NULL, 1);
+        fm_metrics_counter_add(is_render ? "fm_edge_variant_renders_total" : "fm_edge_misses_total", NULL, 1);
     }
     w->et->waiting++;
     fm_req_hold(r);
     return 0;
+}
+
+int fm_edge_origin_fill(fm_req_t *r, const char *key, const char *hex, fm_edge_fill_cb cb)
+{
+    fill_t *fill = calloc(1, sizeof(*fill));
+    if (fill == NULL)
+        h2o_fatal("out of memory");
+    memcpy(fill->hex, hex, FM_EDGE_HEX_LEN);
+    snprintf(fill->key, sizeof(fill->key), "%s", key);
+    fill->src_fd = -1;
+    return join_or_start(r, fill, cb);
+}
+
+int fm_edge_origin_render(fm_req_t *r, const char *vkey, const char *vhex, const fm_edge_variant_t *v, int src_fd,
+                          const fm_edge_meta_t *src, fm_edge_fill_cb cb)
+{
+    fill_t *fill = calloc(1, sizeof(*fill));
+    if (fill == NULL)
+        h2o_fatal("out of memory");
+    memcpy(fill->hex, vhex, FM_EDGE_HEX_LEN);
+    snprintf(fill->key, sizeof(fill->key), "%s", vkey);
+    fill->is_render = 1;
+    fill->variant = *v;
+    fill->src_fd = src_fd;
+    snprintf(fill->src_etag, sizeof(fill->src_etag), "%s", src->etag);
+    return join_or_start(r, fill, cb);
 }
 
 void fm_edge_origin_purge(const char *key, size_t key_len, int is_prefix)
@@ -271,7 +347,9 @@ void fm_edge_origin_purge(const char *key, size_t key_len, int is_prefix)
     pthread_mutex_lock(&lock);
     for (fill_t *fill = fills; fill != NULL; fill = fill->next) {
         size_t len = strlen(fill->key);
-        if (is_prefix ? strncmp(fill->key, key, key_len) == 0 : (len == key_len && memcmp(fill->key, key, len) == 0))
+        int same_object = len >= key_len && memcmp(fill->key, key, key_len) == 0 &&
+                          (len == key_len || fill->key[key_len] == FM_EDGE_VARIANT_SEP);
+        if (is_prefix ? strncmp(fill->key, key, key_len) == 0 : same_object)
             fill->purged = 1;
     }
     pthread_mutex_unlock(&lock);

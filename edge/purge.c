@@ -1,7 +1,8 @@
 /*
- * POST /_edge/purge {"keys":[…],"prefixes":[…]} with X-FM-Edge-Secret: removes cached objects by exact key and by
- * key prefix (a blob's variants live under "variants/{sha256}/"), and marks fills in flight for them so their
- * result is served to those already waiting but not kept. The control plane calls it on delete and replace.
+ * POST /_edge/purge {"keys":[…],"prefixes":[…]} with X-FM-Edge-Secret: removes cached objects by exact key (with
+ * the on-the-fly variants rendered from it) and by key prefix (a blob's variants live under "variants/{sha256}/"), and
+ * marks fills in flight for them so their result is served to those already waiting but not kept. The control plane
+ * calls it on delete and replace.
  */
 #include <openssl/crypto.h>
 #include <string.h>
@@ -69,7 +70,7 @@ void fm_edge_handle_purge(fm_req_t *r)
     {
         size_t len = strlen(item->valuestring);
         fm_edge_origin_purge(item->valuestring, len, 0);
-        purged += (size_t)fm_edge_cache_purge_key(item->valuestring, len);
+        purged += fm_edge_cache_purge_key(item->valuestring, len);
     }
     cJSON_ArrayForEach(item, cJSON_GetObjectItemCaseSensitive(body, "prefixes"))
     {

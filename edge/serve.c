@@ -2,9 +2,11 @@
  * GET/HEAD /f/{key}?{signed query}: a CloudFront-style signed download (docs/downloads.md "fm-edge").
  *
  * parse (the raw path: refuse `..`, `.`, empty segments, encoded '/', '\', NUL and control bytes, > 1024-byte keys)
- * → authorize (fm_cf_verify_url on FM_EDGE_PUBLIC_BASE + the path and query exactly as received, client IP = TCP
- * peer) → act (cache hit, or wait on a coalesced origin fill) → answer (conditional GET, one byte range, headers).
- * Every refusal happens before the cache or the origin is touched.
+ * and the variant parameters w/h/fit/format/q (variant.c) → authorize (fm_cf_verify_url on FM_EDGE_PUBLIC_BASE + the
+ * path and query exactly as received, client IP = TCP peer) → act (cache hit, or wait on a coalesced origin fill;
+ * for a variant: its cached rendering, or the original (cached or filled) then a coalesced render) → answer
+ * (conditional GET, one byte range, headers, an access event). Every refusal happens before the cache or the origin
+ * is touched.
  *
  * Bytes are sent by a generator that preads the cached file in 256 KiB pieces: h2o 2.2.5 has no sendfile(2) path
  * (its own file handler preads 64 KB at a time too), and h2o_file_send() handles neither Range nor conditional
@@ -342,8 +344,8 @@ static void reset_headers(fm_req_t *r)
     r->req->res.headers = (h2o_headers_t){NULL};
 }
 
-/* Answers from an open cached file (takes `fd`). */
-static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta)
+/* Answers from an open cached file (takes `fd`); `outcome` goes into the access event. */
+static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const char *outcome)
 {
     h2o_req_t *req = r->req;
     file_gen_t *gen = h2o_mem_alloc_shared(&req->pool, sizeof(*gen), gen_dispose);
@@ -366,10 +368,13 @@ static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta)
     add_header(req, H2O_TOKEN_LAST_MODIFIED, h2o_strdup(&req->pool, last_modified, SIZE_MAX).base);
     add_cache_control(r);
 
+    char peer[64];
+    fm_req_peer(r, peer, sizeof(peer));
     if (not_modified(r, meta)) {
         req->res.status = 304;
         req->res.reason = "Not Modified";
         account(r, 304);
+        fm_edge_event(meta->key, outcome, 304, 0, peer);
         h2o_send_inline(req, NULL, 0);
         return;
     }
@@ -444,6 +449,7 @@ static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta)
     req->res.content_length = length;
     account(r, status);
     int is_head = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"));
+    fm_edge_event(meta->key, outcome, status, is_head ? 0 : length, peer);
     if (is_head || length == 0) {
         static h2o_generator_t empty = {NULL, NULL};
         gen_dispose(gen);
@@ -459,20 +465,28 @@ static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta)
     gen_proceed(&gen->super, req);
 }
 
+/* A failed fill or render: the error it carries. Returns 1 if it answered. */
+static int reply_fill_error(fm_req_t *r, fm_edge_fill_result_t *res)
+{
+    if (res->status == 0)
+        return 0;
+    if (res->fd != -1)
+        close(res->fd);
+    if (res->message[0] != '\0')
+        fm_reply_error(r, res->status, res->code, "%s", res->message);
+    else if (res->status == 404)
+        fm_reply_error(r, 404, "not_found", "no such object");
+    else if (res->status == 502)
+        fm_reply_error(r, 502, res->code, "the origin failed, try again");
+    else
+        fm_reply_unavailable(r, "the edge cache");
+    return 1;
+}
+
 static void on_filled(fm_req_t *r, fm_edge_fill_result_t *res)
 {
-    if (res->status != 0) {
-        if (res->fd != -1)
-            close(res->fd);
-        if (res->status == 404)
-            fm_reply_error(r, 404, "not_found", "no such object");
-        else if (res->status == 502)
-            fm_reply_error(r, 502, res->code, "the origin failed, try again");
-        else
-            fm_reply_unavailable(r, "the edge cache");
-        return;
-    }
-    serve_file(r, res->fd, &res->meta);
+    if (!reply_fill_error(r, res))
+        serve_file(r, res->fd, &res->meta, "miss");
 }
 
 /* ---- verified-URL cache ----
@@ -520,6 +534,90 @@ void fm_edge_serve_thread_dispose(void)
     verified = NULL;
 }
 
+/* ---- variants ---- */
+
+static h2o_iovec_t request_query(fm_req_t *r)
+{
+    h2o_iovec_t path = r->req->path;
+    const char *q = memchr(path.base, '?', path.len);
+    return q ? h2o_iovec_init(q + 1, path.len - (size_t)(q + 1 - path.base)) : h2o_iovec_init("", 0);
+}
+
+/* The request's variant again (a callback has only r; parsing is cheap and gives the same answer). */
+static int request_variant(fm_req_t *r, fm_edge_variant_t *v)
+{
+    char reason[160];
+    return fm_edge_variant_parse(request_query(r), fm_req_header(r, "accept"), v, reason, sizeof(reason)) == 1 ? 0 : -1;
+}
+
+static void serve_variant_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const fm_edge_variant_t *v,
+                               const char *outcome)
+{
+    if (v->negotiated) /* the same URL answers WebP or JPEG by Accept: shared caches must key on it */
+        add_header(r->req, H2O_TOKEN_VARY, "Accept");
+    serve_file(r, fd, meta, outcome);
+}
+
+static void on_rendered(fm_req_t *r, fm_edge_fill_result_t *res)
+{
+    fm_edge_variant_t v;
+    if (reply_fill_error(r, res))
+        return;
+    if (request_variant(r, &v) != 0) { /* cannot happen: the handler parsed the same request */
+        close(res->fd);
+        fm_reply_error(r, 400, "invalid_variant", "bad variant parameters");
+        return;
+    }
+    serve_variant_file(r, res->fd, &res->meta, &v, "variant_render");
+}
+
+/* Renders (or joins the render of) the request's variant from the original open on `src_fd` (taken). */
+static void start_render(fm_req_t *r, const char *key, size_t key_len, const fm_edge_variant_t *v, int src_fd,
+                         const fm_edge_meta_t *src)
+{
+    char vkey[FM_EDGE_CACHE_KEY_MAX + 1], vhex[FM_EDGE_HEX_LEN + 1];
+    fm_edge_variant_cache_key(key, key_len, v, vkey, sizeof(vkey));
+    fm_edge_cache_name(vkey, strlen(vkey), vhex);
+    if (fm_edge_origin_render(r, vkey, vhex, v, src_fd, src, on_rendered) != 0)
+        fm_reply_unavailable(r, "the edge's render queue");
+}
+
+/* The original is now cached (filled for this variant): render from it. */
+static void on_original_filled(fm_req_t *r, fm_edge_fill_result_t *res)
+{
+    fm_edge_variant_t v;
+    if (reply_fill_error(r, res))
+        return;
+    if (request_variant(r, &v) != 0) {
+        close(res->fd);
+        fm_reply_error(r, 400, "invalid_variant", "bad variant parameters");
+        return;
+    }
+    start_render(r, res->meta.key, strlen(res->meta.key), &v, res->fd, &res->meta);
+}
+
+/* act for a variant: its cached rendering; else the original from the cache or the origin, then a render. */
+static void serve_variant(fm_req_t *r, const char *key, size_t key_len, const fm_edge_variant_t *v)
+{
+    char vkey[FM_EDGE_CACHE_KEY_MAX + 1], hex[FM_EDGE_HEX_LEN + 1];
+    fm_edge_variant_cache_key(key, key_len, v, vkey, sizeof(vkey));
+    fm_edge_cache_name(vkey, strlen(vkey), hex);
+    fm_edge_meta_t meta;
+    int fd = fm_edge_cache_open_hit(hex, &meta);
+    if (fd != -1) {
+        fm_metrics_counter_add("fm_edge_variant_hits_total", NULL, 1);
+        serve_variant_file(r, fd, &meta, v, "variant_hit");
+        return;
+    }
+    fm_edge_cache_name(key, key_len, hex);
+    if ((fd = fm_edge_cache_open_hit(hex, &meta)) != -1) {
+        start_render(r, key, key_len, v, fd, &meta);
+        return;
+    }
+    if (fm_edge_origin_fill(r, key, hex, on_original_filled) != 0)
+        fm_reply_unavailable(r, "the edge's origin queue");
+}
+
 /* ---- the handler ---- */
 
 void fm_edge_handle_file(fm_req_t *r)
@@ -546,6 +644,15 @@ void fm_edge_handle_file(fm_req_t *r)
     const char *bad = decode_key(path.base + 3, path_len - 3, key, &key_len);
     if (bad != NULL) {
         fm_reply_error(r, 400, "invalid_path", "%s", bad);
+        return;
+    }
+    fm_edge_variant_t variant;
+    char variant_reason[160];
+    int is_variant = fm_edge_variant_parse(request_query(r), fm_req_header(r, "accept"), &variant, variant_reason,
+                                           sizeof(variant_reason));
+    if (is_variant < 0) {
+        fm_metrics_counter_add("fm_edge_variant_refused_total", NULL, 1);
+        fm_reply_error(r, 400, "invalid_variant", "%s", variant_reason);
         return;
     }
 
@@ -582,6 +689,10 @@ void fm_edge_handle_file(fm_req_t *r)
         return;
     }
 
+    if (is_variant) {
+        serve_variant(r, key, key_len, &variant);
+        return;
+    }
     /* act: a hit is served at once; a miss waits on the (coalesced) origin fill */
     char hex[FM_EDGE_HEX_LEN + 1];
     fm_edge_cache_name(key, key_len, hex);
@@ -589,7 +700,7 @@ void fm_edge_handle_file(fm_req_t *r)
     int fd = fm_edge_cache_open_hit(hex, &meta);
     if (fd != -1) {
         fm_metrics_counter_add("fm_edge_hits_total", NULL, 1);
-        serve_file(r, fd, &meta);
+        serve_file(r, fd, &meta, "hit");
         return;
     }
     if (fm_edge_origin_fill(r, key, hex, on_filled) != 0)

@@ -1,7 +1,9 @@
 #!/usr/bin/python3
 """Benchmark of fm-edge cache hits (DESIGN.md §8): a 4 KiB object behind a signed URL (botocore CloudFrontSigner,
 RSA-2048, canned policy: every request verifies an RSA signature) against nginx serving the same file from disk in
-the same run (wrk, HTTP/1.1 keep-alive, 64 connections), then MB/s for a 1 MiB object, and the cold-miss latency.
+the same run (wrk, HTTP/1.1 keep-alive, 64 connections), then MB/s for a 1 MiB object, the cold-miss latency, and
+the time to render an on-the-fly variant of a 12 MP JPEG on a cache miss (p50 of --variants renders, each with
+other parameters, from the cached original) and the variant hit rate when the same URLs are asked again.
 
     FM_BUILD_DIR=build /usr/bin/python3 tests/bench/bench_edge.py [--duration 10] [--threads 2]
 
@@ -63,10 +65,55 @@ def wrk(url, duration, connections, threads=2):
     return rps, float(p99.group(1)) * scale, mbps
 
 
+def edge_metric(port, name):
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    m = re.search(rf"^{name}(?:{{}})? (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def photo_jpeg():
+    """A 4000×3000 photo-like JPEG: a gradient with mild noise, about the size a phone camera writes."""
+    import io
+    from PIL import Image
+    base = Image.linear_gradient("L").resize((4000, 3000))
+    noise = Image.effect_noise((4000, 3000), 24)
+    rgb = Image.merge("RGB", (base, Image.blend(base, noise, 0.5), noise))
+    out = io.BytesIO()
+    rgb.save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def bench_variants(s3, bucket, signer, edge_port, expires, count):
+    """Renders `count` + 1 variants of one 12 MP JPEG (distinct widths: each a miss), then asks for them again."""
+    key = f"incoming/{uuid.uuid4()}"
+    body = photo_jpeg()
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="image/jpeg")
+    urls = [signer.generate_presigned_url(f"http://127.0.0.1:{edge_port}/f/{key}?w={256 + 8 * i}&format=webp",
+                                          date_less_than=expires) for i in range(count + 1)]
+    times = []
+    for url in urls:
+        t = time.monotonic()
+        r = requests.get(url, timeout=120)
+        times.append((time.monotonic() - t) * 1000)
+        assert r.status_code == 200 and r.headers["Content-Type"] == "image/webp", r.text[:300]
+    hits_before = edge_metric(edge_port, "fm_edge_variant_hits_total")
+    renders_before = edge_metric(edge_port, "fm_edge_variant_renders_total")
+    hit_times = []
+    for url in urls[1:]:
+        t = time.monotonic()
+        r = requests.get(url, timeout=120)
+        hit_times.append((time.monotonic() - t) * 1000)
+        assert r.status_code == 200
+    hits = edge_metric(edge_port, "fm_edge_variant_hits_total") - hits_before
+    renders = edge_metric(edge_port, "fm_edge_variant_renders_total") - renders_before
+    return key, len(body), times[0], times[1:], hit_times, hits / max(1, hits + renders)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--variants", type=int, default=15, help="variant cache misses measured")
     args = ap.parse_args()
 
     from botocore.signers import CloudFrontSigner
@@ -165,6 +212,21 @@ http {{
         print(f"| 1 MiB, 16 connections: p99 | {e1_p99:.2f} ms | {n1_p99:.2f} ms | |")
         print(f"\nCold miss (origin fill from the local RGW, then served): 4 KiB {cold['4KiB']:.1f} ms, "
               f"1 MiB {cold['1MiB']:.1f} ms.")
+
+        log("variants …")
+        photo_key, photo_size, first_ms, render_ms, hit_ms, hit_rate = bench_variants(
+            s3, bucket, signer, edge_port, expires, args.variants)
+        render_ms.sort()
+        hit_ms.sort()
+        print(f"\nVariants of a 12 MP JPEG (4000×3000, {photo_size / 1e6:.1f} MB), `?w=…&format=webp`, one request at "
+              f"a time:\n")
+        print("| what | time |")
+        print("|---|---|")
+        print(f"| first variant: origin fetch + render | {first_ms:.0f} ms |")
+        print(f"| render on a variant miss (original cached), p50 of {len(render_ms)} | {render_ms[len(render_ms) // 2]:.0f}"
+              f" ms (min {render_ms[0]:.0f}, max {render_ms[-1]:.0f}) |")
+        print(f"| same URLs again: variant hit, p50 | {hit_ms[len(hit_ms) // 2]:.1f} ms |")
+        print(f"| variant hit rate on the second pass | {hit_rate:.0%} |")
     finally:
         for p in procs:
             if p.poll() is None:
