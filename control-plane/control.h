@@ -160,6 +160,7 @@ void handle_events_s3(fm_req_t *r);
 void handle_file_get(fm_req_t *r);
 void handle_job_get(fm_req_t *r);
 void handle_file_download(fm_req_t *r);
+void handle_file_update(fm_req_t *r);
 void handle_admin_jobs(fm_req_t *r);
 void handle_admin_job_retry(fm_req_t *r);
 void handle_web(fm_req_t *r);

@@ -1,6 +1,7 @@
 /*
  * GET /v1/files/{id}/download[?variant=thumb|preview&format=webp|jpeg][&disposition=attachment][&redirect=1]:
- * a CloudFront-signed fm-edge URL for a READY file or one of its image variants (docs/downloads.md "Download URLs").
+ * a CloudFront-signed fm-edge URL for a READY file or one of its image variants, or the unsigned /p/ URL of a public
+ * file (docs/downloads.md "Download URLs").
  *
  * parse (the query) → authorize (bearer token, then the cached file row of files.c: owner only for now) → act (the
  * resource URL, signed with the first FM_CF_KEYS key pair) → answer ({url, expires_at}, or 302 with redirect=1).
@@ -24,10 +25,6 @@
 #include "uploads.h"
 
 #define SIGNED_CACHE_SLOTS 1024
-/* Public files: the edge has no unsigned route (yet), so their URLs are signed for up to 7 days, with the expiry
- * on a UTC midnight so that everyone gets the same URL all day (browser and edge caches see one URL). */
-#define PUBLIC_TTL_S (7 * 86400LL)
-#define PUBLIC_STEP_S 86400LL
 /* Longest file name put into a URL, in bytes: what fm-edge accepts for Content-Disposition. */
 #define DOWNLOAD_NAME_MAX 255
 
@@ -334,42 +331,47 @@ static void on_file_row(fm_req_t *r, cJSON *row, void *arg)
         return;
     }
 
-    /* The resource: {FM_EDGE_PUBLIC_BASE}/f/{key}?name=…&disposition=…, both parameters inside the signature. */
+    /* The resource: {FM_EDGE_PUBLIC_BASE}/f/{key}?name=…&disposition=…, both parameters inside the signature; a
+     * public file's is {FM_EDGE_PUBLIC_BASE}/p/{key}?… unsigned (fm-edge serves it while the key is in fm:public,
+     * which file_update.c keeps). */
+    int is_public = cJSON_IsString(visibility) && strcmp(visibility->valuestring, "public") == 0;
     char filename[320];
     download_name(name->valuestring, q, filename, sizeof(filename));
     size_t cap = strlen(public_base) + 3 * strlen(key->valuestring) + 3 * strlen(filename) + 64;
     char *resource = malloc(cap), *p = resource;
     if (resource == NULL)
         h2o_fatal("out of memory");
-    p += sprintf(p, "%s/f/", public_base);
+    p += sprintf(p, "%s/%s/", public_base, is_public ? "p" : "f");
     p = percent_encode(p, key->valuestring, 1);
     p += sprintf(p, "?name=");
     p = percent_encode(p, filename, 0);
     sprintf(p, "&disposition=%s", q->attachment ? "attachment" : "inline");
-
-    long long now = (long long)time(NULL), expires;
-    if (cJSON_IsString(visibility) && strcmp(visibility->valuestring, "public") == 0) {
-        expires = (now + PUBLIC_TTL_S) / PUBLIC_STEP_S * PUBLIC_STEP_S;
-    } else {
-        long long ttl = fm_control->config.download_url_ttl_s, step = ttl / 10 > 0 ? ttl / 10 : 1;
-        expires = (now + ttl) / step * step;
-    }
     cJSON_Delete(row);
-    const char *url = sign_cached(r, resource, expires);
-    free(resource);
-    if (url == NULL) {
-        fm_reply_error(r, 500, "internal", "the download URL could not be signed");
-        return;
+
+    const char *url = resource;
+    char expires_at[32] = "";
+    if (!is_public) {
+        long long now = (long long)time(NULL), ttl = fm_control->config.download_url_ttl_s;
+        long long step = ttl / 10 > 0 ? ttl / 10 : 1, expires = (now + ttl) / step * step;
+        url = sign_cached(r, resource, expires);
+        if (url == NULL) {
+            free(resource);
+            fm_reply_error(r, 500, "internal", "the download URL could not be signed");
+            return;
+        }
+        iso8601(expires, expires_at);
     }
 
-    char expires_at[32];
-    iso8601(expires, expires_at);
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "url", url);
-    cJSON_AddStringToObject(body, "expires_at", expires_at);
+    if (is_public) /* an unsigned URL does not expire: it works while the file stays public */
+        cJSON_AddNullToObject(body, "expires_at");
+    else
+        cJSON_AddStringToObject(body, "expires_at", expires_at);
     fm_req_add_header(r, "cache-control", "private, no-store"); /* the URL is a bearer credential */
     if (q->redirect)
         fm_req_add_header(r, "location", url);
+    free(resource);
     fm_reply_json(r, q->redirect ? 302 : 200, body);
 }
 

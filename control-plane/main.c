@@ -31,6 +31,7 @@ static const fm_route_t routes[] = {
     {"DELETE", "/v1/uploads/{id}", handle_upload_abort},
     {"POST", "/v1/events/s3", handle_events_s3},
     {"GET", "/v1/files/{id}", handle_file_get},
+    {"PATCH", "/v1/files/{id}", handle_file_update},
     {"GET", "/v1/files/{id}/download", handle_file_download},
     {"GET", "/v1/jobs/{id}", handle_job_get},
     {"GET", "/v1/admin/jobs", handle_admin_jobs},

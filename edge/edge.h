@@ -1,7 +1,7 @@
 /*
  * fm-edge internals: the disk cache (cache.c), the origin fills and variant renders with request coalescing
- * (origin.c), on-the-fly image variants (variant.c), the /f/ route (serve.c), purge (purge.c) and access events
- * (events.c). docs/downloads.md "fm-edge" is the user's view of all of it.
+ * (origin.c), on-the-fly image variants (variant.c), the /f/ route (serve.c), the unsigned /p/ route (public.c),
+ * purge (purge.c) and access events (events.c). docs/downloads.md "fm-edge" is the user's view of all of it.
  */
 #ifndef FM_EDGE_H
 #define FM_EDGE_H
@@ -12,6 +12,7 @@
 #include "cfsign.h"
 #include "config.h"
 #include "http.h"
+#include "redis.h"
 #include "s3.h"
 
 /** Longest object key served (bytes, decoded); S3 allows 1024. */
@@ -169,8 +170,12 @@ void fm_edge_origin_purge(const char *key, size_t key_len, int is_prefix);
 
 /* ---- events.c ---- */
 
-/** Per-thread Redis connection and event buffer (thread_init; nothing when FM_EDGE_EVENTS=0). 0 or -1. */
+/** Per-thread Redis connection (always: /p/ needs it) and event buffer (thread_init; no events when
+ * FM_EDGE_EVENTS=0). 0 or -1. */
 int fm_edge_events_thread_init(fm_thread_t *thread);
+
+/** The calling loop thread's Redis connection (owned by events.c, closed by fm_edge_events_thread_dispose). */
+fm_redis_t *fm_edge_redis(void);
 
 /** Sends what the thread has buffered, waits (bounded) for Redis to take it, and closes the connection. */
 void fm_edge_events_thread_dispose(fm_thread_t *thread);
@@ -185,10 +190,30 @@ void fm_edge_events_tick(void);
  */
 void fm_edge_event(const char *cache_key, const char *outcome, int status, uint64_t bytes, const char *ip);
 
-/* ---- serve.c / purge.c ---- */
+/* ---- serve.c / public.c / purge.c ---- */
 
 /** GET/HEAD /f/{key}: signed download. */
 void fm_edge_handle_file(fm_req_t *r);
+
+/** GET/HEAD /p/{key}: unsigned download of a key listed in the Redis set fm:public (public.c). */
+void fm_edge_handle_public(fm_req_t *r);
+
+/** What the shared part of serve.c parsed from a /f/ or /p/ request. */
+typedef struct fm_edge_target {
+    char key[FM_EDGE_KEY_MAX + 1]; /* percent-decoded, validated */
+    size_t key_len;
+    int is_variant; /* variant holds w/h/fit/format/q */
+    fm_edge_variant_t variant;
+} fm_edge_target_t;
+
+/**
+ * parse for /f/ and /p/: the raw path after the 3-byte prefix (no `.`/`..`, encoded separators, control bytes,
+ * over-long keys or URLs) and the variant parameters. Returns 0 with *t filled, or -1 after answering 400.
+ */
+int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t);
+
+/** act and answer for an authorized request: a cache hit, or a coalesced origin fill (and render for a variant). */
+void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t);
 
 /** Frees the calling loop thread's verified-URL cache (thread_dispose). */
 void fm_edge_serve_thread_dispose(void);

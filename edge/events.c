@@ -5,6 +5,9 @@
  * 100, one XADD … MAXLEN ~ 1000000 each over the thread's own Redis connection (common/redis.h, pipelined by
  * hiredis). Best effort: when Redis is down or slow the events are dropped and counted
  * (fm_edge_events_dropped_total); a download never waits for Redis.
+ *
+ * The thread's connection is also the one /p/ asks whether a key is public (public.c, fm_edge_redis): it is made
+ * even with FM_EDGE_EVENTS=0, which only turns the events off.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +35,7 @@ typedef struct {
 typedef struct {
     fm_redis_t *redis;
     h2o_evloop_t *loop;
+    int enabled; /* FM_EDGE_EVENTS */
     size_t count;
     size_t pending; /* XADDs sent, not yet answered */
     event_t items[EVENTS_BATCH];
@@ -42,8 +46,6 @@ static __thread events_t *events;
 int fm_edge_events_thread_init(fm_thread_t *thread)
 {
     const fm_config_t *cfg = fm_edge.cfg;
-    if (!cfg->edge_events)
-        return 0;
     char host[256], password[256];
     int port, db;
     if (fm_redis_url_parse(cfg->redis_url, host, sizeof(host), &port, password, sizeof(password), &db) != 0) {
@@ -54,12 +56,13 @@ int fm_edge_events_thread_init(fm_thread_t *thread)
     if (ev == NULL)
         return -1;
     ev->loop = thread->loop;
+    ev->enabled = (int)cfg->edge_events;
     ev->redis = fm_redis_create(thread->loop, host, port, password[0] ? password : NULL, db, 1,
                                 (uint64_t)cfg->redis_timeout_ms);
     memset(password, 0, sizeof(password));
     if (ev->redis == NULL) {
         free(ev);
-        fm_error("edge events: cannot create the Redis connection");
+        fm_error("edge: cannot create the Redis connection");
         return -1;
     }
     /* A moment to connect, so the first downloads' events are not dropped; the edge serves without Redis too. */
@@ -67,6 +70,11 @@ int fm_edge_events_thread_init(fm_thread_t *thread)
         h2o_evloop_run(thread->loop, 10);
     events = ev;
     return 0;
+}
+
+fm_redis_t *fm_edge_redis(void)
+{
+    return events != NULL ? events->redis : NULL;
 }
 
 static void on_xadd(redisReply *reply, const char *errstr, void *data)
@@ -104,7 +112,7 @@ static void flush(events_t *ev)
 void fm_edge_event(const char *cache_key, const char *outcome, int status, uint64_t bytes, const char *ip)
 {
     events_t *ev = events;
-    if (ev == NULL)
+    if (ev == NULL || !ev->enabled)
         return;
     event_t *e = &ev->items[ev->count++];
     const char *sep = strchr(cache_key, FM_EDGE_VARIANT_SEP);

@@ -1,6 +1,7 @@
 /*
  * fm-edge: the delivery tier (DESIGN.md §1, docs/downloads.md "fm-edge"). Serves CloudFront-style signed URLs
- * GET /f/{object key}?… from a disk cache filled from the S3 origin with request coalescing, renders image variants
+ * GET /f/{object key}?… (and public keys unsigned, GET /p/{object key}) from a disk cache filled from the S3 origin
+ * with request coalescing, renders image variants
  * (?w=&h=&fit=&format=&q=) with libvips; POST /_edge/purge; access events into a Redis Stream; /healthz and
  * /metrics. One h2o loop per thread (common/server.c); origin fetches and renders run on the offload pool.
  */
@@ -24,16 +25,26 @@ static const fm_route_t routes[] = {
     {"HEAD", "/f/{k1}/{k2}/{k3}", fm_edge_handle_file},
     {"GET", "/f/{k1}/{k2}/{k3}/{k4}", fm_edge_handle_file},
     {"HEAD", "/f/{k1}/{k2}/{k3}/{k4}", fm_edge_handle_file},
+    {"GET", "/p/{k1}", fm_edge_handle_public},
+    {"HEAD", "/p/{k1}", fm_edge_handle_public},
+    {"GET", "/p/{k1}/{k2}", fm_edge_handle_public},
+    {"HEAD", "/p/{k1}/{k2}", fm_edge_handle_public},
+    {"GET", "/p/{k1}/{k2}/{k3}", fm_edge_handle_public},
+    {"HEAD", "/p/{k1}/{k2}/{k3}", fm_edge_handle_public},
+    {"GET", "/p/{k1}/{k2}/{k3}/{k4}", fm_edge_handle_public},
+    {"HEAD", "/p/{k1}/{k2}/{k3}/{k4}", fm_edge_handle_public},
     {"POST", "/_edge/purge", fm_edge_handle_purge},
 };
 
 /* GET/HEAD paths no route matched: "/f//x" (an empty segment never matches a capture) and keys deeper than four
- * segments still reach the /f/ handler, which answers 400 or serves them; anything else is a 404. */
+ * segments still reach the /f/ (or /p/) handler, which answers 400 or serves them; anything else is a 404. */
 static void fallback(fm_req_t *r)
 {
     h2o_iovec_t path = r->req->path;
     if (path.len >= 3 && memcmp(path.base, "/f/", 3) == 0)
         fm_edge_handle_file(r);
+    else if (path.len >= 3 && memcmp(path.base, "/p/", 3) == 0)
+        fm_edge_handle_public(r);
     else
         fm_reply_error(r, 404, "not_found", "no such route");
 }
@@ -85,7 +96,8 @@ void fm_edge_metrics_init(void)
     fm_metrics_describe("fm_edge_origin_bytes_total", FM_METRIC_COUNTER, "Bytes fetched from the origin");
     fm_metrics_describe("fm_edge_origin_seconds", FM_METRIC_HISTOGRAM, "Duration of origin fetches");
     fm_metrics_describe("fm_edge_origin_errors_total", FM_METRIC_COUNTER, "Origin fetches that failed");
-    fm_metrics_describe("fm_edge_refused_total", FM_METRIC_COUNTER, "Requests refused by the signature check");
+    fm_metrics_describe("fm_edge_refused_total", FM_METRIC_COUNTER,
+                        "Requests refused by the signature check or, on /p/, as not public");
     fm_metrics_describe("fm_edge_evictions_total", FM_METRIC_COUNTER, "Objects evicted from the cache (LRU)");
     fm_metrics_describe("fm_edge_purged_total", FM_METRIC_COUNTER, "Objects removed by POST /_edge/purge");
     fm_metrics_describe("fm_edge_variant_hits_total", FM_METRIC_COUNTER, "Image variants served from the disk cache");

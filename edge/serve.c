@@ -1,5 +1,6 @@
 /*
- * GET/HEAD /f/{key}?{signed query}: a CloudFront-style signed download (docs/downloads.md "fm-edge").
+ * GET/HEAD /f/{key}?{signed query}: a CloudFront-style signed download (docs/downloads.md "fm-edge"). The parse, act
+ * and answer steps are shared with the unsigned /p/ route of public keys (public.c), which authorizes differently.
  *
  * parse (the raw path: refuse `..`, `.`, empty segments, encoded '/', '\', NUL and control bytes, > 1024-byte keys)
  * and the variant parameters w/h/fit/format/q (variant.c) → authorize (fm_cf_verify_url on FM_EDGE_PUBLIC_BASE + the
@@ -211,6 +212,12 @@ static void gen_stop(h2o_generator_t *self, h2o_req_t *req)
     gen_dispose(self);
 }
 
+/* An unsigned /p/ request (a public key) rather than a signed /f/ one. */
+static int is_public_request(fm_req_t *r)
+{
+    return r->req->path.len >= 3 && memcmp(r->req->path.base, "/p/", 3) == 0;
+}
+
 /* http.c's accounting for answers that do not go through fm_reply_raw (streamed files, 304). */
 static void account(fm_req_t *r, int status)
 {
@@ -218,14 +225,15 @@ static void account(fm_req_t *r, int status)
     r->status = status;
     double seconds = (double)(fm_now_ns() - r->started_ns) / 1e9;
     char labels[200];
-    const char *route = r->route != NULL ? r->route->pattern : "/f/{key}";
+    int is_public = is_public_request(r);
+    const char *route = r->route != NULL ? r->route->pattern : is_public ? "/p/{key}" : "/f/{key}";
     const char *method = r->req->method.len == 4 ? "HEAD" : "GET";
     snprintf(labels, sizeof(labels), "service=\"fm-edge\",route=\"%s\",method=\"%s\",status=\"%d\"", route, method,
              status);
     fm_metrics_counter_add("fm_http_requests_total", labels, 1);
     snprintf(labels, sizeof(labels), "service=\"fm-edge\",route=\"%s\"", route);
     fm_metrics_observe("fm_http_request_duration_seconds", labels, seconds);
-    fm_log_access(r->request_id, method, route, "/f/…", status, seconds * 1000, NULL);
+    fm_log_access(r->request_id, method, route, is_public ? "/p/…" : "/f/…", status, seconds * 1000, NULL);
 }
 
 /* h2o keeps the pointer until the headers are written: the value is copied into the request's pool. */
@@ -316,11 +324,18 @@ static int not_modified(fm_req_t *r, const fm_edge_meta_t *meta)
     return 0;
 }
 
-/* Cache-Control: private (a signed URL is one person's), max-age bounded by the URL's own expiry when canned. */
+/* Cache-Control: private (a signed URL is one person's), max-age bounded by the URL's own expiry when canned; a public
+ * key's answer may be kept by shared caches. */
 static void add_cache_control(fm_req_t *r)
 {
     long long max_age = fm_edge.cfg->edge_max_age_s;
     h2o_iovec_t path = r->req->path;
+    if (is_public_request(r)) {
+        char value[64];
+        snprintf(value, sizeof(value), "public, max-age=%lld", max_age);
+        add_header(r->req, H2O_TOKEN_CACHE_CONTROL, value);
+        return;
+    }
     const char *q = memchr(path.base, '?', path.len);
     if (q != NULL) {
         h2o_iovec_t expires = query_param(h2o_iovec_init(q + 1, path.len - (size_t)(q + 1 - path.base)), "Expires");
@@ -618,45 +633,72 @@ static void serve_variant(fm_req_t *r, const char *key, size_t key_len, const fm
         fm_reply_unavailable(r, "the edge's origin queue");
 }
 
-/* ---- the handler ---- */
+/* ---- the handlers ---- */
+
+int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t)
+{
+    h2o_req_t *req = r->req;
+    /* the raw path, not path_normalized, which has already resolved ".." and decoded escapes */
+    h2o_iovec_t path = req->path;
+    const char *q = memchr(path.base, '?', path.len);
+    size_t path_len = q ? (size_t)(q - path.base) : path.len;
+    if (path_len < 3 || path.base[0] != '/' || path.base[2] != '/') {
+        fm_reply_error(r, 400, "invalid_path", "the path must be /f/{object key} or /p/{object key}");
+        return -1;
+    }
+    if (path.len > FM_CF_MAX_URL - strlen(fm_edge.public_base)) {
+        fm_reply_error(r, 400, "invalid_path", "the URL is longer than %d bytes", FM_CF_MAX_URL);
+        return -1;
+    }
+    if (memchr(path.base, '\0', path.len) != NULL) {
+        fm_reply_error(r, 400, "invalid_path", "NUL in the URL");
+        return -1;
+    }
+    const char *bad = decode_key(path.base + 3, path_len - 3, t->key, &t->key_len);
+    if (bad != NULL) {
+        fm_reply_error(r, 400, "invalid_path", "%s", bad);
+        return -1;
+    }
+    char variant_reason[160];
+    t->is_variant = fm_edge_variant_parse(request_query(r), fm_req_header(r, "accept"), &t->variant, variant_reason,
+                                          sizeof(variant_reason));
+    if (t->is_variant < 0) {
+        fm_metrics_counter_add("fm_edge_variant_refused_total", NULL, 1);
+        fm_reply_error(r, 400, "invalid_variant", "%s", variant_reason);
+        return -1;
+    }
+    return 0;
+}
+
+void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t)
+{
+    if (t->is_variant) {
+        serve_variant(r, t->key, t->key_len, &t->variant);
+        return;
+    }
+    /* a hit is served at once; a miss waits on the (coalesced) origin fill */
+    char hex[FM_EDGE_HEX_LEN + 1];
+    fm_edge_cache_name(t->key, t->key_len, hex);
+    fm_edge_meta_t meta;
+    int fd = fm_edge_cache_open_hit(hex, &meta);
+    if (fd != -1) {
+        fm_metrics_counter_add("fm_edge_hits_total", NULL, 1);
+        serve_file(r, fd, &meta, "hit");
+        return;
+    }
+    if (fm_edge_origin_fill(r, t->key, hex, on_filled) != 0)
+        fm_reply_unavailable(r, "the edge's origin queue");
+}
 
 void fm_edge_handle_file(fm_req_t *r)
 {
     h2o_req_t *req = r->req;
-    /* parse: the raw path, not path_normalized, which has already resolved ".." and decoded escapes */
-    h2o_iovec_t path = req->path;
-    const char *q = memchr(path.base, '?', path.len);
-    size_t path_len = q ? (size_t)(q - path.base) : path.len;
-    if (path_len < 3 || memcmp(path.base, "/f/", 3) != 0) {
-        fm_reply_error(r, 400, "invalid_path", "the path must be /f/{object key} as signed");
+    fm_edge_target_t target;
+    if (fm_edge_parse_target(r, &target) != 0)
         return;
-    }
-    if (path.len > FM_CF_MAX_URL - strlen(fm_edge.public_base)) {
-        fm_reply_error(r, 400, "invalid_path", "the URL is longer than %d bytes", FM_CF_MAX_URL);
-        return;
-    }
-    if (memchr(path.base, '\0', path.len) != NULL) {
-        fm_reply_error(r, 400, "invalid_path", "NUL in the URL");
-        return;
-    }
-    char key[FM_EDGE_KEY_MAX + 1];
-    size_t key_len = 0;
-    const char *bad = decode_key(path.base + 3, path_len - 3, key, &key_len);
-    if (bad != NULL) {
-        fm_reply_error(r, 400, "invalid_path", "%s", bad);
-        return;
-    }
-    fm_edge_variant_t variant;
-    char variant_reason[160];
-    int is_variant = fm_edge_variant_parse(request_query(r), fm_req_header(r, "accept"), &variant, variant_reason,
-                                           sizeof(variant_reason));
-    if (is_variant < 0) {
-        fm_metrics_counter_add("fm_edge_variant_refused_total", NULL, 1);
-        fm_reply_error(r, 400, "invalid_variant", "%s", variant_reason);
-        return;
-    }
 
     /* authorize: the URL as the client sent it, behind the public base */
+    h2o_iovec_t path = req->path;
     size_t base_len = strlen(fm_edge.public_base);
     char *url = h2o_mem_alloc_pool(&req->pool, base_len + path.len + 1);
     memcpy(url, fm_edge.public_base, base_len);
@@ -665,8 +707,7 @@ void fm_edge_handle_file(fm_req_t *r)
     char peer[64], reason[256];
     fm_req_peer(r, peer, sizeof(peer));
     long long now = (long long)time(NULL);
-    h2o_iovec_t query = q ? h2o_iovec_init(q + 1, path.len - (size_t)(q + 1 - path.base)) : h2o_iovec_init("", 0);
-    long long expires = canned_expires(query);
+    long long expires = canned_expires(request_query(r));
     unsigned char digest[32];
     verified_t *slot = expires > now ? verified_slot(url, base_len + path.len, digest) : NULL;
     fm_cf_status_t verdict = FM_CF_OK;
@@ -688,21 +729,5 @@ void fm_edge_handle_file(fm_req_t *r)
             fm_reply_error(r, 403, fm_cf_status_code(verdict), "%s", reason);
         return;
     }
-
-    if (is_variant) {
-        serve_variant(r, key, key_len, &variant);
-        return;
-    }
-    /* act: a hit is served at once; a miss waits on the (coalesced) origin fill */
-    char hex[FM_EDGE_HEX_LEN + 1];
-    fm_edge_cache_name(key, key_len, hex);
-    fm_edge_meta_t meta;
-    int fd = fm_edge_cache_open_hit(hex, &meta);
-    if (fd != -1) {
-        fm_metrics_counter_add("fm_edge_hits_total", NULL, 1);
-        serve_file(r, fd, &meta, "hit");
-        return;
-    }
-    if (fm_edge_origin_fill(r, key, hex, on_filled) != 0)
-        fm_reply_unavailable(r, "the edge's origin queue");
+    fm_edge_serve_target(r, &target);
 }

@@ -134,6 +134,13 @@ class ControlFactory:
             wait_ready_200(svc)
         return svc
 
+    def stop(self, svc):
+        """Stops an instance before the session ends (SIGTERM, exit status and sanitizer log checked). Every
+        instance shares the session's PostgreSQL database, and one on a Redis database of its own runs its own
+        reconciler: left running, it would take the next suites' pending uploads onto its own job stream."""
+        self.started.remove(svc)
+        svc.check_clean_exit()
+
     def stop_all(self):
         failures = []
         for svc in self.started:

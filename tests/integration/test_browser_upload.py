@@ -35,7 +35,7 @@ def allow_origin(stack, origin):
     stack.prepare_s3(web_origin=",".join(origins))
 
 
-def test_browser_upload(controls, stack, log_dir):
+def test_browser_upload(controls, stack, log_dir, request):
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: run infra/setup (Debian packages chromium, chromium-driver)"
     node = shutil.which("node")
     assert node, "node is missing: run infra/setup"
@@ -46,6 +46,7 @@ def test_browser_upload(controls, stack, log_dir):
     origin = f"http://127.0.0.1:{port}"
     allow_origin(stack, origin)
     control = controls.start(FM_HTTP_PORT=port, FM_WEB_DIR=str(REPO / "web"))
+    request.addfinalizer(lambda: controls.stop(control))
 
     artifacts = Path(log_dir) / f"browser-{BUILD_DIR.name}"
     artifacts.mkdir(parents=True, exist_ok=True)

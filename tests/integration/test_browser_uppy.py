@@ -24,7 +24,7 @@ CHROMIUM = os.environ.get("FM_CHROMIUM", "/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(os.environ.get("FM_BROWSER_TESTS") == "0", reason="FM_BROWSER_TESTS=0")
 
 
-def test_browser_uppy(controls, stack, log_dir):
+def test_browser_uppy(controls, stack, log_dir, request):
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: run infra/setup (Debian packages chromium, chromium-driver)"
     node = shutil.which("node")
     assert node, "node is missing: run infra/setup"
@@ -36,6 +36,7 @@ def test_browser_uppy(controls, stack, log_dir):
     origin = f"http://127.0.0.1:{port}"
     allow_origin(stack, origin)
     control = controls.start(FM_HTTP_PORT=port, FM_WEB_DIR=str(REPO / "web"), FM_RECONCILE_INTERVAL_S="1")
+    request.addfinalizer(lambda: controls.stop(control))
 
     artifacts = Path(log_dir) / f"browser-uppy-{BUILD_DIR.name}"
     artifacts.mkdir(parents=True, exist_ok=True)

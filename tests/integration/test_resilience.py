@@ -25,7 +25,9 @@ FAST = 3.0    # seconds: an outage must be reported at least this quickly
 @pytest.fixture(scope="module")
 def node(controls, stack, control):
     register(control.url, unique_email("seed"))  # so that the accounts made here are members
-    return controls.start(FM_REDIS_URL=redis_url(stack, CACHE_DB))
+    svc = controls.start(FM_REDIS_URL=redis_url(stack, CACHE_DB))
+    yield svc
+    controls.stop(svc)
 
 
 @pytest.fixture

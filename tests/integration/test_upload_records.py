@@ -39,6 +39,7 @@ def slow(controls, stack, fm):
         yield f
     finally:
         f.close()
+        controls.stop(svc)
 
 
 def rows(fm, file_id):
@@ -143,6 +144,7 @@ def test_write_through_when_flush_is_off(controls, stack):
         assert redis_cmd(stack, SYNC_DB, "ZCARD", "fm:rec:pending") == 0
     finally:
         f.close()
+        controls.stop(svc)
 
 
 def test_records_survive_a_postgresql_restart(stack, fm):

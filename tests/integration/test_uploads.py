@@ -232,8 +232,7 @@ def test_expired_upload_url_is_refused(controls, stack, fm):
         assert_error(short.complete(user, a["upload_id"]), 409, "object_missing")
         assert short.abort(user, a["upload_id"]).status_code == 204
     finally:
-        controls.started.remove(svc)
-        svc.check_clean_exit()
+        controls.stop(svc)
 
 
 # --- multipart ------------------------------------------------------------------------------------------------------

@@ -21,7 +21,8 @@ def uppy(controls, stack):
     email, password = unique_email("uppy"), "correct horse battery"
     assert requests.post(node.url + "/v1/auth/register", json={"email": email, "password": password}).status_code == 201
     token = requests.post(node.url + "/v1/auth/login", json={"email": email, "password": password}).json()["access_token"]
-    return node.url, {"authorization": "Bearer " + token}, stack
+    yield node.url, {"authorization": "Bearer " + token}, stack
+    controls.stop(node)
 
 
 def q(value):

@@ -62,8 +62,7 @@ def fm(controls, stack):
             yield f
     finally:
         f.close()
-        controls.started.remove(svc)
-        svc.check_clean_exit()
+        controls.stop(svc)
 
 
 class Pool:

@@ -63,8 +63,7 @@ def fm(controls, stack):
             yield f
     finally:
         f.close()
-        controls.started.remove(svc)
-        svc.check_clean_exit()
+        controls.stop(svc)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,250 @@
+/*
+ * PATCH /v1/files/{id}: changes a file's settings. Today only {"visibility": "public"|"private"}; every other field
+ * is refused with 422 invalid_field until it has a meaning here (docs/downloads.md "Public files").
+ *
+ * authorize (bearer token; the owner test is inside the SQL statement, so someone else's file is the same 404 as a
+ * missing one, as in files.c) → parse (the JSON body into update_t; after the token, so anonymous callers learn
+ * nothing) → act (one statement updates the row and tells what fm-edge must learn; then SADD/SREM the blob's keys in
+ * fm:public and DEL fm:file:{id}) → answer (the file row, read again through files.c like GET /v1/files/{id}, with
+ * its visibility).
+ *
+ * fm:public holds the object keys fm-edge may serve without a signature (/p/{key}): a blob's storage_key and its
+ * variant keys, while at least one non-deleted public file points at the blob. Two files share a blob after a
+ * dedupe, so making one private removes the keys only if no other public file is left; the statement computes
+ * that in the same snapshot as the update.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "control.h"
+#include "log.h"
+
+#define UPDATE_BODY_MAX 4096
+/* A blob's keys: its storage_key and at most a few variants (thumb/preview × webp/jpeg today). */
+#define PUBLIC_KEYS_MAX 32
+
+typedef struct {
+    const char *visibility; /* static "public" | "private", NULL = unchanged */
+    char id[37];
+    int record_checked; /* the write-behind record (records.c) was brought in already */
+    const fm_principal_t *principal;
+} update_t;
+
+/*
+ * $1 file id, $2 owner, $3 visibility. `target` locks the row; `changed` updates it unless it would make a file that
+ * is not READY public; the answer tells which happened and, from the blob, the keys and whether any public file is
+ * left. The main SELECT sees the snapshot from before `changed`, so the file itself counts by its new visibility.
+ */
+static const char update_sql[] =
+    "WITH target AS ("
+    "  SELECT id, status, blob_sha256 FROM files"
+    "  WHERE id = $1::uuid AND owner_id = $2::uuid AND deleted_at IS NULL FOR UPDATE),"
+    " changed AS ("
+    "  UPDATE files f SET visibility = $3, updated_at = now(), version = f.version + 1 FROM target t"
+    "  WHERE f.id = t.id AND ($3 = 'private' OR t.status = 'READY') RETURNING f.id)"
+    "SELECT t.status, EXISTS (SELECT 1 FROM changed),"
+    " b.storage_key,"
+    " (EXISTS (SELECT 1 FROM changed) AND $3 = 'public') OR EXISTS (SELECT 1 FROM files o"
+    "   WHERE o.blob_sha256 = t.blob_sha256 AND o.id <> t.id AND o.visibility = 'public' AND o.deleted_at IS NULL),"
+    " coalesce((SELECT json_agg(v.value->>'key') FROM jsonb_each(b.variants) k, jsonb_each(k.value) v"
+    "   WHERE jsonb_typeof(v.value) = 'object' AND v.value ? 'key'), '[]')::text "
+    "FROM target t LEFT JOIN blobs b ON b.sha256 = t.blob_sha256";
+
+/* ---- parse ---- */
+
+/* Fills u from the body; answers (400/413/415/422) and returns -1 otherwise. */
+static int parse_update(fm_req_t *r, update_t *u)
+{
+    cJSON *body = fm_req_json_body(r, UPDATE_BODY_MAX);
+    if (body == NULL)
+        return -1;
+    int rc = 0;
+    for (cJSON *item = body->child; item != NULL && rc == 0; item = item->next) {
+        if (strcmp(item->string, "visibility") != 0) {
+            fm_reply_error(r, 422, "invalid_field", "%.64s cannot be changed (only visibility)", item->string);
+            rc = -1;
+        } else if (cJSON_IsString(item) && strcmp(item->valuestring, "public") == 0) {
+            u->visibility = "public";
+        } else if (cJSON_IsString(item) && strcmp(item->valuestring, "private") == 0) {
+            u->visibility = "private";
+        } else {
+            fm_reply_error(r, 422, "invalid_field", "visibility must be \"public\" or \"private\"");
+            rc = -1;
+        }
+    }
+    if (rc == 0 && u->visibility == NULL) {
+        fm_reply_error(r, 422, "invalid_field", "nothing to change: give visibility");
+        rc = -1;
+    }
+    cJSON_Delete(body);
+    return rc;
+}
+
+/* ---- answer ---- */
+
+/* GET /v1/files/{id}'s answer, plus the visibility just set (GET keeps it among its internal fields). */
+static void answer_row(fm_req_t *r, cJSON *row, void *arg)
+{
+    static const char *const internal_fields[] = {"owner_id", "storage_key", "variants"};
+    (void)arg;
+    for (size_t i = 0; i < sizeof(internal_fields) / sizeof(internal_fields[0]); ++i)
+        cJSON_DeleteItemFromObjectCaseSensitive(row, internal_fields[i]);
+    fm_reply_json(r, 200, row);
+}
+
+/* The row as GET /v1/files/{id} answers it, read again (and cached again) through files.c. fm_file_row keeps its own
+ * handler state, so ours is released first; the principal lives in r->auth and the id in the route's capture. */
+static void answer(fm_req_t *r)
+{
+    update_t *u = r->state;
+    const fm_principal_t *p = u->principal;
+    free(r->state);
+    r->state = NULL;
+    fm_file_row(r, p, r->params[0].base, r->params[0].len, answer_row, NULL);
+}
+
+/* ---- act ---- */
+
+static void on_row_forgotten(redisReply *reply, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    if (fm_redis_failed(r, reply, errstr))
+        return;
+    answer(r);
+}
+
+/* After the statement committed: the cached row of files.c is stale. */
+static void forget_row(fm_req_t *r)
+{
+    update_t *u = r->state;
+    char cache_key[64];
+    snprintf(cache_key, sizeof(cache_key), "fm:file:{%s}", u->id);
+    const char *argv[] = {"DEL", cache_key};
+    fm_redis_call(r, on_row_forgotten, 2, argv);
+}
+
+static void on_public_set(redisReply *reply, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    if (fm_redis_failed(r, reply, errstr)) /* PostgreSQL has it; a retried PATCH sets the keys again */
+        return;
+    forget_row(r);
+}
+
+static void on_updated(PGresult *res, const char *errstr, void *data);
+static void run_update(fm_req_t *r, void *arg);
+
+static void on_record_id(redisReply *reply, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    if (fm_redis_failed(r, reply, errstr))
+        return;
+    update_t *u = r->state;
+    if (reply->type != REDIS_REPLY_STRING || reply->len > 36) {
+        fm_reply_error(r, 404, "not_found", "no such file");
+        return;
+    }
+    u->record_checked = 1;
+    fm_records_ensure(r, reply->str, run_update, NULL);
+}
+
+/* The keys of the blob (storage_key and variant keys) from the statement's row. Returns how many, or -1. */
+static int blob_keys(PGresult *res, const char **keys, cJSON **variants)
+{
+    int count = 0;
+    if (!PQgetisnull(res, 0, 2))
+        keys[count++] = PQgetvalue(res, 0, 2);
+    *variants = cJSON_Parse(PQgetvalue(res, 0, 4));
+    if (!cJSON_IsArray(*variants))
+        return -1;
+    for (cJSON *v = (*variants)->child; v != NULL; v = v->next) {
+        if (!cJSON_IsString(v) || v->valuestring[0] == '\0' || count == PUBLIC_KEYS_MAX)
+            return -1;
+        keys[count++] = v->valuestring;
+    }
+    return count;
+}
+
+static void on_updated(PGresult *res, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    if (fm_pg_failed(r, res, errstr))
+        return;
+    update_t *u = r->state;
+    if (PQntuples(res) != 1 && !u->record_checked && fm_control->config.record_flush_ms > 0) {
+        /* A file created a moment ago may still be a record in Redis (records.c): bring it in, then try again. */
+        char key[64];
+        snprintf(key, sizeof(key), "fm:recf:{%s}", u->id);
+        const char *argv[] = {"GET", key};
+        fm_redis_call(r, on_record_id, 2, argv);
+        return;
+    }
+    if (PQntuples(res) != 1) {
+        fm_reply_error(r, 404, "not_found", "no such file");
+        return;
+    }
+    const char *status = PQgetvalue(res, 0, 0);
+    if (strcmp(PQgetvalue(res, 0, 1), "t") != 0) {
+        fm_reply_error(r, 409, "not_ready", "only a READY file can be made public (it is %s)", status);
+        return;
+    }
+
+    const char *argv[2 + PUBLIC_KEYS_MAX] = {NULL, "fm:public"};
+    cJSON *variants = NULL;
+    int count = blob_keys(res, argv + 2, &variants);
+    if (count < 0) {
+        cJSON_Delete(variants);
+        fm_log(FM_LOG_ERROR, r->request_id, "file %s: its blob's variants are not a list of keys", u->id);
+        fm_reply_error(r, 500, "internal_error", "the request could not be completed");
+        return;
+    }
+    if (count == 0) { /* no blob yet (a private file not verified): nothing for the edge */
+        cJSON_Delete(variants);
+        forget_row(r);
+        return;
+    }
+    argv[0] = strcmp(PQgetvalue(res, 0, 3), "t") == 0 ? "SADD" : "SREM";
+    fm_redis_call(r, on_public_set, 2 + count, argv);
+    cJSON_Delete(variants);
+}
+
+static void run_update(fm_req_t *r, void *arg)
+{
+    (void)arg;
+    update_t *u = r->state;
+    const char *params[] = {u->id, u->principal->user_id, u->visibility};
+    fm_pg_call(r, on_updated, update_sql, 3, params);
+}
+
+/* ---- authorize ---- */
+
+static void update_authorized(fm_req_t *r, const fm_principal_t *p)
+{
+    update_t *u = r->state;
+    u->principal = p;
+    h2o_iovec_t id = r->params[0];
+    if (!fm_uuid_valid(id.base, id.len)) {
+        fm_reply_error(r, 404, "not_found", "no such file");
+        return;
+    }
+    for (size_t i = 0; i < 36; ++i) /* the cache key is lowercase, as files.c writes it */
+        u->id[i] = (char)(id.base[i] >= 'A' && id.base[i] <= 'F' ? id.base[i] + 32 : id.base[i]);
+    if (parse_update(r, u) != 0)
+        return;
+    run_update(r, NULL);
+}
+
+void handle_file_update(fm_req_t *r)
+{
+    fm_req_state(r, sizeof(update_t));
+    fm_auth_require(r, update_authorized);
+}
