@@ -57,6 +57,7 @@ static const var_t vars[] = {
     INT("FM_UPLOAD_EXPIRY_S", FM_SVC_CONTROL, "86400", 60, 2592000, upload_expiry_s, "An upload not finished after this is abandoned (object deleted, multipart aborted)"),
     INT("FM_RECORD_FLUSH_MS", FM_SVC_CONTROL, "50", 0, 60000, record_flush_ms, "New upload/dedupe records go to Redis and reach PostgreSQL in batches this often; 0 = written to PostgreSQL before answering"),
     INT("FM_RECONCILE_INTERVAL_S", FM_SVC_CONTROL, "30", 1, 86400, reconcile_interval_s, "How often pending uploads are checked against the bucket"),
+    INT("FM_TRASH_RETENTION_S", FM_SVC_CONTROL, "2592000", 1, 315360000, trash_retention_s, "A deleted file stays restorable in the trash this long (30 days); then the reconciler deletes its row, and its blob once no file references it"),
     STR("FM_ALLOWED_CONTENT_TYPES", FM_SVC_CONTROL, FM_DEFAULT_CONTENT_TYPES, 1, allowed_content_types, "Content types accepted for uploads, comma-separated; * = any"),
     STR("FM_CF_KEYS", FM_SVC_CONTROL, "", 0, cf_keys, "CloudFront key pairs that sign download URLs: Key-Pair-Id=private.pem, comma-separated; the first signs (rotation: put the new one first once fm-edge trusts it); empty = GET /v1/files/{id}/download answers 503 downloads_disabled"),
     INT("FM_DOWNLOAD_URL_TTL_S", FM_SVC_CONTROL, "300", 1, 604800, download_url_ttl_s, "Lifetime of signed download URLs (at most 7 days)"),
@@ -67,6 +68,7 @@ static const var_t vars[] = {
     SECRET("FM_REDIS_URL", FM_SVC_ALL, NULL, 1, redis_url, "redis://[:password@]host:port[/db]"),
     INT("FM_REDIS_POOL_SIZE", FM_SVC_ALL, "2", 1, 64, redis_pool_size, "Redis connections per event-loop thread"),
     INT("FM_REDIS_TIMEOUT_MS", FM_SVC_ALL, "1000", 10, 600000, redis_timeout_ms, "Per-command timeout (503 after it)"),
+    INT("FM_REDIS_CACHE_MAX_AGE_MS", FM_SVC_CONTROL, "10000", 0, 3600000, redis_cache_max_age_ms, "Sessions and file rows read from Redis are kept per thread and dropped when Redis reports a change (CLIENT TRACKING); this bounds their age if reports stop unseen. 0 = no local copies"),
     STR("FM_S3_ENDPOINT", FM_SVC_ALL, NULL, 1, s3_endpoint, "S3 endpoint URL, path-style (e.g. http://127.0.0.1:17480)"),
     STR("FM_S3_REGION", FM_SVC_ALL, "us-east-1", 1, s3_region, "Region in the SigV4 scope"),
     STR("FM_S3_BUCKET", FM_SVC_ALL, "files-manager", 3, s3_bucket, "Bucket holding uploads, blobs and variants"),
@@ -96,7 +98,8 @@ static const var_t vars[] = {
     STR("FM_EDGE_CACHE_DIR", FM_SVC_EDGE, "/tmp/fm-edge-cache", 1, edge_cache_dir, "Folder of the edge's disk cache (created; survives restarts)"),
     INT("FM_EDGE_CACHE_MAX_BYTES", FM_SVC_EDGE, "10737418240", 1048576, 1125899906842624LL, edge_cache_max_bytes, "Size cap of the disk cache; least recently used objects are evicted above it"),
     STR("FM_EDGE_CF_PUBLIC_KEYS", FM_SVC_EDGE, "", 0, edge_cf_public_keys, "Key pairs accepted on signed URLs: Key-Pair-Id=path.pem, comma-separated (rotation: list old and new); empty = every /f/ request is refused"),
-    SECRET("FM_EDGE_PURGE_SECRET", FM_SVC_EDGE, "", 16, edge_purge_secret, "X-FM-Edge-Secret of POST /_edge/purge; empty = purge disabled"),
+    SECRET("FM_EDGE_PURGE_SECRET", FM_SVC_EDGE | FM_SVC_WORKER, "", 16, edge_purge_secret, "X-FM-Edge-Secret of POST /_edge/purge (fm-edge checks it, fm-worker sends it); empty = purge disabled"),
+    STR("FM_EDGE_PURGE_URLS", FM_SVC_WORKER, "", 0, edge_purge_urls, "Base URLs of every fm-edge, comma-separated (http://host:port): purge_edge jobs POST /_edge/purge to each; empty = no edges to purge (the jobs succeed doing nothing)"),
     INT("FM_EDGE_MAX_AGE_S", FM_SVC_EDGE, "3600", 0, 31536000, edge_max_age_s, "Cache-Control max-age of /f/ answers, capped by the URL's Expires"),
     INT("FM_EDGE_MAX_DIMENSION", FM_SVC_EDGE, "4096", 16, 16384, edge_max_dimension, "Largest w/h of an on-the-fly image variant (?w=&h=); larger is a 400"),
     INT("FM_EDGE_MAX_INPUT_PIXELS", FM_SVC_EDGE, "100000000", 1000000, 1000000000, edge_max_input_pixels, "Largest source image (width x height, read from the header) a variant is rendered from; larger is a 422"),
@@ -128,6 +131,50 @@ static int parse_int(const char *s, int64_t *out)
         return -1;
     *out = v;
     return 0;
+}
+
+size_t fm_config_list_next(const char *list, size_t *pos, const char **item)
+{
+    for (;;) {
+        size_t at = *pos;
+        while (list[at] == ' ' || list[at] == '\t')
+            ++at;
+        if (list[at] == '\0') {
+            *pos = at;
+            *item = list + at;
+            return 0;
+        }
+        size_t len = strcspn(list + at, ",");
+        *pos = at + len + (list[at + len] == ',' ? 1 : 0);
+        while (len > 0 && (list[at + len - 1] == ' ' || list[at + len - 1] == '\t'))
+            --len;
+        if (len > 0) {
+            *item = list + at;
+            return len;
+        }
+    }
+}
+
+/* Every item of a comma-separated list of base URLs is http(s)://host[:port][/path], printable ASCII without spaces,
+ * at most FM_CONFIG_URL_MAX bytes. 0, or -1 after one line per bad item. */
+static int check_url_list(const char *name, const char *list, FILE *err)
+{
+    int bad = 0;
+    size_t pos = 0, len;
+    const char *item;
+    while ((len = fm_config_list_next(list, &pos, &item)) > 0) {
+        size_t scheme = strncmp(item, "http://", 7) == 0 ? 7 : strncmp(item, "https://", 8) == 0 ? 8 : 0;
+        int printable = 1;
+        for (size_t i = 0; i < len; ++i)
+            if (item[i] <= ' ' || item[i] >= 0x7f)
+                printable = 0;
+        if (scheme == 0 || len == scheme || item[scheme] == '/' || len > FM_CONFIG_URL_MAX || !printable) {
+            fprintf(err, "config: %s: \"%.*s\" is not an http:// or https:// base URL (at most %d bytes)\n", name,
+                    (int)(len > 80 ? 80 : len), item, FM_CONFIG_URL_MAX);
+            ++bad;
+        }
+    }
+    return bad ? -1 : 0;
 }
 
 int fm_config_load(fm_config_t *cfg, unsigned service, FILE *err)
@@ -221,6 +268,15 @@ int fm_config_load(fm_config_t *cfg, unsigned service, FILE *err)
         strncmp(cfg->edge_public_base, "https://", 8) != 0) {
         fprintf(err, "config: FM_EDGE_PUBLIC_BASE=\"%s\" must start with http:// or https://\n", cfg->edge_public_base);
         ++bad;
+    }
+    if ((service & FM_SVC_WORKER) && cfg->edge_purge_urls[0] != '\0') {
+        if (cfg->edge_purge_secret[0] == '\0') {
+            fprintf(err,
+                    "config: FM_EDGE_PURGE_URLS needs FM_EDGE_PURGE_SECRET (the edges refuse a purge without it)\n");
+            ++bad;
+        }
+        if (check_url_list("FM_EDGE_PURGE_URLS", cfg->edge_purge_urls, err) != 0)
+            ++bad;
     }
     if (strncmp(cfg->redis_url, "redis://", 8) != 0) {
         fprintf(err, "config: FM_REDIS_URL must start with redis://\n");

@@ -35,6 +35,7 @@ typedef struct fm_config {
     /* uploads */
     int64_t max_upload_bytes, multipart_threshold, upload_url_ttl_s, upload_expiry_s, reconcile_interval_s;
     int64_t record_flush_ms;
+    int64_t trash_retention_s; /* control-plane/file_delete.c, reconcile.c: deleted files stay restorable this long */
     char allowed_content_types[2048];
     char s3_public_endpoint[256];
     /* downloads (control-plane/download.c, docs/downloads.md "Download URLs") */
@@ -44,7 +45,7 @@ typedef struct fm_config {
     char database_url[1024];
     int64_t pg_pool_size, pg_timeout_ms;
     char redis_url[512];
-    int64_t redis_pool_size, redis_timeout_ms;
+    int64_t redis_pool_size, redis_timeout_ms, redis_cache_max_age_ms;
     char s3_endpoint[256], s3_region[64], s3_bucket[64];
     char s3_access_key[128], s3_secret_key[128], s3_session_token[2048];
     int64_t offload_threads;
@@ -65,7 +66,7 @@ typedef struct fm_config {
     char edge_cache_dir[512];
     int64_t edge_cache_max_bytes;
     char edge_cf_public_keys[2048];
-    char edge_purge_secret[256];
+    char edge_purge_secret[256]; /* fm-edge checks it; fm-worker sends it with each purge */
     int64_t edge_max_age_s;
     int64_t edge_max_dimension;    /* w/h bound of on-the-fly image variants */
     int64_t edge_max_input_pixels; /* largest source image a variant is rendered from */
@@ -80,6 +81,7 @@ typedef struct fm_config {
     int64_t job_max_attempts, job_backoff_base_ms, job_visibility_ms;
     int64_t max_image_pixels, text_max_bytes, thumb_px, preview_px;
     int64_t cleanup_interval_s, blob_grace_s; /* cleanup.c: unreferenced blobs */
+    char edge_purge_urls[2048];               /* purge.c: base URLs of the edges, comma-separated */
 } fm_config_t;
 
 /**
@@ -90,6 +92,16 @@ int fm_config_load(fm_config_t *cfg, unsigned service, FILE *err);
 
 /** Prints the variables of `service` as a Markdown table (name, default, meaning) for the README. */
 void fm_config_print_table(unsigned service, FILE *out);
+
+/** Longest base URL in a URL list setting (FM_EDGE_PURGE_URLS). */
+#define FM_CONFIG_URL_MAX 512
+
+/**
+ * The next item of a comma-separated list setting: blanks around an item are skipped, and so are empty items
+ * ("a,,b" is a and b). Start with *pos = 0; each call points *item into `list` and returns its length, 0 at the end.
+ * Items are not NUL-terminated.
+ */
+size_t fm_config_list_next(const char *list, size_t *pos, const char **item);
 
 /**
  * Splits a Redis URL `redis://[[user]:password@]host[:port][/db]` into parts (port 6379 and db 0 by default).

@@ -25,6 +25,9 @@ typedef struct redis_conn {
     int flushing;     /* on_flush is writing: a further write wait goes through epoll */
     h2o_timeout_entry_t flush_entry; /* commands issued this loop turn are written together at its end */
     int handshake_left;
+    int is_sub;               /* the invalidation subscriber of a tracking pool, not a command connection */
+    int tracked;              /* CLIENT TRACKING ON REDIRECT was accepted: Redis reports changes of keys read here */
+    long long tracking_for;   /* the subscriber id the last CLIENT TRACKING named */
     size_t inflight; /* commands sent and not yet answered by hiredis, timed-out ones included */
     unsigned backoff_step;
     h2o_timeout_entry_t timer; /* connect deadline while connecting, reconnect delay while down */
@@ -59,9 +62,22 @@ struct fm_redis {
     h2o_timeout_t connect_timeout;
     h2o_timeout_t backoff[BACKOFF_STEPS];
     int shutting_down;
+    /* tracking pools only (fm_redis_create_tracking) */
+    redis_conn_t *sub; /* conns[pool_size]: subscribed to __redis__:invalidate */
+    long long sub_id;  /* its CLIENT ID */
+    int sub_ready;     /* subscribed: command connections may be tracked */
+    uint64_t epoch;
+    fm_redis_invalidate_cb on_invalidate;
+    void *invalidate_data;
 };
 
+#define INVALIDATE_CHANNEL "__redis__:invalidate"
+
+
 static void conn_start(redis_conn_t *c);
+static void tracking_lost(fm_redis_t *r, redis_conn_t *c);
+static void tracking_enable(redis_conn_t *c);
+static void sub_subscribe(redis_conn_t *c);
 
 /* --- the hiredis fd on the h2o loop ------------------------------------------------------------------------------ */
 
@@ -169,6 +185,8 @@ static void ev_cleanup(void *privdata)
     c->ac = NULL;
     c->state = CONN_DOWN;
     c->handshake_left = 0;
+    if (c->is_sub || c->tracked)
+        tracking_lost(r, c);
     if (h2o_timeout_is_linked(&c->timer))
         h2o_timeout_unlink(&c->timer);
     if (r->shutting_down)
@@ -186,6 +204,10 @@ static void conn_ready(redis_conn_t *c)
     c->backoff_step = 0;
     if (h2o_timeout_is_linked(&c->timer))
         h2o_timeout_unlink(&c->timer);
+    if (c->is_sub)
+        sub_subscribe(c);
+    else if (c->owner->sub_ready)
+        tracking_enable(c);
 }
 
 static void on_handshake_reply(redisAsyncContext *ac, void *reply, void *privdata)
@@ -207,6 +229,15 @@ static void on_handshake_reply(redisAsyncContext *ac, void *reply, void *privdat
         conn_ready(c);
 }
 
+static void on_sub_id(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    redis_conn_t *c = privdata;
+    redisReply *answer = reply;
+    if (answer != NULL && answer->type == REDIS_REPLY_INTEGER)
+        c->owner->sub_id = answer->integer;
+    on_handshake_reply(ac, reply, privdata);
+}
+
 static void on_connect(const redisAsyncContext *ac, int status)
 {
     redis_conn_t *c = ac->data;
@@ -225,8 +256,12 @@ static void on_connect(const redisAsyncContext *ac, int status)
         if (redisAsyncCommandArgv(c->ac, on_handshake_reply, c, 2, argv, NULL) == REDIS_OK)
             ++c->handshake_left;
     }
-    if (r->db != 0 && redisAsyncCommand(c->ac, on_handshake_reply, c, "SELECT %d", r->db) == REDIS_OK)
+    if (c->is_sub) { /* no SELECT: invalidations name keys of every database */
+        if (redisAsyncCommand(c->ac, on_sub_id, c, "CLIENT ID") == REDIS_OK)
+            ++c->handshake_left;
+    } else if (r->db != 0 && redisAsyncCommand(c->ac, on_handshake_reply, c, "SELECT %d", r->db) == REDIS_OK) {
         ++c->handshake_left;
+    }
     if (c->handshake_left == 0)
         conn_ready(c);
 }
@@ -426,10 +461,120 @@ int fm_redis_commandargv(fm_redis_t *r, fm_redis_cb cb, void *data, int argc, co
     return ret;
 }
 
+/* --- tracking: Redis tells which keys read here changed ---------------------------------------------------------- *
+ * The subscriber connection asks CLIENT ID, then SUBSCRIBEs to __redis__:invalidate; once that is confirmed, every
+ * command connection sends CLIENT TRACKING ON REDIRECT <id>. From then on Redis publishes, on the subscriber, the
+ * names of the keys read on a command connection as soon as they are written, deleted, expired or evicted (a flush:
+ * no names). Losing the subscriber or a tracked connection loses those reports, so both count as "everything
+ * changed" (epoch bumped, NULL to the callback) until tracking is back. */
+
+static void tracking_changed(fm_redis_t *r, const char *key, size_t len)
+{
+    ++r->epoch;
+    if (r->on_invalidate != NULL)
+        r->on_invalidate(key, len, r->invalidate_data);
+}
+
+static void tracking_lost(fm_redis_t *r, redis_conn_t *c)
+{
+    if (c->is_sub) {
+        r->sub_ready = 0;
+        r->sub_id = 0;
+        for (size_t i = 0; i < r->pool_size; ++i)
+            r->conns[i].tracked = 0;
+    }
+    c->tracked = 0;
+    tracking_changed(r, NULL, 0);
+}
+
+static void on_tracking_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    redis_conn_t *c = privdata;
+    fm_redis_t *r = c->owner;
+    redisReply *answer = reply;
+    if (answer == NULL || c->state != CONN_READY)
+        return;
+    if (answer->type == REDIS_REPLY_ERROR) {
+        fm_warn("redis %s:%d: CLIENT TRACKING refused: %.*s", r->host, r->port, (int)answer->len, answer->str);
+        return;
+    }
+    /* A reply for an older subscriber may come first: Redis runs the newer CLIENT TRACKING before anything sent
+     * after it on this connection, so the connection is tracked for every later command either way. */
+    if (r->sub_ready && c->tracking_for == r->sub_id)
+        c->tracked = 1;
+}
+
+static void tracking_enable(redis_conn_t *c)
+{
+    fm_redis_t *r = c->owner;
+    c->tracking_for = r->sub_id;
+    redisAsyncCommand(c->ac, on_tracking_reply, c, "CLIENT TRACKING ON REDIRECT %lld", r->sub_id);
+}
+
+static void on_sub_message(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    redis_conn_t *c = privdata;
+    fm_redis_t *r = c->owner;
+    redisReply *m = reply;
+    if (m == NULL || c->state != CONN_READY) /* going away: ev_cleanup reports the loss */
+        return;
+    if (m->type != REDIS_REPLY_ARRAY || m->elements < 3 || m->element[0]->type != REDIS_REPLY_STRING) {
+        tracking_changed(r, NULL, 0);
+        return;
+    }
+    if (strcmp(m->element[0]->str, "subscribe") == 0) {
+        r->sub_ready = 1;
+        for (size_t i = 0; i < r->pool_size; ++i)
+            if (r->conns[i].state == CONN_READY)
+                tracking_enable(&r->conns[i]);
+        return;
+    }
+    redisReply *keys = m->element[2];
+    if (strcmp(m->element[0]->str, "message") != 0 || keys->type != REDIS_REPLY_ARRAY) {
+        tracking_changed(r, NULL, 0); /* a flush (nil), or anything not understood */
+        return;
+    }
+    for (size_t i = 0; i < keys->elements; ++i) {
+        redisReply *k = keys->element[i];
+        if (k->type == REDIS_REPLY_STRING)
+            tracking_changed(r, k->str, k->len);
+        else
+            tracking_changed(r, NULL, 0);
+    }
+}
+
+static void sub_subscribe(redis_conn_t *c)
+{
+    if (redisAsyncCommand(c->ac, on_sub_message, c, "SUBSCRIBE " INVALIDATE_CHANNEL) != REDIS_OK)
+        redisAsyncDisconnect(c->ac);
+}
+
+int fm_redis_tracked(fm_redis_t *r, uint64_t *epoch)
+{
+    if (r == NULL || r->sub == NULL)
+        return 0;
+    /* Reports already in the subscriber's socket are taken first: a change Redis made before this moment is
+     * known before the caller trusts what it read earlier (the loop may have woken for a request first). */
+    if (r->sub_ready && r->sub->ac != NULL)
+        redisAsyncHandleRead(r->sub->ac);
+    *epoch = r->epoch;
+    if (!r->sub_ready)
+        return 0;
+    size_t ready = 0;
+    for (size_t i = 0; i < r->pool_size; ++i) {
+        if (r->conns[i].state != CONN_READY)
+            continue;
+        if (!r->conns[i].tracked)
+            return 0;
+        ++ready;
+    }
+    return ready > 0;
+}
+
 /* --- pool -------------------------------------------------------------------------------------------------------- */
 
-fm_redis_t *fm_redis_create(h2o_loop_t *loop, const char *host, int port, const char *password, int db,
-                            size_t pool_size, uint64_t timeout_ms)
+static fm_redis_t *create(h2o_loop_t *loop, const char *host, int port, const char *password, int db,
+                          size_t pool_size, uint64_t timeout_ms, int tracking)
 {
     if (loop == NULL || host == NULL || port <= 0 || port > 65535 || db < 0 || pool_size == 0)
         return NULL;
@@ -453,13 +598,35 @@ fm_redis_t *fm_redis_create(h2o_loop_t *loop, const char *host, int port, const 
     for (size_t i = 0; i < BACKOFF_STEPS; ++i)
         h2o_timeout_init(loop, &r->backoff[i], backoff_ms[i]);
 
-    r->conns = h2o_mem_alloc(sizeof(*r->conns) * pool_size);
-    memset(r->conns, 0, sizeof(*r->conns) * pool_size);
-    for (size_t i = 0; i < pool_size; ++i) {
+    size_t total = pool_size + (tracking != 0);
+    r->conns = h2o_mem_alloc(sizeof(*r->conns) * total);
+    memset(r->conns, 0, sizeof(*r->conns) * total);
+    if (tracking) {
+        r->sub = &r->conns[pool_size];
+        r->sub->is_sub = 1;
+    }
+    for (size_t i = 0; i < total; ++i) {
         r->conns[i].owner = r;
         r->conns[i].timer.cb = on_conn_timer;
         r->conns[i].flush_entry.cb = on_flush;
         conn_start(&r->conns[i]);
+    }
+    return r;
+}
+
+fm_redis_t *fm_redis_create(h2o_loop_t *loop, const char *host, int port, const char *password, int db,
+                            size_t pool_size, uint64_t timeout_ms)
+{
+    return create(loop, host, port, password, db, pool_size, timeout_ms, 0);
+}
+
+fm_redis_t *fm_redis_create_tracking(h2o_loop_t *loop, const char *host, int port, const char *password, int db,
+                                     size_t pool_size, uint64_t timeout_ms, fm_redis_invalidate_cb cb, void *data)
+{
+    fm_redis_t *r = create(loop, host, port, password, db, pool_size, timeout_ms, 1);
+    if (r != NULL) {
+        r->on_invalidate = cb;
+        r->invalidate_data = data;
     }
     return r;
 }
@@ -479,7 +646,7 @@ void fm_redis_destroy(fm_redis_t *r)
         return;
     r->shutting_down = 1;
 
-    for (size_t i = 0; i < r->pool_size; ++i) {
+    for (size_t i = 0; i < r->pool_size + (r->sub != NULL); ++i) {
         redis_conn_t *c = &r->conns[i];
         if (h2o_timeout_is_linked(&c->timer))
             h2o_timeout_unlink(&c->timer);

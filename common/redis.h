@@ -47,6 +47,28 @@ int fm_redis_command(fm_redis_t *r, fm_redis_cb cb, void *data, const char *fmt,
 /** Like fm_redis_command, with binary-safe arguments (`argvlen` may be NULL for NUL-terminated ones). */
 int fm_redis_commandargv(fm_redis_t *r, fm_redis_cb cb, void *data, int argc, const char **argv, const size_t *argvlen);
 
+/**
+ * Called on the pool's thread when keys read through a tracking pool may have changed: `key` (`len` bytes, not
+ * NUL-terminated) was written, deleted, expired or evicted; NULL means "anything may have changed" (a flush, or
+ * tracking was lost with a connection: reports may have been missed).
+ */
+typedef void (*fm_redis_invalidate_cb)(const char *key, size_t len, void *data);
+
+/**
+ * A pool whose command connections are tracked by Redis (server-assisted client-side caching, CLIENT TRACKING with
+ * REDIRECT to one more connection of the pool subscribed to __redis__:invalidate): `cb` hears of every change of a
+ * key read through it, and of every loss of tracking. Needs Redis 6 or later.
+ */
+fm_redis_t *fm_redis_create_tracking(h2o_loop_t *loop, const char *host, int port, const char *password, int db,
+                                     size_t pool_size, uint64_t timeout_ms, fm_redis_invalidate_cb cb, void *data);
+
+/**
+ * For a tracking pool: first takes in the change reports already received, then sets `*epoch` to a counter that
+ * every report and every loss of tracking increases, and returns 1 if every ready command connection is tracked
+ * (a value read now, if `*epoch` is unchanged when its reply arrives, will be reported when it changes), 0 if not.
+ */
+int fm_redis_tracked(fm_redis_t *r, uint64_t *epoch);
+
 /** Number of connections currently ready for commands (for /metrics and /readyz). */
 size_t fm_redis_connected(fm_redis_t *r);
 

@@ -46,6 +46,7 @@ struct fm_s3 {
     int body_truncated; /* the answer was longer than body_limit: its end was dropped */
     /* A streamed GET (fm_s3_get_object) while `sink` is set: a 2xx body goes to sink, any other to `body`. */
     fm_s3_write_fn sink;
+    fm_s3_headers_fn sink_headers; /* fm_s3_get_object_announced: told the 2xx answer before its body */
     void *sink_ud;
     int sink_status_known; /* the answer's status was looked at, on its first body bytes */
     int sink_pass;         /* ... and it is 2xx: the body is the object's */
@@ -332,6 +333,22 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userdata)
 
 /* The write callback of a streamed GET: the status is known once curl hands over body bytes, so the first call
  * decides whether the body is the object (to the caller's sink) or an error document (kept like any answer). */
+static void read_answer_headers(fm_s3_t *s3, fm_s3_result_t *res);
+
+/* A 2xx answer of a streamed GET: the caller's headers function, once. Returns its verdict (0 = go on). */
+static int announce(fm_s3_t *s3)
+{
+    if (s3->sink_headers == NULL)
+        return 0;
+    fm_s3_result_t head;
+    memset(&head, 0, sizeof(head));
+    head.content_length = -1;
+    read_answer_headers(s3, &head);
+    fm_s3_headers_fn headers = s3->sink_headers;
+    s3->sink_headers = NULL;
+    return headers(s3->sink_ud, &head);
+}
+
 static size_t on_stream(char *data, size_t size, size_t nmemb, void *userdata)
 {
     fm_s3_t *s3 = userdata;
@@ -341,6 +358,10 @@ static size_t on_stream(char *data, size_t size, size_t nmemb, void *userdata)
         curl_easy_getinfo(s3->curl, CURLINFO_RESPONSE_CODE, &status);
         s3->sink_status_known = 1;
         s3->sink_pass = status >= 200 && status < 300;
+        if (s3->sink_pass && announce(s3) != 0) {
+            s3->sink_aborted = 1;
+            return 0;
+        }
     }
     if (!s3->sink_pass)
         return on_body(data, size, nmemb, userdata);
@@ -527,8 +548,14 @@ static int perform(fm_s3_t *s3, const char *method, const char *key, const fm_si
         return -1;
     }
     read_answer_headers(s3, res);
-    if (res->status >= 200 && res->status < 300)
+    if (res->status >= 200 && res->status < 300) {
+        if (s3->sink != NULL && !s3->sink_status_known && announce(s3) != 0) { /* an empty object: no body call */
+            strcpy(res->code, "Aborted");
+            set_text(res->message, sizeof(res->message), "the headers function stopped the transfer");
+            return -1;
+        }
         return 0;
+    }
     read_error_document(s3, res);
     return -1;
 }
@@ -736,6 +763,197 @@ int fm_s3_list_parts(fm_s3_t *s3, const char *key, const char *upload_id, fm_s3_
     return -1;
 }
 
+/* ---- ListObjectsV2 ----------------------------------------------------------------------------------------- */
+
+/* A page of FM_S3_LIST_MAX_KEYS keys URL-encoded at their longest (3 x 1024 bytes) with RGW's ~350 bytes a <Contents>
+ * fits in 4 MiB. */
+#define MAX_LIST_OBJECTS_BODY (4 * 1024 * 1024)
+/* Room for a <Key>'s text once its XML entities are undone: a URL-encoded key of 1024 bytes takes 3 bytes a byte. */
+#define KEY_TEXT_MAX (3 * (FM_S3_KEY_MAX - 1) + 1)
+
+/* Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's days_from_civil). */
+static long long days_from_civil(long long y, unsigned m, unsigned d)
+{
+    y -= m <= 2;
+    long long era = (y >= 0 ? y : y - 399) / 400;
+    unsigned yoe = (unsigned)(y - era * 400);
+    unsigned doy = (153 * (m > 2 ? m - 3 : m + 9) + 2) / 5 + d - 1;
+    unsigned doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    return era * 146097 + (long long)doe - 719468;
+}
+
+/* `n` decimal digits at `p`; -1 if one is not a digit. */
+static int digits(const char *p, int n)
+{
+    int v = 0;
+    for (int i = 0; i < n; i++) {
+        if (p[i] < '0' || p[i] > '9')
+            return -1;
+        v = v * 10 + (p[i] - '0');
+    }
+    return v;
+}
+
+/* ISO 8601 as S3 writes <LastModified>: "YYYY-MM-DDTHH:MM:SS[.fff]Z" (UTC), to Unix seconds; -1 if it is not one. */
+static long long parse_iso8601(const char *text)
+{
+    static const unsigned char month_days[] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    size_t n = strlen(text);
+    if (n < 20 || text[4] != '-' || text[7] != '-' || text[10] != 'T' || text[13] != ':' || text[16] != ':' ||
+        text[n - 1] != 'Z')
+        return -1;
+    if (n > 20 && (text[19] != '.' || n == 21 || n > 30 || strspn(text + 20, "0123456789") != n - 21))
+        return -1;
+    int year = digits(text, 4), month = digits(text + 5, 2), day = digits(text + 8, 2);
+    int hour = digits(text + 11, 2), minute = digits(text + 14, 2), second = digits(text + 17, 2);
+    if (year < 1970 || month < 1 || month > 12 || day < 1 || day > month_days[month - 1] || hour > 23 || minute > 59 ||
+        second > 60 || hour < 0 || minute < 0 || second < 0)
+        return -1;
+    int leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (month == 2 && day == 29 && !leap)
+        return -1;
+    return days_from_civil(year, (unsigned)month, (unsigned)day) * 86400 + hour * 3600 + minute * 60 + second;
+}
+
+static int hex_value(char c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* Undoes encoding-type=url (S3 encodes as a form does: '+' is a space, a '+' in the key is %2B) into
+ * out[FM_S3_KEY_MAX]; 0, or -1 for a bad escape, a NUL or a key over 1024 bytes. */
+static int url_decode_key(const char *in, char *out)
+{
+    size_t o = 0;
+    for (const char *p = in; *p != '\0'; p++) {
+        int c = (unsigned char)*p;
+        if (c == '+') {
+            c = ' ';
+        } else if (c == '%') {
+            int hi = hex_value(p[1]), lo = hi < 0 ? -1 : hex_value(p[2]);
+            if (lo < 0)
+                return -1;
+            c = hi * 16 + lo;
+            p += 2;
+        }
+        if (c == 0 || o >= FM_S3_KEY_MAX - 1)
+            return -1;
+        out[o++] = (char)c;
+    }
+    out[o] = '\0';
+    return 0;
+}
+
+/* Reads one <Contents> into `object`; 0, or -1 with res set. */
+static int read_listed_object(const char *inner, size_t inner_len, int url_encoded, fm_s3_object_t *object,
+                              fm_s3_result_t *res)
+{
+    char text[KEY_TEXT_MAX], size[32], date[40];
+    /* A raw NUL would cut the key short and make it another key. */
+    if (memchr(inner, '\0', inner_len) != NULL)
+        return invalid_response(res, "ListObjectsV2: a NUL byte in a <Contents>");
+    if (fm_s3_xml_text(inner, inner_len, "Key", text, sizeof(text)) != 0 ||
+        fm_s3_xml_text(inner, inner_len, "Size", size, sizeof(size)) != 0 ||
+        fm_s3_xml_text(inner, inner_len, "LastModified", date, sizeof(date)) != 0)
+        return invalid_response(res, "ListObjectsV2: a <Contents> without Key, Size or LastModified, or too long");
+    if (url_encoded) {
+        if (url_decode_key(text, object->key) != 0)
+            return invalid_response(res, "ListObjectsV2: a key that is not URL-encoded as asked");
+    } else {
+        size_t n = strlen(text);
+        if (n >= FM_S3_KEY_MAX)
+            return invalid_response(res, "ListObjectsV2: a key of %zu bytes", n);
+        memcpy(object->key, text, n + 1);
+    }
+    if (object->key[0] == '\0')
+        return invalid_response(res, "ListObjectsV2: an empty key");
+    object->size = parse_count(size, 18);
+    object->last_modified = parse_iso8601(date);
+    if (object->size < 0 || object->last_modified < 0)
+        return invalid_response(res, "ListObjectsV2: bad size '%s' or LastModified '%s'", size, date);
+    return 0;
+}
+
+/* strcmp compares as unsigned char (C17 7.24.4): S3 lists keys in that (UTF-8 binary) order. */
+int fm_s3_list_objects_parse(const char *xml, size_t len, const char *prefix, const char *start_after,
+                             fm_s3_object_t *objects, size_t max, size_t *count, int *truncated, fm_s3_result_t *res)
+{
+    *count = 0;
+    *truncated = 0;
+    if (prefix == NULL)
+        prefix = "";
+    if (start_after == NULL)
+        start_after = "";
+    if (xml == NULL || find_bytes(xml, len, "</ListBucketResult>", 19) == NULL)
+        return invalid_response(res, "ListObjectsV2: the answer is not a whole ListBucketResult");
+    char encoding[16] = "", more[16] = "";
+    size_t offset = 0, inner_len, found = 0;
+    const char *inner;
+    /* Present, it must say url (too long to read is not "absent": the keys would be taken as plain). */
+    int url_encoded = fm_s3_xml_next(xml, len, "EncodingType", &offset, &inner, &inner_len) == 0;
+    if (url_encoded &&
+        (fm_s3_xml_text(xml, len, "EncodingType", encoding, sizeof(encoding)) != 0 || strcmp(encoding, "url") != 0))
+        return invalid_response(res, "ListObjectsV2: EncodingType '%s' is not url", encoding);
+    if (fm_s3_xml_text(xml, len, "IsTruncated", more, sizeof(more)) != 0 ||
+        (strcmp(more, "true") != 0 && strcmp(more, "false") != 0))
+        return invalid_response(res, "ListObjectsV2: IsTruncated is not true or false");
+    size_t prefix_len = strlen(prefix);
+    offset = 0;
+    while (fm_s3_xml_next(xml, len, "Contents", &offset, &inner, &inner_len) == 0) {
+        if (found >= max)
+            return invalid_response(res, "ListObjectsV2: more than the %zu keys asked for", max);
+        fm_s3_object_t *object = &objects[found];
+        if (read_listed_object(inner, inner_len, url_encoded, object, res) != 0)
+            return -1;
+        const char *after = found > 0 ? objects[found - 1].key : start_after;
+        if (strncmp(object->key, prefix, prefix_len) != 0 || strcmp(object->key, after) <= 0)
+            return invalid_response(res, "ListObjectsV2: key %zu is outside the prefix or not after the previous",
+                                    found);
+        found++;
+    }
+    /* A truncated page must move the listing forward, or a broken store could keep us at one place forever. */
+    if (strcmp(more, "true") == 0 && found == 0)
+        return invalid_response(res, "ListObjectsV2: truncated page without a key");
+    *count = found;
+    *truncated = strcmp(more, "true") == 0;
+    return 0;
+}
+
+int fm_s3_list_objects(fm_s3_t *s3, const char *prefix, const char *start_after, int max_keys, fm_s3_object_t *objects,
+                       size_t max, size_t *count, int *truncated, fm_s3_result_t *res)
+{
+    if (count != NULL)
+        *count = 0;
+    if (truncated != NULL)
+        *truncated = 0;
+    if (objects == NULL || count == NULL || truncated == NULL || max_keys < 1 || max_keys > FM_S3_LIST_MAX_KEYS ||
+        (size_t)max_keys > max)
+        return refuse(res, "1 to %d keys, with room for them, are required", FM_S3_LIST_MAX_KEYS);
+    if ((prefix != NULL && strlen(prefix) >= FM_S3_KEY_MAX) ||
+        (start_after != NULL && strlen(start_after) >= FM_S3_KEY_MAX))
+        return refuse(res, "a prefix or start-after longer than a key");
+    char max_text[16];
+    snprintf(max_text, sizeof(max_text), "%d", max_keys);
+    fm_sigv4_param_t params[5] = {{"list-type", "2"},
+                                  {"encoding-type", "url"},
+                                  {"max-keys", max_text},
+                                  {"prefix", prefix != NULL ? prefix : ""},
+                                  {"start-after", start_after}};
+    size_t param_count = start_after != NULL && *start_after != '\0' ? 5 : 4;
+    s3->body_limit = MAX_LIST_OBJECTS_BODY;
+    int rc = perform(s3, "GET", NULL, params, param_count, NULL, 0, NULL, 0, res);
+    s3->body_limit = MAX_RESPONSE_BODY;
+    if (rc != 0)
+        return -1;
+    /* A cut page would lose its last keys and IsTruncated with them. */
+    if (s3->body == NULL || s3->body_truncated)
+        return invalid_response(res, "ListObjectsV2: the answer is not a whole ListBucketResult");
+    return fm_s3_list_objects_parse(s3->body, s3->body_len, prefix, start_after, objects, max, count, truncated, res);
+}
+
 typedef struct {
     char *data;
     size_t len, cap;
@@ -860,18 +1078,26 @@ int fm_s3_complete_multipart(fm_s3_t *s3, const char *key, const char *upload_id
 
 /* ---- streamed GET, copy ------------------------------------------------------------------------------------ */
 
-int fm_s3_get_object(fm_s3_t *s3, const char *key, fm_s3_write_fn write, void *ud, fm_s3_result_t *res)
+int fm_s3_get_object_announced(fm_s3_t *s3, const char *key, fm_s3_headers_fn headers, fm_s3_write_fn write, void *ud,
+                               fm_s3_result_t *res)
 {
     if (need_key(key, res) != 0)
         return -1;
     if (write == NULL)
         return refuse(res, "a write function is required");
     s3->sink = write;
+    s3->sink_headers = headers;
     s3->sink_ud = ud;
     int rc = perform(s3, "GET", key, NULL, 0, NULL, 0, NULL, 0, res);
     s3->sink = NULL;
+    s3->sink_headers = NULL;
     s3->sink_ud = NULL;
     return rc;
+}
+
+int fm_s3_get_object(fm_s3_t *s3, const char *key, fm_s3_write_fn write, void *ud, fm_s3_result_t *res)
+{
+    return fm_s3_get_object_announced(s3, key, NULL, write, ud, res);
 }
 
 /* x-amz-copy-source: "bucket/key", URL-encoded as S3 requires (RFC 3986 unreserved characters and '/' kept). */

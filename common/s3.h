@@ -1,6 +1,6 @@
 /*
  * s3: a small blocking S3 client on libcurl for the calls the servers make themselves (bucket check, object
- * HEAD/PUT/DELETE/copy, multipart uploads: create, list parts, complete, abort). File bytes from users never pass
+ * HEAD/PUT/DELETE/copy, listing a prefix, multipart uploads: create, list parts, complete, abort). File bytes from users never pass
  * through it on their way in: they go to S3 with presigned URLs (sigv4.h). The worker reads them back with the
  * streamed GET (fm_s3_get_object), which never holds an object in memory.
  *
@@ -141,6 +141,18 @@ typedef int (*fm_s3_write_fn)(void *ud, const void *data, size_t len);
 int fm_s3_get_object(fm_s3_t *s3, const char *key, fm_s3_write_fn write, void *ud, fm_s3_result_t *res);
 
 /**
+ * Told the answer of a streamed GET once it is known to be the object's (2xx), before any byte of it goes to
+ * `write` (also for an empty object): head->status, etag, content_type, content_length (-1 when the origin sent no
+ * Content-Length) and request_id. Return 0 to go on, anything else stops the transfer as `write` would.
+ */
+typedef int (*fm_s3_headers_fn)(void *ud, const fm_s3_result_t *head);
+
+/** fm_s3_get_object that also calls `headers` (which may be NULL) first: a caller can answer its own client with
+ *  the object's headers while the body is still coming. */
+int fm_s3_get_object_announced(fm_s3_t *s3, const char *key, fm_s3_headers_fn headers, fm_s3_write_fn write, void *ud,
+                               fm_s3_result_t *res);
+
+/**
  * CopyObject (PUT with x-amz-copy-source) inside the client's bucket: `dst_key` gets the content, type and metadata
  * of `src_key`, which stays (delete it to move). Objects over 5 GiB need UploadPartCopy, which is not offered.
  * On 0, res->etag is the copy's ETag from the answer's <CopyObjectResult>, quoted as HEAD reports it (Ceph RGW
@@ -184,6 +196,43 @@ int fm_s3_list_parts(fm_s3_t *s3, const char *key, const char *upload_id, fm_s3_
  */
 int fm_s3_complete_multipart(fm_s3_t *s3, const char *key, const char *upload_id, const fm_s3_part_t *parts,
                              size_t count, fm_s3_result_t *res);
+
+/** Size of fm_s3_object_t.key, NUL included: S3 keys are at most 1024 bytes of UTF-8. */
+#define FM_S3_KEY_MAX 1025
+
+/** Most keys one ListObjectsV2 page may ask for (S3's own limit on max-keys). */
+#define FM_S3_LIST_MAX_KEYS 1000
+
+/** One object of a listing (ListObjectsV2 <Contents>). */
+typedef struct fm_s3_object {
+    /** The key, decoded (XML entities and the listing's URL encoding undone); 1..1024 bytes, no NUL inside. */
+    char key[FM_S3_KEY_MAX];
+    /** Bytes stored. */
+    long long size;
+    /** <LastModified> as Unix seconds (UTC; fractions dropped). */
+    long long last_modified;
+} fm_s3_object_t;
+
+/**
+ * ListObjectsV2 (GET ?list-type=2) of one page: up to `max_keys` (1..FM_S3_LIST_MAX_KEYS, at most `max`) keys under
+ * `prefix` (may be "" or NULL) that sort after `start_after` (may be "" or NULL: from the start), ascending, into
+ * `objects`. Asks for encoding-type=url so that any key, control characters included, survives the XML, and
+ * decodes it (a store that ignores the parameter and sends plain keys is read as well). On 0, *count objects were
+ * written and *truncated is 1 when keys follow the last one (list again with start_after = its key). On -1, *count
+ * and *truncated are 0 and res->code is S3's ("NoSuchBucket", …) or "InvalidResponse" for a page that is cut, not
+ * ascending, out of the prefix or after start_after, with more keys than asked for, truncated without a key, or with
+ * a key, size or date that does not parse (see fm_s3_list_objects_parse).
+ */
+int fm_s3_list_objects(fm_s3_t *s3, const char *prefix, const char *start_after, int max_keys, fm_s3_object_t *objects,
+                       size_t max, size_t *count, int *truncated, fm_s3_result_t *res);
+
+/**
+ * The parser behind fm_s3_list_objects, for one ListBucketResult document (`len` bytes, need not be
+ * NUL-terminated), with the same rules and results; `prefix` and `start_after` are what the page was asked with.
+ * Sets res->code and res->message only on failure (res may not be NULL). Exposed for tests and fuzzing.
+ */
+int fm_s3_list_objects_parse(const char *xml, size_t len, const char *prefix, const char *start_after,
+                             fm_s3_object_t *objects, size_t max, size_t *count, int *truncated, fm_s3_result_t *res);
 
 /**
  * Minimal XML text extraction for S3's small answers: copies the text of the first <tag>…</tag> in `xml` (`len`

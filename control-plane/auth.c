@@ -752,6 +752,5 @@ void fm_auth_require(fm_req_t *r, authed_fn next)
     memcpy(check->principal.session_id, check->claims.sid, 37); /* a UUID, checked above */
     char key[80];
     session_key(key, sizeof(key), check->principal.session_id);
-    const char *argv[] = {"GET", key};
-    fm_redis_call(r, on_session_checked, 2, argv);
+    fm_redis_get_cached(r, on_session_checked, key);
 }

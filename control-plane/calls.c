@@ -25,6 +25,25 @@ void fm_redis_call(fm_req_t *r, fm_redis_cb cb, int argc, const char **argv)
     }
 }
 
+void fm_redis_get_cached(fm_req_t *r, fm_redis_cb cb, const char *key)
+{
+    fm_rcache_t *cache = fm_control_thread(r)->rcache;
+    const char *value;
+    size_t len;
+    fm_req_hold(r);
+    if (cache != NULL && fm_rcache_get(cache, key, &value, &len)) {
+        /* what Redis would answer now: the callback runs at once, as if the GET had come back */
+        redisReply reply = {.type = REDIS_REPLY_STRING, .str = (char *)value, .len = len};
+        cb(&reply, NULL, r);
+        return;
+    }
+    if (cache != NULL ? fm_rcache_fetch(cache, key, cb, r) != 0
+                      : fm_redis_commandargv(fm_control_thread(r)->redis, cb, r, 2, (const char *[]){"GET", key}, NULL) != 0) {
+        fm_req_resume(r);
+        fm_reply_unavailable(r, "the session store");
+    }
+}
+
 void fm_offload_call(fm_req_t *r, void (*work)(void *), void (*done)(void *), const char *what)
 {
     fm_req_hold(r);

@@ -9,6 +9,7 @@
 #include "jwt.h"
 #include "password.h"
 #include "pg.h"
+#include "rcache.h"
 #include "redis.h"
 #include "s3.h"
 #include "sigv4.h"
@@ -27,6 +28,7 @@ typedef struct records_flusher records_flusher_t;
 
 typedef struct fm_control_thread {
     fm_redis_t *redis;
+    fm_rcache_t *rcache; /* tracked local copies of sessions and file rows; NULL with FM_REDIS_CACHE_MAX_AGE_MS=0 */
     fm_pg_t *pg;
     reconcile_t *reconcile;     /* thread 0 only */
     records_flusher_t *records; /* thread 0 only, when records are written behind */
@@ -68,6 +70,8 @@ void fm_auth_require(fm_req_t *r, void (*next)(fm_req_t *r, const fm_principal_t
 /* Calls on behalf of a request (calls.c): each holds r; its callback starts with fm_req_resume(). */
 void fm_pg_call(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params);
 void fm_redis_call(fm_req_t *r, fm_redis_cb cb, int argc, const char **argv);
+/** GET `key`, answered from the thread's tracked copy when it holds one (then cb runs before this returns). */
+void fm_redis_get_cached(fm_req_t *r, fm_redis_cb cb, const char *key);
 /** Runs work(r) on the offload pool, then done(r) on r's loop; answers 503 naming `what` if the pool is full. */
 void fm_offload_call(fm_req_t *r, void (*work)(void *), void (*done)(void *), const char *what);
 /** Answer 503 (no result: the database is unreachable) or 500 (an SQL error) and return 1; 0 when res is fine. */
@@ -107,10 +111,27 @@ int fm_records_init(void);
 /** Stores the record in Redis (atomically, with its place in the flusher's list), then calls done(r); answers 503
  *  itself when Redis fails. */
 void fm_records_put(fm_req_t *r, const fm_record_t *rec, fm_records_done_fn done);
+/** What fm_records_put_or_dedupe did: stored the upload record, stored a dedupe record (READY on the owner's blob,
+ *  same file id) instead, or stored nothing because the index names the hash with another size, or is not built. */
+typedef enum {
+    FM_RECORD_UPLOAD,
+    FM_RECORD_DEDUPE,
+    FM_RECORD_OTHER_SIZE,
+    FM_RECORD_INDEX_MISSING
+} fm_record_outcome_t;
+typedef void (*fm_records_probe_fn)(fm_req_t *r, fm_record_outcome_t outcome);
+/** POST /v1/uploads in one Redis round trip: asks the owner's dedupe index `index_key` for upload->sha256 and
+ *  stores the record that follows from the answer in the same script; answers 503 itself when Redis fails. */
+void fm_records_put_or_dedupe(fm_req_t *r, const fm_record_t *upload, const char *index_key, fm_records_probe_fn done);
 /** Makes sure the record `record_id` (an upload id, or the file id of a dedupe) is in PostgreSQL if it was written
  *  behind and not flushed yet, then calls next(r, arg). Answers 503 itself (and frees arg) when Redis or PostgreSQL
  *  cannot tell; if the request goes away meanwhile, arg is free()d. */
 void fm_records_ensure(fm_req_t *r, const char *record_id, fm_records_next_fn next, void *arg);
+/** For a statement that found no row of file `file_id`: the file may have been created a moment ago and still be a
+ *  record in Redis. Unless *checked (then sets it), looks for that record, brings it into PostgreSQL and calls
+ *  next(r, NULL) to run the statement again (404 not_found if there is none): returns 1, the request goes on there.
+ *  Returns 0 when there is nothing to look for (the caller answers 404). */
+int fm_records_retry_file(fm_req_t *r, const char *file_id, int *checked, fm_records_next_fn next);
 records_flusher_t *fm_records_flusher_start(fm_thread_t *thread);
 /** After the thread's pools were destroyed. */
 void fm_records_flusher_stop(records_flusher_t *f);
@@ -131,6 +152,9 @@ void fm_reconcile_stop(reconcile_t *rc);
  */
 void fm_file_row(fm_req_t *r, const fm_principal_t *p, const char *id, size_t id_len,
                  void (*next)(fm_req_t *r, cJSON *row, void *arg), void *arg);
+/** A file or job id from the path, as the caches key it (lowercase) into `out`; answers 404 "no such {kind}" and
+ *  returns -1 when it is no UUID. */
+int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char out[37]);
 
 /**
  * Loads the download signing keys (FM_CF_KEYS, download.c) once at start; empty = downloads answer 503. Returns 0,
@@ -161,6 +185,8 @@ void handle_file_get(fm_req_t *r);
 void handle_job_get(fm_req_t *r);
 void handle_file_download(fm_req_t *r);
 void handle_file_update(fm_req_t *r);
+void handle_file_delete(fm_req_t *r);
+void handle_file_restore(fm_req_t *r);
 void handle_admin_jobs(fm_req_t *r);
 void handle_admin_job_retry(fm_req_t *r);
 void handle_web(fm_req_t *r);

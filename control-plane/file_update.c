@@ -139,22 +139,6 @@ static void on_public_set(redisReply *reply, const char *errstr, void *data)
 static void on_updated(PGresult *res, const char *errstr, void *data);
 static void run_update(fm_req_t *r, void *arg);
 
-static void on_record_id(redisReply *reply, const char *errstr, void *data)
-{
-    fm_req_t *r = data;
-    if (fm_req_resume(r) != 0)
-        return;
-    if (fm_redis_failed(r, reply, errstr))
-        return;
-    update_t *u = r->state;
-    if (reply->type != REDIS_REPLY_STRING || reply->len > 36) {
-        fm_reply_error(r, 404, "not_found", "no such file");
-        return;
-    }
-    u->record_checked = 1;
-    fm_records_ensure(r, reply->str, run_update, NULL);
-}
-
 /* The keys of the blob (storage_key and variant keys) from the statement's row. Returns how many, or -1. */
 static int blob_keys(PGresult *res, const char **keys, cJSON **variants)
 {
@@ -180,14 +164,8 @@ static void on_updated(PGresult *res, const char *errstr, void *data)
     if (fm_pg_failed(r, res, errstr))
         return;
     update_t *u = r->state;
-    if (PQntuples(res) != 1 && !u->record_checked && fm_control->config.record_flush_ms > 0) {
-        /* A file created a moment ago may still be a record in Redis (records.c): bring it in, then try again. */
-        char key[64];
-        snprintf(key, sizeof(key), "fm:recf:{%s}", u->id);
-        const char *argv[] = {"GET", key};
-        fm_redis_call(r, on_record_id, 2, argv);
+    if (PQntuples(res) != 1 && fm_records_retry_file(r, u->id, &u->record_checked, run_update))
         return;
-    }
     if (PQntuples(res) != 1) {
         fm_reply_error(r, 404, "not_found", "no such file");
         return;
@@ -232,12 +210,8 @@ static void update_authorized(fm_req_t *r, const fm_principal_t *p)
     update_t *u = r->state;
     u->principal = p;
     h2o_iovec_t id = r->params[0];
-    if (!fm_uuid_valid(id.base, id.len)) {
-        fm_reply_error(r, 404, "not_found", "no such file");
+    if (fm_id_param(r, "file", id.base, id.len, u->id) != 0)
         return;
-    }
-    for (size_t i = 0; i < 36; ++i) /* the cache key is lowercase, as files.c writes it */
-        u->id[i] = (char)(id.base[i] >= 'A' && id.base[i] <= 'F' ? id.base[i] + 32 : id.base[i]);
     if (parse_update(r, u) != 0)
         return;
     run_update(r, NULL);

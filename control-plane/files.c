@@ -76,22 +76,6 @@ static void on_cache_filled(redisReply *reply, const char *errstr, void *data)
 
 static void load_row(fm_req_t *r, void *arg);
 
-static void on_record_id(redisReply *reply, const char *errstr, void *data)
-{
-    fm_req_t *r = data;
-    if (fm_req_resume(r) != 0)
-        return;
-    if (fm_redis_failed(r, reply, errstr))
-        return;
-    read_state_t *s = r->state;
-    if (reply->type != REDIS_REPLY_STRING || reply->len > 36) {
-        fm_reply_error(r, 404, "not_found", "no such %s", s->kind);
-        return;
-    }
-    s->record_checked = 1;
-    fm_records_ensure(r, reply->str, load_row, NULL);
-}
-
 static void on_loaded(PGresult *res, const char *errstr, void *data)
 {
     fm_req_t *r = data;
@@ -100,15 +84,9 @@ static void on_loaded(PGresult *res, const char *errstr, void *data)
     if (fm_pg_failed(r, res, errstr))
         return;
     read_state_t *s = r->state;
-    if (PQntuples(res) != 1 && strcmp(s->kind, "file") == 0 && !s->record_checked &&
-        fm_control->config.record_flush_ms > 0) {
-        /* A file created a moment ago may still be a record in Redis (records.c): bring it in, then read again. */
-        char key[64];
-        snprintf(key, sizeof(key), "fm:recf:{%s}", s->id);
-        const char *argv[] = {"GET", key};
-        fm_redis_call(r, on_record_id, 2, argv);
+    if (PQntuples(res) != 1 && strcmp(s->kind, "file") == 0 &&
+        fm_records_retry_file(r, s->id, &s->record_checked, load_row))
         return;
-    }
     if (PQntuples(res) != 1) {
         fm_reply_error(r, 404, "not_found", "no such %s", s->kind);
         return;
@@ -146,21 +124,27 @@ static void load_row(fm_req_t *r, void *arg)
     fm_pg_call(r, on_loaded, strcmp(s->kind, "file") == 0 ? file_sql : job_sql, 1, params);
 }
 
+int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char out[37])
+{
+    if (!fm_uuid_valid(id, len)) {
+        fm_reply_error(r, 404, "not_found", "no such %s", kind);
+        return -1;
+    }
+    for (size_t i = 0; i < 36; ++i) /* one cache key per id, whatever the case it was written in */
+        out[i] = (char)(id[i] >= 'A' && id[i] <= 'F' ? id[i] + 32 : id[i]);
+    out[36] = '\0';
+    return 0;
+}
+
 static void read_row(fm_req_t *r, const fm_principal_t *p, const char *kind, const char *id, size_t id_len)
 {
     read_state_t *s = fm_req_state(r, sizeof(read_state_t));
     s->kind = kind;
     s->principal = p;
-    if (!fm_uuid_valid(id, id_len)) {
-        fm_reply_error(r, 404, "not_found", "no such %s", kind);
+    if (fm_id_param(r, kind, id, id_len, s->id) != 0)
         return;
-    }
-    for (size_t i = 0; i < 36; ++i) /* one cache key per id, whatever the case it was written in */
-        s->id[i] = (char)(id[i] >= 'A' && id[i] <= 'F' ? id[i] + 32 : id[i]);
-    s->id[36] = '\0';
     snprintf(s->key, sizeof(s->key), "fm:%s:{%s}", kind, s->id);
-    const char *argv[] = {"GET", s->key};
-    fm_redis_call(r, on_cache_read, 2, argv);
+    fm_redis_get_cached(r, on_cache_read, s->key);
 }
 
 void fm_file_row(fm_req_t *r, const fm_principal_t *p, const char *id, size_t id_len,

@@ -32,6 +32,8 @@ static const fm_route_t routes[] = {
     {"POST", "/v1/events/s3", handle_events_s3},
     {"GET", "/v1/files/{id}", handle_file_get},
     {"PATCH", "/v1/files/{id}", handle_file_update},
+    {"DELETE", "/v1/files/{id}", handle_file_delete},
+    {"POST", "/v1/files/{id}/restore", handle_file_restore},
     {"GET", "/v1/files/{id}/download", handle_file_download},
     {"GET", "/v1/jobs/{id}", handle_job_get},
     {"GET", "/v1/admin/jobs", handle_admin_jobs},
@@ -45,6 +47,10 @@ static const fm_route_t routes[] = {
     {"DELETE", "/v1/uppy/s3/multipart/{uploadId}", handle_uppy_abort},
 };
 
+/* Sessions (~50 bytes) and file rows (~1 KiB of JSON) per thread: 2048 × ≤ 4 KiB is 8 MiB at most. */
+#define RCACHE_SLOTS 2048
+#define RCACHE_VALUE_MAX 4096
+
 static int thread_init(fm_thread_t *thread)
 {
     const fm_config_t *cfg = &fm_control->config;
@@ -57,6 +63,13 @@ static int thread_init(fm_thread_t *thread)
     ct->redis = fm_redis_create(thread->loop, host, port,
                                 password[0] ? password : NULL, db, (size_t)cfg->redis_pool_size,
                                 (uint64_t)cfg->redis_timeout_ms);
+    if (cfg->redis_cache_max_age_ms > 0 &&
+        (ct->rcache = fm_rcache_create(thread->loop, host, port, password[0] ? password : NULL, db,
+                                       (uint64_t)cfg->redis_timeout_ms, RCACHE_SLOTS, RCACHE_VALUE_MAX,
+                                       (uint64_t)cfg->redis_cache_max_age_ms)) == NULL) {
+        fm_error("thread %zu: cannot create the Redis read cache", thread->index);
+        return -1;
+    }
     ct->pg = fm_pg_create(thread->loop, cfg->database_url, (size_t)cfg->pg_pool_size,
                           (uint64_t)cfg->pg_timeout_ms);
     ct->signer = fm_sigv4_new(cfg->s3_access_key, cfg->s3_secret_key, cfg->s3_session_token, cfg->s3_region, "s3");
@@ -81,6 +94,7 @@ static void thread_dispose(fm_thread_t *thread)
 {
     fm_control_thread_t *ct = thread->data;
     fm_redis_destroy(ct->redis);
+    fm_rcache_destroy(ct->rcache);
     fm_pg_destroy(ct->pg);
     fm_reconcile_stop(ct->reconcile); /* after the pools: their last callbacks may still reach it */
     fm_records_flusher_stop(ct->records);

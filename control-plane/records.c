@@ -35,6 +35,25 @@ static const char put_script[] = "redis.call('HSET', KEYS[1], unpack(ARGV, 4))\n
                                  "return 1\n";
 static char put_script_sha[41];
 
+/* POST /v1/uploads in one round trip: the owner's dedupe index is asked and the record written in the same script.
+ * KEYS: dedupe index, upload record, dedupe record, file → record key, pending set. ARGV: ttl s, score ms, upload
+ * id, file id, sha256, size, n, then n field/value items common to both kinds, then the upload's own. A hash in the
+ * index with this size stores a dedupe record ('dedupe'); with another size nothing ('other': PostgreSQL decides);
+ * an index not built yet nothing ('unbuilt'); otherwise the upload record ('upload'). */
+static const char probe_script[] = "local h = redis.call('HMGET', KEYS[1], ARGV[5], '_built')\n"
+                                   "local rec, id, kind, last\n"
+                                   "if h[1] then\n"
+                                   "  if h[1] ~= ARGV[6] then return 'other' end\n"
+                                   "  rec, id, kind, last = KEYS[3], ARGV[4], 'dedupe', 7 + tonumber(ARGV[7])\n"
+                                   "elseif not h[2] then return 'unbuilt'\n"
+                                   "else rec, id, kind, last = KEYS[2], ARGV[3], 'upload', #ARGV end\n"
+                                   "redis.call('HSET', rec, 'kind', kind, unpack(ARGV, 8, last))\n"
+                                   "redis.call('EXPIRE', rec, ARGV[1])\n"
+                                   "redis.call('SET', KEYS[4], id, 'EX', ARGV[1])\n"
+                                   "redis.call('ZADD', KEYS[5], ARGV[2], id)\n"
+                                   "return kind\n";
+static char probe_script_sha[41];
+
 /* One statement inserts a batch, given as a JSON array of records. A record whose owner is gone is dropped; a dedupe
  * whose blob the owner no longer holds becomes a FAILED file (the Redis index was stale) rather than a lost one. */
 static const char insert_sql[] =
@@ -70,12 +89,18 @@ static void ignore_reply(redisReply *reply, const char *errstr, void *data)
 {
 }
 
-int fm_records_init(void)
+static void script_sha(const char *script, char sha[41])
 {
     unsigned char digest[SHA_DIGEST_LENGTH];
-    SHA1((const unsigned char *)put_script, strlen(put_script), digest);
+    SHA1((const unsigned char *)script, strlen(script), digest);
     for (int i = 0; i < SHA_DIGEST_LENGTH; ++i)
-        snprintf(put_script_sha + 2 * i, 3, "%02x", digest[i]);
+        snprintf(sha + 2 * i, 3, "%02x", digest[i]);
+}
+
+int fm_records_init(void)
+{
+    script_sha(put_script, put_script_sha);
+    script_sha(probe_script, probe_script_sha);
     fm_metrics_describe("fm_records_flushed_total", FM_METRIC_COUNTER, "File records moved from Redis into PostgreSQL");
     fm_metrics_describe("fm_records_flush_errors_total", FM_METRIC_COUNTER, "Batches of records PostgreSQL did not take");
     return 0;
@@ -86,9 +111,12 @@ int fm_records_init(void)
 typedef struct {
     fm_req_t *r;
     fm_records_done_fn done;
-    const char *argv[40];
+    fm_records_probe_fn probe_done; /* fm_records_put_or_dedupe */
+    const char *script;
+    const char *argv[48];
     int argc;
-    char id[40], rec_key[64], file_key[64], ttl[24], score[24], size[24], expires[24], created[24];
+    char id[40], rec_key[64], dedupe_rec_key[64], file_key[64], index_key[80], ttl[24], score[24], size[24], expires[24],
+        created[24], common[8];
     int retried;
 } put_t;
 
@@ -104,7 +132,7 @@ static void on_put(redisReply *reply, const char *errstr, void *data)
         /* First use on this Redis (or after a restart): send the script itself, which also caches it. */
         p->retried = 1;
         p->argv[0] = "EVAL";
-        p->argv[1] = put_script;
+        p->argv[1] = p->script;
         fm_req_hold(r);
         if (fm_redis_commandargv(fm_control_thread(r)->redis, on_put, p, p->argc, p->argv, NULL) != 0) {
             fm_req_resume(r);
@@ -114,42 +142,55 @@ static void on_put(redisReply *reply, const char *errstr, void *data)
         return;
     }
     fm_records_done_fn done = p->done;
+    fm_records_probe_fn probe_done = p->probe_done;
     free(p);
     if (fm_redis_failed(r, reply, errstr))
         return;
-    done(r);
+    if (probe_done == NULL) {
+        done(r);
+        return;
+    }
+    static const char *const outcomes[] = {"upload", "dedupe", "other", "unbuilt"};
+    for (size_t i = 0; i < sizeof(outcomes) / sizeof(outcomes[0]); ++i)
+        if (reply->type == REDIS_REPLY_STRING && strcmp(reply->str, outcomes[i]) == 0) {
+            probe_done(r, (fm_record_outcome_t)i);
+            return;
+        }
+    fm_log(FM_LOG_ERROR, r->request_id, "redis: the record script answered %.64s", reply->type == REDIS_REPLY_ERROR ? reply->str : "?");
+    fm_reply_error(r, 500, "internal_error", "the request could not be completed");
 }
 
-void fm_records_put(fm_req_t *r, const fm_record_t *rec, fm_records_done_fn done)
+static void put_send(put_t *p)
 {
-    put_t *p = calloc(1, sizeof(*p));
-    if (p == NULL)
-        h2o_fatal("out of memory");
-    p->r = r;
-    p->done = done;
-    int dedupe = rec->upload_id == NULL;
+    fm_req_t *r = p->r;
+    fm_req_hold(r);
+    if (fm_redis_commandargv(fm_control_thread(r)->redis, on_put, p, p->argc, p->argv, NULL) != 0) {
+        fm_req_resume(r);
+        free(p);
+        fm_reply_unavailable(r, "the session store");
+    }
+}
+
+/* The head of the script's arguments is the caller's; then the fields, those of every record first (`common` tells
+ * how many items they are), the upload's own after them unless `rec` is a dedupe. */
+static void put_fields(put_t *p, const fm_record_t *rec, int dedupe, int with_kind)
+{
     long long now_ms = (long long)time(NULL) * 1000; /* whole seconds: the rows' timestamps need no better */
     struct timespec ts;
     if (clock_gettime(CLOCK_REALTIME, &ts) == 0)
         now_ms = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    long long ttl = fm_control->config.upload_url_ttl_s + 86400;
-    snprintf(p->id, sizeof(p->id), "%s", dedupe ? rec->file_id : rec->upload_id);
-    snprintf(p->rec_key, sizeof(p->rec_key), "fm:rec:{%s}", p->id);
-    snprintf(p->file_key, sizeof(p->file_key), "fm:recf:{%s}", rec->file_id);
-    snprintf(p->ttl, sizeof(p->ttl), "%lld", ttl);
     snprintf(p->score, sizeof(p->score), "%lld", now_ms);
     snprintf(p->size, sizeof(p->size), "%lld", rec->size);
     snprintf(p->expires, sizeof(p->expires), "%lld", rec->expires_at);
     snprintf(p->created, sizeof(p->created), "%lld", now_ms);
-    const char *head[] = {"EVALSHA", put_script_sha, "3", p->rec_key, p->file_key, PENDING_KEY, p->ttl, p->score, p->id};
-    for (size_t i = 0; i < sizeof(head) / sizeof(head[0]); ++i)
-        p->argv[p->argc++] = head[i];
+    int first = p->argc;
 #define FIELD(k, v)                                                                                                   \
     do {                                                                                                              \
         p->argv[p->argc++] = (k);                                                                                     \
         p->argv[p->argc++] = (v);                                                                                     \
     } while (0)
-    FIELD("kind", dedupe ? "dedupe" : "upload");
+    if (with_kind)
+        FIELD("kind", dedupe ? "dedupe" : "upload");
     FIELD("file_id", rec->file_id);
     FIELD("owner", rec->owner_id);
     FIELD("name", rec->name);
@@ -157,18 +198,56 @@ void fm_records_put(fm_req_t *r, const fm_record_t *rec, fm_records_done_fn done
     FIELD("type", rec->content_type);
     FIELD("sha256", rec->sha256);
     FIELD("created", p->created);
+    snprintf(p->common, sizeof(p->common), "%d", p->argc - first);
     if (!dedupe) {
         FIELD("upload_id", rec->upload_id);
         FIELD("key", rec->object_key);
         FIELD("expires", p->expires);
     }
 #undef FIELD
-    fm_req_hold(r);
-    if (fm_redis_commandargv(fm_control_thread(r)->redis, on_put, p, p->argc, p->argv, NULL) != 0) {
-        fm_req_resume(r);
-        free(p);
-        fm_reply_unavailable(r, "the session store");
-    }
+}
+
+static put_t *put_new(fm_req_t *r, const char *script)
+{
+    put_t *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        h2o_fatal("out of memory");
+    p->r = r;
+    p->script = script;
+    snprintf(p->ttl, sizeof(p->ttl), "%lld", (long long)fm_control->config.upload_url_ttl_s + 86400);
+    return p;
+}
+
+void fm_records_put(fm_req_t *r, const fm_record_t *rec, fm_records_done_fn done)
+{
+    put_t *p = put_new(r, put_script);
+    p->done = done;
+    int dedupe = rec->upload_id == NULL;
+    snprintf(p->id, sizeof(p->id), "%s", dedupe ? rec->file_id : rec->upload_id);
+    snprintf(p->rec_key, sizeof(p->rec_key), "fm:rec:{%s}", p->id);
+    snprintf(p->file_key, sizeof(p->file_key), "fm:recf:{%s}", rec->file_id);
+    const char *head[] = {"EVALSHA", put_script_sha, "3", p->rec_key, p->file_key, PENDING_KEY, p->ttl, p->score, p->id};
+    for (size_t i = 0; i < sizeof(head) / sizeof(head[0]); ++i)
+        p->argv[p->argc++] = head[i];
+    put_fields(p, rec, dedupe, 1);
+    put_send(p);
+}
+
+void fm_records_put_or_dedupe(fm_req_t *r, const fm_record_t *upload, const char *index_key, fm_records_probe_fn done)
+{
+    put_t *p = put_new(r, probe_script);
+    p->probe_done = done;
+    snprintf(p->index_key, sizeof(p->index_key), "%s", index_key); /* a NOSCRIPT retry sends it again, later */
+    snprintf(p->rec_key, sizeof(p->rec_key), "fm:rec:{%s}", upload->upload_id);
+    snprintf(p->dedupe_rec_key, sizeof(p->dedupe_rec_key), "fm:rec:{%s}", upload->file_id);
+    snprintf(p->file_key, sizeof(p->file_key), "fm:recf:{%s}", upload->file_id);
+    const char *head[] = {"EVALSHA",       probe_script_sha, "5",         p->index_key,      p->rec_key,
+                          p->dedupe_rec_key, p->file_key,     PENDING_KEY, p->ttl,            p->score,
+                          upload->upload_id, upload->file_id,  upload->sha256, p->size,       p->common};
+    for (size_t i = 0; i < sizeof(head) / sizeof(head[0]); ++i)
+        p->argv[p->argc++] = head[i];
+    put_fields(p, upload, 0, 0);
+    put_send(p);
 }
 
 /* ---- records into PostgreSQL ---------------------------------------------------------------------------------- */
@@ -289,6 +368,49 @@ void fm_records_ensure(fm_req_t *r, const char *record_id, fm_records_next_fn ne
         fm_reply_unavailable(r, "the session store");
         ensure_fail(e);
     }
+}
+
+typedef struct {
+    fm_req_t *r;
+    fm_records_next_fn next;
+} file_lookup_t;
+
+static void on_file_record(redisReply *reply, const char *errstr, void *data)
+{
+    file_lookup_t *l = data;
+    fm_req_t *r = l->r;
+    fm_records_next_fn next = l->next;
+    free(l);
+    if (fm_req_resume(r) != 0)
+        return;
+    if (fm_redis_failed(r, reply, errstr))
+        return;
+    if (reply->type != REDIS_REPLY_STRING || reply->len > 36) {
+        fm_reply_error(r, 404, "not_found", "no such file");
+        return;
+    }
+    fm_records_ensure(r, reply->str, next, NULL);
+}
+
+int fm_records_retry_file(fm_req_t *r, const char *file_id, int *checked, fm_records_next_fn next)
+{
+    if (*checked || fm_control->config.record_flush_ms == 0)
+        return 0;
+    *checked = 1;
+    file_lookup_t *l = malloc(sizeof(*l));
+    if (l == NULL)
+        h2o_fatal("out of memory");
+    *l = (file_lookup_t){.r = r, .next = next};
+    char key[64];
+    snprintf(key, sizeof(key), "fm:recf:{%s}", file_id);
+    const char *argv[] = {"GET", key};
+    fm_req_hold(r);
+    if (fm_redis_commandargv(fm_control_thread(r)->redis, on_file_record, l, 2, argv, NULL) != 0) {
+        fm_req_resume(r);
+        free(l);
+        fm_reply_unavailable(r, "the session store");
+    }
+    return 1;
 }
 
 /* ---- the flusher ---------------------------------------------------------------------------------------------- */

@@ -49,6 +49,15 @@ void load_upload(fm_req_t *r, const fm_principal_t *p, upload_loaded_fn next);
 int upload_validate(fm_req_t *r, upload_state_t *s, const char *name, double size, const char *type, const char *sha,
                     const char *folder);
 
+/** A version 4 UUID (upload and file ids are ours, so the object key is known before any row exists). */
+void upload_new_id(char out[37]);
+
+/** The write-behind record of the single-PUT upload in `s` (ids and key set; pointers into s). */
+fm_record_t upload_record(const upload_state_t *s);
+
+/** The 201 answer of a new upload (or Uppy's shape), presigned URLs included. */
+void upload_answer_created(fm_req_t *r, upload_state_t *s);
+
 /** Creates the upload (S3 multipart first if needed), records it, and answers 201 (or Uppy's shape). */
 void upload_start(fm_req_t *r, upload_state_t *s);
 

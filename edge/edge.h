@@ -1,7 +1,8 @@
 /*
- * fm-edge internals: the disk cache (cache.c), the origin fills and variant renders with request coalescing
- * (origin.c), on-the-fly image variants (variant.c), the /f/ route (serve.c), the unsigned /p/ route (public.c),
- * purge (purge.c) and access events (events.c). docs/downloads.md "fm-edge" is the user's view of all of it.
+ * fm-edge internals: the disk cache (cache.c), the origin fills (streamed to the clients while they are written)
+ * and variant renders with request coalescing (origin.c), on-the-fly image variants (variant.c), the /f/ route
+ * (serve.c), the unsigned /p/ route (public.c), purge (purge.c) and access events (events.c). docs/downloads.md
+ * "fm-edge" is the user's view of all of it.
  */
 #ifndef FM_EDGE_H
 #define FM_EDGE_H
@@ -99,16 +100,26 @@ typedef struct fm_edge_fill_result {
 /** Called on the request's own loop thread once the object is cached (or the fill failed); owns res->fd. */
 typedef void (*fm_edge_fill_cb)(fm_req_t *r, fm_edge_fill_result_t *res);
 
+/**
+ * Called on the request's own loop thread as soon as the origin's answer to the fill it waits on is known, before
+ * the object is complete (`head`: size, ETag, type, fetch time). Sets the answer's status and headers as for a cache
+ * hit and returns 1 for origin.c to stream the whole body as the fill writes it (the response is then origin.c's), or
+ * 0 after answering entirely (HEAD, an empty object, a 400).
+ */
+typedef int (*fm_edge_stream_cb)(fm_req_t *r, const fm_edge_meta_t *head);
+
 /** Per-thread set-up of the fill notifications (thread_init) and tear-down (thread_dispose). */
 int fm_edge_origin_thread_init(fm_thread_t *thread);
 void fm_edge_origin_thread_dispose(fm_thread_t *thread);
 
 /**
  * Makes `r` wait for the object `key` (hex = its cache name): joins the fill in flight for it, or starts one on
- * the offload pool. `cb` runs on r's thread with the outcome (not at all if r went away). Returns 0, or -1 when the
- * offload queue is full (nothing pending; the caller answers 503).
+ * the offload pool. With `stream_cb` (NULL: none), r is answered from the origin's headers on and its body streamed
+ * while the fill writes it (cut with an error if the fill fails); else, or when the fill ended before r could
+ * start, `cb` runs on r's thread with the outcome once the object is cached (not at all if r went away). Returns 0,
+ * or -1 when the offload queue is full (nothing pending; the caller answers 503).
  */
-int fm_edge_origin_fill(fm_req_t *r, const char *key, const char *hex, fm_edge_fill_cb cb);
+int fm_edge_origin_fill(fm_req_t *r, const char *key, const char *hex, fm_edge_fill_cb cb, fm_edge_stream_cb stream_cb);
 
 /* ---- variant.c ---- */
 

@@ -1,14 +1,28 @@
 /*
- * Origin fills with request coalescing. A miss looks the key up in a process-wide table of fills in flight: the
- * first request starts a fill on the offload pool (blocking libcurl GET from S3, written to a temp file in the
- * cache folder), later ones for the same key only join its waiter list. When the object is complete the fill
- * publishes it into the cache, takes itself out of the table (a request arriving after that is a cache hit), and
- * hands every waiter its own fd on the cached file through a message to the waiter's loop thread. Waiters are
- * served only once the whole object is on disk (no streaming while filling: docs/downloads.md says why).
+ * Origin fills with request coalescing, streamed to the clients while they are written. A miss looks the key up in
+ * a process-wide table of fills in flight: the first request starts a fill on the offload pool (blocking libcurl
+ * calls to S3, the body written to a temp file in the cache folder), later ones for the same key only join its
+ * waiter list. When the object is complete the fill publishes it into the cache, takes itself out of the table (a
+ * request arriving after that is a cache hit) and tells every waiter, through a message to the waiter's loop thread.
+ *
+ * Streaming (docs/downloads.md "Misses and coalescing"). The fill GETs the object into the temp file; common/s3
+ * tells it the answer's headers (size, ETag, type) before the first body byte. A waiter that can take the object as
+ * it comes (serve.c passes a stream callback: a plain GET or HEAD, no Range, no condition) answers its headers as
+ * soon as they are known, then sends the body by pread from its
+ * own fd on the temp file, up to what the fill has written; caught up, it parks until the fill reports progress (a
+ * message at the first bytes, every PROGRESS_STEP and at the end). The last byte waits for the fill's verdict (GET
+ * complete, its size the Content-Length announced): a failed fill ends every stream with an error (a cut response),
+ * never with a complete-looking short or mixed body. Other waiters (Range, conditional, a variant's original) are
+ * served from the published file once it is complete, as before.
+ *
+ * Lifetimes. A fill is shared by its work (until fill_done) and its waiters (each holds a reference until it is
+ * freed); all the shared fields are under `lock`. A waiter belongs to its loop thread; it is freed when its request
+ * is answered, or its stream ended (FINAL, ERROR, or h2o's stop when the client went away), and no message for it
+ * is still queued. Every waiter of a thread counts in its edge_thread_t's `waiting`, which thread_dispose waits for.
  *
  * A variant render is the same kind of fill, keyed by the variant's cache key: its work renders from the cached
  * original (already open, handed over by serve.c) instead of fetching, so N concurrent requests for one variant
- * make one render.
+ * make one render. Its waiters never stream.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,39 +37,73 @@
 #include "log.h"
 #include "metrics.h"
 
+#define PROGRESS_STEP (256 * 1024) /* a fill wakes its parked streams every this many bytes (and at the end) */
+#define STREAM_CHUNK (256 * 1024)  /* a stream preads at most this much per h2o_send */
+
 typedef struct edge_thread {
     h2o_multithread_receiver_t receiver;
     fm_thread_t *thread;
-    size_t waiting; /* waiters of this thread not yet delivered */
+    size_t waiting;         /* waiters of this thread not yet freed (they may still get a message) */
+    size_t cut_pending;     /* streams cut at shutdown whose next proceed (h2o's turn) has not come */
+    h2o_linklist_t streams; /* waiters of this thread whose body is being streamed */
 } edge_thread_t;
+
+typedef struct fill fill_t;
+
+typedef enum { WAITER_WAITING, WAITER_STREAMING, WAITER_FINISHED } waiter_state_t;
 
 typedef struct waiter {
     h2o_multithread_message_t message; /* first: the receiver hands it back by this link */
-    struct waiter *next;
+    struct waiter *next;               /* in fill->waiters (under lock) */
+    fill_t *fill;                      /* a reference */
     fm_req_t *r;
     fm_edge_fill_cb cb;
+    fm_edge_stream_cb stream_cb; /* NULL: waits for the complete object */
     edge_thread_t *et;
-    fm_edge_fill_result_t result;
+    /* under lock */
+    int queued; /* the message is in et's queue */
+    int parked; /* a stream that caught up (and holds the turn to send): wake it at the next progress */
+    int listed; /* in fill->waiters */
+    /* on the loop thread only */
+    waiter_state_t state;
+    h2o_generator_t gen; /* while STREAMING */
+    h2o_req_t *req;      /* while STREAMING */
+    h2o_linklist_t stream_link;
+    int fd;
+    uint64_t offset, size;
+    char *buf; /* STREAM_CHUNK bytes from the request's pool */
+    int headers_sent;
+    int cut; /* shutdown: end with an error at the next turn */
 } waiter_t;
 
-typedef struct fill {
-    struct fill *next;
+struct fill {
+    struct fill *next; /* in the table of fills in flight */
     char hex[FM_EDGE_HEX_LEN + 1];
     char key[FM_EDGE_CACHE_KEY_MAX + 1];
+    /* under lock */
     waiter_t *waiters;
     int purged;
+    int refs;                     /* the work until fill_done, and one per waiter */
+    int headers_known;            /* `head` is set: streams may start */
+    fm_edge_meta_t head;          /* the origin's object, as the streams announce it (immutable once known) */
+    int read_fd;                  /* read-only on the temp file; streams dup it (set with headers_known) */
+    uint64_t written;             /* bytes in the temp file, as last reported */
+    int done;                     /* the work finished: `result` and `stream_ok` are final */
+    int stream_ok;                /* the streamed bytes are the whole object `head` announced */
+    fm_edge_fill_result_t result; /* for waiters served from the cache; result.fd is the fill's, waiters dup it */
     /* renders only */
     int is_render;
     fm_edge_variant_t variant;
     int src_fd;
     char src_etag[256];
-} fill_t;
+};
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static fill_t *fills;
 static atomic_size_t fills_inflight;
-static pthread_key_t s3_key;
+static pthread_key_t s3_key; /* per offload thread: its S3 client */
 static pthread_once_t s3_key_once = PTHREAD_ONCE_INIT;
+static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
 static atomic_uint tmp_counter;
 
 static void free_s3(void *s3)
@@ -63,7 +111,7 @@ static void free_s3(void *s3)
     fm_s3_free(s3);
 }
 
-static void make_s3_key(void)
+static void make_s3_keys(void)
 {
     pthread_key_create(&s3_key, free_s3);
 }
@@ -71,36 +119,237 @@ static void make_s3_key(void)
 /* fm_s3_t is not thread-safe: one per offload thread, freed when the thread ends. */
 static fm_s3_t *thread_s3(char *err, size_t err_size)
 {
-    pthread_once(&s3_key_once, make_s3_key);
+    pthread_once(&s3_key_once, make_s3_keys);
     fm_s3_t *s3 = pthread_getspecific(s3_key);
     if (s3 == NULL && (s3 = fm_s3_new(&fm_edge.s3, err, err_size)) != NULL)
         pthread_setspecific(s3_key, s3);
     return s3;
 }
 
+static void describe_metrics(void)
+{
+    fm_metrics_describe("fm_edge_streamed_total", FM_METRIC_COUNTER,
+                        "Cold-miss GETs whose body was streamed while the object was being fetched");
+    fm_metrics_describe("fm_edge_stream_errors_total", FM_METRIC_COUNTER,
+                        "Streamed answers cut because the fill failed or the edge stopped");
+    fm_metrics_counter_add("fm_edge_streamed_total", NULL, 0);
+    fm_metrics_counter_add("fm_edge_stream_errors_total", NULL, 0);
+}
+
+static void fill_free(fill_t *fill)
+{
+    if (fill->read_fd != -1)
+        close(fill->read_fd);
+    if (fill->result.fd != -1)
+        close(fill->result.fd);
+    if (fill->src_fd != -1)
+        close(fill->src_fd);
+    free(fill);
+}
+
+/* Under lock: queues w's message unless it is already queued. */
+static void kick(waiter_t *w)
+{
+    if (w->queued)
+        return;
+    w->queued = 1;
+    h2o_multithread_send_message(&w->et->receiver, &w->message);
+}
+
+/* Frees w once nothing can reach it any more: out of its fill's list, and no message queued (else on_message frees
+ * it when that arrives). Drops w's reference on the fill. */
+static void waiter_release(waiter_t *w)
+{
+    w->state = WAITER_FINISHED;
+    fill_t *fill = w->fill;
+    pthread_mutex_lock(&lock);
+    if (w->listed) {
+        for (waiter_t **p = &fill->waiters; *p != NULL; p = &(*p)->next) {
+            if (*p == w) {
+                *p = w->next;
+                break;
+            }
+        }
+        w->listed = 0;
+    }
+    if (w->queued) {
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    int last = --fill->refs == 0;
+    pthread_mutex_unlock(&lock);
+    if (last)
+        fill_free(fill);
+    if (w->fd != -1)
+        close(w->fd);
+    w->et->waiting--;
+    free(w);
+}
+
+/* ---- streams (loop thread) ---- */
+
+/* Ends w's response: FINAL after the last bytes, or ERROR (HTTP/1 closes the connection, HTTP/2 resets the stream). */
+static void stream_end(waiter_t *w, h2o_iovec_t *vec, size_t count, h2o_send_state_t state)
+{
+    h2o_req_t *req = w->req;
+    w->req = NULL;
+    h2o_linklist_unlink(&w->stream_link);
+    if (w->cut == 2)
+        w->et->cut_pending--;
+    if (state == H2O_SEND_STATE_ERROR) {
+        req->http1_is_persistent = 0;
+        fm_metrics_counter_add("fm_edge_stream_errors_total", NULL, 1);
+    }
+    h2o_send(req, vec, count, state); /* h2o forgets the generator here: w can go */
+    waiter_release(w);
+}
+
+/* Sends the next piece of w's body: when h2o asks (proceed), or when the fill moved while w was parked. */
+static void stream_send(waiter_t *w)
+{
+    fill_t *fill = w->fill;
+    pthread_mutex_lock(&lock);
+    int done = fill->done, ok = fill->stream_ok;
+    uint64_t written = fill->written;
+    /* The last byte waits for the verdict: a client never holds a complete body the fill did not confirm. */
+    uint64_t limit = done && ok ? w->size : written < w->size ? written : w->size > 0 ? w->size - 1 : 0;
+    int idle = !w->cut && !done && w->offset >= limit && w->headers_sent;
+    if (idle)
+        w->parked = 1;
+    pthread_mutex_unlock(&lock);
+    if (idle)
+        return;
+    if (w->cut || (done && !ok)) {
+        stream_end(w, NULL, 0, H2O_SEND_STATE_ERROR);
+        return;
+    }
+    if (w->offset >= limit) {
+        if (done) { /* everything was sent but the last piece's verdict */
+            stream_end(w, NULL, 0, H2O_SEND_STATE_FINAL);
+        } else { /* nothing written yet: the headers go out alone, at once */
+            w->headers_sent = 1;
+            h2o_send(w->req, NULL, 0, H2O_SEND_STATE_IN_PROGRESS);
+        }
+        return;
+    }
+    size_t want = limit - w->offset > STREAM_CHUNK ? STREAM_CHUNK : (size_t)(limit - w->offset);
+    ssize_t n;
+    while ((n = pread(w->fd, w->buf, want, (off_t)w->offset)) == -1 && errno == EINTR)
+        ;
+    if (n <= 0) {
+        fm_error("edge: read of a file being filled failed: %s", n == 0 ? "unexpected end" : strerror(errno));
+        stream_end(w, NULL, 0, H2O_SEND_STATE_ERROR);
+        return;
+    }
+    w->offset += (uint64_t)n;
+    w->headers_sent = 1;
+    h2o_iovec_t vec = h2o_iovec_init(w->buf, (size_t)n);
+    if (done && w->offset == w->size)
+        stream_end(w, &vec, 1, H2O_SEND_STATE_FINAL);
+    else
+        h2o_send(w->req, &vec, 1, H2O_SEND_STATE_IN_PROGRESS);
+}
+
+static void on_stream_proceed(h2o_generator_t *gen, h2o_req_t *req)
+{
+    (void)req;
+    stream_send(H2O_STRUCT_FROM_MEMBER(waiter_t, gen, gen));
+}
+
+/* h2o ends the request before its body was sent (the client went away): the fill and other streams go on. */
+static void on_stream_stop(h2o_generator_t *gen, h2o_req_t *req)
+{
+    (void)req;
+    waiter_t *w = H2O_STRUCT_FROM_MEMBER(waiter_t, gen, gen);
+    w->req = NULL;
+    h2o_linklist_unlink(&w->stream_link);
+    if (w->cut == 2)
+        w->et->cut_pending--;
+    waiter_release(w);
+}
+
+/* The origin's headers are known: answer them (serve.c) and stream the body from the temp file. */
+static void stream_start(waiter_t *w)
+{
+    fill_t *fill = w->fill;
+    int fd = dup(fill->read_fd); /* read_fd is immutable once the headers are known */
+    if (fd == -1) {
+        w->stream_cb = NULL; /* served from the cache when complete, as a Range request would be */
+        return;
+    }
+    fm_req_t *r = w->r;
+    if (fm_req_resume(r) != 0 || !w->stream_cb(r, &fill->head)) { /* the client went away, or answered already */
+        close(fd);
+        waiter_release(w);
+        return;
+    }
+    fm_metrics_counter_add("fm_edge_streamed_total", NULL, 1);
+    w->state = WAITER_STREAMING;
+    w->fd = fd;
+    w->size = fill->head.size;
+    w->req = r->req;
+    w->buf = h2o_mem_alloc_pool(&w->req->pool, w->size < STREAM_CHUNK ? (size_t)w->size : STREAM_CHUNK);
+    w->gen = (h2o_generator_t){on_stream_proceed, on_stream_stop};
+    h2o_linklist_insert(&w->et->streams, &w->stream_link);
+    h2o_start_response(w->req, &w->gen);
+    stream_send(w);
+}
+
+/* The fill is complete (or failed): the answer from the published file, or the error. */
+static void deliver(waiter_t *w)
+{
+    fill_t *fill = w->fill;
+    fm_edge_fill_result_t result = fill->result; /* final once done */
+    result.fd = -1;
+    if (fill->result.fd != -1 && (result.fd = dup(fill->result.fd)) == -1)
+        result.status = 503, result.code = "cache_unavailable";
+    if (fm_req_resume(w->r) != 0) { /* the client went away while waiting */
+        if (result.fd != -1)
+            close(result.fd);
+    } else {
+        w->cb(w->r, &result);
+    }
+    waiter_release(w);
+}
+
 static void on_fill_message(h2o_multithread_receiver_t *receiver, h2o_linklist_t *messages)
 {
-    edge_thread_t *et = H2O_STRUCT_FROM_MEMBER(edge_thread_t, receiver, receiver);
+    (void)receiver;
     while (!h2o_linklist_is_empty(messages)) {
         waiter_t *w = H2O_STRUCT_FROM_MEMBER(waiter_t, message.link, messages->next);
         h2o_linklist_unlink(&w->message.link);
-        et->waiting--;
-        if (fm_req_resume(w->r) != 0) { /* the client went away while waiting */
-            if (w->result.fd != -1)
-                close(w->result.fd);
-        } else {
-            w->cb(w->r, &w->result);
+        pthread_mutex_lock(&lock);
+        w->queued = 0;
+        int parked = w->parked, headers_known = w->fill->headers_known, done = w->fill->done;
+        w->parked = 0;
+        pthread_mutex_unlock(&lock);
+        switch (w->state) {
+        case WAITER_WAITING:
+            /* A fill that ended before this waiter started streaming serves it from the cache (or fails it). */
+            if (done)
+                deliver(w);
+            else if (w->stream_cb != NULL && headers_known)
+                stream_start(w);
+            break;
+        case WAITER_STREAMING:
+            if (parked)
+                stream_send(w);
+            break;
+        case WAITER_FINISHED: /* ended while this message was queued */
+            waiter_release(w);
+            break;
         }
-        free(w);
     }
 }
 
 int fm_edge_origin_thread_init(fm_thread_t *thread)
 {
+    pthread_once(&metrics_once, describe_metrics);
     edge_thread_t *et = calloc(1, sizeof(*et));
     if (et == NULL)
         return -1;
     et->thread = thread;
+    h2o_linklist_init_anchor(&et->streams);
     h2o_multithread_register_receiver(thread->queue, &et->receiver, on_fill_message);
     thread->data = et;
     return 0;
@@ -111,12 +360,30 @@ void fm_edge_origin_thread_dispose(fm_thread_t *thread)
     edge_thread_t *et = thread->data;
     if (et == NULL)
         return;
+    /* Streams still running outlived the graceful period: cut them (an error, never a complete-looking body). The
+     * ones whose turn it is send the error now; the others when h2o next asks for data. */
+    for (h2o_linklist_t *link = et->streams.next, *next; link != &et->streams; link = next) {
+        next = link->next;
+        waiter_t *w = H2O_STRUCT_FROM_MEMBER(waiter_t, stream_link, link);
+        pthread_mutex_lock(&lock);
+        int parked = w->parked;
+        w->parked = 0;
+        pthread_mutex_unlock(&lock);
+        w->cut = parked ? 1 : 2;
+        if (parked)
+            stream_send(w);
+        else
+            et->cut_pending++;
+    }
     /* A fill started by another thread may still owe this one a message: wait for it before the receiver goes. */
     uint64_t deadline = fm_now_ns() + 60ull * 1000000000u;
-    while (et->waiting > 0 && fm_now_ns() < deadline)
+    while (et->waiting > et->cut_pending && fm_now_ns() < deadline)
         h2o_evloop_run(thread->loop, 10);
-    if (et->waiting > 0)
-        fm_warn("edge: %zu requests still wait for an origin fill at shutdown", et->waiting);
+    if (et->waiting > 0) {
+        /* Kept registered and reachable: a fill or h2o may still call them. The process is ending anyway. */
+        fm_warn("edge: %zu requests still wait for an origin fill or a client at shutdown", et->waiting);
+        return;
+    }
     h2o_multithread_unregister_receiver(thread->queue, &et->receiver);
     free(et);
     thread->data = NULL;
@@ -127,11 +394,27 @@ size_t fm_edge_origin_inflight(void)
     return atomic_load(&fills_inflight);
 }
 
+/* ---- the fill (offload thread) ---- */
+
 typedef struct {
-    int fd;
-    uint64_t written;
+    fill_t *fill;
+    int fd, read_fd; /* read_fd: handed to the streams with the headers (-1: no streaming) */
+    time_t stored_at;
+    int streamed; /* the headers were announced: streams may have started */
+    uint64_t written, reported;
     int failed;
 } sink_t;
+
+/* Tells the fill's parked streams that more is written. */
+static void report_progress(fill_t *fill, uint64_t written)
+{
+    pthread_mutex_lock(&lock);
+    fill->written = written;
+    for (waiter_t *w = fill->waiters; w != NULL; w = w->next)
+        if (w->parked)
+            kick(w);
+    pthread_mutex_unlock(&lock);
+}
 
 static int write_to_file(void *ud, const void *data, size_t len)
 {
@@ -149,52 +432,97 @@ static int write_to_file(void *ud, const void *data, size_t len)
         len -= (size_t)n;
         sink->written += (uint64_t)n;
     }
+    /* at the first bytes (first-byte latency), then every PROGRESS_STEP (not to flood the loops) */
+    if (sink->reported == 0 || sink->written - sink->reported >= PROGRESS_STEP) {
+        sink->reported = sink->written;
+        report_progress(sink->fill, sink->written);
+    }
     return 0;
 }
 
-/* The origin GET into a temp file, published into the cache. */
-static void fetch_original(fill_t *fill, const char *tmp_path, fm_edge_fill_result_t *result)
+/* The origin's answer is known: the streaming waiters may answer their headers. */
+static void announce_headers(fill_t *fill, const fm_edge_meta_t *head, int read_fd)
+{
+    pthread_mutex_lock(&lock);
+    fill->head = *head;
+    fill->read_fd = read_fd;
+    fill->headers_known = 1;
+    for (waiter_t *w = fill->waiters; w != NULL; w = w->next)
+        if (w->stream_cb != NULL)
+            kick(w);
+    pthread_mutex_unlock(&lock);
+}
+
+/* The GET's answer is the object's (2xx): announced to the streams when its size is known (a Content-Length). */
+static int on_origin_headers(void *ud, const fm_s3_result_t *head)
+{
+    sink_t *sink = ud;
+    if (sink->read_fd == -1 || head->content_length < 0)
+        return 0; /* no streaming: the waiters get the published file */
+    fm_edge_meta_t meta = {.size = (uint64_t)head->content_length, .stored_at = sink->stored_at};
+    snprintf(meta.key, sizeof(meta.key), "%s", sink->fill->key);
+    snprintf(meta.etag, sizeof(meta.etag), "%s", head->etag);
+    snprintf(meta.content_type, sizeof(meta.content_type), "%s", head->content_type);
+    announce_headers(sink->fill, &meta, sink->read_fd);
+    sink->read_fd = -1; /* the fill's now */
+    sink->streamed = 1;
+    return 0;
+}
+
+/* The origin GET into a temp file, published into the cache; streamed to the waiters that can take it as it comes.
+ * Returns whether the bytes streamed are the whole object announced. */
+static int fetch_original(fill_t *fill, const char *tmp_path, fm_edge_fill_result_t *result)
 {
     char err[256] = "";
     fm_s3_t *s3 = thread_s3(err, sizeof(err));
-    sink_t sink = {.fd = -1};
+    sink_t sink = {.fill = fill, .fd = -1, .read_fd = -1};
     if (s3 == NULL) {
         fm_error("edge: S3 client: %s", err);
         result->status = 503, result->code = "origin_unavailable";
-    } else if ((sink.fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) == -1) {
+        return 0;
+    }
+    if ((sink.fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) == -1) {
         fm_error("edge: cannot create %s: %s", tmp_path, strerror(errno));
         result->status = 503, result->code = "cache_unavailable";
-    } else {
-        fm_s3_result_t res;
-        uint64_t started = fm_now_ns();
-        int rc = fm_s3_get_object(s3, fill->key, write_to_file, &sink, &res);
-        fm_metrics_observe("fm_edge_origin_seconds", NULL, (double)(fm_now_ns() - started) / 1e9);
-        int synced = rc == 0 && fdatasync(sink.fd) == 0;
-        close(sink.fd);
-        if (rc == 0 && synced && (res.content_length < 0 || (uint64_t)res.content_length == sink.written)) {
-            fm_edge_meta_t *meta = &result->meta;
-            snprintf(meta->key, sizeof(meta->key), "%s", fill->key);
-            meta->size = sink.written;
-            snprintf(meta->etag, sizeof(meta->etag), "%s", res.etag);
-            snprintf(meta->content_type, sizeof(meta->content_type), "%s", res.content_type);
-            meta->stored_at = time(NULL);
-            if ((result->fd = fm_edge_cache_publish(fill->hex, tmp_path, meta)) == -1)
-                result->status = 503, result->code = "cache_unavailable";
-            fm_metrics_counter_add("fm_edge_origin_bytes_total", NULL, (double)sink.written);
-        } else {
-            unlink(tmp_path);
-            if (rc != 0 && (res.status == 404 || strcmp(res.code, "NoSuchKey") == 0))
-                result->status = 404, result->code = "not_found";
-            else if (sink.failed)
-                result->status = 503, result->code = "cache_unavailable";
-            else
-                result->status = 502, result->code = "origin_error";
-            if (result->status != 404)
-                fm_warn("edge: origin fill of %s failed: %s %s (%ld) %s", fill->key, res.code, res.message, res.status,
-                        sink.failed ? strerror(sink.failed) : "");
-            fm_metrics_counter_add("fm_edge_origin_errors_total", NULL, 1);
-        }
+        return 0;
     }
+    sink.stored_at = time(NULL); /* Last-Modified: the same for the streamed answers and the later hits */
+    uint64_t started = fm_now_ns();
+    sink.read_fd = open(tmp_path, O_RDONLY | O_CLOEXEC); /* -1: no streaming, the waiters get the published file */
+
+    fm_s3_result_t res;
+    int rc = fm_s3_get_object_announced(s3, fill->key, on_origin_headers, write_to_file, &sink, &res);
+    if (sink.read_fd != -1) /* never announced (an error answer, no Content-Length) */
+        close(sink.read_fd);
+    time_t stored_at = sink.stored_at;
+    int streamed = sink.streamed;
+    fm_metrics_observe("fm_edge_origin_seconds", NULL, (double)(fm_now_ns() - started) / 1e9);
+    int synced = rc == 0 && fdatasync(sink.fd) == 0;
+    close(sink.fd);
+    if (rc == 0 && synced && (res.content_length < 0 || (uint64_t)res.content_length == sink.written)) {
+        fm_edge_meta_t *meta = &result->meta;
+        snprintf(meta->key, sizeof(meta->key), "%s", fill->key);
+        meta->size = sink.written;
+        snprintf(meta->etag, sizeof(meta->etag), "%s", res.etag);
+        snprintf(meta->content_type, sizeof(meta->content_type), "%s", res.content_type);
+        meta->stored_at = stored_at;
+        if ((result->fd = fm_edge_cache_publish(fill->hex, tmp_path, meta)) == -1)
+            result->status = 503, result->code = "cache_unavailable";
+        fm_metrics_counter_add("fm_edge_origin_bytes_total", NULL, (double)sink.written);
+        return streamed && sink.written == fill->head.size;
+    }
+    unlink(tmp_path);
+    if (rc != 0 && (res.status == 404 || strcmp(res.code, "NoSuchKey") == 0))
+        result->status = 404, result->code = "not_found";
+    else if (sink.failed)
+        result->status = 503, result->code = "cache_unavailable";
+    else
+        result->status = 502, result->code = "origin_error";
+    if (result->status != 404)
+        fm_warn("edge: origin fill of %s failed: %s %s (%ld) %s", fill->key, res.code, res.message, res.status,
+                sink.failed ? strerror(sink.failed) : "");
+    fm_metrics_counter_add("fm_edge_origin_errors_total", NULL, 1);
+    return 0;
 }
 
 /* A variant rendered from the original open on fill->src_fd, published into the cache. Its ETag is derived from
@@ -233,12 +561,14 @@ static void fill_work(void *data)
     char tmp_path[640], suffix[64];
     snprintf(suffix, sizeof(suffix), ".%ld.%u.tmp", (long)getpid(), atomic_fetch_add(&tmp_counter, 1));
     fm_edge_cache_path(fill->hex, suffix, tmp_path, sizeof(tmp_path));
+    int stream_ok = 0;
     if (fill->is_render)
         render_variant(fill, tmp_path, &result);
     else
-        fetch_original(fill, tmp_path, &result);
+        stream_ok = fetch_original(fill, tmp_path, &result);
 
-    /* Out of the table first: from here on a new request finds the published object (or misses afresh). */
+    /* Out of the table first: from here on a new request finds the published object (or misses afresh). Every
+     * waiter hears of the end: streams send their last bytes or their error, the others are answered. */
     pthread_mutex_lock(&lock);
     for (fill_t **p = &fills; *p != NULL; p = &(*p)->next) {
         if (*p == fill) {
@@ -247,38 +577,45 @@ static void fill_work(void *data)
         }
     }
     int purged = fill->purged;
-    waiter_t *waiters = fill->waiters;
+    fill->result = result;
+    fill->stream_ok = stream_ok;
+    if (stream_ok)
+        fill->written = fill->head.size;
+    fill->done = 1;
+    for (waiter_t *w = fill->waiters; w != NULL; w = w->next) {
+        w->listed = 0;
+        kick(w);
+    }
     fill->waiters = NULL;
     pthread_mutex_unlock(&lock);
-
-    for (waiter_t *w = waiters, *next; w != NULL; w = next) {
-        next = w->next;
-        w->result = result;
-        if (result.fd != -1 && (w->result.fd = dup(result.fd)) == -1)
-            w->result.status = 503, w->result.code = "cache_unavailable";
-        h2o_multithread_send_message(&w->et->receiver, &w->message);
-    }
-    if (result.fd != -1)
-        close(result.fd);
     if (purged && result.status == 0) /* purged while filling: served to those waiting, not kept */
         fm_edge_cache_purge_key(fill->key, strlen(fill->key));
 }
 
+/* Back on the loop that started the fill: the work's reference goes. */
 static void fill_done(void *data)
 {
-    free(data);
+    fill_t *fill = data;
+    pthread_mutex_lock(&lock);
+    int last = --fill->refs == 0;
+    pthread_mutex_unlock(&lock);
+    if (last)
+        fill_free(fill);
     atomic_fetch_sub(&fills_inflight, 1);
 }
 
 /* Joins the fill in flight for `proto->hex`, or starts `proto` (heap, taken) on the offload pool. */
-static int join_or_start(fm_req_t *r, fill_t *proto, fm_edge_fill_cb cb)
+static int join_or_start(fm_req_t *r, fill_t *proto, fm_edge_fill_cb cb, fm_edge_stream_cb stream_cb)
 {
     waiter_t *w = calloc(1, sizeof(*w));
     if (w == NULL)
         h2o_fatal("out of memory");
     w->r = r;
     w->cb = cb;
+    w->stream_cb = stream_cb;
     w->et = r->thread->data;
+    w->fd = -1;
+    w->listed = 1;
     int is_render = proto->is_render;
 
     pthread_mutex_lock(&lock);
@@ -286,22 +623,24 @@ static int join_or_start(fm_req_t *r, fill_t *proto, fm_edge_fill_cb cb)
     while (fill != NULL && memcmp(fill->hex, proto->hex, FM_EDGE_HEX_LEN) != 0)
         fill = fill->next;
     if (fill != NULL) {
+        w->fill = fill;
         w->next = fill->waiters;
         fill->waiters = w;
+        fill->refs++;
+        if (stream_cb != NULL && fill->headers_known) /* late joiner: it streams from where the fill is */
+            kick(w);
         pthread_mutex_unlock(&lock);
-        if (proto->is_render && proto->src_fd != -1)
-            close(proto->src_fd);
-        free(proto);
+        fill_free(proto);
         fm_metrics_counter_add(is_render ? "fm_edge_variant_coalesced_total" : "fm_edge_coalesced_total", NULL, 1);
     } else {
         fill = proto;
+        w->fill = fill;
         fill->waiters = w;
+        fill->refs = 2; /* the work and w */
         /* Submitted under the lock, so nobody can join a fill that then fails to start. */
         if (fm_offload_run(r->thread->offload, fill_work, fill_done, fill) != 0) {
             pthread_mutex_unlock(&lock);
-            if (fill->is_render && fill->src_fd != -1)
-                close(fill->src_fd);
-            free(fill);
+            fill_free(fill);
             free(w);
             return -1;
         }
@@ -316,30 +655,31 @@ static int join_or_start(fm_req_t *r, fill_t *proto, fm_edge_fill_cb cb)
     return 0;
 }
 
-int fm_edge_origin_fill(fm_req_t *r, const char *key, const char *hex, fm_edge_fill_cb cb)
+static fill_t *new_fill(const char *key, const char *hex)
 {
     fill_t *fill = calloc(1, sizeof(*fill));
     if (fill == NULL)
         h2o_fatal("out of memory");
     memcpy(fill->hex, hex, FM_EDGE_HEX_LEN);
     snprintf(fill->key, sizeof(fill->key), "%s", key);
-    fill->src_fd = -1;
-    return join_or_start(r, fill, cb);
+    fill->src_fd = fill->read_fd = fill->result.fd = -1;
+    return fill;
+}
+
+int fm_edge_origin_fill(fm_req_t *r, const char *key, const char *hex, fm_edge_fill_cb cb, fm_edge_stream_cb stream_cb)
+{
+    return join_or_start(r, new_fill(key, hex), cb, stream_cb);
 }
 
 int fm_edge_origin_render(fm_req_t *r, const char *vkey, const char *vhex, const fm_edge_variant_t *v, int src_fd,
                           const fm_edge_meta_t *src, fm_edge_fill_cb cb)
 {
-    fill_t *fill = calloc(1, sizeof(*fill));
-    if (fill == NULL)
-        h2o_fatal("out of memory");
-    memcpy(fill->hex, vhex, FM_EDGE_HEX_LEN);
-    snprintf(fill->key, sizeof(fill->key), "%s", vkey);
+    fill_t *fill = new_fill(vkey, vhex);
     fill->is_render = 1;
     fill->variant = *v;
     fill->src_fd = src_fd;
     snprintf(fill->src_etag, sizeof(fill->src_etag), "%s", src->etag);
-    return join_or_start(r, fill, cb);
+    return join_or_start(r, fill, cb, NULL);
 }
 
 void fm_edge_origin_purge(const char *key, size_t key_len, int is_prefix)

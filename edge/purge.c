@@ -1,8 +1,9 @@
 /*
  * POST /_edge/purge {"keys":[…],"prefixes":[…]} with X-FM-Edge-Secret: removes cached objects by exact key (with
  * the on-the-fly variants rendered from it) and by key prefix (a blob's variants live under "variants/{sha256}/"), and
- * marks fills in flight for them so their result is served to those already waiting but not kept. The control plane
- * calls it on delete and replace.
+ * marks fills in flight for them so their result is served to those already waiting but not kept. fm-worker calls
+ * it (lambda-workers/purge.c, FM_EDGE_PURGE_URLS) after DELETE /v1/files/{id} trashed the last live file of a blob,
+ * and again when the blob's objects are deleted (docs/downloads.md "Delete, restore, retention").
  */
 #include <openssl/crypto.h>
 #include <string.h>

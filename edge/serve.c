@@ -4,10 +4,11 @@
  *
  * parse (the raw path: refuse `..`, `.`, empty segments, encoded '/', '\', NUL and control bytes, > 1024-byte keys)
  * and the variant parameters w/h/fit/format/q (variant.c) → authorize (fm_cf_verify_url on FM_EDGE_PUBLIC_BASE + the
- * path and query exactly as received, client IP = TCP peer) → act (cache hit, or wait on a coalesced origin fill;
- * for a variant: its cached rendering, or the original (cached or filled) then a coalesced render) → answer
- * (conditional GET, one byte range, headers, an access event). Every refusal happens before the cache or the origin
- * is touched.
+ * path and query exactly as received, client IP = TCP peer) → act (cache hit, or join a coalesced origin fill: a
+ * plain GET/HEAD is answered from the origin's headers and streamed by origin.c while the fill writes, a Range or
+ * conditional request waits for the cached file; for a variant: its cached rendering, or the original (cached or
+ * filled) then a coalesced render) → answer (conditional GET, one byte range, headers, an access event). Every
+ * refusal happens before the cache or the origin is touched.
  *
  * Bytes are sent by a generator that preads the cached file in 256 KiB pieces: h2o 2.2.5 has no sendfile(2) path
  * (its own file handler preads 64 KB at a time too), and h2o_file_send() handles neither Range nor conditional
@@ -359,18 +360,15 @@ static void reset_headers(fm_req_t *r)
     r->req->res.headers = (h2o_headers_t){NULL};
 }
 
-/* Answers from an open cached file (takes `fd`); `outcome` goes into the access event. */
-static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const char *outcome)
+/*
+ * The status and headers of an answer about `meta` (a cached object, or one a fill is still writing): conditional
+ * GET, Content-Disposition, one byte range, the access event (`outcome`). Returns 1 with the body's part to send in
+ * [*first, *first + *length), or 0 when it answered entirely (304, 400, 416, HEAD, an empty body).
+ */
+static int answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *outcome, uint64_t *first,
+                          uint64_t *length)
 {
     h2o_req_t *req = r->req;
-    file_gen_t *gen = h2o_mem_alloc_shared(&req->pool, sizeof(*gen), gen_dispose);
-    *gen = (file_gen_t){.super = {gen_proceed, gen_stop}, .fd = fd};
-
-    struct stat st;
-    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size != meta->size) {
-        fm_reply_error(r, 503, "cache_unavailable", "the cached copy is unreadable, try again");
-        return;
-    }
     char last_modified[H2O_TIMESTR_RFC1123_LEN + 1];
     struct tm gmt;
     gmtime_r(&meta->stored_at, &gmt);
@@ -391,7 +389,7 @@ static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const ch
         account(r, 304);
         fm_edge_event(meta->key, outcome, 304, 0, peer);
         h2o_send_inline(req, NULL, 0);
-        return;
+        return 0;
     }
 
     /* Content-Disposition from the signed query: name=<percent-encoded UTF-8>, disposition=inline|attachment. */
@@ -406,7 +404,7 @@ static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const ch
         else if (!h2o_memis(disposition.base, disposition.len, H2O_STRLIT("attachment"))) {
             reset_headers(r);
             fm_reply_error(r, 400, "invalid_disposition", "disposition must be inline or attachment");
-            return;
+            return 0;
         }
     }
     if (name.base != NULL) {
@@ -414,7 +412,7 @@ static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const ch
         if (value == NULL) {
             reset_headers(r);
             fm_reply_error(r, 400, "invalid_name", "name must be 1..255 bytes of percent-encoded UTF-8");
-            return;
+            return 0;
         }
         add_header(req, H2O_TOKEN_CONTENT_DISPOSITION, value);
     } else if (disposition.base != NULL) {
@@ -427,7 +425,9 @@ static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const ch
                meta->content_type[0] ? h2o_strdup(&req->pool, meta->content_type, SIZE_MAX).base
                                      : "application/octet-stream");
 
-    uint64_t first = 0, last = meta->size ? meta->size - 1 : 0, length = meta->size;
+    uint64_t last = meta->size ? meta->size - 1 : 0;
+    *first = 0;
+    *length = meta->size;
     int status = 200;
     h2o_iovec_t range = fm_req_header(r, "range");
     h2o_iovec_t if_range = fm_req_header(r, "if-range");
@@ -435,7 +435,7 @@ static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const ch
     int range_allowed = if_range.base == NULL || (meta->etag[0] == '"' && h2o_memis(if_range.base, if_range.len,
                                                                                     meta->etag, strlen(meta->etag)));
     if (range.base != NULL && range_allowed) {
-        switch (parse_range(range, meta->size, &first, &last)) {
+        switch (parse_range(range, meta->size, first, &last)) {
         case RANGE_NONE:
             break;
         case RANGE_UNSATISFIABLE: {
@@ -445,13 +445,13 @@ static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const ch
             fm_req_add_header(r, "content-range", content_range);
             fm_reply_error(r, 416, "range_not_satisfiable", "the range is outside the object's %llu bytes",
                            (unsigned long long)meta->size);
-            return;
+            return 0;
         }
         case RANGE_ONE: {
             status = 206;
-            length = last - first + 1;
+            *length = last - *first + 1;
             char *content_range = h2o_mem_alloc_pool(&req->pool, 80);
-            snprintf(content_range, 80, "bytes %llu-%llu/%llu", (unsigned long long)first, (unsigned long long)last,
+            snprintf(content_range, 80, "bytes %llu-%llu/%llu", (unsigned long long)*first, (unsigned long long)last,
                      (unsigned long long)meta->size);
             add_header(req, H2O_TOKEN_CONTENT_RANGE, content_range);
             break;
@@ -461,23 +461,64 @@ static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const ch
 
     req->res.status = status;
     req->res.reason = status == 206 ? "Partial Content" : "OK";
-    req->res.content_length = length;
+    req->res.content_length = *length;
     account(r, status);
     int is_head = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"));
-    fm_edge_event(meta->key, outcome, status, is_head ? 0 : length, peer);
-    if (is_head || length == 0) {
+    fm_edge_event(meta->key, outcome, status, is_head ? 0 : *length, peer);
+    if (is_head || *length == 0) {
         static h2o_generator_t empty = {NULL, NULL};
-        gen_dispose(gen);
         h2o_start_response(req, &empty);
         h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
+        return 0;
+    }
+    fm_metrics_counter_add("fm_edge_bytes_served_total", NULL, (double)*length);
+    return 1;
+}
+
+/* Answers from an open cached file (takes `fd`); `outcome` goes into the access event. */
+static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const char *outcome)
+{
+    h2o_req_t *req = r->req;
+    file_gen_t *gen = h2o_mem_alloc_shared(&req->pool, sizeof(*gen), gen_dispose);
+    *gen = (file_gen_t){.super = {gen_proceed, gen_stop}, .fd = fd};
+
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size != meta->size) {
+        fm_reply_error(r, 503, "cache_unavailable", "the cached copy is unreadable, try again");
         return;
     }
-    fm_metrics_counter_add("fm_edge_bytes_served_total", NULL, (double)length);
+    uint64_t first, length;
+    if (!answer_headers(r, meta, outcome, &first, &length)) {
+        gen_dispose(gen);
+        return;
+    }
     gen->offset = (off_t)first;
     gen->left = length;
     gen->buf = h2o_mem_alloc_pool(&req->pool, length < SEND_CHUNK ? (size_t)length : SEND_CHUNK);
     h2o_start_response(req, &gen->super);
     gen_proceed(&gen->super, req);
+}
+
+/*
+ * A cold miss that can take the body as it comes (can_stream): its answer from the origin's headers, as a hit's
+ * would be; origin.c streams the body. HEAD and an empty object are answered here.
+ */
+static int on_stream_headers(fm_req_t *r, const fm_edge_meta_t *head)
+{
+    uint64_t first, length;
+    return answer_headers(r, head, "miss", &first, &length);
+}
+
+/*
+ * Whether a cold miss streams: a plain GET or HEAD of an original. A Range or a condition (If-None-Match,
+ * If-Modified-Since) on a miss waits for the complete object and is answered from the cache, as a variant's
+ * original is: rare on a miss (a client revalidating or resuming mostly meets a hit), and simpler to get right on
+ * a whole file than on one being written.
+ */
+static int can_stream(fm_req_t *r)
+{
+    return fm_req_header(r, "range").base == NULL && fm_req_header(r, "if-none-match").base == NULL &&
+           fm_req_header(r, "if-modified-since").base == NULL;
 }
 
 /* A failed fill or render: the error it carries. Returns 1 if it answered. */
@@ -629,7 +670,7 @@ static void serve_variant(fm_req_t *r, const char *key, size_t key_len, const fm
         start_render(r, key, key_len, v, fd, &meta);
         return;
     }
-    if (fm_edge_origin_fill(r, key, hex, on_original_filled) != 0)
+    if (fm_edge_origin_fill(r, key, hex, on_original_filled, NULL) != 0)
         fm_reply_unavailable(r, "the edge's origin queue");
 }
 
@@ -676,7 +717,7 @@ void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t)
         serve_variant(r, t->key, t->key_len, &t->variant);
         return;
     }
-    /* a hit is served at once; a miss waits on the (coalesced) origin fill */
+    /* a hit is served at once; a miss joins the (coalesced) origin fill, streamed when it can be */
     char hex[FM_EDGE_HEX_LEN + 1];
     fm_edge_cache_name(t->key, t->key_len, hex);
     fm_edge_meta_t meta;
@@ -686,7 +727,7 @@ void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t)
         serve_file(r, fd, &meta, "hit");
         return;
     }
-    if (fm_edge_origin_fill(r, t->key, hex, on_filled) != 0)
+    if (fm_edge_origin_fill(r, t->key, hex, on_filled, can_stream(r) ? on_stream_headers : NULL) != 0)
         fm_reply_unavailable(r, "the edge's origin queue");
 }
 

@@ -166,16 +166,30 @@ fm_cleanup_rc fm_cleanup_blob(fm_worker_t *w, const char *job_id, char *reason, 
         rc = FM_CLEANUP_RETRY;
         goto out;
     }
-    res = fm_worker_sql(w, "DELETE FROM blobs WHERE sha256 = decode($1, 'hex')", 1, sha_param);
+    /* With the row, in the same transaction, a purge_edge job (purge.h): the edges may still hold the bytes (a signed
+     * URL handed out before the last file was deleted can refill them until it expires), and they must drop them
+     * once the origin has none. Made here, it cannot be lost between the commit and the purge. */
+    const char *purge_params[] = {sha256, storage_key};
+    res = fm_worker_sql(w,
+                        "WITH gone AS (DELETE FROM blobs WHERE sha256 = decode($1, 'hex') RETURNING sha256) "
+                        "SELECT fm_purge_job(sha256, $2, 'cleanup', NULL)::text FROM gone",
+                        2, purge_params);
     if (res == NULL) {
         rollback(w);
         rc = FM_CLEANUP_LEFT;
         goto out;
     }
+    char purge_job[40] = "";
+    if (PQntuples(res) == 1)
+        snprintf(purge_job, sizeof(purge_job), "%s", PQgetvalue(res, 0, 0));
     PQclear(res);
     rc = finish(w, job_id, "deleted") == 0 ? FM_CLEANUP_DELETED : FM_CLEANUP_LEFT;
-    if (rc == FM_CLEANUP_DELETED)
-        fm_info("cleanup: blob %s deleted (object %s and its variants)", sha256, storage_key);
+    if (rc == FM_CLEANUP_DELETED) {
+        fm_info("cleanup: blob %s deleted (object %s and its variants); edge purge job %s", sha256, storage_key,
+                purge_job[0] ? purge_job : "none");
+        if (purge_job[0] != '\0')
+            fm_worker_enqueue(w, purge_job, "purge_edge", "cleanup");
+    }
 out:
     free(storage_key);
     free(variants);
@@ -184,24 +198,6 @@ out:
 
 /* ---- the scan -----------------------------------------------------------------------------------------------------
  */
-
-/* XADD with the fields of control-plane/jobs.c, then enqueued_at. 0, or -1 when Redis failed. */
-static int enqueue(fm_worker_t *keeper, const char *job_id)
-{
-    const char *xadd[] = {"XADD",       FM_QUEUE_STREAM, "MAXLEN",       "~",       "1000000", "*",         "job_id",
-                          job_id,       "type",          "cleanup_blob", "file_id", "",        "upload_id", "",
-                          "request_id", "cleanup",       "traceparent",  ""};
-    redisReply *added = fm_worker_cmd(keeper, 18, xadd);
-    int ok = added != NULL && added->type == REDIS_REPLY_STRING;
-    if (added != NULL && !ok)
-        fm_warn("cleanup: XADD of job %s: %s", job_id, added->type == REDIS_REPLY_ERROR ? added->str : "?");
-    freeReplyObject(added);
-    if (!ok)
-        return -1; /* enqueued_at stays NULL: the control plane's reconciler adds it */
-    const char *params[] = {job_id};
-    PQclear(fm_worker_sql(keeper, "UPDATE jobs SET enqueued_at = now() WHERE id = $1::uuid", 1, params));
-    return 0;
-}
 
 int fm_cleanup_scan(fm_worker_t *keeper)
 {
@@ -224,7 +220,7 @@ int fm_cleanup_scan(fm_worker_t *keeper)
         return -1;
     int added = 0;
     for (int i = 0; i < PQntuples(res); i++) {
-        if (enqueue(keeper, PQgetvalue(res, i, 0)) != 0)
+        if (fm_worker_enqueue(keeper, PQgetvalue(res, i, 0), "cleanup_blob", "cleanup") != 0)
             break;
         added++;
     }

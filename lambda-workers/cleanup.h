@@ -7,7 +7,8 @@
  *                     cleanup_blob job for each one unreferenced longer than FM_BLOB_GRACE_S; each is put on the
  *                     `jobs` stream like the control plane's jobs (control-plane/jobs.c).
  *   fm_cleanup_blob   one cleanup_blob job (from process.c, lock taken, job RUNNING): in one transaction the blob row
- *                     is locked, found still unreferenced, its object and variants deleted from S3, the row deleted.
+ *                     is locked, found still unreferenced, its object and variants deleted from S3, the row deleted
+ *                     and a purge_edge job made (purge.h), which goes on the stream after the commit.
  */
 #ifndef FM_CLEANUP_H
 #define FM_CLEANUP_H
@@ -20,7 +21,7 @@
 
 /** What a cleanup_blob job did. */
 typedef enum {
-    FM_CLEANUP_DELETED, /* object, variants and row deleted; job DONE (payload.result "deleted") */
+    FM_CLEANUP_DELETED, /* object, variants and row deleted, edge purge job made; job DONE (payload.result "deleted") */
     FM_CLEANUP_KEPT,    /* referenced again meanwhile: nothing deleted, unreferenced_since cleared; job DONE */
     FM_CLEANUP_GONE,    /* no such blob (an earlier attempt deleted it): job DONE */
     FM_CLEANUP_RETRY,   /* S3 refused a delete: nothing committed; `reason` says why (the caller retries the job) */

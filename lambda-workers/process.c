@@ -8,7 +8,9 @@
  *   → the entry acknowledged and deleted → job_unlock.
  *
  * A cleanup_blob job takes the same lock, load, start and failure path, and runs fm_cleanup_blob (cleanup.c) instead
- * of the steps: outcome deleted, kept (referenced again) or skipped (already gone).
+ * of the steps: outcome deleted, kept (referenced again) or skipped (already gone). A purge_edge job does the same
+ * with fm_purge_job (purge.c): outcome purged, or skipped when there is no edge to purge; an edge that refuses or is
+ * down makes it a failed attempt, retried with backoff like any other.
  *
  * PostgreSQL holds the truth and changes first; Redis (caches, dedupe index, notification) follows. A failure of
  * PostgreSQL or Redis themselves leaves the entry pending (outcome "left"): it is processed again later.
@@ -19,6 +21,7 @@
 
 #include "cleanup.h"
 #include "log.h"
+#include "purge.h"
 #include "metrics.h"
 #include "queue.h"
 
@@ -511,6 +514,36 @@ static fm_outcome_t job_run_cleanup(fm_worker_t *w, job_ctx_t *c)
     }
 }
 
+/* A purge_edge job (purge.h): same lock, attempts, retries and dead letters as an upload's job. */
+static fm_outcome_t job_run_purge(fm_worker_t *w, job_ctx_t *c)
+{
+    int was_running = strcmp(c->status, "RUNNING") == 0;
+    int started = job_start(w, c);
+    if (started != 0)
+        return started < 0 ? FM_OUTCOME_LEFT : FM_OUTCOME_SKIPPED;
+    c->failed_step = "purge";
+    if (was_running && c->attempts > w->cfg->job_max_attempts) {
+        c->attempts = (int)w->cfg->job_max_attempts;
+        return outcome_failed(w, c, "the worker stopped while purging the edges, on every attempt");
+    }
+    char reason[256] = "";
+    uint64_t started_ms = fm_mono_ms();
+    fm_purge_rc rc = fm_purge_job(w, c->job.job_id, reason, sizeof(reason));
+    observe_step("purge", started_ms);
+    switch (rc) {
+    case FM_PURGE_DONE:
+        return FM_OUTCOME_PURGED;
+    case FM_PURGE_NO_EDGES:
+        return FM_OUTCOME_SKIPPED;
+    case FM_PURGE_RETRY:
+        LOG(FM_LOG_WARN, c, "purge: job %s: %s", c->job.job_id, reason);
+        return outcome_failed(w, c, reason);
+    case FM_PURGE_LEFT:
+    default:
+        return FM_OUTCOME_LEFT;
+    }
+}
+
 static fm_outcome_t job_run(fm_worker_t *w, job_ctx_t *c)
 {
     int loaded = job_load(w, c);
@@ -524,6 +557,8 @@ static fm_outcome_t job_run(fm_worker_t *w, job_ctx_t *c)
         return FM_OUTCOME_SKIPPED; /* a duplicate delivery, or an entry whose acknowledgement was lost */
     if (strcmp(c->type, "cleanup_blob") == 0)
         return job_run_cleanup(w, c);
+    if (strcmp(c->type, "purge_edge") == 0)
+        return job_run_purge(w, c);
     if (strcmp(c->type, "process_upload") != 0) {
         LOG(FM_LOG_WARN, c, "jobs: %s has type %s, which this worker does not run; left QUEUED", c->entry->job_id,
             c->type);

@@ -60,8 +60,8 @@ uint64_t fm_mono_ms(void)
 
 const char *fm_outcome_name(fm_outcome_t outcome)
 {
-    static const char *const names[] = {"ready",   "quarantined", "retry",   "failed",
-                                        "skipped", "left",        "deleted", "kept"};
+    static const char *const names[] = {"ready", "quarantined", "retry", "failed", "skipped",
+                                        "left",  "deleted",     "kept",  "purged"};
     return (unsigned)outcome < sizeof(names) / sizeof(names[0]) ? names[outcome] : "left";
 }
 
@@ -238,6 +238,23 @@ PGresult *fm_worker_sql(fm_worker_t *w, const char *sql, int nparams, const char
 }
 
 /* ---- the stream ------------------------------------------------------------------------------------------------- */
+
+int fm_worker_enqueue(fm_worker_t *w, const char *job_id, const char *type, const char *request_id)
+{
+    const char *xadd[] = {"XADD",       FM_QUEUE_STREAM, "MAXLEN",      "~",       "1000000", "*",         "job_id",
+                          job_id,       "type",          type,          "file_id", "",        "upload_id", "",
+                          "request_id", request_id,      "traceparent", ""};
+    redisReply *added = fm_worker_cmd(w, (int)(sizeof(xadd) / sizeof(xadd[0])), xadd);
+    int ok = added != NULL && added->type == REDIS_REPLY_STRING;
+    if (added != NULL && !ok)
+        fm_warn("jobs: XADD of %s job %s: %s", type, job_id, added->type == REDIS_REPLY_ERROR ? added->str : "?");
+    freeReplyObject(added);
+    if (!ok)
+        return -1;
+    const char *params[] = {job_id};
+    PQclear(fm_worker_sql(w, "UPDATE jobs SET enqueued_at = now() WHERE id = $1::uuid", 1, params));
+    return 0;
+}
 
 int fm_worker_must_abandon(const fm_worker_t *w)
 {

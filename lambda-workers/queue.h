@@ -44,9 +44,10 @@ typedef enum {
     FM_OUTCOME_LEFT,        /* not finished (PostgreSQL/Redis down, shutdown): the entry stays pending */
     FM_OUTCOME_DELETED,     /* cleanup_blob: the blob's object, variants and row deleted (cleanup.h) */
     FM_OUTCOME_KEPT,        /* cleanup_blob: the blob is referenced again, nothing deleted */
+    FM_OUTCOME_PURGED,      /* purge_edge: every edge of FM_EDGE_PURGE_URLS dropped the keys (purge.h) */
 } fm_outcome_t;
 
-/** "ready", "quarantined", "retry", "failed", "skipped", "left", "deleted", "kept". */
+/** "ready", "quarantined", "retry", "failed", "skipped", "left", "deleted", "kept", "purged". */
 const char *fm_outcome_name(fm_outcome_t outcome);
 
 /** The process-wide consumer (queue.c). Opaque. */
@@ -113,6 +114,13 @@ redisReply *fm_worker_cmd(fm_worker_t *w, int argc, const char **argv);
 /** One SQL statement on the worker's connection; the result when it succeeded (the caller PQclear()s it), NULL
  *  on any failure (logged; the connection is dropped when it broke). */
 PGresult *fm_worker_sql(fm_worker_t *w, const char *sql, int nparams, const char *const *params);
+
+/**
+ * Puts job `job_id` of `type` on the `jobs` stream with the fields of control-plane/jobs.c (file_id and upload_id
+ * empty: the job row has the rest) and records enqueued_at. 0, or -1 when Redis failed: enqueued_at stays NULL and
+ * the control plane's reconciler adds the entry later. `request_id` tags the entry for the logs.
+ */
+int fm_worker_enqueue(fm_worker_t *w, const char *job_id, const char *type, const char *request_id);
 
 /** True when s is a UUID in its 8-4-4-4-12 hex form. */
 int fm_uuid_text_valid(const char *s);

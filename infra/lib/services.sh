@@ -77,13 +77,15 @@ services_env() {
 }
 
 # fm-edge (docs/downloads.md "fm-edge"): its purge secret and its cache folder, made once per data folder (the key
-# pair it trusts is services_cf_keys').
+# pair it trusts is services_cf_keys'). The same secret goes to fm-worker (the environment is shared), whose
+# purge_edge jobs POST /_edge/purge to every base URL of FM_EDGE_PURGE_URLS: the local edge unless told otherwise.
 services_edge_env() {
   local data="$1" dir="$1/edge"
   mkdir -p "$dir"
   [ -s "$dir/purge.secret" ] || (umask 077 && openssl rand -hex 24 > "$dir/purge.secret")
   echo "export FM_EDGE_PURGE_SECRET=$(cat "$dir/purge.secret")"
   echo "export FM_EDGE_CACHE_DIR=${FM_EDGE_CACHE_DIR:-$dir/cache}"
+  echo "export FM_EDGE_PURGE_URLS=${FM_EDGE_PURGE_URLS:-http://127.0.0.1:${FM_EDGE_HTTP_PORT:-8081}}"
 }
 
 _service_pidfile() { echo "$1/run/$2.pid"; }

@@ -276,14 +276,19 @@ class Control:
             return ""
 
     def log_levels(self):
-        """Counts of warn/error/fatal lines in its log (JSON lines with a "level" field)."""
+        """Counts of warn/error/fatal lines in its log (JSON lines with a "level" field), and how many times each
+        distinct message of those levels came (digits folded, so one cause is one entry)."""
         self.logfile.flush()
-        counts = {}
+        counts, messages = {}, {}
         for line in self.logpath.read_text(errors="replace").splitlines():
             m = re.search(r'"level"\s*:\s*"(\w+)"', line)
             level = m.group(1) if m else "other"
             counts[level] = counts.get(level, 0) + 1
-        return counts
+            if level not in ("info", "debug"):
+                msg = re.search(r'"msg"\s*:\s*"((?:[^"\\]|\\.)*)"', line)
+                text = re.sub(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+", "#", msg.group(1) if msg else line)[:160]
+                messages[text] = messages.get(text, 0) + 1
+        return counts, messages
 
     def stop(self):
         """SIGTERM by PID, SIGKILL after 15 s; returns the exit status."""
@@ -630,18 +635,19 @@ def render(meta, rows, servers, logins, hash_ms, notes, first_answers=()):
         f"{meta['duration']} s (latency percentiles from wrk's Lua `done()`, tests/bench/wrk_me.lua). "
         f"h2load: `-c4 -m100 -t2`, i.e. 4 connections × 100 concurrent streams, {meta['duration']} s after 1 s of "
         "warm-up (h2c = cleartext prior knowledge; h2 = TLS, ALPN h2); p50/p99 computed from its `--log-file`. "
-        "`/v1/me` = bearer JWT verify (HS256) + Redis session GET + PostgreSQL user SELECT. "
+        "`/v1/me` = bearer JWT verify (HS256) + the session (the thread's tracked copy, common/rcache.c; a Redis GET "
+        "on its first use) + PostgreSQL user SELECT. "
         "÷ `/healthz` = req/s of the row ÷ req/s of `/healthz` on the same server, tool and protocol, measured just "
         "before it.")
     if meta.get("upload_threads"):
         add("")
         add(f"`POST /v1/uploads` (FM_THREADS={', '.join(map(str, meta['upload_threads']))} only), body "
             f"`{{\"name\", \"size\": {UPLOAD_SIZE}, \"content_type\": \"{UPLOAD_TYPE}\", \"sha256\"}}`: "
-            "JWT verify + Redis session GET + Redis HMGET of the user's dedupe index, then "
-            "**presign** = one Redis script storing the new `files` (PENDING_UPLOAD) + `uploads` record, written "
-            "behind into PostgreSQL in batches (control-plane/records.c, FM_RECORD_FLUSH_MS=50) + a SigV4 presigned "
-            "PUT URL → 201; **dedupe hit** = the index names the hash with this size, one Redis script storing a "
-            "READY `files` record on the blob → 200 `deduplicated: true` (no S3, no signature). "
+            "JWT verify + the session (tracked copy), then one Redis script (records.c's probe) that asks the "
+            "user's dedupe index and stores the record: **presign** = the new `files` (PENDING_UPLOAD) + `uploads` "
+            "record, written behind into PostgreSQL in batches (control-plane/records.c, FM_RECORD_FLUSH_MS=50) + a "
+            "SigV4 presigned PUT URL → 201; **dedupe hit** = the index names the hash with this size: a READY "
+            "`files` record on the blob → 200 `deduplicated: true` (no S3, no signature). "
             "wrk's presign body gets a fresh random sha256 per request (wrk_me.lua); h2load repeats one fixed body, "
             "so its presign rows claim the same sha256 every time (a new file + upload row each, as the API allows; "
             "the hash is not in the dedupe index, so the path is the same). The dedupe source (a verified blob and a "
@@ -740,6 +746,12 @@ def render(meta, rows, servers, logins, hash_ms, notes, first_answers=()):
         add(f"| {s['threads']} | {fmt(s.get('rss_idle'))} | {fmt(s.get('rss_login'))} | {fmt(s.get('rss_end'))} | "
             f"{fmt(s.get('hwm_end'))} | "
             f"{s['exit']} | {levels} |")
+    for s in servers:
+        top = sorted(s.get("messages", {}).items(), key=lambda kv: -kv[1])[:5]
+        if top:
+            add("")
+            add(f"FM_THREADS={s['threads']}, the most frequent warn/error lines (digits and ids as #): " +
+                "; ".join(f"{n}× `{text}`" for text, n in top))
     add("")
     if logins:
         lg = logins["result"]
@@ -1020,7 +1032,9 @@ def main():
                              f"{ctl.log_tail()}\n```")
                 failed_instances.append(threads)
             finally:
-                server["levels"] = {k: v for k, v in ctl.log_levels().items() if k != "info"}
+                levels, messages = ctl.log_levels()
+                server["levels"] = {k: v for k, v in levels.items() if k != "info"}
+                server["messages"] = messages
                 alive = ctl.alive()
                 server["exit"] = ctl.stop()
                 if not alive:

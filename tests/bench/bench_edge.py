@@ -1,11 +1,12 @@
 #!/usr/bin/python3
 """Benchmark of fm-edge cache hits (DESIGN.md §8): a 4 KiB object behind a signed URL (botocore CloudFrontSigner,
 RSA-2048, canned policy: every request verifies an RSA signature) against nginx serving the same file from disk in
-the same run (wrk, HTTP/1.1 keep-alive, 64 connections), then MB/s for a 1 MiB object, the cold-miss latency, and
-the time to render an on-the-fly variant of a 12 MP JPEG on a cache miss (p50 of --variants renders, each with
+the same run (wrk, HTTP/1.1 keep-alive, 64 connections), then MB/s for a 1 MiB object, the cold-miss latency (and,
+for a --cold-mib object, the time to the headers and to the first body byte against the whole body: a cold miss is
+streamed while it is filled), and the time to render an on-the-fly variant of a 12 MP JPEG on a cache miss (p50 of --variants renders, each with
 other parameters, from the cached original) and the variant hit rate when the same URLs are asked again.
 
-    FM_BUILD_DIR=build /usr/bin/python3 tests/bench/bench_edge.py [--duration 10] [--threads 2]
+    FM_BUILD_DIR=build /usr/bin/python3 tests/bench/bench_edge.py [--duration 10] [--threads 2] [--cold-only]
 
 Starts a private stack (tests/integration/stackfixture.py; RGW is the origin), fm-edge and nginx (same worker
 count, sendfile on, access log off) on free loopback ports; everything is stopped by PID at the end. The load
@@ -114,6 +115,8 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--variants", type=int, default=15, help="variant cache misses measured")
+    ap.add_argument("--cold-mib", type=int, default=200, help="size of the object whose cold first byte is timed")
+    ap.add_argument("--cold-only", action="store_true", help="only the cold misses (no wrk, nginx or variants)")
     args = ap.parse_args()
 
     from botocore.signers import CloudFrontSigner
@@ -132,7 +135,7 @@ def main():
         s3 = stack.s3_client()
         bucket = stack.env["FM_S3_BUCKET"]
         objects = {}
-        for label, size in (("4KiB", 4096), ("1MiB", 1 << 20)):
+        for label, size in (("4KiB", 4096), ("1MiB", 1 << 20), ("big", args.cold_mib << 20)):
             k = f"incoming/{uuid.uuid4()}"
             body = os.urandom(size)
             s3.put_object(Bucket=bucket, Key=k, Body=body, ContentType="application/octet-stream")
@@ -154,16 +157,33 @@ def main():
         urls = {label: signer.generate_presigned_url(f"http://127.0.0.1:{edge_port}/f/{k}", date_less_than=expires)
                 for label, (k, _) in objects.items()}
         cold = {}
-        for label, url in urls.items():
+        for label in ("4KiB", "1MiB"):
             t = time.monotonic()
-            r = requests.get(url, timeout=30)
+            r = requests.get(urls[label], timeout=30)
             cold[label] = (time.monotonic() - t) * 1000
             assert r.status_code == 200 and r.content == objects[label][1], r.text[:300]
+        # The large cold miss: headers and first byte come at the origin's pace, the body as the fill writes it.
+        t = time.monotonic()
+        with requests.get(urls["big"], stream=True, timeout=120) as r:
+            big_headers_ms = (time.monotonic() - t) * 1000
+            first = r.raw.read(1)
+            big_first_ms = (time.monotonic() - t) * 1000
+            rest = r.raw.read()
+            big_total_ms = (time.monotonic() - t) * 1000
+            assert r.status_code == 200 and first + rest == objects["big"][1]
+        big_line = (f"Cold miss of a {args.cold_mib} MiB object: headers {big_headers_ms:.0f} ms, first body byte "
+                    f"{big_first_ms:.0f} ms, whole body {big_total_ms:.0f} ms.")
+        if args.cold_only:
+            print(f"Cold miss (origin fill from the local RGW, then served): 4 KiB {cold['4KiB']:.1f} ms, "
+                  f"1 MiB {cold['1MiB']:.1f} ms.\n{big_line}")
+            return
 
         # nginx serves the very same files: copies of the edge's cached data under their key names.
         root = work / "www"
         work.chmod(0o755)  # nginx workers drop to an unprivileged user when started as root
         for label, (k, body) in objects.items():
+            if label == "big":
+                continue
             (root / Path(k).parent).mkdir(parents=True, exist_ok=True)
             (root / k).write_bytes(body)
         conf = work / "nginx.conf"
@@ -211,7 +231,7 @@ http {{
         print(f"| 1 MiB, 16 connections: MB/s | {e1_mb:,.0f} | {n1_mb:,.0f} | {e1_mb / n1_mb:.2f} |")
         print(f"| 1 MiB, 16 connections: p99 | {e1_p99:.2f} ms | {n1_p99:.2f} ms | |")
         print(f"\nCold miss (origin fill from the local RGW, then served): 4 KiB {cold['4KiB']:.1f} ms, "
-              f"1 MiB {cold['1MiB']:.1f} ms.")
+              f"1 MiB {cold['1MiB']:.1f} ms.\n{big_line}")
 
         log("variants …")
         photo_key, photo_size, first_ms, render_ms, hit_ms, hit_rate = bench_variants(

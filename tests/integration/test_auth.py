@@ -67,8 +67,13 @@ def test_register_creates_member(base):
     assert "password" not in r.text and "argon2" not in r.text
 
 
-def fresh_database_instance(controls, stack):
-    """A new, migrated, empty database in the stack's PostgreSQL and an instance on it."""
+FRESH_REDIS_DB = 2  # the fresh-database instances' own: their record flusher must not take other instances' records
+
+
+def fresh_database_instance(controls, stack, request):
+    """A new, migrated, empty database in the stack's PostgreSQL and an instance on it, with a Redis database of its
+    own (written-behind records in a shared one could be flushed by it into the wrong PostgreSQL database), stopped
+    at the end of the test."""
     dbname = "fm_fresh_" + secrets.token_hex(4)
     psql(stack, f"CREATE DATABASE {dbname}")
     url = database_url(stack, dbname)
@@ -77,11 +82,13 @@ def fresh_database_instance(controls, stack):
     assert p.returncode == 0, p.stdout + p.stderr
     assert not SANITIZER_REPORT.search(p.stderr), p.stderr
     assert psql(stack, "SELECT count(*) FROM users", dbname=dbname) == "0"
-    return controls.start(FM_DATABASE_URL=url), dbname
+    svc = controls.start(FM_DATABASE_URL=url, FM_REDIS_URL=redis_url(stack, FRESH_REDIS_DB))
+    request.addfinalizer(lambda: controls.stop(svc))
+    return svc, dbname
 
 
-def test_first_user_of_a_fresh_database_is_admin(controls, stack):
-    fresh, dbname = fresh_database_instance(controls, stack)
+def test_first_user_of_a_fresh_database_is_admin(controls, stack, request):
+    fresh, dbname = fresh_database_instance(controls, stack, request)
     first, second = unique_email("first"), unique_email("second")
     assert register(fresh.url, first)["role"] == "admin"
     assert register(fresh.url, second)["role"] == "member"
@@ -93,8 +100,8 @@ def test_first_user_of_a_fresh_database_is_admin(controls, stack):
     assert psql(stack, "SELECT count(*) FROM users", dbname=dbname) == "2"
 
 
-def test_concurrent_first_registrations_make_exactly_one_admin(controls, stack):
-    fresh, _ = fresh_database_instance(controls, stack)
+def test_concurrent_first_registrations_make_exactly_one_admin(controls, stack, request):
+    fresh, _ = fresh_database_instance(controls, stack, request)
     emails = [unique_email("race") for _ in range(8)]
     with ThreadPoolExecutor(len(emails)) as pool:
         answers = list(pool.map(lambda e: post_json(fresh.url, "/v1/auth/register", {"email": e, "password": PASSWORD}),

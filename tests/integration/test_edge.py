@@ -1,17 +1,26 @@
 """fm-edge against the real stack: Ceph RGW is the origin, URLs are signed by botocore's CloudFrontSigner (the
 independent implementation) with a key pair made for the session (conftest.EdgeFactory).
 
-Origin requests are counted by the edge's own /metrics (fm_edge_misses_total: one per origin fetch).
+Origin requests are counted by the edge's own /metrics (fm_edge_misses_total: one per origin fetch). The tests of
+cold misses streamed while filled put a TCP proxy between the edge and RGW (OriginProxy), which holds the origin's
+answer mid-body until the test lets it go on or cuts it: what a client has by then was streamed, not cached.
 
     FM_BUILD_DIR=build /usr/bin/python3 -m pytest tests/integration/test_edge.py -q
 """
+import collections
 import concurrent.futures
 import datetime
 import hashlib
 import http.client
 import os
 import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
 import time
+import urllib.parse
 import uuid
 
 import pytest
@@ -385,3 +394,342 @@ def test_a_verified_url_still_expires(stack, s3, edge, signer):
     time.sleep(2.2)
     r = requests.get(url, timeout=10)
     assert r.status_code == 403 and error_code(r) == "expired"
+
+
+# ---- streaming a cold miss while it is filled ---------------------------------------------------------------------
+
+
+class OriginProxy:
+    """A TCP proxy in front of RGW that an edge uses as its S3 endpoint (FM_S3_ENDPOINT), so a test can hold the
+    origin's answer mid-body and then let it go on or cut it. Requests are forwarded as sent (SigV4 signs the Host
+    header, which is the proxy's, and RGW checks it as received) with `Connection: close` added, so one connection
+    carries one request; `methods` counts them. While armed (`hold`), the answer to a GET stops after `after` bytes
+    until `release()`, or `cut()` closes both connections there."""
+
+    def __init__(self, endpoint):
+        target = urllib.parse.urlsplit(endpoint)
+        self.target = (target.hostname, target.port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.methods = collections.Counter()
+        self.lock = threading.Lock()
+        self.hold_after = None
+        self.gate = threading.Event()
+        self.gate.set()
+        self.held = threading.Event()  # a GET answer is being held
+        self.cutting = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def hold(self, after):
+        self.hold_after, self.cutting = after, False
+        self.held.clear()
+        self.gate.clear()
+
+    def release(self):
+        self.hold_after = None
+        self.gate.set()
+
+    def cut(self):
+        self.cutting = True
+        self.release()
+
+    def count(self, method):
+        with self.lock:
+            return self.methods[method]
+
+    def _accept(self):
+        while True:
+            client, _ = self.listener.accept()
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _serve(self, client):
+        upstream = None
+        try:
+            head = b""
+            while b"\r\n\r\n" not in head:  # GET and HEAD carry no body
+                data = client.recv(65536)
+                if not data:
+                    return
+                head += data
+            method = head.split(b" ", 1)[0].decode()
+            with self.lock:
+                self.methods[method] += 1
+            upstream = socket.create_connection(self.target)
+            upstream.sendall(head.replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n", 1))
+            hold_after = self.hold_after if method == "GET" else None
+            forwarded = 0
+            while True:
+                data = upstream.recv(65536)
+                if not data:
+                    return
+                if hold_after is not None and forwarded + len(data) >= hold_after:
+                    client.sendall(data[:hold_after - forwarded])
+                    data = data[hold_after - forwarded:]
+                    self.held.set()
+                    self.gate.wait()
+                    hold_after = None
+                    if self.cutting:
+                        return
+                client.sendall(data)
+                forwarded += len(data)
+        except OSError:
+            pass
+        finally:
+            client.close()
+            if upstream is not None:
+                upstream.close()
+
+
+@pytest.fixture(scope="module")
+def origin_proxy(stack):
+    return OriginProxy(stack.env["FM_S3_ENDPOINT"])
+
+
+@pytest.fixture(scope="module")
+def proxied_edge(edges, origin_proxy):
+    return edges.start(FM_S3_ENDPOINT=origin_proxy.url)
+
+
+def cached(edge, key):
+    """Whether the object is published in the edge's cache (its data file exists)."""
+    return (edge.cache_dir / (hashlib.sha256(key.encode()).hexdigest() + ".data")).exists()
+
+
+def read_rest(response):
+    """The rest of a streamed body and the error that ended it early (None when the body came whole)."""
+    data = b""
+    try:
+        for chunk in response.iter_content(1 << 16):
+            data += chunk
+    except (requests.RequestException, http.client.HTTPException, OSError) as e:
+        return data, e
+    return data, None
+
+
+HOLD_AFTER = 2 << 20  # bytes of the origin's GET answer let through before the proxy holds it
+FIRST = 1 << 16  # what a client reads before the fill may go on
+
+
+def test_cold_miss_streams_before_the_fill_completes(stack, s3, proxied_edge, origin_proxy, signer):
+    edge = proxied_edge
+    key, body = put_object(stack, s3, 8 * 1000 * 1000, content_type="application/pdf")
+    url = sign(signer, edge, key, query="name=report.pdf")
+    streamed = metric(edge, "fm_edge_streamed_total")
+    origin_proxy.hold(HOLD_AFTER)
+    try:
+        # The read timeout only bounds the wait: today's edge answers nothing before the whole object is cached.
+        with requests.get(url, stream=True, timeout=(5, 60)) as r:
+            assert r.status_code == 200
+            first = r.raw.read(FIRST)
+            assert first == body[:FIRST]
+            # Headers and body bytes arrived while the origin's answer cannot complete (the proxy holds it).
+            assert origin_proxy.held.wait(60) and not origin_proxy.gate.is_set()
+            assert not cached(edge, key)
+            assert int(r.headers["Content-Length"]) == len(body)
+            assert r.headers["Content-Type"] == "application/pdf"
+            assert r.headers["Accept-Ranges"] == "bytes"
+            assert r.headers["ETag"].startswith('"')
+            assert r.headers["Cache-Control"].startswith("private, max-age=")
+            assert r.headers["Content-Disposition"].startswith('attachment; filename="report.pdf"')
+            assert "Last-Modified" in r.headers
+            assert metric(edge, "fm_edge_streamed_total") == streamed + 1
+            # A HEAD joining the fill is answered from the origin's headers too.
+            h = requests.head(url, timeout=60)
+            assert h.status_code == 200 and int(h.headers["Content-Length"]) == len(body)
+            assert h.headers["ETag"] == r.headers["ETag"]
+            assert not cached(edge, key)
+            origin_proxy.release()
+            rest, error = read_rest(r)
+            assert error is None
+            assert first + rest == body
+            streamed_headers = r.headers
+    finally:
+        origin_proxy.release()
+    # Published once complete: a hit now, with the same validators as the streamed answer.
+    before = counters(edge)
+    r = requests.get(url, timeout=60)
+    assert r.status_code == 200 and r.content == body
+    assert counters(edge)["hits"] == before["hits"] + 1
+    for name in ("ETag", "Last-Modified", "Content-Type", "Content-Length", "Content-Disposition", "Accept-Ranges"):
+        assert r.headers[name] == streamed_headers[name], name
+
+
+def test_concurrent_cold_requests_all_stream_from_one_origin_fetch(stack, s3, proxied_edge, origin_proxy, signer):
+    edge = proxied_edge
+    key, body = put_object(stack, s3, 6 * 1000 * 1000)
+    url = sign(signer, edge, key)
+    clients = 10
+    gets, before = origin_proxy.count("GET"), counters(edge)
+    streamed = metric(edge, "fm_edge_streamed_total")
+    have_first = threading.Barrier(clients + 1, timeout=60)
+    go_on = threading.Event()
+
+    def fetch(_):
+        with requests.get(url, stream=True, timeout=(5, 60)) as r:
+            first = r.raw.read(FIRST)
+            have_first.wait()  # every client holds the first bytes while the fill is held
+            go_on.wait(60)
+            rest, error = read_rest(r)
+            return r.status_code, error, hashlib.sha256(first + rest).hexdigest()
+
+    origin_proxy.hold(HOLD_AFTER)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            futures = [pool.submit(fetch, i) for i in range(clients)]
+            have_first.wait()
+            assert origin_proxy.held.wait(60) and not cached(edge, key)
+            assert metric(edge, "fm_edge_streamed_total") == streamed + clients
+            origin_proxy.release()
+            go_on.set()
+            results = [f.result() for f in futures]
+    finally:
+        origin_proxy.release()
+        go_on.set()
+    expected = hashlib.sha256(body).hexdigest()
+    assert all(status == 200 and error is None and digest == expected for status, error, digest in results), results
+    after = counters(edge)
+    assert origin_proxy.count("GET") - gets == 1, "concurrent cold requests made more than one origin GET"
+    assert after["misses"] - before["misses"] == 1
+    assert after["coalesced"] - before["coalesced"] == clients - 1
+
+
+def test_origin_dying_mid_body_cuts_every_stream(stack, s3, proxied_edge, origin_proxy, signer):
+    edge = proxied_edge
+    key, body = put_object(stack, s3, 6 * 1000 * 1000)
+    url = sign(signer, edge, key)
+    clients = 3
+    errors = metric(edge, "fm_edge_origin_errors_total")
+    have_first = threading.Barrier(clients + 1, timeout=60)
+
+    def fetch(_):
+        with requests.get(url, stream=True, timeout=(5, 60)) as r:
+            first = r.raw.read(FIRST)
+            have_first.wait()
+            rest, error = read_rest(r)
+            return r.status_code, int(r.headers["Content-Length"]), first + rest, error
+
+    origin_proxy.hold(HOLD_AFTER)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+            futures = [pool.submit(fetch, i) for i in range(clients)]
+            have_first.wait()
+            origin_proxy.cut()  # the origin's connection closes mid-body
+            results = [f.result() for f in futures]
+    finally:
+        origin_proxy.release()
+    for status, length, data, error in results:
+        assert status == 200 and length == len(body)  # the headers went out before the failure
+        # Cut: an error or a short body, never a complete one; what came is the object's beginning.
+        assert error is not None or len(data) < len(body), "a failed fill looked like a complete answer"
+        assert len(data) < len(body) and data == body[:len(data)]
+    assert metric(edge, "fm_edge_origin_errors_total") == errors + 1
+    assert metric(edge, "fm_edge_stream_errors_total") >= clients
+    # Nothing was published and the temp file is gone; the next request fills again, whole.
+    assert not cached(edge, key)
+    assert not list(edge.cache_dir.glob("*.tmp"))
+    before = counters(edge)
+    r = requests.get(url, timeout=60)
+    assert r.status_code == 200 and r.content == body
+    assert counters(edge)["misses"] == before["misses"] + 1
+    assert cached(edge, key)
+
+
+def test_a_client_leaving_mid_stream_does_not_disturb_the_others(stack, s3, proxied_edge, origin_proxy, signer):
+    edge = proxied_edge
+    key, body = put_object(stack, s3, 6 * 1000 * 1000)
+    url = sign(signer, edge, key)
+    origin_proxy.hold(HOLD_AFTER)
+    try:
+        staying = requests.get(url, stream=True, timeout=(5, 60))
+        leaving = http.client.HTTPConnection("127.0.0.1", edge.port, timeout=60)
+        leaving.request("GET", url[len(edge.url):])
+        assert staying.raw.read(FIRST) == body[:FIRST]
+        assert leaving.getresponse().read(FIRST) == body[:FIRST]
+        leaving.sock.shutdown(socket.SHUT_RDWR)  # gone mid-stream
+        leaving.close()
+        # Another client joins after the first one left, then the fill goes on.
+        late = requests.get(url, stream=True, timeout=(5, 60))
+        origin_proxy.release()
+        rest, error = read_rest(staying)
+        assert error is None and body[:FIRST] + rest == body
+        late_body, error = read_rest(late)
+        assert error is None and late_body == body
+        staying.close()
+        late.close()
+    finally:
+        origin_proxy.release()
+    before = counters(edge)
+    assert requests.get(url, timeout=60).content == body
+    assert counters(edge)["hits"] == before["hits"] + 1
+
+
+def test_purge_during_a_streamed_fill_serves_it_but_does_not_keep_it(stack, s3, proxied_edge, origin_proxy, signer,
+                                                                     edges):
+    edge = proxied_edge
+    key, body = put_object(stack, s3, 4 * 1000 * 1000)
+    url = sign(signer, edge, key)
+    origin_proxy.hold(HOLD_AFTER)
+    try:
+        with requests.get(url, stream=True, timeout=(5, 60)) as r:
+            first = r.raw.read(FIRST)
+            purge = requests.post(edge.url + "/_edge/purge", json={"keys": [key]},
+                                  headers={"X-FM-Edge-Secret": edges.purge_secret}, timeout=10)
+            assert purge.status_code == 200
+            origin_proxy.release()
+            rest, error = read_rest(r)
+            assert error is None and first + rest == body
+    finally:
+        origin_proxy.release()
+    before = counters(edge)
+    assert requests.get(url, timeout=60).content == body
+    assert counters(edge)["misses"] == before["misses"] + 1, "an object purged while filling was kept"
+
+
+def test_sigterm_lets_a_stream_in_flight_finish(stack, s3, edges, origin_proxy, signer):
+    edge = edges.start(FM_S3_ENDPOINT=origin_proxy.url, FM_GRACEFUL_TIMEOUT_MS="60000")
+    key, body = put_object(stack, s3, 6 * 1000 * 1000)
+    url = sign(signer, edge, key)
+    origin_proxy.hold(HOLD_AFTER)
+    try:
+        with requests.get(url, stream=True, timeout=(5, 60)) as r:
+            first = r.raw.read(FIRST)
+            edge.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)  # the edge stops accepting, then waits for the request in flight
+            origin_proxy.release()
+            rest, error = read_rest(r)
+            assert error is None and first + rest == body
+    finally:
+        origin_proxy.release()
+    edge.proc.wait(60)  # it stops by itself once the stream is done (a second SIGTERM would kill it)
+    edges.stop(edge)  # exit status 0, no sanitizer report
+
+
+@pytest.mark.skipif(shutil.which("curl") is None or "HTTP2" not in subprocess.run(
+    ["curl", "-V"], capture_output=True, text=True).stdout, reason="needs a curl with HTTP/2")
+def test_http2_streams_a_cold_miss_and_resets_it_on_failure(stack, s3, proxied_edge, origin_proxy, signer, tmp_path):
+    """The same over HTTP/2 (h2c, curl's client): streamed while held, whole after; a failed fill resets the stream."""
+    edge = proxied_edge
+    for outcome in ("whole", "cut"):
+        key, body = put_object(stack, s3, 6 * 1000 * 1000)
+        out = tmp_path / f"{outcome}.bin"
+        origin_proxy.hold(HOLD_AFTER)
+        try:
+            curl = subprocess.Popen(["curl", "--http2-prior-knowledge", "-sS", "-o", str(out), "-w", "%{http_version}",
+                                     sign(signer, edge, key)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert origin_proxy.held.wait(60)
+            # Body bytes reach the client while the origin's answer is held (the fill cannot complete).
+            deadline = time.monotonic() + 60  # a bound on the wait, not a timing assertion
+            while not (out.exists() and out.stat().st_size >= FIRST):
+                assert curl.poll() is None and time.monotonic() < deadline, curl.communicate()
+                time.sleep(0.05)
+            assert not cached(edge, key)
+            origin_proxy.cut() if outcome == "cut" else origin_proxy.release()
+            version, error = curl.communicate(timeout=60)
+        finally:
+            origin_proxy.release()
+        data = out.read_bytes()
+        assert version == "2"
+        if outcome == "whole":
+            assert curl.returncode == 0 and data == body, error
+        else:  # curl: (92) HTTP/2 stream 1 was not closed cleanly
+            assert curl.returncode != 0 and len(data) < len(body) and data == body[:len(data)]

@@ -109,9 +109,10 @@ def test_unreferenced_blob_is_deleted_and_referenced_ones_are_kept(fm, alice, bo
     gone_keys, kept_keys, trashed_keys = fm.blob_keys(gone_sha), fm.blob_keys(kept_sha), fm.blob_keys(trashed_sha)
     assert len(gone_keys) == 5 and all(fm.head(k) for k in gone_keys), gone_keys  # object + 4 variants
 
-    # every file of `gone` purged; `trashed` only in the trash (restorable: it keeps its bytes)
+    # every file of `gone` purged; `trashed` only in the trash (restorable: it keeps its bytes), within the control
+    # plane's FM_TRASH_RETENTION_S (30 days by default; past it the reconciler deletes the row, test_file_delete.py)
     fm.sql(f"DELETE FROM files WHERE id IN ('{a1['file_id']}', '{a2['file_id']}')")
-    fm.sql(f"UPDATE files SET deleted_at = now() - interval '40 days' WHERE id = '{a4['file_id']}'")
+    fm.sql(f"UPDATE files SET deleted_at = now() - interval '20 days' WHERE id = '{a4['file_id']}'")
 
     assert wait_for(lambda: fm.blob_state(gone_sha) is None, 30, 0.1), (fm.blob_state(gone_sha),
                                                                        fm.cleanup_job(gone_sha),

@@ -1,4 +1,4 @@
-/* common/config.c: defaults, bounds, required variables, secrets kept out of messages, Redis URLs. */
+/* common/config.c: defaults, bounds, required variables, secrets kept out of messages, Redis URLs, list settings. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -112,6 +112,74 @@ static void test_redis_url(void **state)
         assert_int_equal(fm_redis_url_parse(bad[i], host, sizeof(host), &port, password, sizeof(password), &db), -1);
 }
 
+/* Every item of `list` joined with '|' (fm_config_list_next's view of it). */
+static void items_of(const char *list, char *out, size_t size)
+{
+    size_t pos = 0, len, used = 0;
+    const char *item;
+    out[0] = '\0';
+    while ((len = fm_config_list_next(list, &pos, &item)) > 0) {
+        assert_true(item >= list && item + len <= list + strlen(list));
+        used += (size_t)snprintf(out + used, size - used, "%s%.*s", used ? "|" : "", (int)len, item);
+        assert_true(used < size);
+    }
+    assert_int_equal(pos, strlen(list)); /* the end is the end of the string, and stays there */
+    assert_int_equal(fm_config_list_next(list, &pos, &item), 0);
+}
+
+static void test_list_items(void **state)
+{
+    char items[256];
+    items_of("", items, sizeof(items));
+    assert_string_equal(items, "");
+    items_of(" , ,\t,", items, sizeof(items));
+    assert_string_equal(items, "");
+    items_of("http://a:1", items, sizeof(items));
+    assert_string_equal(items, "http://a:1");
+    items_of(" http://a:1 ,http://b/ ,, \thttps://c ", items, sizeof(items));
+    assert_string_equal(items, "http://a:1|http://b/|https://c");
+    items_of("a b,c", items, sizeof(items)); /* blanks inside an item are kept (and refused by the URL check) */
+    assert_string_equal(items, "a b|c");
+}
+
+static int load_worker(fm_config_t *cfg, char *errors, size_t size)
+{
+    FILE *err = fmemopen(errors, size, "w");
+    int rc = fm_config_load(cfg, FM_SVC_WORKER, err);
+    fclose(err);
+    return rc;
+}
+
+static void test_edge_purge_settings(void **state)
+{
+    static fm_config_t cfg;
+    char errors[4096] = "";
+    assert_int_equal(load_worker(&cfg, errors, sizeof(errors)), 0);
+    assert_string_equal(cfg.edge_purge_urls, ""); /* no edges: purge jobs are no-ops */
+    setenv("FM_EDGE_PURGE_URLS", "http://127.0.0.1:8081, https://edge-2.example/", 1);
+    assert_int_equal(load_worker(&cfg, errors, sizeof(errors)), -1);
+    assert_non_null(strstr(errors, "FM_EDGE_PURGE_URLS needs FM_EDGE_PURGE_SECRET"));
+    setenv("FM_EDGE_PURGE_SECRET", "purge-secret-0123456789", 1);
+    errors[0] = '\0';
+    assert_int_equal(load_worker(&cfg, errors, sizeof(errors)), 0);
+    assert_string_equal(cfg.edge_purge_secret, "purge-secret-0123456789");
+    const char *bad[] = {"127.0.0.1:8081", "http://", "http:///x", "ftp://edge", "http://a b", "http://ok,edge:80"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); ++i) {
+        setenv("FM_EDGE_PURGE_URLS", bad[i], 1);
+        errors[0] = '\0';
+        assert_int_equal(load_worker(&cfg, errors, sizeof(errors)), -1);
+        assert_non_null(strstr(errors, "FM_EDGE_PURGE_URLS"));
+        assert_null(strstr(errors, "purge-secret-0123456789"));
+    }
+    /* the control plane does not read them: its retention setting instead */
+    assert_int_equal(load(&cfg, errors, sizeof(errors)), 0);
+    assert_string_equal(cfg.edge_purge_urls, "");
+    assert_int_equal(cfg.trash_retention_s, 2592000);
+    setenv("FM_TRASH_RETENTION_S", "0", 1);
+    assert_int_equal(load(&cfg, errors, sizeof(errors)), -1);
+    assert_non_null(strstr(errors, "FM_TRASH_RETENTION_S"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -120,6 +188,8 @@ int main(void)
         cmocka_unit_test_setup(test_missing_required, setup),
         cmocka_unit_test_setup(test_cross_field_rules, setup),
         cmocka_unit_test_setup(test_redis_url, setup),
+        cmocka_unit_test_setup(test_list_items, setup),
+        cmocka_unit_test_setup(test_edge_purge_settings, setup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -271,6 +271,91 @@ static void test_roundtrip(void **state)
     destroy_pool();
 }
 
+/* ---- tracking pools (fm_redis_create_tracking) ---- */
+
+static struct {
+    int all;          /* "anything may have changed" reports */
+    int keys;         /* key reports */
+    char last[64];
+} reports;
+
+static void on_report(const char *key, size_t len, void *data)
+{
+    if (key == NULL) {
+        ++reports.all;
+        return;
+    }
+    ++reports.keys;
+    snprintf(reports.last, sizeof(reports.last), "%.*s", (int)len, key);
+}
+
+static redisContext *direct_client(void)
+{
+    struct timeval tv = {1, 0};
+    redisContext *c = redisConnectWithTimeout("127.0.0.1", env.port, tv);
+    assert_true(c != NULL && c->err == 0);
+    freeReplyObject(redisCommand(c, "AUTH %s", PASSWORD));
+    freeReplyObject(redisCommand(c, "SELECT %d", DB));
+    return c;
+}
+
+static void test_tracking_reports_changes(void **state)
+{
+    uint64_t epoch, before;
+    memset(&reports, 0, sizeof(reports));
+    fm_redis_t *r = env.r = fm_redis_create_tracking(env.loop, "127.0.0.1", env.port, PASSWORD, DB, 2, 1000,
+                                                      on_report, NULL);
+    assert_non_null(r);
+    assert_true(RUN_UNTIL(fm_redis_tracked(r, &epoch), 3000));
+    redisContext *other = direct_client();
+    freeReplyObject(redisCommand(other, "SET fm:test:tracked v1"));
+
+    /* a key read through the pool is reported when another client changes it, and the epoch moves */
+    result_t *get = slot();
+    SEND(r, get, "GET fm:test:tracked");
+    assert_true(RUN_UNTIL(get->called, 1000));
+    assert_memory_equal(get->str, "v1", 2);
+    fm_redis_tracked(r, &before);
+    freeReplyObject(redisCommand(other, "SET fm:test:tracked v2"));
+    assert_true(RUN_UNTIL(reports.keys == 1, 1000));
+    assert_string_equal(reports.last, "fm:test:tracked");
+    assert_true(fm_redis_tracked(r, &epoch) && epoch > before);
+
+    /* once reported the key is not followed until read again: a second change is not reported */
+    freeReplyObject(redisCommand(other, "SET fm:test:tracked v3"));
+    run_for(100);
+    assert_int_equal(reports.keys, 1);
+
+    /* a report already in the socket is taken by fm_redis_tracked itself, without a loop turn */
+    result_t *again = slot();
+    SEND(r, again, "GET fm:test:tracked");
+    assert_true(RUN_UNTIL(again->called, 1000));
+    freeReplyObject(redisCommand(other, "DEL fm:test:tracked"));
+    usleep(50000);
+    fm_redis_tracked(r, &epoch);
+    assert_int_equal(reports.keys, 2);
+
+    /* a flush reports "everything" */
+    freeReplyObject(redisCommand(other, "FLUSHDB"));
+    assert_true(RUN_UNTIL(reports.all >= 1, 1000));
+
+    /* the subscriber killed: "everything" is reported, tracking is off until it is back, then on again */
+    int all = reports.all;
+    redisReply *killed = redisCommand(other, "CLIENT KILL TYPE pubsub");
+    assert_true(killed != NULL && killed->type == REDIS_REPLY_INTEGER && killed->integer >= 1);
+    freeReplyObject(killed);
+    assert_true(RUN_UNTIL(reports.all > all, 1000));
+    assert_true(RUN_UNTIL(fm_redis_tracked(r, &epoch), 5000));
+    freeReplyObject(redisCommand(other, "SET fm:test:tracked v4"));
+    result_t *third = slot();
+    SEND(r, third, "GET fm:test:tracked");
+    assert_true(RUN_UNTIL(third->called, 1000));
+    freeReplyObject(redisCommand(other, "SET fm:test:tracked v5"));
+    assert_true(RUN_UNTIL(reports.keys == 3, 1000));
+    redisFree(other);
+    destroy_pool();
+}
+
 static void test_many_concurrent(void **state)
 {
     fm_redis_t *r = pool_up(4, 2000);
@@ -451,6 +536,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_roundtrip, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_many_concurrent, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_tracking_reports_changes, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_timeout_blocked_connection, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_timeout_debug_sleep, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_wrong_password_fails_fast, test_setup, test_teardown),

@@ -1,5 +1,5 @@
 /*
- * Tests of common/s3.c that need no S3 server: XML extraction, the requests it puts on the wire and how it reads
+ * Tests of common/s3.c that need no S3 server: XML extraction, ListObjectsV2 pages, the requests it puts on the wire and how it reads
  * the answers, captured and given by a local listener (one canned answer per request, on one keep-alive
  * connection or several), and how it reports transport failures. The live checks against Ceph RGW are in
  * tests/integration/test_s3_client.py.
@@ -327,6 +327,85 @@ static void test_s3_error_answers(void **state)
 }
 
 /* Virtual-hosted style: the bucket moves into Host (signed and sent alike) and out of the path. */
+/* ---- fm_s3_get_object_announced: the answer's headers before its body ---- */
+
+typedef struct {
+    int headers_calls, writes_before_headers, stop_at_headers;
+    fm_s3_result_t head;
+    char body[64];
+    size_t body_len;
+} announced_t;
+
+static int on_announced_headers(void *ud, const fm_s3_result_t *head)
+{
+    announced_t *a = ud;
+    a->headers_calls++;
+    a->head = *head;
+    return a->stop_at_headers;
+}
+
+static int on_announced_body(void *ud, const void *data, size_t len)
+{
+    announced_t *a = ud;
+    if (a->headers_calls == 0)
+        a->writes_before_headers++;
+    if (a->body_len + len <= sizeof(a->body)) {
+        memcpy(a->body + a->body_len, data, len);
+        a->body_len += len;
+    }
+    return 0;
+}
+
+static void get_announced(const char *head, const char *body, announced_t *a, int expect_rc, fm_s3_result_t *res)
+{
+    listener_t l;
+    listener_start(&l, head, body);
+    fm_s3_t *s3 = s3_for_port(l.port, 5000);
+    assert_int_equal(fm_s3_get_object_announced(s3, "k", on_announced_headers, on_announced_body, a, res), expect_rc);
+    listener_stop(&l);
+    assert_non_null(strstr(l.request, "GET /fm-bucket/k HTTP/1.1\r\n"));
+    fm_s3_free(s3);
+}
+
+static void test_s3_get_announces_headers_first(void **state)
+{
+    fm_s3_result_t res;
+    announced_t a = {0};
+    get_announced("HTTP/1.1 200 OK\r\nETag: \"e1\"\r\nContent-Type: image/png\r\n", "hello", &a, 0, &res);
+    assert_int_equal(a.headers_calls, 1);
+    assert_int_equal(a.writes_before_headers, 0);
+    assert_int_equal(a.head.status, 200);
+    assert_int_equal(a.head.content_length, 5);
+    assert_string_equal(a.head.etag, "\"e1\"");
+    assert_string_equal(a.head.content_type, "image/png");
+    assert_int_equal(a.body_len, 5);
+    assert_memory_equal(a.body, "hello", 5);
+
+    /* an empty object has no body call: the headers are announced all the same */
+    announced_t empty = {0};
+    get_announced("HTTP/1.1 200 OK\r\nETag: \"e0\"\r\n", "", &empty, 0, &res);
+    assert_int_equal(empty.headers_calls, 1);
+    assert_int_equal(empty.head.content_length, 0);
+    assert_int_equal(empty.body_len, 0);
+
+    /* an error answer is not the object: no headers call, no body */
+    announced_t missing = {0};
+    get_announced("HTTP/1.1 404 Not Found\r\n", "<Error><Code>NoSuchKey</Code></Error>", &missing, -1, &res);
+    assert_int_equal(missing.headers_calls, 0);
+    assert_int_equal(missing.body_len, 0);
+    assert_string_equal(res.code, "NoSuchKey");
+
+    /* the headers function may stop the transfer before any byte is written */
+    announced_t stopped = {.stop_at_headers = 1};
+    get_announced("HTTP/1.1 200 OK\r\n", "hello", &stopped, -1, &res);
+    assert_int_equal(stopped.headers_calls, 1);
+    assert_int_equal(stopped.body_len, 0);
+    assert_string_equal(res.code, "Aborted");
+    announced_t stopped_empty = {.stop_at_headers = 1};
+    get_announced("HTTP/1.1 200 OK\r\n", "", &stopped_empty, -1, &res);
+    assert_string_equal(res.code, "Aborted");
+}
+
 static void test_s3_virtual_hosted(void **state)
 {
     listener_t l;
@@ -756,11 +835,149 @@ static void test_s3_complete_refusals(void **state)
     fm_s3_free(s3);
 }
 
+/* ---- ListObjectsV2 --------------------------------------------------------------------------------------------- */
+
+#define BUCKET_OPEN                                                                                                    \
+    XML_HEAD "<ListBucketResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Name>fm-bucket</Name>"              \
+             "<Prefix>incoming%2F</Prefix><MaxKeys>200</MaxKeys><EncodingType>url</EncodingType>"
+/* A <Contents> as Ceph RGW 16 lists it with encoding-type=url. */
+#define RGW_OBJECT(key, date, size)                                                                                    \
+    "<Contents><Key>" key "</Key><LastModified>" date "</LastModified><ETag>&quot;9dd4e461268c8034f5c8564e155c67a6"    \
+    "&quot;</ETag><Size>" #size "</Size><StorageClass>STANDARD</StorageClass><Owner><ID>fm</ID>"                       \
+    "<DisplayName>fm</DisplayName></Owner><Type>Normal</Type></Contents>"
+
+static void test_s3_list_objects_on_the_wire(void **state)
+{
+    listener_t l;
+    listener_start(&l, OK_XML,
+                   BUCKET_OPEN
+                   "<StartAfter>incoming%2Fa+b</StartAfter><IsTruncated>true</IsTruncated>"
+                   "<KeyCount>2</KeyCount>" RGW_OBJECT("incoming%2Fb+%26+c%2B%25%0A.txt", "2026-11-23T16:39:13.350Z", 7)
+                       RGW_OBJECT("incoming/c", "2024-02-29T12:00:00Z", 0) "</ListBucketResult>");
+    fm_s3_t *s3 = s3_for_port(l.port, 5000);
+    fm_s3_object_t objects[3];
+    size_t count = 99;
+    int truncated = 99;
+    fm_s3_result_t res;
+    assert_int_equal(fm_s3_list_objects(s3, "incoming/", "incoming/a b", 3, objects, 3, &count, &truncated, &res), 0);
+    listener_stop(&l);
+    assert_string_equal(res.code, "");
+    assert_int_equal(count, 2);
+    assert_int_equal(truncated, 1);
+    assert_string_equal(objects[0].key, "incoming/b & c+%\n.txt"); /* '+' is a space, %2B a '+' */
+    assert_int_equal(objects[0].size, 7);
+    assert_int_equal(objects[0].last_modified, 1795451953LL); /* Python's calendar.timegm, fraction dropped */
+    assert_string_equal(objects[1].key, "incoming/c");
+    assert_int_equal(objects[1].size, 0);
+    assert_int_equal(objects[1].last_modified, 1709208000LL);
+
+    /* The bucket itself, with the parameters encoded as SigV4 signs them. */
+    char line[512];
+    snprintf(line, sizeof(line), "%.*s", (int)strcspn(l.request, "\r"), l.request);
+    assert_non_null(strstr(line, "GET /fm-bucket?"));
+    assert_non_null(strstr(line, "list-type=2"));
+    assert_non_null(strstr(line, "encoding-type=url"));
+    assert_non_null(strstr(line, "max-keys=3"));
+    assert_non_null(strstr(line, "prefix=incoming%2F"));
+    assert_non_null(strstr(line, "start-after=incoming%2Fa%20b"));
+    fm_s3_free(s3);
+
+    /* No start-after from the start; a store that ignores encoding-type sends plain (XML-escaped) keys. */
+    listener_start(&l, OK_XML,
+                   XML_HEAD "<ListBucketResult><Name>fm-bucket</Name><IsTruncated>false</IsTruncated>" RGW_OBJECT(
+                       "incoming/a+b &amp; &#x1F600;", "1970-01-01T00:00:00Z", 1) "</ListBucketResult>");
+    s3 = s3_for_port(l.port, 5000);
+    assert_int_equal(fm_s3_list_objects(s3, "incoming/", NULL, 3, objects, 3, &count, &truncated, &res), 0);
+    listener_stop(&l);
+    assert_null(strstr(l.request, "start-after"));
+    assert_int_equal(count, 1);
+    assert_int_equal(truncated, 0);
+    assert_string_equal(objects[0].key, "incoming/a+b & \xf0\x9f\x98\x80");
+    assert_int_equal(objects[0].last_modified, 0);
+    /* Refused before sending. */
+    assert_int_equal(fm_s3_list_objects(s3, "", "", 0, objects, 3, &count, &truncated, &res), -1);
+    assert_string_equal(res.code, "InvalidArgument");
+    assert_int_equal(fm_s3_list_objects(s3, "", "", 4, objects, 3, &count, &truncated, &res), -1);
+    assert_string_equal(res.code, "InvalidArgument");
+    fm_s3_free(s3);
+}
+
+static void test_s3_list_objects_bad_pages(void **state)
+{
+    /* Every page below must fail with nothing counted: the orphan sweep deletes what it reads. */
+    const char *const cases[] = {
+        BUCKET_OPEN "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/b", "2026-01-01T00:00:00Z", 1)
+            RGW_OBJECT("incoming/a", "2026-01-01T00:00:00Z", 1) "</ListBucketResult>", /* descending */
+        BUCKET_OPEN "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/a", "2026-01-01T00:00:00Z", 1)
+            RGW_OBJECT("incoming/a", "2026-01-01T00:00:00Z", 1) "</ListBucketResult>", /* twice */
+        BUCKET_OPEN "<IsTruncated>false</IsTruncated>" RGW_OBJECT("blobs/a", "2026-01-01T00:00:00Z",
+                                                                  1) "</ListBucketResult>", /* outside the prefix */
+        BUCKET_OPEN "<IsTruncated>false</IsTruncated>" RGW_OBJECT(
+            "incoming/l", "2026-01-01T00:00:00Z", 1) "</ListBucketResult>", /* not after start-after "incoming/m" */
+        BUCKET_OPEN "<IsTruncated>true</IsTruncated></ListBucketResult>",   /* truncated, nothing to go on from */
+        BUCKET_OPEN "<IsTruncated>maybe</IsTruncated></ListBucketResult>",
+        BUCKET_OPEN "</ListBucketResult>", /* no IsTruncated */
+        BUCKET_OPEN "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/x", "2026-01-01T00:00:00Z", 1), /* cut */
+        BUCKET_OPEN "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/x%00y", "2026-01-01T00:00:00Z",
+                                                                  1) "</ListBucketResult>",
+        BUCKET_OPEN
+        "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/x%zz", "2026-01-01T00:00:00Z", 1) "</ListBucketResult>",
+        BUCKET_OPEN
+        "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/x%4", "2026-01-01T00:00:00Z", 1) "</ListBucketResult>",
+        BUCKET_OPEN
+        "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/x", "2023-02-29T00:00:00Z", 1) "</ListBucketResult>",
+        BUCKET_OPEN
+        "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/x", "2026-01-01 00:00:00Z", 1) "</ListBucketResult>",
+        BUCKET_OPEN
+        "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/x", "2026-01-01T24:00:00Z", 1) "</ListBucketResult>",
+        BUCKET_OPEN "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/x", "2026-01-01T00:00:00+01:00",
+                                                                  1) "</ListBucketResult>",
+        BUCKET_OPEN
+        "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/x", "2026-01-01T00:00:00Z", -1) "</ListBucketResult>",
+        BUCKET_OPEN "<IsTruncated>false</IsTruncated><Contents><Key>incoming/x</Key><Size>1</Size></Contents>"
+                    "</ListBucketResult>", /* no LastModified */
+        XML_HEAD "<ListBucketResult><EncodingType>base64</EncodingType><IsTruncated>false</IsTruncated>"
+                 "</ListBucketResult>",
+        BUCKET_OPEN "<IsTruncated>false</IsTruncated>" RGW_OBJECT("incoming/a", "2026-01-01T00:00:00Z",
+                                                                  1) RGW_OBJECT("incoming/b", "2026-01-01T00:00:00Z", 1)
+            RGW_OBJECT("incoming/c", "2026-01-01T00:00:00Z", 1) "</ListBucketResult>", /* more than the 2 asked for */
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        fm_s3_object_t objects[2];
+        size_t count = 99;
+        int truncated = 99;
+        fm_s3_result_t res;
+        memset(&res, 0, sizeof(res));
+        const char *start_after = i == 3 ? "incoming/m" : "";
+        int rc = fm_s3_list_objects_parse(cases[i], strlen(cases[i]), "incoming/", start_after, objects, 2, &count,
+                                          &truncated, &res);
+        if (rc != -1 || count != 0 || truncated != 0 || strcmp(res.code, "InvalidResponse") != 0)
+            fail_msg("case %zu: rc %d, count %zu, code '%s'", i, rc, count, res.code);
+    }
+    /* A key of 1024 bytes is one; 1025 is not. */
+    char page[8192], key[1100];
+    for (size_t n = 1024; n <= 1025; n++) {
+        memset(key, 'k', n);
+        key[n] = '\0';
+        snprintf(page, sizeof(page),
+                 "%s<IsTruncated>false</IsTruncated><Contents><Key>%s</Key><LastModified>2026-01-01T00:00:00Z"
+                 "</LastModified><Size>1</Size></Contents></ListBucketResult>",
+                 BUCKET_OPEN, key);
+        fm_s3_object_t objects[1];
+        size_t count;
+        int truncated;
+        fm_s3_result_t res;
+        assert_int_equal(fm_s3_list_objects_parse(page, strlen(page), "", "", objects, 1, &count, &truncated, &res),
+                         n == 1024 ? 0 : -1);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_s3_xml_text),
         cmocka_unit_test(test_s3_put_request_on_the_wire),
+        cmocka_unit_test(test_s3_get_announces_headers_first),
         cmocka_unit_test(test_s3_error_answers),
         cmocka_unit_test(test_s3_virtual_hosted),
         cmocka_unit_test(test_s3_transport_failures),
@@ -770,6 +987,8 @@ int main(void)
         cmocka_unit_test(test_s3_complete_request_on_the_wire),
         cmocka_unit_test(test_s3_complete_answers),
         cmocka_unit_test(test_s3_complete_refusals),
+        cmocka_unit_test(test_s3_list_objects_on_the_wire),
+        cmocka_unit_test(test_s3_list_objects_bad_pages),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,187 @@
+/* Tracked per-thread copies of Redis values: see rcache.h. */
+#include "rcache.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "metrics.h"
+
+typedef struct {
+    uint64_t hash;
+    uint64_t flush; /* the cache's flush count when stored: an older one is empty */
+    uint64_t stored_ns;
+    char *key, *value; /* one allocation: key\0value\0 */
+    size_t key_len, value_len;
+} slot_t;
+
+struct fm_rcache {
+    fm_redis_t *redis;
+    slot_t *slots;
+    size_t slot_count, value_max;
+    uint64_t max_age_ns;
+    uint64_t flush; /* increased by "anything may have changed": every slot is empty at once */
+};
+
+typedef struct {
+    fm_rcache_t *cache;
+    fm_redis_cb cb;
+    void *data;
+    int tracked;
+    uint64_t epoch;
+    size_t key_len;
+    char key[]; /* NUL-terminated */
+} fetch_t;
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t fnv1a(const char *s, size_t len)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; ++i)
+        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static slot_t *slot_of(fm_rcache_t *c, uint64_t hash)
+{
+    return &c->slots[hash % c->slot_count];
+}
+
+static int slot_holds(const fm_rcache_t *c, const slot_t *s, uint64_t hash, const char *key, size_t len)
+{
+    return s->key != NULL && s->flush == c->flush && s->hash == hash && s->key_len == len &&
+           memcmp(s->key, key, len) == 0;
+}
+
+static void slot_clear(slot_t *s)
+{
+    free(s->key);
+    memset(s, 0, sizeof(*s));
+}
+
+static void on_invalidate(const char *key, size_t len, void *data)
+{
+    fm_rcache_t *c = data;
+    if (key == NULL) {
+        ++c->flush;
+        fm_metrics_counter_add("fm_rcache_invalidations_total", "scope=\"all\"", 1);
+        return;
+    }
+    uint64_t hash = fnv1a(key, len);
+    slot_t *s = slot_of(c, hash);
+    if (slot_holds(c, s, hash, key, len)) {
+        slot_clear(s);
+        fm_metrics_counter_add("fm_rcache_invalidations_total", "scope=\"key\"", 1);
+    }
+}
+
+fm_rcache_t *fm_rcache_create(h2o_loop_t *loop, const char *host, int port, const char *password, int db,
+                              uint64_t timeout_ms, size_t slots, size_t value_max, uint64_t max_age_ms)
+{
+    if (slots == 0 || value_max == 0 || max_age_ms == 0)
+        return NULL;
+    fm_rcache_t *c = calloc(1, sizeof(*c));
+    if (c == NULL || (c->slots = calloc(slots, sizeof(*c->slots))) == NULL) {
+        free(c);
+        return NULL;
+    }
+    c->slot_count = slots;
+    c->value_max = value_max;
+    c->max_age_ns = max_age_ms * 1000000u;
+    c->redis = fm_redis_create_tracking(loop, host, port, password, db, 1, timeout_ms, on_invalidate, c);
+    if (c->redis == NULL) {
+        free(c->slots);
+        free(c);
+        return NULL;
+    }
+    return c;
+}
+
+int fm_rcache_get(fm_rcache_t *c, const char *key, const char **value, size_t *len)
+{
+    uint64_t epoch;
+    if (!fm_redis_tracked(c->redis, &epoch)) /* takes in the reports received so far, whatever it answers */
+        return 0;
+    size_t key_len = strlen(key);
+    uint64_t hash = fnv1a(key, key_len);
+    slot_t *s = slot_of(c, hash);
+    if (!slot_holds(c, s, hash, key, key_len) || now_ns() - s->stored_ns > c->max_age_ns) {
+        fm_metrics_counter_add("fm_rcache_lookups_total", "result=\"miss\"", 1);
+        return 0;
+    }
+    fm_metrics_counter_add("fm_rcache_lookups_total", "result=\"hit\"", 1);
+    *value = s->value;
+    *len = s->value_len;
+    return 1;
+}
+
+static void store(fm_rcache_t *c, const char *key, size_t key_len, const char *value, size_t value_len)
+{
+    uint64_t hash = fnv1a(key, key_len);
+    slot_t *s = slot_of(c, hash);
+    char *buf = malloc(key_len + value_len + 2);
+    if (buf == NULL)
+        return;
+    slot_clear(s);
+    memcpy(buf, key, key_len);
+    buf[key_len] = '\0';
+    memcpy(buf + key_len + 1, value, value_len);
+    buf[key_len + 1 + value_len] = '\0';
+    *s = (slot_t){.hash = hash, .flush = c->flush, .stored_ns = now_ns(), .key = buf, .key_len = key_len,
+                  .value = buf + key_len + 1, .value_len = value_len};
+}
+
+static void on_fetched(redisReply *reply, const char *errstr, void *data)
+{
+    fetch_t *f = data;
+    fm_rcache_t *c = f->cache;
+    uint64_t epoch;
+    /* Kept only if no report arrived since the GET left on a tracked connection (a report may concern this very
+     * key, changed after Redis answered; after this point Redis reports its changes). */
+    if (reply != NULL && reply->type == REDIS_REPLY_STRING && reply->len <= c->value_max && f->tracked &&
+        fm_redis_tracked(c->redis, &epoch) && epoch == f->epoch)
+        store(c, f->key, f->key_len, reply->str, reply->len);
+    f->cb(reply, errstr, f->data);
+    free(f);
+}
+
+int fm_rcache_fetch(fm_rcache_t *c, const char *key, fm_redis_cb cb, void *data)
+{
+    size_t key_len = strlen(key);
+    fetch_t *f = malloc(sizeof(*f) + key_len + 1);
+    if (f == NULL)
+        return -1;
+    *f = (fetch_t){.cache = c, .cb = cb, .data = data, .key_len = key_len};
+    memcpy(f->key, key, key_len + 1);
+    f->tracked = fm_redis_tracked(c->redis, &f->epoch);
+    const char *argv[] = {"GET", f->key};
+    const size_t argvlen[] = {3, key_len};
+    if (fm_redis_commandargv(c->redis, on_fetched, f, 2, argv, argvlen) != 0) {
+        free(f);
+        return -1;
+    }
+    return 0;
+}
+
+size_t fm_rcache_connected(fm_rcache_t *c)
+{
+    uint64_t epoch;
+    return c != NULL && fm_redis_tracked(c->redis, &epoch);
+}
+
+void fm_rcache_destroy(fm_rcache_t *c)
+{
+    if (c == NULL)
+        return;
+    fm_redis_destroy(c->redis); /* before the slots: pending fetches still refer to the cache */
+    for (size_t i = 0; i < c->slot_count; ++i)
+        slot_clear(&c->slots[i]);
+    free(c->slots);
+    free(c);
+}
