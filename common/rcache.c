@@ -3,9 +3,10 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "hash.h"
 #include "metrics.h"
+#include "server.h"
 
 typedef struct {
     uint64_t hash;
@@ -33,21 +34,6 @@ typedef struct {
     char key[]; /* NUL-terminated */
 } fetch_t;
 
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-static uint64_t fnv1a(const char *s, size_t len)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < len; ++i)
-        h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h;
-}
-
 static slot_t *slot_of(fm_rcache_t *c, uint64_t hash)
 {
     return &c->slots[hash % c->slot_count];
@@ -73,7 +59,7 @@ static void on_invalidate(const char *key, size_t len, void *data)
         fm_metrics_counter_add("fm_rcache_invalidations_total", "scope=\"all\"", 1);
         return;
     }
-    uint64_t hash = fnv1a(key, len);
+    uint64_t hash = fm_fnv1a(key, len, 0);
     slot_t *s = slot_of(c, hash);
     if (slot_holds(c, s, hash, key, len)) {
         slot_clear(s);
@@ -109,9 +95,9 @@ int fm_rcache_get(fm_rcache_t *c, const char *key, const char **value, size_t *l
     if (!fm_redis_tracked(c->redis, &epoch)) /* takes in the reports received so far, whatever it answers */
         return 0;
     size_t key_len = strlen(key);
-    uint64_t hash = fnv1a(key, key_len);
+    uint64_t hash = fm_fnv1a(key, key_len, 0);
     slot_t *s = slot_of(c, hash);
-    if (!slot_holds(c, s, hash, key, key_len) || now_ns() - s->stored_ns > c->max_age_ns) {
+    if (!slot_holds(c, s, hash, key, key_len) || fm_now_ns() - s->stored_ns > c->max_age_ns) {
         fm_metrics_counter_add("fm_rcache_lookups_total", "result=\"miss\"", 1);
         return 0;
     }
@@ -123,7 +109,7 @@ int fm_rcache_get(fm_rcache_t *c, const char *key, const char **value, size_t *l
 
 static void store(fm_rcache_t *c, const char *key, size_t key_len, const char *value, size_t value_len)
 {
-    uint64_t hash = fnv1a(key, key_len);
+    uint64_t hash = fm_fnv1a(key, key_len, 0);
     slot_t *s = slot_of(c, hash);
     char *buf = malloc(key_len + value_len + 2);
     if (buf == NULL)
@@ -133,7 +119,7 @@ static void store(fm_rcache_t *c, const char *key, size_t key_len, const char *v
     buf[key_len] = '\0';
     memcpy(buf + key_len + 1, value, value_len);
     buf[key_len + 1 + value_len] = '\0';
-    *s = (slot_t){.hash = hash, .flush = c->flush, .stored_ns = now_ns(), .key = buf, .key_len = key_len,
+    *s = (slot_t){.hash = hash, .flush = c->flush, .stored_ns = fm_now_ns(), .key = buf, .key_len = key_len,
                   .value = buf + key_len + 1, .value_len = value_len};
 }
 

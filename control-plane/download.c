@@ -21,6 +21,7 @@
 
 #include "cfsign.h"
 #include "control.h"
+#include "hash.h"
 #include "log.h"
 #include "uploads.h"
 
@@ -144,14 +145,6 @@ void fm_download_free(void)
 
 /* ---- signing ---- */
 
-static uint64_t fnv1a(const char *s, long long salt)
-{
-    uint64_t h = 0xcbf29ce484222325ULL ^ (uint64_t)salt;
-    for (; *s; ++s)
-        h = (h ^ (unsigned char)*s) * 0x100000001b3ULL;
-    return h;
-}
-
 /* The canned-policy URL of `resource` until `expires`; borrowed from this thread's cache until its next call.
  * NULL (logged) when signing fails. */
 static const char *sign_cached(fm_req_t *r, const char *resource, long long expires)
@@ -164,7 +157,8 @@ static const char *sign_cached(fm_req_t *r, const char *resource, long long expi
         all_caches = thread_cache;
         pthread_mutex_unlock(&all_caches_lock);
     }
-    signed_slot_t *slot = &thread_cache->slots[fnv1a(resource, expires) % SIGNED_CACHE_SLOTS];
+    uint64_t hash = fm_fnv1a(resource, strlen(resource), (uint64_t)expires);
+    signed_slot_t *slot = &thread_cache->slots[hash % SIGNED_CACHE_SLOTS];
     if (slot->url != NULL && slot->expires == expires && strcmp(slot->resource, resource) == 0)
         return slot->url;
     char *url = NULL, err[256];

@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "control.h"
+#include "hash.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -313,9 +314,7 @@ static int upload_key(const char *key)
 /* Someone else's object under incoming/ (a key we never make): never ours to delete; said once per key. */
 static void foreign_key(orphans_t *o, const char *key)
 {
-    uint64_t hash = 14695981039346656037ULL;
-    for (const unsigned char *p = (const unsigned char *)key; *p != '\0'; ++p)
-        hash = (hash ^ *p) * 1099511628211ULL;
+    uint64_t hash = fm_fnv1a(key, strlen(key), 0);
     for (size_t i = 0; i < o->foreign_count; ++i)
         if (o->foreign_seen[i] == hash)
             return;

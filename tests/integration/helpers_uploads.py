@@ -412,6 +412,24 @@ def put_notifications(fm, configs):
 
 
 @contextlib.contextmanager
+def dedicated(controls, stack, cls=None, events=False, **env):
+    """An fm-control of the module's own (`env`: its settings, FM_REDIS_URL of a Redis database of its own among
+    them), wrapped in `cls` (Fm by default); the bucket's S3 events are off meanwhile unless `events`. At the end the
+    helper's connections are closed and the instance stopped (exit status and sanitizer log checked)."""
+    svc = controls.start(**env)
+    f = (cls or Fm)(stack, svc)
+    try:
+        if events:
+            yield f
+        else:
+            with notifications_off(f):  # no other control plane (and its worker) gets our uploads' events
+                yield f
+    finally:
+        f.close()
+        controls.stop(svc)
+
+
+@contextlib.contextmanager
 def notifications_off(fm):
     """No S3 event reaches any control plane inside (the `complete` calls and the reconciler are what is tested);
     the bucket's notifications are put back afterwards."""

@@ -25,8 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from conftest import BUILD_DIR
 from helpers_fm import assert_error, assert_unauthorized, redis_cmd, redis_url, wait_for
-from helpers_uploads import Fm, notifications_off, random_bytes, sha256_hex
-
+from helpers_uploads import Fm, dedicated, random_bytes, sha256_hex
 DOWNLOAD_REDIS_DB = 8
 TTL_S = 300
 KEY_ID, OLD_KEY_ID = "KDLTESTNEW1", "KDLTESTOLD1"
@@ -94,16 +93,11 @@ def edge(edges, keys):
 @pytest.fixture(scope="module")
 def fm(controls, stack, keys, edge):
     new, old = keys
-    svc = controls.start(FM_CF_KEYS=f"{new.id}={new.private_path}, {old.id}={old.private_path}",
-                         FM_EDGE_PUBLIC_BASE=edge.url + "/", FM_DOWNLOAD_URL_TTL_S=TTL_S,
-                         FM_REDIS_URL=redis_url(stack, DOWNLOAD_REDIS_DB))
-    f = DownloadFm(stack, svc)
-    try:
-        with notifications_off(f):  # no other control plane (and its worker) gets our uploads' events
-            yield f
-    finally:
-        f.close()
-        controls.stop(svc)
+    with dedicated(controls, stack, DownloadFm,
+                   FM_CF_KEYS=f"{new.id}={new.private_path}, {old.id}={old.private_path}",
+                   FM_EDGE_PUBLIC_BASE=edge.url + "/", FM_DOWNLOAD_URL_TTL_S=TTL_S,
+                   FM_REDIS_URL=redis_url(stack, DOWNLOAD_REDIS_DB)) as f:
+        yield f
 
 
 @pytest.fixture(scope="module")

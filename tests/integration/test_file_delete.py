@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from helpers_fm import assert_error, assert_unauthorized, redis_cmd, redis_url, wait_for
-from helpers_uploads import EVENTS_SECRET, notifications_off, random_bytes, sha256_hex
+from helpers_uploads import EVENTS_SECRET, dedicated, random_bytes, sha256_hex
 from test_download import DownloadFm, KeyPair
 from test_edge import metric
 from test_worker import WorkerFm, image_bytes, upload
@@ -131,16 +131,11 @@ def second_edge(edges, stack, key_pair, edge):
 
 @pytest.fixture(scope="module")
 def fm(controls, stack, key_pair, edge):
-    svc = controls.start(FM_CF_KEYS=f"{key_pair.id}={key_pair.private_path}", FM_EDGE_PUBLIC_BASE=edge.url,
-                         FM_EVENTS_SECRET=EVENTS_SECRET, FM_RECONCILE_INTERVAL_S=1,
-                         FM_REDIS_URL=redis_url(stack, DELETE_REDIS_DB))
-    f = DeleteFm(stack, svc)
-    try:
-        with notifications_off(f):  # `complete` makes the jobs; no other control plane gets our uploads' events
-            yield f
-    finally:
-        f.close()
-        controls.stop(svc)
+    with dedicated(controls, stack, DeleteFm, FM_CF_KEYS=f"{key_pair.id}={key_pair.private_path}",
+                   FM_EDGE_PUBLIC_BASE=edge.url,
+                   FM_EVENTS_SECRET=EVENTS_SECRET, FM_RECONCILE_INTERVAL_S=1,
+                   FM_REDIS_URL=redis_url(stack, DELETE_REDIS_DB)) as f:
+        yield f
 
 
 @pytest.fixture(scope="module")

@@ -19,8 +19,7 @@ import pytest
 import requests
 
 from helpers_fm import redis_cmd, redis_url, wait_for
-from helpers_uploads import Fm, key_of, random_bytes
-
+from helpers_uploads import dedicated, key_of, random_bytes
 ORPHANS_DB = 1  # this suite's Redis database: its own records, cursor and pass schedule
 EXPIRY_S = 60   # FM_UPLOAD_EXPIRY_S's minimum (common/config.c)
 PAGE = 200      # keys a pass lists (reconcile.c ORPHAN_PAGE)
@@ -30,14 +29,10 @@ PAGE = 200      # keys a pass lists (reconcile.c ORPHAN_PAGE)
 def fm(controls, stack):
     for key in ("fm:orphans:cursor", "fm:orphans:due"):
         redis_cmd(stack, ORPHANS_DB, "DEL", key)
-    svc = controls.start(FM_RECORD_FLUSH_MS=60000, FM_RECONCILE_INTERVAL_S=1, FM_UPLOAD_EXPIRY_S=EXPIRY_S,
-                         FM_REDIS_URL=redis_url(stack, ORPHANS_DB))
-    f = Fm(stack, svc)
-    try:
+    with dedicated(controls, stack, events=True, FM_RECORD_FLUSH_MS=60000, FM_RECONCILE_INTERVAL_S=1,
+                   FM_UPLOAD_EXPIRY_S=EXPIRY_S,
+                   FM_REDIS_URL=redis_url(stack, ORPHANS_DB)) as f:
         yield f
-    finally:
-        f.close()
-        controls.stop(svc)
 
 
 def rcmd(fm, *args):

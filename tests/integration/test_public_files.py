@@ -20,7 +20,7 @@ import requests
 from PIL import Image
 
 from helpers_fm import assert_error, assert_unauthorized, redis_cmd, redis_url
-from helpers_uploads import notifications_off, random_bytes, sha256_hex
+from helpers_uploads import dedicated, random_bytes, sha256_hex
 from test_download import KeyPair, DownloadFm, check_signed, resource_of
 from test_edge import metric
 from test_edge_variants import jpeg_bytes
@@ -59,16 +59,11 @@ def edge(edges, stack, key_pair):
 
 @pytest.fixture(scope="module")
 def fm(controls, stack, key_pair, edge):
-    svc = controls.start(FM_CF_KEYS=f"{key_pair.id}={key_pair.private_path}", FM_EDGE_PUBLIC_BASE=edge.url,
-                         FM_DOWNLOAD_URL_TTL_S=300, FM_RECONCILE_INTERVAL_S=1,
-                         FM_REDIS_URL=redis_url(stack, PUBLIC_REDIS_DB))
-    f = PublicFm(stack, svc)
-    try:
-        with notifications_off(f):  # no other control plane (and its worker) gets our uploads' events
-            yield f
-    finally:
-        f.close()
-        controls.stop(svc)
+    with dedicated(controls, stack, PublicFm, FM_CF_KEYS=f"{key_pair.id}={key_pair.private_path}",
+                   FM_EDGE_PUBLIC_BASE=edge.url,
+                   FM_DOWNLOAD_URL_TTL_S=300, FM_RECONCILE_INTERVAL_S=1,
+                   FM_REDIS_URL=redis_url(stack, PUBLIC_REDIS_DB)) as f:
+        yield f
 
 
 @pytest.fixture(scope="module")

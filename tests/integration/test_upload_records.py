@@ -13,9 +13,8 @@ import time
 import pytest
 
 from helpers_fm import redis_cmd, redis_url, wait_for
-from helpers_uploads import (EVENTS_SECRET, Fm, aws_record, key_of, notifications_off, post_event, random_bytes,
-                             sha256_hex, uploads_control)
-
+from helpers_uploads import (EVENTS_SECRET, Fm, aws_record, dedicated, key_of, notifications_off, post_event,
+                             random_bytes, sha256_hex, uploads_control)
 SLOW_DB = 11   # the instance whose flusher ticks once a minute
 SYNC_DB = 10   # the instance that writes through
 
@@ -32,14 +31,9 @@ def fm(controls, stack):
 
 @pytest.fixture(scope="module")
 def slow(controls, stack, fm):
-    svc = controls.start(FM_RECORD_FLUSH_MS=60000, FM_EVENTS_SECRET=EVENTS_SECRET,
-                         FM_REDIS_URL=redis_url(stack, SLOW_DB))
-    f = Fm(stack, svc)
-    try:
+    with dedicated(controls, stack, events=True, FM_RECORD_FLUSH_MS=60000, FM_EVENTS_SECRET=EVENTS_SECRET,
+                   FM_REDIS_URL=redis_url(stack, SLOW_DB)) as f:
         yield f
-    finally:
-        f.close()
-        controls.stop(svc)
 
 
 def rows(fm, file_id):

@@ -15,7 +15,7 @@ import struct
 import pytest
 
 from helpers_fm import redis_cmd, redis_url, wait_for
-from helpers_uploads import EVENTS_SECRET, MIB, notifications_off, sha256_hex
+from helpers_uploads import EVENTS_SECRET, MIB, dedicated, sha256_hex
 from test_worker import Pool, WorkerFm, image_bytes, metrics, upload
 
 CLEANUP_DB = 7
@@ -55,15 +55,9 @@ class CleanupPool(Pool):
 
 @pytest.fixture(scope="module")
 def fm(controls, stack):
-    svc = controls.start(FM_EVENTS_SECRET=EVENTS_SECRET, FM_RECONCILE_INTERVAL_S=1,
-                         FM_MULTIPART_THRESHOLD=1024 * MIB, FM_REDIS_URL=redis_url(stack, CLEANUP_DB))
-    f = CleanupFm(stack, svc)
-    try:
-        with notifications_off(f):
-            yield f
-    finally:
-        f.close()
-        controls.stop(svc)
+    with dedicated(controls, stack, CleanupFm, FM_EVENTS_SECRET=EVENTS_SECRET, FM_RECONCILE_INTERVAL_S=1,
+                   FM_MULTIPART_THRESHOLD=1024 * MIB, FM_REDIS_URL=redis_url(stack, CLEANUP_DB)) as f:
+        yield f
 
 
 @pytest.fixture(scope="module")
