@@ -165,9 +165,11 @@ def test_concurrent_cold_requests_make_one_origin_fetch(stack, s3, edge, signer)
     assert all(status == 200 and digest == expected for status, digest in results), results
     after = counters(edge)
     assert after["misses"] - before["misses"] == 1, "concurrent misses were not coalesced into one origin fetch"
-    # Each other request either joined the fill or came after it and was a hit.
+    # Each other request either joined the fill or came after it and was a hit. How many joined depends on timing
+    # alone (the fill of 10 MB from the local RGW takes tens of ms); that requests arriving during a fill do join
+    # it is shown without timing by test_concurrent_cold_requests_all_stream_from_one_origin_fetch, whose origin
+    # holds the body until every request is in.
     assert (after["coalesced"] - before["coalesced"]) + (after["hits"] - before["hits"]) == 19
-    assert after["coalesced"] - before["coalesced"] >= 1
 
 
 # ---- ranges and conditional requests ----------------------------------------------------------------------------
