@@ -21,7 +21,8 @@ struct fm_rcache {
     slot_t *slots;
     size_t slot_count, value_max;
     uint64_t max_age_ns;
-    uint64_t flush; /* increased by "anything may have changed": every slot is empty at once */
+    uint64_t flush;   /* increased by "anything may have changed": every slot is empty at once */
+    uint64_t forgets; /* fm_rcache_forget calls: a GET sent before one is not kept */
 };
 
 typedef struct {
@@ -29,7 +30,7 @@ typedef struct {
     fm_redis_cb cb;
     void *data;
     int tracked;
-    uint64_t epoch;
+    uint64_t epoch, forgets;
     size_t key_len;
     char key[]; /* NUL-terminated */
 } fetch_t;
@@ -131,7 +132,7 @@ static void on_fetched(redisReply *reply, const char *errstr, void *data)
     /* Kept only if no report arrived since the GET left on a tracked connection (a report may concern this very
      * key, changed after Redis answered; after this point Redis reports its changes). */
     if (reply != NULL && reply->type == REDIS_REPLY_STRING && reply->len <= c->value_max && f->tracked &&
-        fm_redis_tracked(c->redis, &epoch) && epoch == f->epoch)
+        fm_redis_tracked(c->redis, &epoch) && epoch == f->epoch && c->forgets == f->forgets)
         store(c, f->key, f->key_len, reply->str, reply->len);
     f->cb(reply, errstr, f->data);
     free(f);
@@ -146,6 +147,7 @@ int fm_rcache_fetch(fm_rcache_t *c, const char *key, fm_redis_cb cb, void *data)
     *f = (fetch_t){.cache = c, .cb = cb, .data = data, .key_len = key_len};
     memcpy(f->key, key, key_len + 1);
     f->tracked = fm_redis_tracked(c->redis, &f->epoch);
+    f->forgets = c->forgets;
     const char *argv[] = {"GET", f->key};
     const size_t argvlen[] = {3, key_len};
     if (fm_redis_commandargv(c->redis, on_fetched, f, 2, argv, argvlen) != 0) {
@@ -153,6 +155,18 @@ int fm_rcache_fetch(fm_rcache_t *c, const char *key, fm_redis_cb cb, void *data)
         return -1;
     }
     return 0;
+}
+
+void fm_rcache_forget(fm_rcache_t *c, const char *key)
+{
+    if (c == NULL)
+        return;
+    ++c->forgets;
+    size_t len = strlen(key);
+    uint64_t hash = fm_fnv1a(key, len, 0);
+    slot_t *s = slot_of(c, hash);
+    if (slot_holds(c, s, hash, key, len))
+        slot_clear(s);
 }
 
 size_t fm_rcache_connected(fm_rcache_t *c)

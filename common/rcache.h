@@ -38,6 +38,13 @@ int fm_rcache_get(fm_rcache_t *c, const char *key, const char **value, size_t *l
  */
 int fm_rcache_fetch(fm_rcache_t *c, const char *key, fm_redis_cb cb, void *data);
 
+/**
+ * Drops this thread's copy of `key` now, for a writer that changed it and reads it back in the same request: Redis's
+ * report of its own write may reach the subscriber a moment after the write's reply. A GET of `key` in flight is not
+ * kept either.
+ */
+void fm_rcache_forget(fm_rcache_t *c, const char *key);
+
 /** 1 while the tracking pool is connected (for /readyz-style checks and tests). */
 size_t fm_rcache_connected(fm_rcache_t *c);
 

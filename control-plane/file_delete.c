@@ -253,6 +253,9 @@ static void on_statement(PGresult *res, const char *errstr, void *data)
     if (t->op == TRASH_DELETE && t->answer_status == 204)
         fm_log(FM_LOG_INFO, r->request_id, "file %s trashed%s%s", t->id, t->purge_job[0] ? "; edge purge job " : "",
                t->purge_job);
+    char row_key[64];
+    snprintf(row_key, sizeof(row_key), "fm:file:{%s}", t->id);
+    fm_rcache_forget(fm_control_thread(r)->rcache, row_key); /* restore's answer reads the row back */
     run_steps(r);
 }
 

@@ -123,6 +123,7 @@ static void forget_row(fm_req_t *r)
     char cache_key[64];
     snprintf(cache_key, sizeof(cache_key), "fm:file:{%s}", u->id);
     const char *argv[] = {"DEL", cache_key};
+    fm_rcache_forget(fm_control_thread(r)->rcache, cache_key); /* the answer reads the row back */
     fm_redis_call(r, on_row_forgotten, 2, argv);
 }
 
