@@ -49,6 +49,7 @@ typedef struct fm_config {
     char s3_endpoint[256], s3_region[64], s3_bucket[64];
     char s3_access_key[128], s3_secret_key[128], s3_session_token[2048];
     int64_t offload_threads;
+    int64_t hash_threads;
     /* accounts */
     char jwt_secret[256];
     char jwt_issuer[256];

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hash.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -155,26 +156,93 @@ static const char *reason_phrase(int status)
 }
 
 /* A fixed set of method labels: a client inventing methods must not grow the metrics registry. */
-static const char *method_label(h2o_iovec_t method)
+static const char *const method_labels[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"};
+#define METHOD_KNOWN (sizeof(method_labels) / sizeof(method_labels[0]) - 1)
+
+static unsigned method_index(h2o_iovec_t method)
 {
-    static const char *const known[] = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"};
-    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); ++i)
-        if (h2o_memis(method.base, method.len, known[i], strlen(known[i])))
-            return known[i];
-    return "other";
+    unsigned i;
+    for (i = 0; i < METHOD_KNOWN; ++i)
+        if (h2o_memis(method.base, method.len, method_labels[i], strlen(method_labels[i])))
+            break;
+    return i; /* METHOD_KNOWN is "other" */
+}
+
+/* The two series one answer updates. */
+typedef struct {
+    fm_metric_series_t *requests, *duration;
+} request_series_t;
+
+static request_series_t lookup_request_series(const char *service, const char *route, unsigned method, int status)
+{
+    char labels[200];
+    request_series_t found;
+    snprintf(labels, sizeof(labels), "service=\"%s\",route=\"%s\",method=\"%s\",status=\"%d\"", service, route,
+             method_labels[method], status);
+    found.requests = fm_metrics_series("fm_http_requests_total", FM_METRIC_COUNTER, labels);
+    snprintf(labels, sizeof(labels), "service=\"%s\",route=\"%s\"", service, route);
+    found.duration = fm_metrics_series("fm_http_request_duration_seconds", FM_METRIC_HISTOGRAM, labels);
+    return found;
+}
+
+/* Formatting the labels and finding series by name (under the registry's mutex) cost more than the rest of an
+ * answer's bookkeeping, so each event-loop thread remembers the handles per (service, route, method, status).
+ * The keys are pointers to the service name and the route label (a pattern of a static route table or a string
+ * literal), which outlive the threads: fm_http_count's callers must pass such labels only. Open
+ * addressing with a short probe; when that finds no room the lookup goes by name, so the table stays bounded. */
+#define SERIES_CACHE_SLOTS 512 /* a power of two */
+#define SERIES_CACHE_PROBES 8
+
+typedef struct {
+    struct {
+        const char *service;
+        const char *route; /* the route label: a pattern of the static route table, or a literal */
+        int32_t status;
+        uint32_t method;
+    } key; /* no padding: hashed as bytes */
+    request_series_t series; /* series.requests == NULL: the slot is free */
+} series_slot_t;
+
+static _Thread_local series_slot_t series_cache[SERIES_CACHE_SLOTS];
+
+static request_series_t request_series(fm_req_t *r, const char *route, unsigned method, int status)
+{
+    series_slot_t probe;
+    memset(&probe.key, 0, sizeof(probe.key));
+    probe.key.service = r->thread->spec->service;
+    probe.key.route = route;
+    probe.key.status = status;
+    probe.key.method = method;
+    uint64_t hash = fm_fnv1a(&probe.key, sizeof(probe.key), 0);
+    for (unsigned i = 0; i < SERIES_CACHE_PROBES; ++i) {
+        series_slot_t *slot = &series_cache[(hash + i) & (SERIES_CACHE_SLOTS - 1)];
+        if (slot->series.requests == NULL) {
+            slot->key = probe.key;
+            slot->series = lookup_request_series(probe.key.service, route, method, status);
+            return slot->series;
+        }
+        if (memcmp(&slot->key, &probe.key, sizeof(probe.key)) == 0)
+            return slot->series;
+    }
+    return lookup_request_series(probe.key.service, route, method, status);
+}
+
+void fm_http_count(fm_req_t *r, const char *route, int status, double seconds)
+{
+    request_series_t series = request_series(r, route, method_index(r->req->method), status);
+    fm_metrics_series_add(series.requests, 1);
+    fm_metrics_series_observe(series.duration, seconds);
 }
 
 static void account(fm_req_t *r)
 {
     double seconds = (double)(fm_now_ns() - r->started_ns) / 1e9;
     const char *route = r->route != NULL ? r->route->pattern : "unmatched";
-    char labels[200];
-    snprintf(labels, sizeof(labels), "service=\"%s\",route=\"%s\",method=\"%s\",status=\"%d\"",
-             r->thread->spec->service, route, method_label(r->req->method), r->status);
-    fm_metrics_counter_add("fm_http_requests_total", labels, 1);
-    snprintf(labels, sizeof(labels), "service=\"%s\",route=\"%s\"", r->thread->spec->service, route);
-    fm_metrics_observe("fm_http_request_duration_seconds", labels, seconds);
+    fm_http_count(r, route, r->status, seconds);
 
+    /* The copies below exist only for the access line; under FM_LOG_LEVEL=warn most answers write none. */
+    if (!fm_log_enabled(fm_log_access_level(r->status)))
+        return;
     char method[9], path[256];
     snprintf(method, sizeof(method), "%.*s", (int)(r->req->method.len > 8 ? 8 : r->req->method.len),
              r->req->method.base);

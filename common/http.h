@@ -62,6 +62,13 @@ void fm_reply_json(fm_req_t *r, int status, cJSON *body);
 /** Answers raw bytes with a content type. */
 void fm_reply_raw(fm_req_t *r, int status, const char *content_type, const char *body, size_t len);
 
+/**
+ * Counts an answer in fm_http_requests_total and fm_http_request_duration_seconds, as every fm_reply_* does; for
+ * answers sent some other way (a streamed file). `route` is the label and must live as long as the process (a route
+ * pattern or a string literal): it keys the thread's table of series.
+ */
+void fm_http_count(fm_req_t *r, const char *route, int status, double seconds);
+
 /** Answers {"error":{"code","message","request_id"}} with `status`; `code` is a static snake_case string. */
 void fm_reply_error(fm_req_t *r, int status, const char *code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 

@@ -144,6 +144,27 @@ void fm_jwt_verifier_free(fm_jwt_verifier_t *verifier);
  */
 int fm_jwt_verify(const fm_jwt_verifier_t *verifier, const char *token, size_t len, int64_t now, fm_jwt_claims_t *out);
 
+/**
+ * A thread's memory of the tokens it verified with one verifier (not thread-safe: one per thread). A token seen
+ * again byte for byte is not parsed or verified again: its remembered claims are checked against `now` (exp, nbf,
+ * iat with the leeway) and returned. Only successful verifications are remembered; a different verifier clears it.
+ * Revocation is not this module's business: the caller still checks the session (`sid`) as before.
+ */
+typedef struct fm_jwt_memo fm_jwt_memo_t;
+
+/** A new empty memo (64 entries, made as used), or NULL if out of memory. */
+fm_jwt_memo_t *fm_jwt_memo_new(void);
+
+/** Frees a memo and wipes the tokens it holds. NULL is allowed. */
+void fm_jwt_memo_free(fm_jwt_memo_t *memo);
+
+/** fm_jwt_verify with `memo` (NULL: plain fm_jwt_verify); same results, same `out`. */
+int fm_jwt_verify_memo(const fm_jwt_verifier_t *verifier, fm_jwt_memo_t *memo, const char *token, size_t len,
+                       int64_t now, fm_jwt_claims_t *out);
+
+/** How many verifications the memo answered (`hits`) and how many it passed on (`misses`). */
+void fm_jwt_memo_stats(const fm_jwt_memo_t *memo, uint64_t *hits, uint64_t *misses);
+
 /** Stable snake_case code for an error ("expired", "bad_signature", ...), for API error bodies and logs. */
 const char *fm_jwt_error_code(fm_jwt_error_t error);
 

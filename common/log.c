@@ -82,11 +82,21 @@ void fm_log(fm_log_level_t level, const char *request_id, const char *fmt, ...)
     line_end(buf, sizeof(buf), pos);
 }
 
+int fm_log_enabled(fm_log_level_t level)
+{
+    return level >= min_level;
+}
+
+fm_log_level_t fm_log_access_level(int status)
+{
+    return status >= 500 ? FM_LOG_WARN : FM_LOG_INFO;
+}
+
 void fm_log_access(const char *request_id, const char *method, const char *route, const char *path, int status,
                    double duration_ms, const char *error_code)
 {
-    fm_log_level_t level = status >= 500 ? FM_LOG_WARN : FM_LOG_INFO;
-    if (level < min_level)
+    fm_log_level_t level = fm_log_access_level(status);
+    if (!fm_log_enabled(level))
         return;
     char buf[2048];
     size_t pos = line_start(buf, sizeof(buf), level);

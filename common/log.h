@@ -16,7 +16,13 @@ void fm_log_init(const char *service, const char *level);
 /** Logs a formatted message; `request_id` may be NULL. The message is JSON-escaped. */
 void fm_log(fm_log_level_t level, const char *request_id, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 
-/** The access-log line of one HTTP request. */
+/** Whether a line at `level` would be written: lets a hot path skip building what only the log would read. */
+int fm_log_enabled(fm_log_level_t level);
+
+/** The level of a request's access line: warn for a 5xx answer, info otherwise. */
+fm_log_level_t fm_log_access_level(int status);
+
+/** The access-log line of one HTTP request (at fm_log_access_level(status)). */
 void fm_log_access(const char *request_id, const char *method, const char *route, const char *path, int status,
                    double duration_ms, const char *error_code);
 

@@ -57,14 +57,14 @@ static void on_invalidate(const char *key, size_t len, void *data)
     fm_rcache_t *c = data;
     if (key == NULL) {
         ++c->flush;
-        fm_metrics_counter_add("fm_rcache_invalidations_total", "scope=\"all\"", 1);
+        FM_METRICS_COUNT("fm_rcache_invalidations_total", "scope=\"all\"", 1);
         return;
     }
     uint64_t hash = fm_fnv1a(key, len, 0);
     slot_t *s = slot_of(c, hash);
     if (slot_holds(c, s, hash, key, len)) {
         slot_clear(s);
-        fm_metrics_counter_add("fm_rcache_invalidations_total", "scope=\"key\"", 1);
+        FM_METRICS_COUNT("fm_rcache_invalidations_total", "scope=\"key\"", 1);
     }
 }
 
@@ -90,19 +90,19 @@ fm_rcache_t *fm_rcache_create(h2o_loop_t *loop, const char *host, int port, cons
     return c;
 }
 
-int fm_rcache_get(fm_rcache_t *c, const char *key, const char **value, size_t *len)
+int fm_rcache_get(fm_rcache_t *c, const char *key, uint64_t since_ns, const char **value, size_t *len)
 {
     uint64_t epoch;
-    if (!fm_redis_tracked(c->redis, &epoch)) /* takes in the reports received so far, whatever it answers */
+    if (!fm_redis_tracked_since(c->redis, &epoch, since_ns)) /* takes in the reports, whatever it answers */
         return 0;
     size_t key_len = strlen(key);
     uint64_t hash = fm_fnv1a(key, key_len, 0);
     slot_t *s = slot_of(c, hash);
     if (!slot_holds(c, s, hash, key, key_len) || fm_now_ns() - s->stored_ns > c->max_age_ns) {
-        fm_metrics_counter_add("fm_rcache_lookups_total", "result=\"miss\"", 1);
+        FM_METRICS_COUNT("fm_rcache_lookups_total", "result=\"miss\"", 1);
         return 0;
     }
-    fm_metrics_counter_add("fm_rcache_lookups_total", "result=\"hit\"", 1);
+    FM_METRICS_COUNT("fm_rcache_lookups_total", "result=\"hit\"", 1);
     *value = s->value;
     *len = s->value_len;
     return 1;

@@ -26,6 +26,7 @@ typedef struct {
 static h2o_globalconf_t globalconf;
 static fm_thread_t *threads;
 static fm_offload_t *offload_pool;
+static fm_offload_t *hash_pool; /* NULL unless spec->hash_threads */
 static h2o_multithread_message_t *shutdown_messages;
 
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -175,6 +176,13 @@ static void announce_started(fm_thread_t *thread, int status)
     pthread_mutex_unlock(&start_lock);
 }
 
+/* Jobs this thread handed to either pool whose answer it has not taken yet. */
+static size_t offload_outstanding(fm_thread_t *thread)
+{
+    return fm_offload_port_outstanding(thread->offload) +
+           (thread->hash != NULL ? fm_offload_port_outstanding(thread->hash) : 0);
+}
+
 static void *thread_main(void *arg)
 {
     fm_thread_t *thread = arg;
@@ -184,6 +192,7 @@ static void *thread_main(void *arg)
     thread->queue = h2o_multithread_create_queue(thread->loop);
     h2o_multithread_register_receiver(thread->queue, &thread->shutdown_receiver, on_shutdown_message);
     thread->offload = fm_offload_port_create(offload_pool, thread->loop);
+    thread->hash = hash_pool != NULL ? fm_offload_port_create(hash_pool, thread->loop) : NULL;
 
     if (spec->thread_init != NULL && spec->thread_init(thread) != 0) {
         announce_started(thread, -1);
@@ -216,7 +225,7 @@ static void *thread_main(void *arg)
 
     /* Graceful stop: finish what is in flight, up to the configured limit. */
     uint64_t deadline = fm_now_ns() + spec->graceful_timeout_ms * 1000000u;
-    while ((thread->inflight > 0 || fm_offload_port_outstanding(thread->offload) > 0) && fm_now_ns() < deadline)
+    while ((thread->inflight > 0 || offload_outstanding(thread) > 0) && fm_now_ns() < deadline)
         h2o_evloop_run(thread->loop, 10);
     /* Let the last responses reach their sockets. */
     for (uint64_t flush_until = fm_now_ns() + 50000000u; fm_now_ns() < flush_until;)
@@ -227,7 +236,7 @@ static void *thread_main(void *arg)
     h2o_timeout_unlink(&thread->tick_entry);
     if (spec->thread_dispose != NULL)
         spec->thread_dispose(thread);
-    while (fm_offload_port_outstanding(thread->offload) > 0 && fm_now_ns() < deadline + 1000000000u)
+    while (offload_outstanding(thread) > 0 && fm_now_ns() < deadline + 1000000000u)
         h2o_evloop_run(thread->loop, 10);
     return NULL;
 }
@@ -293,8 +302,9 @@ int fm_server_run(const fm_server_spec_t *spec)
     fm_metrics_describe("fm_http_request_duration_seconds", FM_METRIC_HISTOGRAM, "Time to answer, by route");
     fm_metrics_describe("fm_http_inflight_requests", FM_METRIC_GAUGE, "Requests being handled, per thread");
 
-    if ((offload_pool = fm_offload_create(spec->offload_threads, 4096)) == NULL) {
-        fm_error("cannot start the offload pool");
+    if ((offload_pool = fm_offload_create(spec->offload_threads, 4096)) == NULL ||
+        (spec->hash_threads > 0 && (hash_pool = fm_offload_create(spec->hash_threads, 1024)) == NULL)) {
+        fm_error("cannot start the offload pools");
         return 1;
     }
     threads = calloc(spec->threads, sizeof(*threads));
@@ -337,6 +347,7 @@ int fm_server_run(const fm_server_spec_t *spec)
     for (size_t i = 0; i < spec->threads; ++i)
         pthread_join(threads[i].tid, NULL);
     fm_offload_destroy(offload_pool);
+    fm_offload_destroy(hash_pool);
     fm_info("%s stopped", spec->service);
     return 0;
 }

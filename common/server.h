@@ -27,6 +27,8 @@ typedef struct fm_server_spec {
     const char *tls_cert, *tls_key;
     size_t threads;
     size_t offload_threads;
+    /** Threads of a second pool for password hashing (fm_thread_t.hash); 0 = none, hashes go to the offload pool. */
+    size_t hash_threads;
     size_t max_body_bytes;
     uint64_t graceful_timeout_ms;
     /** Answers GET/HEAD requests that match no route (static files); NULL = 404. */
@@ -53,6 +55,7 @@ struct fm_thread {
     h2o_timeout_t tick_timeout;
     h2o_timeout_entry_t tick_entry;
     fm_offload_port_t *offload;
+    fm_offload_port_t *hash; /* NULL without spec->hash_threads */
     size_t inflight; /* requests dispatched and not yet freed by h2o */
     int shutting_down;
     int init_status;

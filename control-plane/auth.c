@@ -286,7 +286,7 @@ static void on_register_rate_checked(redisReply *reply, const char *errstr, void
     long long limits[] = {fm_control->config.register_limit_ip};
     if (over_limit(r, reply, limits, 1))
         return;
-    fm_offload_call(r, hash_password_work, on_password_hashed, "the password hasher");
+    fm_hash_call(r, hash_password_work, on_password_hashed);
 }
 
 void handle_auth_register(fm_req_t *r)
@@ -395,7 +395,7 @@ static void on_login_user_loaded(PGresult *res, const char *errstr, void *data)
         s->user_disabled = strcmp(PQgetvalue(res, 0, 3), "t") == 0;
         copy_field(s->email, sizeof(s->email), res, 0, 4);
     }
-    fm_offload_call(r, verify_password_work, on_password_verified, "the password hasher");
+    fm_hash_call(r, verify_password_work, on_password_verified);
 }
 
 static void on_login_rate_checked(redisReply *reply, const char *errstr, void *data)
@@ -726,7 +726,8 @@ void fm_auth_require(fm_req_t *r, authed_fn next)
         h2o_fatal("out of memory");
     r->auth = check;
     check->next = next;
-    if (fm_jwt_verify(fm_control->verifier, token.base, token.len, time(NULL), &check->claims) != 0) {
+    if (fm_jwt_verify_memo(fm_control->verifier, fm_control_thread(r)->tokens, token.base, token.len, time(NULL),
+                           &check->claims) != 0) {
         fm_jwt_error_t error = check->claims.error;
         if (error == FM_JWT_ERR_INTERNAL) {
             fm_reply_error(r, 500, "internal_error", "could not verify the token");

@@ -31,7 +31,7 @@ void fm_redis_get_cached(fm_req_t *r, fm_redis_cb cb, const char *key)
     const char *value;
     size_t len;
     fm_req_hold(r);
-    if (cache != NULL && fm_rcache_get(cache, key, &value, &len)) {
+    if (cache != NULL && fm_rcache_get(cache, key, r->started_ns, &value, &len)) {
         /* what Redis would answer now: the callback runs at once, as if the GET had come back */
         redisReply reply = {.type = REDIS_REPLY_STRING, .str = (char *)value, .len = len};
         cb(&reply, NULL, r);
@@ -44,13 +44,23 @@ void fm_redis_get_cached(fm_req_t *r, fm_redis_cb cb, const char *key)
     }
 }
 
-void fm_offload_call(fm_req_t *r, void (*work)(void *), void (*done)(void *), const char *what)
+static void call_on(fm_req_t *r, fm_offload_port_t *port, void (*work)(void *), void (*done)(void *), const char *what)
 {
     fm_req_hold(r);
-    if (fm_offload_run(r->thread->offload, work, done, r) != 0) {
+    if (fm_offload_run(port, work, done, r) != 0) {
         fm_req_resume(r);
         fm_reply_unavailable(r, what);
     }
+}
+
+void fm_offload_call(fm_req_t *r, void (*work)(void *), void (*done)(void *), const char *what)
+{
+    call_on(r, r->thread->offload, work, done, what);
+}
+
+void fm_hash_call(fm_req_t *r, void (*work)(void *), void (*done)(void *))
+{
+    call_on(r, r->thread->hash != NULL ? r->thread->hash : r->thread->offload, work, done, "the password hasher");
 }
 
 int fm_pg_failed(fm_req_t *r, PGresult *res, const char *errstr)

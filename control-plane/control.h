@@ -33,6 +33,8 @@ typedef struct fm_control_thread {
     reconcile_t *reconcile;     /* thread 0 only */
     records_flusher_t *records; /* thread 0 only, when records are written behind */
     fm_sigv4_t *signer; /* presigns the URLs handed to clients (FM_S3_PUBLIC_ENDPOINT) */
+    fm_jwt_memo_t *tokens; /* access tokens this thread verified (auth.c) */
+    uint64_t tokens_hits_told, tokens_misses_told; /* what thread_tick has already added to the metrics */
 } fm_control_thread_t;
 
 /** Who is calling, once fm_auth_require() accepted the bearer token. */
@@ -74,6 +76,8 @@ void fm_redis_call(fm_req_t *r, fm_redis_cb cb, int argc, const char **argv);
 void fm_redis_get_cached(fm_req_t *r, fm_redis_cb cb, const char *key);
 /** Runs work(r) on the offload pool, then done(r) on r's loop; answers 503 naming `what` if the pool is full. */
 void fm_offload_call(fm_req_t *r, void (*work)(void *), void (*done)(void *), const char *what);
+/** The same on the password hashing pool (FM_HASH_THREADS): argon2id's memory and CPU stay off the S3 calls' pool. */
+void fm_hash_call(fm_req_t *r, void (*work)(void *), void (*done)(void *));
 /** Answer 503 (no result: the database is unreachable) or 500 (an SQL error) and return 1; 0 when res is fine. */
 int fm_pg_failed(fm_req_t *r, PGresult *res, const char *errstr);
 /** Answer 503 and return 1 when Redis failed; 0 when the reply is usable. */

@@ -5,14 +5,22 @@
  * Only the owner sees a row; anyone else gets the same 404 as for a missing id.
  * A file's row also carries what the download route needs (visibility, the blob's storage_key and variants,
  * fm_file_row); GET /v1/files/{id} strips those internal fields, like the owner's id.
+ * Misses of one key on one thread share one PostgreSQL load (docs/decisions.md "Row loads are coalesced"): when the
+ * key expires under load, its readers must not all queue a query at once.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "control.h"
+#include "hash.h"
 #include "log.h"
+#include "metrics.h"
 
 #define CACHE_TTL_S "300"
+/* Loads in flight that others may join, per thread: a direct-mapped table, so a key whose slot is taken by another
+ * key's load just loads alone. */
+#define LOAD_SLOTS 256
 
 typedef struct {
     const char *kind; /* "file" | "job" */
@@ -22,7 +30,16 @@ typedef struct {
     /* fm_file_row's caller and its argument; NULL: answer the row (GET /v1/files/{id}) */
     void (*next)(fm_req_t *r, cJSON *row, void *arg);
     void *arg;
+    /* While this request's own load is in flight: its slot in `joinable` (NULL once it may not be joined any more),
+     * the requests waiting for it, and whether its row may be cached (not when a writer superseded it). */
+    fm_req_t **slot;
+    fm_req_t *waiters, *last_waiter;
+    int superseded;
+    fm_req_t *next_waiter; /* while this request waits for another's load */
 } read_state_t;
+
+/* The load each key's readers join on this thread: a request whose query is in flight (held until it answers). */
+static _Thread_local fm_req_t *joinable[LOAD_SLOTS];
 
 /* Fields of the cached file row that are not part of GET /v1/files/{id}'s answer. */
 static const char *const internal_fields[] = {"owner_id", "visibility", "storage_key", "variants"};
@@ -76,11 +93,10 @@ static void on_cache_filled(redisReply *reply, const char *errstr, void *data)
 
 static void load_row(fm_req_t *r, void *arg);
 
-static void on_loaded(PGresult *res, const char *errstr, void *data)
+/* What one request does with a load's result, its own or the one it waited for (each reader is answered on its own:
+ * its owner check, its error, its record check). `*cached`: the row was put back in Redis already. */
+static void row_loaded(fm_req_t *r, PGresult *res, const char *errstr, int may_cache, int *cached)
 {
-    fm_req_t *r = data;
-    if (fm_req_resume(r) != 0)
-        return;
     if (fm_pg_failed(r, res, errstr))
         return;
     read_state_t *s = r->state;
@@ -92,9 +108,34 @@ static void on_loaded(PGresult *res, const char *errstr, void *data)
         return;
     }
     const char *json = PQgetvalue(res, 0, 0);
-    const char *argv[] = {"SET", s->key, json, "EX", CACHE_TTL_S};
-    fm_redis_call(r, on_cache_filled, 5, argv);
+    if (may_cache && !*cached) {
+        const char *argv[] = {"SET", s->key, json, "EX", CACHE_TTL_S};
+        fm_redis_call(r, on_cache_filled, 5, argv);
+        *cached = 1;
+    }
     answer_row(r, cJSON_Parse(json));
+}
+
+/* A load answered: its request and every waiter are resumed and answered. A request whose client went away is only
+ * resumed (which may free it, so each one's successor is read first); the others still get the result. */
+static void on_loaded(PGresult *res, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    read_state_t *s = r->state;
+    if (s->slot != NULL) /* readers arriving from now on start a new load */
+        *s->slot = NULL;
+    fm_req_t *waiter = s->waiters;
+    int may_cache = !s->superseded, cached = 0;
+    s->slot = NULL;
+    s->waiters = s->last_waiter = NULL;
+    if (fm_req_resume(r) == 0)
+        row_loaded(r, res, errstr, may_cache, &cached);
+    while (waiter != NULL) {
+        fm_req_t *w = waiter;
+        waiter = ((read_state_t *)w->state)->next_waiter;
+        if (fm_req_resume(w) == 0)
+            row_loaded(w, res, errstr, may_cache, &cached);
+    }
 }
 
 static void on_cache_read(redisReply *reply, const char *errstr, void *data)
@@ -117,11 +158,64 @@ static void on_cache_read(redisReply *reply, const char *errstr, void *data)
     load_row(r, NULL);
 }
 
+static void describe_coalesced(void)
+{
+    fm_metrics_describe("fm_row_loads_coalesced_total", FM_METRIC_COUNTER,
+                        "File and job row reads that waited for another request's PostgreSQL load of the same row");
+    fm_metrics_counter_add("fm_row_loads_coalesced_total", NULL, 0);
+}
+
+/* A GET (or HEAD) may take the result of a load already in flight. Any other method reads back a row it has just
+ * written (PATCH, restore), as does a request that has just brought its written-behind record into PostgreSQL: a
+ * load in flight may predate that write, so such a request loads itself, and readers arriving later join it. */
+static int may_join(fm_req_t *r)
+{
+    const read_state_t *s = r->state;
+    h2o_iovec_t method = r->req->method;
+    return !s->record_checked && (h2o_memis(method.base, method.len, H2O_STRLIT("GET")) ||
+                                  h2o_memis(method.base, method.len, H2O_STRLIT("HEAD")));
+}
+
 static void load_row(fm_req_t *r, void *arg)
 {
     read_state_t *s = r->state;
+    fm_req_t **slot = &joinable[fm_fnv1a(s->key, strlen(s->key), 0) % LOAD_SLOTS];
+    s->slot = NULL;
+    s->waiters = s->last_waiter = s->next_waiter = NULL;
+    s->superseded = 0;
+    if (*slot != NULL) {
+        read_state_t *loading = (*slot)->state;
+        if (strcmp(loading->key, s->key) == 0) {
+            if (may_join(r)) {
+                fm_req_hold(r); /* resumed by on_loaded of the request it waits for */
+                if (loading->last_waiter != NULL)
+                    ((read_state_t *)loading->last_waiter->state)->next_waiter = r;
+                else
+                    loading->waiters = r;
+                loading->last_waiter = r;
+                FM_METRICS_COUNT("fm_row_loads_coalesced_total", NULL, 1);
+                return;
+            }
+            loading->slot = NULL; /* its waiters keep it; its row may be older than this request's write */
+            loading->superseded = 1;
+            *slot = NULL;
+        }
+    }
+    if (*slot == NULL) {
+        *slot = r;
+        s->slot = slot;
+    }
+    /* Not fm_pg_call: a refused query must also leave the slot, and no one can have joined it yet. */
     const char *params[] = {s->id};
-    fm_pg_call(r, on_loaded, strcmp(s->kind, "file") == 0 ? file_sql : job_sql, 1, params);
+    fm_req_hold(r);
+    if (fm_pg_query(fm_control_thread(r)->pg, on_loaded, r, strcmp(s->kind, "file") == 0 ? file_sql : job_sql, 1,
+                    params) != 0) {
+        if (s->slot != NULL)
+            *s->slot = NULL;
+        s->slot = NULL;
+        fm_req_resume(r);
+        fm_reply_unavailable(r, "the database");
+    }
 }
 
 int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char out[37])
@@ -138,6 +232,8 @@ int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char 
 
 static void read_row(fm_req_t *r, const fm_principal_t *p, const char *kind, const char *id, size_t id_len)
 {
+    static pthread_once_t described = PTHREAD_ONCE_INIT; /* files.c has no start hook: described on first use */
+    pthread_once(&described, describe_coalesced);
     read_state_t *s = fm_req_state(r, sizeof(read_state_t));
     s->kind = kind;
     s->principal = p;

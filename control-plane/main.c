@@ -73,9 +73,10 @@ static int thread_init(fm_thread_t *thread)
     ct->pg = fm_pg_create(thread->loop, cfg->database_url, (size_t)cfg->pg_pool_size,
                           (uint64_t)cfg->pg_timeout_ms);
     ct->signer = fm_sigv4_new(cfg->s3_access_key, cfg->s3_secret_key, cfg->s3_session_token, cfg->s3_region, "s3");
+    ct->tokens = fm_jwt_memo_new();
     OPENSSL_cleanse(password, sizeof(password));
-    if (ct->redis == NULL || ct->pg == NULL || ct->signer == NULL) {
-        fm_error("thread %zu: cannot create the Redis/PostgreSQL pools or the S3 signer", thread->index);
+    if (ct->redis == NULL || ct->pg == NULL || ct->signer == NULL || ct->tokens == NULL) {
+        fm_error("thread %zu: cannot create the Redis/PostgreSQL pools, the S3 signer or the token memo", thread->index);
         return -1;
     }
     thread->data = ct;
@@ -99,6 +100,7 @@ static void thread_dispose(fm_thread_t *thread)
     fm_reconcile_stop(ct->reconcile); /* after the pools: their last callbacks may still reach it */
     fm_records_flusher_stop(ct->records);
     fm_sigv4_free(ct->signer);
+    fm_jwt_memo_free(ct->tokens);
     free(ct);
     thread->data = NULL;
 }
@@ -112,6 +114,12 @@ static void thread_tick(fm_thread_t *thread)
     fm_metrics_gauge_set("fm_pg_pool_busy", labels, (double)fm_pg_busy(ct->pg));
     fm_metrics_gauge_set("fm_pg_pool_queued", labels, (double)fm_pg_queued(ct->pg));
     fm_metrics_gauge_set("fm_redis_pool_connected", labels, (double)fm_redis_connected(ct->redis));
+    uint64_t hits, misses;
+    fm_jwt_memo_stats(ct->tokens, &hits, &misses);
+    fm_metrics_counter_add("fm_token_memo_hits_total", labels, (double)(hits - ct->tokens_hits_told));
+    fm_metrics_counter_add("fm_token_memo_misses_total", labels, (double)(misses - ct->tokens_misses_told));
+    ct->tokens_hits_told = hits;
+    ct->tokens_misses_told = misses;
 }
 
 static char *read_small_file(const char *path, size_t *len)
@@ -157,6 +165,10 @@ static int make_verifier(fm_control_t *app)
 static void describe_metrics(void)
 {
     fm_metrics_describe("fm_pg_pool_connected", FM_METRIC_GAUGE, "PostgreSQL connections up, per thread");
+    fm_metrics_describe("fm_token_memo_hits_total", FM_METRIC_COUNTER,
+                        "Access tokens accepted from the thread's memo of verified tokens, without parsing them again");
+    fm_metrics_describe("fm_token_memo_misses_total", FM_METRIC_COUNTER,
+                        "Access tokens verified in full (not in the thread's memo, or too long to be kept)");
     fm_metrics_describe("fm_pg_pool_busy", FM_METRIC_GAUGE, "PostgreSQL connections running a query, per thread");
     fm_metrics_describe("fm_pg_pool_queued", FM_METRIC_GAUGE, "Queries waiting for a connection, per thread");
     fm_metrics_describe("fm_redis_pool_connected", FM_METRIC_GAUGE, "Redis connections up, per thread");
@@ -189,6 +201,7 @@ static int serve(fm_control_t *app)
         .tls_key = cfg->tls_key,
         .threads = (size_t)cfg->threads,
         .offload_threads = (size_t)cfg->offload_threads,
+        .hash_threads = (size_t)cfg->hash_threads,
         .max_body_bytes = (size_t)cfg->max_body_bytes,
         .graceful_timeout_ms = (uint64_t)cfg->graceful_timeout_ms,
         .fallback = cfg->web_dir[0] ? handle_web : NULL,

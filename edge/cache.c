@@ -148,7 +148,7 @@ static void evict_over_cap(void)
 {
     while (total_bytes > cap_bytes && lru_tail != NULL) {
         remove_entry(lru_tail);
-        fm_metrics_counter_add("fm_edge_evictions_total", NULL, 1);
+        FM_METRICS_COUNT("fm_edge_evictions_total", NULL, 1);
     }
 }
 

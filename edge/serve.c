@@ -225,16 +225,13 @@ static void account(fm_req_t *r, int status)
     r->answered = 1;
     r->status = status;
     double seconds = (double)(fm_now_ns() - r->started_ns) / 1e9;
-    char labels[200];
     int is_public = is_public_request(r);
     const char *route = r->route != NULL ? r->route->pattern : is_public ? "/p/{key}" : "/f/{key}";
-    const char *method = r->req->method.len == 4 ? "HEAD" : "GET";
-    snprintf(labels, sizeof(labels), "service=\"fm-edge\",route=\"%s\",method=\"%s\",status=\"%d\"", route, method,
-             status);
-    fm_metrics_counter_add("fm_http_requests_total", labels, 1);
-    snprintf(labels, sizeof(labels), "service=\"fm-edge\",route=\"%s\"", route);
-    fm_metrics_observe("fm_http_request_duration_seconds", labels, seconds);
-    fm_log_access(r->request_id, method, route, is_public ? "/p/…" : "/f/…", status, seconds * 1000, NULL);
+    fm_http_count(r, route, status, seconds);
+    if (fm_log_enabled(fm_log_access_level(status))) {
+        const char *method = r->req->method.len == 4 ? "HEAD" : "GET";
+        fm_log_access(r->request_id, method, route, is_public ? "/p/…" : "/f/…", status, seconds * 1000, NULL);
+    }
 }
 
 /* h2o keeps the pointer until the headers are written: the value is copied into the request's pool. */
@@ -471,7 +468,7 @@ static int answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *o
         h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
         return 0;
     }
-    fm_metrics_counter_add("fm_edge_bytes_served_total", NULL, (double)*length);
+    FM_METRICS_COUNT("fm_edge_bytes_served_total", NULL, (double)*length);
     return 1;
 }
 
@@ -661,7 +658,7 @@ static void serve_variant(fm_req_t *r, const char *key, size_t key_len, const fm
     fm_edge_meta_t meta;
     int fd = fm_edge_cache_open_hit(hex, &meta);
     if (fd != -1) {
-        fm_metrics_counter_add("fm_edge_variant_hits_total", NULL, 1);
+        FM_METRICS_COUNT("fm_edge_variant_hits_total", NULL, 1);
         serve_variant_file(r, fd, &meta, v, "variant_hit");
         return;
     }
@@ -704,7 +701,7 @@ int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t)
     t->is_variant = fm_edge_variant_parse(request_query(r), fm_req_header(r, "accept"), &t->variant, variant_reason,
                                           sizeof(variant_reason));
     if (t->is_variant < 0) {
-        fm_metrics_counter_add("fm_edge_variant_refused_total", NULL, 1);
+        FM_METRICS_COUNT("fm_edge_variant_refused_total", NULL, 1);
         fm_reply_error(r, 400, "invalid_variant", "%s", variant_reason);
         return -1;
     }
@@ -723,7 +720,7 @@ void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t)
     fm_edge_meta_t meta;
     int fd = fm_edge_cache_open_hit(hex, &meta);
     if (fd != -1) {
-        fm_metrics_counter_add("fm_edge_hits_total", NULL, 1);
+        FM_METRICS_COUNT("fm_edge_hits_total", NULL, 1);
         serve_file(r, fd, &meta, "hit");
         return;
     }
@@ -763,7 +760,7 @@ void fm_edge_handle_file(fm_req_t *r)
         }
     }
     if (verdict != FM_CF_OK) {
-        fm_metrics_counter_add("fm_edge_refused_total", NULL, 1);
+        FM_METRICS_COUNT("fm_edge_refused_total", NULL, 1);
         if (verdict == FM_CF_INTERNAL)
             fm_reply_unavailable(r, "signature verification");
         else

@@ -618,7 +618,7 @@ def render(meta, rows, servers, logins, hash_ms, notes, first_answers=()):
     add(f"- machine: `nproc` = {NPROC}, {meta['cpu']}, {meta['mem_gib']:.1f} GiB RAM, Linux {platform.release()}; "
         f"load average at start {meta['loadavg']}")
     add(f"- fm-control: {meta['binary']} ({meta['btype']} build, git {meta['rev']}); FM_LOG_LEVEL=warn, "
-        f"FM_PG_POOL_SIZE/FM_REDIS_POOL_SIZE/FM_OFFLOAD_THREADS at their defaults; a fresh process per FM_THREADS")
+        f"FM_PG_POOL_SIZE/FM_REDIS_POOL_SIZE/FM_OFFLOAD_THREADS/FM_HASH_THREADS at their defaults; a fresh process per FM_THREADS")
     add(f"- tools: {meta['wrk']}; {meta['h2load']}")
     add(f"- command: `{meta['argv']}`")
     add(f"- sharing: no CPU pinning. wrk (2 threads), h2load (2 threads), fm-control, PostgreSQL and Redis all run on "
@@ -756,7 +756,7 @@ def render(meta, rows, servers, logins, hash_ms, notes, first_answers=()):
     if logins:
         lg = logins["result"]
         add(f"### Logins (argon2id m={ARGON2['m_kib']} KiB, t={ARGON2['t']}, p={ARGON2['p']}; "
-            f"FM_THREADS={logins['threads']}, FM_OFFLOAD_THREADS=2)")
+            f"FM_THREADS={logins['threads']}, FM_HASH_THREADS=1)")
         add("")
         wall = statistics.median(h[0] for h in hash_ms) if hash_ms else float("nan")
         cpu = statistics.median(h[1] for h in hash_ms) if hash_ms else float("nan")
@@ -781,7 +781,8 @@ def render(meta, rows, servers, logins, hash_ms, notes, first_answers=()):
                 f"{1000 / cpu_ms:.1f} | {cpu_text(x['cpu'])} |")
         add("")
         add(f"logins/s/core: sequential = logins/s (one hash at a time), concurrent = logins/s ÷ {NPROC} clients "
-            f"on {NPROC} cores (both depend on what else ran). logins/s per busy core = 1000 ÷ fm-control CPU ms "
+            f"on {NPROC} cores (both depend on what else ran; with FM_HASH_THREADS=1 the concurrent clients queue "
+            f"for the one hashing thread). logins/s per busy core = 1000 ÷ fm-control CPU ms "
             f"per login: the rate one core fully given to fm-control would sustain. "
             f"fm-control RSS after the logins: {fmt(logins['rss'])} MiB (HWM {fmt(logins['hwm'])} MiB).")
         add("")

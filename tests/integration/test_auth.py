@@ -319,6 +319,36 @@ def test_disabled_account(base, stack, account):
 
 # --- logout --------------------------------------------------------------------------------------------------
 
+def test_password_hashes_do_not_hold_up_the_offload_pool(controls):
+    """FM_HASH_THREADS: logins queue for their own hashing thread, so the offload pool's S3 calls (here /readyz's
+    HEAD bucket, on a pool of one thread) are not queued behind argon2id hashes. With the hashes on the offload pool
+    /readyz would wait for every login submitted before it."""
+    svc = controls.start(FM_OFFLOAD_THREADS="1", FM_HASH_THREADS="1", FM_ARGON2_T="40")
+    try:
+        email = unique_email("hashpool")
+        register(svc.url, email)
+        t0 = time.monotonic()
+        login(svc.url, email)
+        one = time.monotonic() - t0  # a login at this cost, alone
+
+        def timed_login():
+            login(svc.url, email)
+            return time.monotonic()
+
+        with ThreadPoolExecutor(max_workers=3) as pool:
+            logins = [pool.submit(timed_login) for _ in range(3)]
+            time.sleep(one / 2)  # the first hash is running, the others wait for the hashing thread
+            r = requests.get(svc.url + "/readyz", timeout=60)
+            ready_at = time.monotonic()
+            ends = sorted(f.result() for f in logins)
+        assert r.status_code == 200 and r.json()["checks"]["s3"] == "ok", r.text
+        # Three hashes in a row take ~3 × `one`; /readyz came back long before the last of them.
+        assert ready_at < ends[-1] - one / 2, (f"/readyz answered {ends[-1] - ready_at:.3f} s before the last "
+                                               f"login; one login takes {one:.3f} s")
+    finally:
+        controls.stop(svc)
+
+
 @pytest.fixture(scope="module")
 def peer(controls, base):
     """A second instance on the same PostgreSQL and Redis (N stateless instances behind a load balancer)."""

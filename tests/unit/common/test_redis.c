@@ -23,6 +23,7 @@
 #include <unistd.h>
 
 #include "redis.h"
+#include "server.h"
 #include "loop_test.h"
 
 #define PASSWORD "s3cret with spaces" /* AUTH must go out as one binary-safe argument */
@@ -260,6 +261,40 @@ static void test_roundtrip(void **state)
     freeReplyObject(in_db3);
     redisFree(direct);
 
+    /* fm_redis_commandargv writes RESP itself: lengths of several digits, a text longer than its stack buffer,
+     * CR LF inside a value, an empty argument, and more than nine arguments all reach Redis intact */
+    static char big[5001];
+    for (size_t i = 0; i < sizeof(big) - 1; ++i)
+        big[i] = i % 100 == 98 ? '\r' : i % 100 == 99 ? '\n' : (char)('a' + i % 26);
+    const char *set_big[] = {"SET", "fm:test:big", big}, *set_empty[] = {"SET", "fm:test:empty", ""};
+    const char *push[] = {"RPUSH", "fm:test:list", "1", "22", "333", "4", "5", "6", "7", "8", "9", "10", "11", ""};
+    result_t *big_set = slot(), *empty_set = slot(), *pushed = slot();
+    assert_int_equal(fm_redis_commandargv(r, on_result, big_set, 3, set_big, NULL), 0);
+    assert_int_equal(fm_redis_commandargv(r, on_result, empty_set, 3, set_empty, NULL), 0);
+    assert_int_equal(fm_redis_commandargv(r, on_result, pushed, 14, push, NULL), 0);
+    /* the pool's connections are not ordered with each other: read only after the writes were answered */
+    assert_true(RUN_UNTIL(big_set->called && empty_set->called && pushed->called, 1000));
+    result_t *big_get = slot(), *empty_get = slot(), *third = slot();
+    SEND(r, big_get, "GET fm:test:big");
+    SEND(r, empty_get, "GET fm:test:empty");
+    SEND(r, third, "LINDEX fm:test:list 2");
+    assert_true(RUN_UNTIL(big_get->called && empty_get->called && third->called, 1000));
+    ANSWERED_ONCE(big_set);
+    ANSWERED_ONCE(empty_set);
+    assert_int_equal(pushed->type, REDIS_REPLY_INTEGER);
+    assert_int_equal(pushed->integer, 12);
+    assert_int_equal(big_get->len, sizeof(big) - 1);
+    assert_memory_equal(big_get->str, big, 256); /* what result_t keeps; the end is read back below */
+    result_t *tail = slot();
+    SEND(r, tail, "GETRANGE fm:test:big 4800 4999");
+    assert_true(RUN_UNTIL(tail->called, 1000));
+    assert_int_equal(tail->len, 200);
+    assert_memory_equal(tail->str, big + 4800, 200);
+    assert_int_equal(empty_get->type, REDIS_REPLY_STRING);
+    assert_int_equal(empty_get->len, 0);
+    assert_int_equal(third->len, 3);
+    assert_memory_equal(third->str, "333", 3);
+
     /* an invalid format and the pub/sub commands are refused up front; their callback never runs */
     result_t *refused = slot();
     assert_int_equal(fm_redis_command(r, on_result, refused, "GET %q"), -1);
@@ -330,10 +365,24 @@ static void test_tracking_reports_changes(void **state)
     result_t *again = slot();
     SEND(r, again, "GET fm:test:tracked");
     assert_true(RUN_UNTIL(again->called, 1000));
+    uint64_t read_at = fm_now_ns();
     freeReplyObject(redisCommand(other, "DEL fm:test:tracked"));
     usleep(50000);
-    fm_redis_tracked(r, &epoch);
+    /* ... but not by fm_redis_tracked_since for a reader that came before the socket was last read: that reader's
+     * reports were taken then */
+    fm_redis_tracked(r, &before);
     assert_int_equal(reports.keys, 2);
+    result_t *more = slot();
+    SEND(r, more, "GET fm:test:tracked");
+    assert_true(RUN_UNTIL(more->called, 1000));
+    freeReplyObject(redisCommand(other, "SET fm:test:tracked v3b"));
+    usleep(50000);
+    fm_redis_tracked_since(r, &epoch, read_at);
+    assert_int_equal(reports.keys, 2);
+    assert_true(epoch == before);
+    fm_redis_tracked_since(r, &epoch, fm_now_ns()); /* a reader that came after it: the report is taken */
+    assert_int_equal(reports.keys, 3);
+    assert_true(epoch > before);
 
     /* a flush reports "everything" */
     freeReplyObject(redisCommand(other, "FLUSHDB"));
@@ -351,7 +400,7 @@ static void test_tracking_reports_changes(void **state)
     SEND(r, third, "GET fm:test:tracked");
     assert_true(RUN_UNTIL(third->called, 1000));
     freeReplyObject(redisCommand(other, "SET fm:test:tracked v5"));
-    assert_true(RUN_UNTIL(reports.keys == 3, 1000));
+    assert_true(RUN_UNTIL(reports.keys == 4, 1000));
     redisFree(other);
     destroy_pool();
 }
