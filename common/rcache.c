@@ -90,10 +90,10 @@ fm_rcache_t *fm_rcache_create(h2o_loop_t *loop, const char *host, int port, cons
     return c;
 }
 
-int fm_rcache_get(fm_rcache_t *c, const char *key, uint64_t since_ns, const char **value, size_t *len)
+int fm_rcache_get(fm_rcache_t *c, const char *key, const char **value, size_t *len)
 {
     uint64_t epoch;
-    if (!fm_redis_tracked_since(c->redis, &epoch, since_ns)) /* takes in the reports, whatever it answers */
+    if (!fm_redis_tracked(c->redis, &epoch)) /* takes in the reports received so far, whatever it answers */
         return 0;
     size_t key_len = strlen(key);
     uint64_t hash = fm_fnv1a(key, key_len, 0);

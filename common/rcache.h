@@ -27,10 +27,9 @@ fm_rcache_t *fm_rcache_create(h2o_loop_t *loop, const char *host, int port, cons
 
 /**
  * The value of `key` if it is cached and still true: returns 1 and sets *value and *len (borrowed until the next call
- * on this cache), or 0. Takes in the change reports received before `since_ns` first (fm_redis_tracked_since: a
- * request passes the time it was read; UINT64_MAX for all reports received so far).
+ * on this cache), or 0. Takes in the change reports already received first.
  */
-int fm_rcache_get(fm_rcache_t *c, const char *key, uint64_t since_ns, const char **value, size_t *len);
+int fm_rcache_get(fm_rcache_t *c, const char *key, const char **value, size_t *len);
 
 /**
  * GET `key` from Redis through the cache's tracking pool and call `cb` as fm_redis_command would; a string reply is

@@ -8,7 +8,6 @@
 #include <strings.h>
 
 #include "log.h"
-#include "server.h"
 
 #define BACKOFF_STEPS 6
 static const uint64_t backoff_ms[BACKOFF_STEPS] = {100, 200, 400, 800, 1600, 2000};
@@ -67,7 +66,6 @@ struct fm_redis {
     redis_conn_t *sub; /* conns[pool_size]: subscribed to __redis__:invalidate */
     long long sub_id;  /* its CLIENT ID */
     int sub_ready;     /* subscribed: command connections may be tracked */
-    uint64_t drained_ns; /* when the subscriber's socket was last read for reports (fm_redis_tracked_since) */
     uint64_t epoch;
     fm_redis_invalidate_cb on_invalidate;
     void *invalidate_data;
@@ -595,19 +593,14 @@ static void sub_subscribe(redis_conn_t *c)
 
 int fm_redis_tracked(fm_redis_t *r, uint64_t *epoch)
 {
-    return fm_redis_tracked_since(r, epoch, UINT64_MAX);
-}
-
-int fm_redis_tracked_since(fm_redis_t *r, uint64_t *epoch, uint64_t since_ns)
-{
     if (r == NULL || r->sub == NULL)
         return 0;
     /* Reports already in the subscriber's socket are taken first: a change Redis made before this moment is
-     * known before the caller trusts what it read earlier (the loop may have woken for a request first). */
-    if (r->sub_ready && r->sub->ac != NULL && r->drained_ns < since_ns) {
-        r->drained_ns = fm_now_ns();
+     * known before the caller trusts what it read earlier (the loop may have woken for a request first). Every
+     * lookup reads the socket, not once per request: Redis may write a change's reply before its report, so a
+     * report can land between two lookups of one request. */
+    if (r->sub_ready && r->sub->ac != NULL)
         redisAsyncHandleRead(r->sub->ac);
-    }
     *epoch = r->epoch;
     if (!r->sub_ready)
         return 0;

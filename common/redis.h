@@ -69,14 +69,6 @@ fm_redis_t *fm_redis_create_tracking(h2o_loop_t *loop, const char *host, int por
  */
 int fm_redis_tracked(fm_redis_t *r, uint64_t *epoch);
 
-/**
- * fm_redis_tracked for a reader that only needs the reports received before `since_ns` (fm_now_ns()): the subscriber's
- * socket is read only if it was not read since then. A request passes the time it was read from its client: a
- * change whose reply reached anyone before that has its report in the socket by then, and a second lookup of the
- * same request costs no system call.
- */
-int fm_redis_tracked_since(fm_redis_t *r, uint64_t *epoch, uint64_t since_ns);
-
 /** Number of connections currently ready for commands (for /metrics and /readyz). */
 size_t fm_redis_connected(fm_redis_t *r);
 

@@ -31,7 +31,7 @@ void fm_redis_get_cached(fm_req_t *r, fm_redis_cb cb, const char *key)
     const char *value;
     size_t len;
     fm_req_hold(r);
-    if (cache != NULL && fm_rcache_get(cache, key, r->started_ns, &value, &len)) {
+    if (cache != NULL && fm_rcache_get(cache, key, &value, &len)) {
         /* what Redis would answer now: the callback runs at once, as if the GET had come back */
         redisReply reply = {.type = REDIS_REPLY_STRING, .str = (char *)value, .len = len};
         cb(&reply, NULL, r);

@@ -151,11 +151,14 @@ void fm_reconcile_stop(reconcile_t *rc);
  * Reads file `id` (id_len bytes) as its cached row (files.c: Redis `fm:file:{id}`, filled from PostgreSQL on a miss)
  * and calls next(r, row, arg) if `p` owns it; otherwise answers 404 (503/500 when PostgreSQL cannot tell) and never
  * calls next. `row` is the JSON of GET /v1/files/{id} plus the internal fields owner_id, visibility, storage_key
- * (null until verified) and variants (blobs.variants, {} when none); next owns it (cJSON_Delete or fm_reply_json).
+ * (null until verified) and variants (blobs.variants, {} when none); it is borrowed for the call (the thread keeps
+ * it for the next reader of the same text): next must not change or free it.
  * Uses the request's handler state (fm_req_state): the caller must not have its own.
  */
 void fm_file_row(fm_req_t *r, const fm_principal_t *p, const char *id, size_t id_len,
-                 void (*next)(fm_req_t *r, cJSON *row, void *arg), void *arg);
+                 void (*next)(fm_req_t *r, const cJSON *row, void *arg), void *arg);
+/** Frees what files.c keeps for the calling event-loop thread (its parsed rows); at the thread's end. */
+void fm_files_thread_dispose(void);
 /** A file or job id from the path, as the caches key it (lowercase) into `out`; answers 404 "no such {kind}" and
  *  returns -1 when it is no UUID. */
 int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char out[37]);

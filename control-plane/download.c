@@ -297,30 +297,26 @@ static int require_ready(fm_req_t *r, const char *status)
     return -1;
 }
 
-static void on_file_row(fm_req_t *r, cJSON *row, void *arg)
+static void on_file_row(fm_req_t *r, const cJSON *row, void *arg)
 {
     const download_query_t *q = arg;
-    cJSON *status = cJSON_GetObjectItemCaseSensitive(row, "status");
-    if (require_ready(r, cJSON_IsString(status) ? status->valuestring : "unknown") != 0) {
-        cJSON_Delete(row);
+    const cJSON *status = cJSON_GetObjectItemCaseSensitive(row, "status");
+    if (require_ready(r, cJSON_IsString(status) ? status->valuestring : "unknown") != 0)
         return;
-    }
-    cJSON *key = cJSON_GetObjectItemCaseSensitive(row, "storage_key");
+    const cJSON *key = cJSON_GetObjectItemCaseSensitive(row, "storage_key");
     if (q->variant != NULL) {
-        cJSON *variants = cJSON_GetObjectItemCaseSensitive(row, "variants");
-        cJSON *by_format = cJSON_GetObjectItemCaseSensitive(variants, q->variant);
+        const cJSON *variants = cJSON_GetObjectItemCaseSensitive(row, "variants");
+        const cJSON *by_format = cJSON_GetObjectItemCaseSensitive(variants, q->variant);
         key = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(by_format, q->format), "key");
         if (!cJSON_IsString(key)) {
-            cJSON_Delete(row);
             fm_reply_error(r, 404, "no_such_variant", "the file has no %s variant in %s", q->variant, q->format);
             return;
         }
     }
-    cJSON *name = cJSON_GetObjectItemCaseSensitive(row, "name");
-    cJSON *visibility = cJSON_GetObjectItemCaseSensitive(row, "visibility");
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(row, "name");
+    const cJSON *visibility = cJSON_GetObjectItemCaseSensitive(row, "visibility");
     if (!cJSON_IsString(key) || key->valuestring[0] == '\0' || strlen(key->valuestring) > 1024 ||
         !cJSON_IsString(name)) {
-        cJSON_Delete(row);
         fm_reply_error(r, 500, "internal", "the file's stored object is unknown");
         return;
     }
@@ -340,7 +336,6 @@ static void on_file_row(fm_req_t *r, cJSON *row, void *arg)
     p += sprintf(p, "?name=");
     p = percent_encode(p, filename, 0);
     sprintf(p, "&disposition=%s", q->attachment ? "attachment" : "inline");
-    cJSON_Delete(row);
 
     const char *url = resource;
     char expires_at[32] = "";

@@ -125,13 +125,14 @@ static void step_forget_row(trash_t *t)
 /* ---- answer ---- */
 
 /* GET /v1/files/{id}'s answer (fm_file_row strips nothing itself for its callers: drop the internal fields). */
-static void answer_row(fm_req_t *r, cJSON *row, void *arg)
+static void answer_row(fm_req_t *r, const cJSON *row, void *arg)
 {
     static const char *const internal_fields[] = {"owner_id", "visibility", "storage_key", "variants"};
     (void)arg;
+    cJSON *shown = cJSON_Duplicate(row, 1); /* the row is borrowed */
     for (size_t i = 0; i < sizeof(internal_fields) / sizeof(internal_fields[0]); ++i)
-        cJSON_DeleteItemFromObjectCaseSensitive(row, internal_fields[i]);
-    fm_reply_json(r, 200, row);
+        cJSON_DeleteItemFromObjectCaseSensitive(shown, internal_fields[i]);
+    fm_reply_json(r, 200, shown);
 }
 
 static void answer(fm_req_t *r, void *arg)

@@ -84,13 +84,14 @@ static int parse_update(fm_req_t *r, update_t *u)
 /* ---- answer ---- */
 
 /* GET /v1/files/{id}'s answer, plus the visibility just set (GET keeps it among its internal fields). */
-static void answer_row(fm_req_t *r, cJSON *row, void *arg)
+static void answer_row(fm_req_t *r, const cJSON *row, void *arg)
 {
     static const char *const internal_fields[] = {"owner_id", "storage_key", "variants"};
     (void)arg;
+    cJSON *shown = cJSON_Duplicate(row, 1); /* the row is borrowed */
     for (size_t i = 0; i < sizeof(internal_fields) / sizeof(internal_fields[0]); ++i)
-        cJSON_DeleteItemFromObjectCaseSensitive(row, internal_fields[i]);
-    fm_reply_json(r, 200, row);
+        cJSON_DeleteItemFromObjectCaseSensitive(shown, internal_fields[i]);
+    fm_reply_json(r, 200, shown);
 }
 
 /* The row as GET /v1/files/{id} answers it, read again (and cached again) through files.c. fm_file_row keeps its own

@@ -28,7 +28,7 @@ typedef struct {
     const fm_principal_t *principal;
     int record_checked; /* the written-behind record was looked for already */
     /* fm_file_row's caller and its argument; NULL: answer the row (GET /v1/files/{id}) */
-    void (*next)(fm_req_t *r, cJSON *row, void *arg);
+    void (*next)(fm_req_t *r, const cJSON *row, void *arg);
     void *arg;
     /* While this request's own load is in flight: its slot in `joinable` (NULL once it may not be joined any more),
      * the requests waiting for it, and whether its row may be cached (not when a writer superseded it). */
@@ -62,24 +62,78 @@ static const char job_sql[] =
     " 'owner_id', f.owner_id)::text "
     "FROM jobs j JOIN files f ON f.id = j.file_id WHERE j.id = $1::uuid";
 
-/* Answers the cached/loaded JSON (or hands it to fm_file_row's caller) if the caller owns it; the internal fields are
- * not part of the answer. */
-static void answer_row(fm_req_t *r, cJSON *row)
+/* A row's text as parsed by this thread: a client polling a file's status, or fetching download URLs of one file,
+ * sends the same cached text again and again, and parsing it and printing the answer (cJSON prints each number twice
+ * over to check it) was a sixth of such a request's CPU. Keyed by the cache key, matched on the exact text, so a
+ * changed row is simply parsed again. `answer` is GET's body: the row without its internal fields. */
+#define PARSED_SLOTS 64
+
+typedef struct {
+    char key[64];
+    char *text;
+    size_t len;
+    cJSON *row;    /* read-only once stored */
+    char *answer;  /* NUL-terminated */
+} parsed_row_t;
+
+static _Thread_local parsed_row_t parsed_rows[PARSED_SLOTS];
+
+static void parsed_clear(parsed_row_t *p)
+{
+    free(p->text);
+    cJSON_Delete(p->row);
+    cJSON_free(p->answer);
+    *p = (parsed_row_t){0};
+}
+
+void fm_files_thread_dispose(void)
+{
+    for (size_t i = 0; i < PARSED_SLOTS; ++i)
+        parsed_clear(&parsed_rows[i]);
+}
+
+/* The parsed form of `text` (the row of `key`), NULL if it is not a JSON object; borrowed until the thread's next
+ * call. */
+static const parsed_row_t *parse_row(const char *key, const char *text, size_t len)
+{
+    parsed_row_t *p = &parsed_rows[fm_fnv1a(key, strlen(key), 0) % PARSED_SLOTS];
+    if (p->row != NULL && p->len == len && strcmp(p->key, key) == 0 && memcmp(p->text, text, len) == 0)
+        return p;
+    parsed_clear(p);
+    cJSON *row = cJSON_ParseWithLength(text, len), *shown = cJSON_IsObject(row) ? cJSON_Duplicate(row, 1) : NULL;
+    if (shown == NULL) {
+        cJSON_Delete(row);
+        return NULL;
+    }
+    for (size_t i = 0; i < sizeof(internal_fields) / sizeof(internal_fields[0]); ++i)
+        cJSON_DeleteItemFromObjectCaseSensitive(shown, internal_fields[i]);
+    char *answer = cJSON_PrintUnformatted(shown), *copy = malloc(len + 1);
+    cJSON_Delete(shown);
+    if (answer == NULL || copy == NULL)
+        h2o_fatal("out of memory");
+    memcpy(copy, text, len);
+    copy[len] = '\0';
+    *p = (parsed_row_t){.text = copy, .len = len, .row = row, .answer = answer};
+    snprintf(p->key, sizeof(p->key), "%s", key);
+    return p;
+}
+
+/* Answers the cached/loaded JSON text (or hands the row to fm_file_row's caller) if the caller owns it; the internal
+ * fields are not part of the answer. */
+static void answer_row(fm_req_t *r, const char *text, size_t len)
 {
     read_state_t *s = r->state;
-    cJSON *owner = cJSON_GetObjectItemCaseSensitive(row, "owner_id");
+    const parsed_row_t *p = parse_row(s->key, text, len);
+    const cJSON *owner = p != NULL ? cJSON_GetObjectItemCaseSensitive(p->row, "owner_id") : NULL;
     if (!cJSON_IsString(owner) || strcmp(owner->valuestring, s->principal->user_id) != 0) {
-        cJSON_Delete(row);
         fm_reply_error(r, 404, "not_found", "no such %s", s->kind);
         return;
     }
     if (s->next != NULL) {
-        s->next(r, row, s->arg);
+        s->next(r, p->row, s->arg);
         return;
     }
-    for (size_t i = 0; i < sizeof(internal_fields) / sizeof(internal_fields[0]); ++i)
-        cJSON_DeleteItemFromObjectCaseSensitive(row, internal_fields[i]);
-    fm_reply_json(r, 200, row);
+    fm_reply_raw(r, 200, "application/json", p->answer, strlen(p->answer));
 }
 
 static void on_cache_filled(redisReply *reply, const char *errstr, void *data)
@@ -113,7 +167,7 @@ static void row_loaded(fm_req_t *r, PGresult *res, const char *errstr, int may_c
         fm_redis_call(r, on_cache_filled, 5, argv);
         *cached = 1;
     }
-    answer_row(r, cJSON_Parse(json));
+    answer_row(r, json, (size_t)PQgetlength(res, 0, 0));
 }
 
 /* A load answered: its request and every waiter are resumed and answered. A request whose client went away is only
@@ -145,13 +199,12 @@ static void on_cache_read(redisReply *reply, const char *errstr, void *data)
         return;
     if (reply != NULL && reply->type == REDIS_REPLY_STRING) {
         read_state_t *s = r->state;
-        cJSON *row = cJSON_ParseWithLength(reply->str, reply->len);
+        const parsed_row_t *p = parse_row(s->key, reply->str, reply->len);
         /* A file row cached before it carried the download fields is read again (it lives CACHE_TTL_S at most). */
-        if (strcmp(s->kind, "file") != 0 || cJSON_HasObjectItem(row, "visibility")) {
-            answer_row(r, row);
+        if (p != NULL && (strcmp(s->kind, "file") != 0 || cJSON_HasObjectItem(p->row, "visibility"))) {
+            answer_row(r, reply->str, reply->len);
             return;
         }
-        cJSON_Delete(row);
     }
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR) /* Redis down: PostgreSQL still answers */
         fm_log(FM_LOG_WARN, r->request_id, "redis: cache unavailable: %s", reply ? reply->str : errstr);
@@ -244,7 +297,7 @@ static void read_row(fm_req_t *r, const fm_principal_t *p, const char *kind, con
 }
 
 void fm_file_row(fm_req_t *r, const fm_principal_t *p, const char *id, size_t id_len,
-                 void (*next)(fm_req_t *r, cJSON *row, void *arg), void *arg)
+                 void (*next)(fm_req_t *r, const cJSON *row, void *arg), void *arg)
 {
     read_state_t *s = fm_req_state(r, sizeof(read_state_t));
     s->next = next;

@@ -101,6 +101,7 @@ static void thread_dispose(fm_thread_t *thread)
     fm_records_flusher_stop(ct->records);
     fm_sigv4_free(ct->signer);
     fm_jwt_memo_free(ct->tokens);
+    fm_files_thread_dispose();
     free(ct);
     thread->data = NULL;
 }
