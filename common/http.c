@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "b64.h"
 #include "hash.h"
 #include "log.h"
 #include "metrics.h"
@@ -33,7 +34,8 @@ static uint64_t next_random(void)
 
 void fm_http_request_id(char out[33])
 {
-    snprintf(out, 33, "%016llx%016llx", (unsigned long long)next_random(), (unsigned long long)next_random());
+    uint64_t random[2] = {next_random(), next_random()}; /* every answer carries one: no printf */
+    fm_hex_encode(random, sizeof(random), out, 33);
 }
 
 /* An X-Request-Id from the client is honoured when it is short and plain (it goes into logs and JSON). */

@@ -5,6 +5,7 @@
  * canonicalise the headers, hash the canonical request, sign the string-to-sign with the day's cached key.
  */
 #include "sigv4.h"
+#include "b64.h"
 
 #include <ctype.h>
 #include <pthread.h>
@@ -132,16 +133,6 @@ static void sb_add_encoded(sb_t *sb, const char *s, size_t n, int keep_slash)
     sb->buf[sb->len] = '\0';
 }
 
-static void hex_encode(const unsigned char *in, size_t n, char *out)
-{
-    static const char hex[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hex[in[i] >> 4];
-        out[2 * i + 1] = hex[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 /* SHA-256 and HMAC fetched once: OpenSSL 3 otherwise looks them up (under a global lock) on every call, which
  * costs more than the hashing itself on a presign and is shared by every event-loop thread. */
 static pthread_once_t crypto_once = PTHREAD_ONCE_INIT;
@@ -156,14 +147,19 @@ static void crypto_init(void)
         abort();
 }
 
-void fm_sigv4_sha256_hex(const void *data, size_t len, char hex[65])
+void fm_sha256(const void *data, size_t len, unsigned char digest[32])
 {
     pthread_once(&crypto_once, crypto_init);
-    unsigned char md[32];
     unsigned int md_len = 0;
-    if (EVP_Digest(data, len, md, &md_len, sha256_md, NULL) != 1 || md_len != 32)
+    if (EVP_Digest(data, len, digest, &md_len, sha256_md, NULL) != 1 || md_len != 32)
         abort(); /* only fails on allocation failure */
-    hex_encode(md, 32, hex);
+}
+
+void fm_sigv4_sha256_hex(const void *data, size_t len, char hex[65])
+{
+    unsigned char md[32];
+    fm_sha256(data, len, md);
+    fm_hex_encode(md, 32, hex, 65);
 }
 
 /* Crypto calls below fail only when out of memory: abort, as the style allows. */
@@ -684,7 +680,7 @@ static void canon_sign(fm_sigv4_t *s, const canon_t *c, const char *method, cons
                            s->region, s->service, cr_hash);
     unsigned char mac[32];
     sign_with_day_key(s, c->day, sts, (size_t)sts_len, mac);
-    hex_encode(mac, 32, signature);
+    fm_hex_encode(mac, 32, signature, 65);
 }
 
 /* scheme://authority/path, the start of every URL we hand out. */

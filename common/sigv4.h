@@ -135,4 +135,7 @@ int fm_sigv4_url(const fm_sigv4_request_t *req, char **url);
 /** Writes the lowercase hex SHA-256 of `len` bytes of `data` (a payload hash) into `hex`, NUL-terminated. */
 void fm_sigv4_sha256_hex(const void *data, size_t len, char hex[65]);
 
+/** SHA-256 of `len` bytes, with the algorithm fetched once per process (EVP_sha256() is looked up on every call). */
+void fm_sha256(const void *data, size_t len, unsigned char digest[32]);
+
 #endif /* FM_SIGV4_H */

@@ -72,8 +72,8 @@ typedef struct {
     char key[64];
     char *text;
     size_t len;
-    cJSON *row;    /* read-only once stored */
-    char *answer;  /* NUL-terminated */
+    cJSON *row;   /* read-only once stored */
+    char *answer; /* NUL-terminated */
 } parsed_row_t;
 
 static _Thread_local parsed_row_t parsed_rows[PARSED_SLOTS];

@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "b64.h"
 #include "control.h"
 #include "log.h"
 #include "metrics.h"
@@ -93,8 +94,7 @@ static void script_sha(const char *script, char sha[41])
 {
     unsigned char digest[SHA_DIGEST_LENGTH];
     SHA1((const unsigned char *)script, strlen(script), digest);
-    for (int i = 0; i < SHA_DIGEST_LENGTH; ++i)
-        snprintf(sha + 2 * i, 3, "%02x", digest[i]);
+    fm_hex_encode(digest, SHA_DIGEST_LENGTH, sha, 41);
 }
 
 int fm_records_init(void)

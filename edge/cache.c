@@ -13,7 +13,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,9 +20,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "b64.h"
 #include "edge.h"
 #include "log.h"
 #include "metrics.h"
+#include "sigv4.h"
 
 typedef struct entry {
     char hex[FM_EDGE_HEX_LEN + 1];
@@ -42,10 +43,8 @@ static entry_t *lru_head, *lru_tail;
 void fm_edge_cache_name(const char *key, size_t key_len, char hex[FM_EDGE_HEX_LEN + 1])
 {
     unsigned char digest[32];
-    unsigned int len = 0;
-    EVP_Digest(key, key_len, digest, &len, EVP_sha256(), NULL);
-    for (int i = 0; i < 32; ++i)
-        snprintf(hex + 2 * i, 3, "%02x", digest[i]);
+    fm_sha256(key, key_len, digest);
+    fm_hex_encode(digest, sizeof(digest), hex, FM_EDGE_HEX_LEN + 1); /* every hit names its file: no printf here */
 }
 
 void fm_edge_cache_path(const char *hex, const char *suffix, char *out, size_t size)

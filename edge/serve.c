@@ -15,7 +15,6 @@
  * requests when called from a handler, and caches open fds by path, which a purge and refill would defeat.
  */
 #include <errno.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +25,7 @@
 #include "edge.h"
 #include "log.h"
 #include "metrics.h"
+#include "sigv4.h"
 
 #define SEND_CHUNK (256 * 1024)
 #define NAME_MAX_BYTES 255
@@ -573,8 +573,7 @@ static long long canned_expires(h2o_iovec_t query)
 
 static verified_t *verified_slot(const char *url, size_t len, unsigned char digest[32])
 {
-    unsigned int digest_len = 0;
-    EVP_Digest(url, len, digest, &digest_len, EVP_sha256(), NULL);
+    fm_sha256(url, len, digest);
     if (verified == NULL && (verified = calloc(VERIFIED_SLOTS, sizeof(*verified))) == NULL)
         return NULL;
     size_t index = ((size_t)digest[0] << 8 | digest[1]) % VERIFIED_SLOTS;

@@ -14,6 +14,7 @@
 
 #include <openssl/evp.h>
 
+#include "b64.h"
 #include "worker.h"
 
 typedef struct {
@@ -120,12 +121,7 @@ fm_step_rc step_fetch(fm_job_t *job, fm_s3_t *s3, const fm_worker_limits_t *limi
     job->size = sink.size;
     if (job->declared_size >= 0 && sink.size != job->declared_size)
         return give_up(job, FM_STEP_QUARANTINE, "declared %lld bytes, object has %lld", job->declared_size, sink.size);
-    static const char hex[] = "0123456789abcdef";
-    for (unsigned int i = 0; i < digest_len && i < 32; i++) {
-        job->sha256[2 * i] = hex[digest[i] >> 4];
-        job->sha256[2 * i + 1] = hex[digest[i] & 15];
-    }
-    job->sha256[64] = '\0';
+    fm_hex_encode(digest, digest_len < 32 ? digest_len : 32, job->sha256, sizeof(job->sha256));
     job->reason[0] = '\0';
     return FM_STEP_OK;
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/python3
 """Benchmark of fm-edge cache hits (DESIGN.md §8): a 4 KiB object behind a signed URL (botocore CloudFrontSigner,
-RSA-2048, canned policy: every request verifies an RSA signature) against nginx serving the same file from disk in
+RSA-2048, canned policy; fm-edge verifies a URL's RSA signature once and then remembers it until it expires) against nginx serving the same file from disk in
 the same run (wrk, HTTP/1.1 keep-alive, 64 connections), then MB/s for a 1 MiB object, the cold-miss latency (and,
 for a --cold-mib object, the time to the headers and to the first body byte against the whole body: a cold miss is
 streamed while it is filled), and the time to render an on-the-fly variant of a 12 MP JPEG on a cache miss (p50 of --variants renders, each with
