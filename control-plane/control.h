@@ -152,7 +152,8 @@ void fm_reconcile_stop(reconcile_t *rc);
  * and calls next(r, row, arg) if `p` owns it; otherwise answers 404 (503/500 when PostgreSQL cannot tell) and never
  * calls next. `row` is the JSON of GET /v1/files/{id} plus the internal fields owner_id, visibility, storage_key
  * (null until verified) and variants (blobs.variants, {} when none); it is borrowed for the call (the thread keeps
- * it for the next reader of the same text): next must not change or free it.
+ * it for the next reader of the same text): next must not change or free it. With next NULL the row is answered
+ * as GET /v1/files/{id} answers it.
  * Uses the request's handler state (fm_req_state): the caller must not have its own.
  */
 void fm_file_row(fm_req_t *r, const fm_principal_t *p, const char *id, size_t id_len,

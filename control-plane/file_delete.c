@@ -124,17 +124,6 @@ static void step_forget_row(trash_t *t)
 
 /* ---- answer ---- */
 
-/* GET /v1/files/{id}'s answer (fm_file_row strips nothing itself for its callers: drop the internal fields). */
-static void answer_row(fm_req_t *r, const cJSON *row, void *arg)
-{
-    static const char *const internal_fields[] = {"owner_id", "visibility", "storage_key", "variants"};
-    (void)arg;
-    cJSON *shown = cJSON_Duplicate(row, 1); /* the row is borrowed */
-    for (size_t i = 0; i < sizeof(internal_fields) / sizeof(internal_fields[0]); ++i)
-        cJSON_DeleteItemFromObjectCaseSensitive(shown, internal_fields[i]);
-    fm_reply_json(r, 200, shown);
-}
-
 static void answer(fm_req_t *r, void *arg)
 {
     (void)arg;
@@ -154,7 +143,7 @@ static void answer(fm_req_t *r, void *arg)
         free(r->state);
         r->state = NULL;
         r->state_free = NULL;
-        fm_file_row(r, p, r->params[0].base, r->params[0].len, answer_row, NULL);
+        fm_file_row(r, p, r->params[0].base, r->params[0].len, NULL, NULL); /* no `next`: GET's own answer */
         return;
     }
     default:

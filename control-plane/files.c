@@ -118,12 +118,11 @@ static const parsed_row_t *parse_row(const char *key, const char *text, size_t l
     return p;
 }
 
-/* Answers the cached/loaded JSON text (or hands the row to fm_file_row's caller) if the caller owns it; the internal
- * fields are not part of the answer. */
-static void answer_row(fm_req_t *r, const char *text, size_t len)
+/* Answers the cached/loaded row, parsed by parse_row (NULL: not JSON), or hands it to fm_file_row's caller, if the
+ * caller owns it; the internal fields are not part of the answer. */
+static void answer_row(fm_req_t *r, const parsed_row_t *p)
 {
     read_state_t *s = r->state;
-    const parsed_row_t *p = parse_row(s->key, text, len);
     const cJSON *owner = p != NULL ? cJSON_GetObjectItemCaseSensitive(p->row, "owner_id") : NULL;
     if (!cJSON_IsString(owner) || strcmp(owner->valuestring, s->principal->user_id) != 0) {
         fm_reply_error(r, 404, "not_found", "no such %s", s->kind);
@@ -167,7 +166,7 @@ static void row_loaded(fm_req_t *r, PGresult *res, const char *errstr, int may_c
         fm_redis_call(r, on_cache_filled, 5, argv);
         *cached = 1;
     }
-    answer_row(r, json, (size_t)PQgetlength(res, 0, 0));
+    answer_row(r, parse_row(s->key, json, (size_t)PQgetlength(res, 0, 0)));
 }
 
 /* A load answered: its request and every waiter are resumed and answered. A request whose client went away is only
@@ -202,7 +201,7 @@ static void on_cache_read(redisReply *reply, const char *errstr, void *data)
         const parsed_row_t *p = parse_row(s->key, reply->str, reply->len);
         /* A file row cached before it carried the download fields is read again (it lives CACHE_TTL_S at most). */
         if (p != NULL && (strcmp(s->kind, "file") != 0 || cJSON_HasObjectItem(p->row, "visibility"))) {
-            answer_row(r, reply->str, reply->len);
+            answer_row(r, p);
             return;
         }
     }

@@ -19,6 +19,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ref_xml.h"
 #include "s3.h"
 
 #define CHECK(cond)                                                                                                    \
@@ -28,26 +29,6 @@
             abort();                                                                                                   \
         }                                                                                                              \
     } while (0)
-
-/* The raw text of the first <tag>…</tag> in [xml, xml + len), found without the library's help; 0 if none. */
-static int ref_element(const char *xml, size_t len, const char *tag, const char **text, size_t *text_len, size_t *after)
-{
-    char open[32], close[32];
-    size_t open_len = (size_t)snprintf(open, sizeof open, "<%s>", tag);
-    size_t close_len = (size_t)snprintf(close, sizeof close, "</%s>", tag);
-    const char *start = memmem(xml, len, open, open_len);
-    if (start == NULL)
-        return 0;
-    start += open_len;
-    const char *end = memmem(start, len - (size_t)(start - xml), close, close_len);
-    if (end == NULL)
-        return 0;
-    *text = start;
-    *text_len = (size_t)(end - start);
-    if (after != NULL)
-        *after = (size_t)(end - xml) + close_len;
-    return 1;
-}
 
 static void append(char **buf, size_t *len, size_t *cap, const char *text, size_t n)
 {
