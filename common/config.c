@@ -98,6 +98,8 @@ static const var_t vars[] = {
     STR("FM_EDGE_PUBLIC_BASE", FM_SVC_CONTROL | FM_SVC_EDGE, "", 0, edge_public_base, "scheme://host[:port] clients use to reach the edge; fm-control signs download URLs for it and fm-edge verifies them as if sent there (default: fm-edge http://FM_BIND:FM_EDGE_HTTP_PORT, fm-control http://127.0.0.1:8081)"),
     STR("FM_EDGE_CACHE_DIR", FM_SVC_EDGE, "/tmp/fm-edge-cache", 1, edge_cache_dir, "Folder of the edge's disk cache (created; survives restarts)"),
     INT("FM_EDGE_CACHE_MAX_BYTES", FM_SVC_EDGE, "10737418240", 1048576, 1125899906842624LL, edge_cache_max_bytes, "Size cap of the disk cache; least recently used objects are evicted above it"),
+    INT("FM_EDGE_MEMORY_BYTES", FM_SVC_EDGE, "33554432", 0, 17179869184LL, edge_memory_bytes, "Memory kept for the bytes of small hot cached objects (served without touching the disk; least recently used dropped above it); 0 = off"),
+    INT("FM_EDGE_MEMORY_OBJECT_MAX", FM_SVC_EDGE, "65536", 1, 16777216, edge_memory_object_max, "Largest cached object (bytes) whose bytes may be kept in memory (FM_EDGE_MEMORY_BYTES)"),
     STR("FM_EDGE_CF_PUBLIC_KEYS", FM_SVC_EDGE, "", 0, edge_cf_public_keys, "Key pairs accepted on signed URLs: Key-Pair-Id=path.pem, comma-separated (rotation: list old and new); empty = every /f/ request is refused"),
     SECRET("FM_EDGE_PURGE_SECRET", FM_SVC_EDGE | FM_SVC_WORKER, "", 16, edge_purge_secret, "X-FM-Edge-Secret of POST /_edge/purge (fm-edge checks it, fm-worker sends it); empty = purge disabled"),
     STR("FM_EDGE_PURGE_URLS", FM_SVC_WORKER, "", 0, edge_purge_urls, "Base URLs of every fm-edge, comma-separated (http://host:port): purge_edge jobs POST /_edge/purge to each; empty = no edges to purge (the jobs succeed doing nothing)"),

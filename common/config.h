@@ -66,6 +66,8 @@ typedef struct fm_config {
     char edge_public_base[256];
     char edge_cache_dir[512];
     int64_t edge_cache_max_bytes;
+    int64_t edge_memory_bytes;
+    int64_t edge_memory_object_max;
     char edge_cf_public_keys[2048];
     char edge_purge_secret[256]; /* fm-edge checks it; fm-worker sends it with each purge */
     int64_t edge_max_age_s;

@@ -9,8 +9,16 @@
  *
  * Eviction removes the files of the least recently used objects while the total exceeds the cap. A request that
  * already opened an evicted or purged file keeps reading it (POSIX unlink semantics).
+ *
+ * Memory tier: the bytes of small objects (≤ FM_EDGE_MEMORY_OBJECT_MAX) are read into a reference-counted blob at
+ * their second hit and kept while they stay among the most recently used within FM_EDGE_MEMORY_BYTES, so a hot
+ * thumbnail or a small file is answered without open/fstat/pread/close. A blob is the file's bytes, checked
+ * against the indexed size when read; eviction and purge drop the index's reference, and answers still sending it
+ * hold their own.
  */
 #include <dirent.h>
+#include <stdatomic.h>
+#include <stddef.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -26,19 +34,44 @@
 #include "metrics.h"
 #include "sigv4.h"
 
-typedef struct entry {
+struct fm_edge_blob {
+    atomic_size_t refs;
+    size_t size;
+    unsigned char bytes[];
+};
+
+typedef struct entry entry_t;
+
+/* The index's two recency lists are intrusive: an entry holds a link for each, and a list knows which is its. */
+typedef struct {
+    entry_t *prev, *next;
+} link_t;
+
+typedef struct {
+    entry_t *head, *tail; /* head = most recently used */
+    size_t link;          /* offsetof(entry_t, <its link>) */
+} list_t;
+
+struct entry {
     char hex[FM_EDGE_HEX_LEN + 1];
     fm_edge_meta_t meta;
+    uint64_t serial; /* tells a reused entry address from the entry a blob was read for */
     struct entry *hash_next;
-    struct entry *lru_prev, *lru_next; /* head = most recently used */
-} entry_t;
+    link_t lru;           /* every entry */
+    fm_edge_blob_t *blob; /* the bytes in memory (one reference), or NULL */
+    link_t mem;           /* entries with a blob */
+    int hits;             /* since indexed, up to 2: a blob is read at the second */
+    int loading;          /* a thread is reading the blob */
+};
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static char cache_dir[512];
-static uint64_t cap_bytes, total_bytes, object_count;
+static uint64_t cap_bytes, total_bytes, object_count, next_serial;
 static entry_t **buckets;
 static size_t bucket_count;
-static entry_t *lru_head, *lru_tail;
+static list_t lru = {.link = offsetof(entry_t, lru)};
+static uint64_t mem_cap, mem_object_max, mem_bytes, mem_objects;
+static list_t mem_lru = {.link = offsetof(entry_t, mem)};
 
 void fm_edge_cache_name(const char *key, size_t key_len, char hex[FM_EDGE_HEX_LEN + 1])
 {
@@ -69,28 +102,96 @@ static entry_t *find(const char *hex)
     return NULL;
 }
 
-static void lru_unlink(entry_t *e)
+static link_t *link_of(const list_t *list, entry_t *e)
 {
-    if (e->lru_prev != NULL)
-        e->lru_prev->lru_next = e->lru_next;
-    else
-        lru_head = e->lru_next;
-    if (e->lru_next != NULL)
-        e->lru_next->lru_prev = e->lru_prev;
-    else
-        lru_tail = e->lru_prev;
-    e->lru_prev = e->lru_next = NULL;
+    return (link_t *)((char *)e + list->link);
 }
 
-static void lru_push_front(entry_t *e)
+static void list_unlink(list_t *list, entry_t *e)
 {
-    e->lru_prev = NULL;
-    e->lru_next = lru_head;
-    if (lru_head != NULL)
-        lru_head->lru_prev = e;
-    lru_head = e;
-    if (lru_tail == NULL)
-        lru_tail = e;
+    link_t *link = link_of(list, e);
+    if (link->prev != NULL)
+        link_of(list, link->prev)->next = link->next;
+    else
+        list->head = link->next;
+    if (link->next != NULL)
+        link_of(list, link->next)->prev = link->prev;
+    else
+        list->tail = link->prev;
+    link->prev = link->next = NULL;
+}
+
+static void list_push_front(list_t *list, entry_t *e)
+{
+    link_t *link = link_of(list, e);
+    link->prev = NULL;
+    link->next = list->head;
+    if (list->head != NULL)
+        link_of(list, list->head)->prev = e;
+    list->head = e;
+    if (list->tail == NULL)
+        list->tail = e;
+}
+
+/* ---- memory tier ---- */
+
+void fm_edge_blob_release(fm_edge_blob_t *blob)
+{
+    if (blob != NULL && atomic_fetch_sub_explicit(&blob->refs, 1, memory_order_acq_rel) == 1)
+        free(blob);
+}
+
+const unsigned char *fm_edge_blob_bytes(const fm_edge_blob_t *blob)
+{
+    return blob->bytes;
+}
+
+/* Drops e's blob (answers sending it keep theirs); caller holds the lock. */
+static void mem_drop(entry_t *e)
+{
+    if (e->blob == NULL)
+        return;
+    list_unlink(&mem_lru, e);
+    mem_bytes -= e->blob->size;
+    mem_objects--;
+    fm_edge_blob_release(e->blob);
+    e->blob = NULL;
+}
+
+/* Gives e the blob (the index's reference), dropping the least recently used blobs beyond the cap. */
+static void mem_attach(entry_t *e, fm_edge_blob_t *blob)
+{
+    e->blob = blob;
+    list_push_front(&mem_lru, e);
+    mem_bytes += blob->size;
+    mem_objects++;
+    while (mem_bytes > mem_cap && mem_lru.tail != NULL)
+        mem_drop(mem_lru.tail);
+}
+
+/* Reads the whole data file on `fd` into a new blob (one reference), or NULL if it is not `size` bytes. */
+static fm_edge_blob_t *blob_read(int fd, uint64_t size)
+{
+    fm_edge_blob_t *blob = malloc(sizeof(*blob) + (size_t)size);
+    if (blob == NULL)
+        return NULL;
+    atomic_init(&blob->refs, 1);
+    blob->size = (size_t)size;
+    size_t got = 0;
+    while (got < size) {
+        ssize_t n = pread(fd, blob->bytes + got, (size_t)size - got, (off_t)got);
+        if (n == -1 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    char extra;
+    if (got != size || pread(fd, &extra, 1, (off_t)size) != 0) {
+        free(blob);
+        return NULL;
+    }
+    return blob;
 }
 
 static void grow(void)
@@ -118,7 +219,8 @@ static void insert(entry_t *e)
     size_t b = bucket_of(e->hex);
     e->hash_next = buckets[b];
     buckets[b] = e;
-    lru_push_front(e);
+    e->serial = ++next_serial;
+    list_push_front(&lru, e);
     total_bytes += e->meta.size;
     object_count++;
 }
@@ -132,7 +234,8 @@ static void remove_entry(entry_t *e)
             break;
         }
     }
-    lru_unlink(e);
+    list_unlink(&lru, e);
+    mem_drop(e);
     total_bytes -= e->meta.size;
     object_count--;
     char path[640];
@@ -145,8 +248,8 @@ static void remove_entry(entry_t *e)
 
 static void evict_over_cap(void)
 {
-    while (total_bytes > cap_bytes && lru_tail != NULL) {
-        remove_entry(lru_tail);
+    while (total_bytes > cap_bytes && lru.tail != NULL) {
+        remove_entry(lru.tail);
         FM_METRICS_COUNT("fm_edge_evictions_total", NULL, 1);
     }
 }
@@ -233,10 +336,12 @@ static int is_hex_name(const char *name)
     return 1;
 }
 
-int fm_edge_cache_open(const char *dir, uint64_t max_bytes)
+int fm_edge_cache_open(const char *dir, uint64_t max_bytes, uint64_t memory_bytes, uint64_t memory_object_max)
 {
     snprintf(cache_dir, sizeof(cache_dir), "%s", dir);
     cap_bytes = max_bytes;
+    mem_cap = memory_bytes;
+    mem_object_max = memory_object_max;
     if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
         fm_error("cannot create the cache folder %s: %s", dir, strerror(errno));
         return -1;
@@ -308,35 +413,81 @@ int fm_edge_cache_open(const char *dir, uint64_t max_bytes)
 void fm_edge_cache_close(void)
 {
     pthread_mutex_lock(&lock);
-    for (entry_t *e = lru_head, *next; e != NULL; e = next) {
-        next = e->lru_next;
+    for (entry_t *e = lru.head, *next; e != NULL; e = next) {
+        next = e->lru.next;
+        fm_edge_blob_release(e->blob);
         free(e);
     }
+    mem_lru.head = mem_lru.tail = NULL;
+    mem_bytes = mem_objects = 0;
     free(buckets);
     buckets = NULL;
     bucket_count = 0;
-    lru_head = lru_tail = NULL;
+    lru.head = lru.tail = NULL;
     total_bytes = object_count = 0;
     pthread_mutex_unlock(&lock);
 }
 
-int fm_edge_cache_open_hit(const char *hex, fm_edge_meta_t *meta)
+int fm_edge_cache_hit(const char *hex, fm_edge_meta_t *meta, int *fd, fm_edge_blob_t **blob)
 {
     char path[640];
     fm_edge_cache_path(hex, ".data", path, sizeof(path));
+    *fd = -1;
+    if (blob != NULL)
+        *blob = NULL;
     pthread_mutex_lock(&lock);
     entry_t *e = find(hex);
     if (e == NULL) {
         pthread_mutex_unlock(&lock);
-        return -1;
+        return 0;
     }
-    lru_unlink(e);
-    lru_push_front(e);
+    list_unlink(&lru, e);
+    list_push_front(&lru, e);
     *meta = e->meta;
+    if (blob != NULL && e->blob != NULL) {
+        list_unlink(&mem_lru, e);
+        list_push_front(&mem_lru, e);
+        atomic_fetch_add_explicit(&e->blob->refs, 1, memory_order_relaxed);
+        *blob = e->blob;
+        pthread_mutex_unlock(&lock);
+        return 1;
+    }
     /* Opened under the lock so a concurrent eviction cannot slip between lookup and open. */
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    *fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (e->hits < 2)
+        e->hits++;
+    int load = blob != NULL && *fd != -1 && e->blob == NULL && !e->loading && e->hits >= 2 && mem_cap > 0 &&
+               e->meta.size <= mem_object_max && e->meta.size <= mem_cap;
+    uint64_t serial = e->serial, size = e->meta.size;
+    if (load)
+        e->loading = 1;
     pthread_mutex_unlock(&lock);
-    return fd;
+    if (*fd == -1)
+        return 0;
+    if (!load)
+        return 1;
+
+    /* Read outside the lock; the entry may have been purged or replaced meanwhile (then the blob is not kept). */
+    fm_edge_blob_t *loaded = blob_read(*fd, size);
+    FM_METRICS_COUNT("fm_edge_memory_loads_total", NULL, 1);
+    pthread_mutex_lock(&lock);
+    e = find(hex);
+    if (e != NULL && e->serial == serial) {
+        e->loading = 0;
+        if (loaded != NULL) {
+            atomic_fetch_add_explicit(&loaded->refs, 1, memory_order_relaxed); /* this answer's */
+            mem_attach(e, loaded);
+            *blob = loaded;
+        }
+    } else if (loaded != NULL) {
+        *blob = loaded; /* gone from the index: this answer alone sends what it read */
+    }
+    pthread_mutex_unlock(&lock);
+    if (*blob != NULL) {
+        close(*fd);
+        *fd = -1;
+    }
+    return 1;
 }
 
 int fm_edge_cache_publish(const char *hex, const char *tmp_path, const fm_edge_meta_t *meta)
@@ -383,8 +534,8 @@ size_t fm_edge_cache_purge_key(const char *key, size_t key_len)
         remove_entry(e);
         ++purged;
     }
-    for (entry_t *v = lru_head, *next; v != NULL; v = next) {
-        next = v->lru_next;
+    for (entry_t *v = lru.head, *next; v != NULL; v = next) {
+        next = v->lru.next;
         if (strncmp(v->meta.key, key, key_len) == 0 && v->meta.key[key_len] == FM_EDGE_VARIANT_SEP) {
             remove_entry(v);
             ++purged;
@@ -398,8 +549,8 @@ size_t fm_edge_cache_purge_prefix(const char *prefix, size_t prefix_len)
 {
     size_t purged = 0;
     pthread_mutex_lock(&lock);
-    for (entry_t *e = lru_head, *next; e != NULL; e = next) {
-        next = e->lru_next;
+    for (entry_t *e = lru.head, *next; e != NULL; e = next) {
+        next = e->lru.next;
         if (strncmp(e->meta.key, prefix, prefix_len) == 0) {
             remove_entry(e);
             ++purged;
@@ -409,10 +560,12 @@ size_t fm_edge_cache_purge_prefix(const char *prefix, size_t prefix_len)
     return purged;
 }
 
-void fm_edge_cache_stats(uint64_t *bytes, uint64_t *objects)
+void fm_edge_cache_stats(fm_edge_cache_stats_t *stats)
 {
     pthread_mutex_lock(&lock);
-    *bytes = total_bytes;
-    *objects = object_count;
+    stats->bytes = total_bytes;
+    stats->objects = object_count;
+    stats->memory_bytes = mem_bytes;
+    stats->memory_objects = mem_objects;
     pthread_mutex_unlock(&lock);
 }

@@ -52,8 +52,11 @@ typedef struct fm_edge_meta {
 
 /* ---- cache.c ---- */
 
-/** Opens (creating) the cache folder, removes half-written files and rebuilds the index. 0 or -1. */
-int fm_edge_cache_open(const char *dir, uint64_t max_bytes);
+/**
+ * Opens (creating) the cache folder, removes half-written files and rebuilds the index; `memory_bytes` (0 = off)
+ * holds the bytes of hot objects up to `memory_object_max` each. 0 or -1.
+ */
+int fm_edge_cache_open(const char *dir, uint64_t max_bytes, uint64_t memory_bytes, uint64_t memory_object_max);
 
 /** Frees the index (the files stay). */
 void fm_edge_cache_close(void);
@@ -61,11 +64,22 @@ void fm_edge_cache_close(void);
 /** Hex SHA-256 of `key` (the cache file stem). */
 void fm_edge_cache_name(const char *key, size_t key_len, char hex[FM_EDGE_HEX_LEN + 1]);
 
+/** A small object's bytes held in memory, shared by the index and the answers sending them (reference-counted). */
+typedef struct fm_edge_blob fm_edge_blob_t;
+
+/** Its bytes (as many as the object's metadata says). */
+const unsigned char *fm_edge_blob_bytes(const fm_edge_blob_t *blob);
+
+/** Drops one reference (any thread); NULL is ignored. */
+void fm_edge_blob_release(fm_edge_blob_t *blob);
+
 /**
- * A hit: opens the cached file of `hex`, copies its metadata into *meta, marks it recently used and returns the fd
- * (the caller closes it). -1 on a miss (also when the file vanished under a concurrent purge or eviction).
+ * Looks `hex` up and marks it recently used. A hit copies its metadata into *meta and returns 1 with either its
+ * bytes lent in *blob (when `blob` is given and the object is in the memory tier; the caller releases them) or
+ * its data file open on *fd (the caller closes it). 0 on a miss (also when the file vanished under a concurrent
+ * purge or eviction). Pass blob = NULL for a caller that needs an fd (a render's source).
  */
-int fm_edge_cache_open_hit(const char *hex, fm_edge_meta_t *meta);
+int fm_edge_cache_hit(const char *hex, fm_edge_meta_t *meta, int *fd, fm_edge_blob_t **blob);
 
 /** Path of a cache file: `suffix` is ".data", ".meta" or a temp suffix. */
 void fm_edge_cache_path(const char *hex, const char *suffix, char *out, size_t size);
@@ -83,8 +97,13 @@ size_t fm_edge_cache_purge_key(const char *key, size_t key_len);
 /** Removes every object whose key starts with `prefix`; returns how many. */
 size_t fm_edge_cache_purge_prefix(const char *prefix, size_t prefix_len);
 
-/** Bytes and objects cached (for the gauges). */
-void fm_edge_cache_stats(uint64_t *bytes, uint64_t *objects);
+typedef struct fm_edge_cache_stats {
+    uint64_t bytes, objects;               /* on disk */
+    uint64_t memory_bytes, memory_objects; /* of those, held in memory too */
+} fm_edge_cache_stats_t;
+
+/** What the cache holds (for the gauges). */
+void fm_edge_cache_stats(fm_edge_cache_stats_t *stats);
 
 /* ---- origin.c ---- */
 

@@ -114,14 +114,32 @@ void fm_edge_metrics_init(void)
                         "Access events lost (Redis down, slow or refusing)");
     fm_metrics_describe("fm_edge_cache_bytes", FM_METRIC_GAUGE, "Bytes in the disk cache");
     fm_metrics_describe("fm_edge_cache_objects", FM_METRIC_GAUGE, "Objects in the disk cache");
+    fm_metrics_describe("fm_edge_memory_hits_total", FM_METRIC_COUNTER,
+                        "Hits (originals and variants) answered from the memory tier, without reading the disk");
+    fm_metrics_describe("fm_edge_memory_loads_total", FM_METRIC_COUNTER,
+                        "Cached objects read into the memory tier (at their second hit, or again after being dropped)");
+    fm_metrics_describe("fm_edge_memory_bytes", FM_METRIC_GAUGE,
+                        "Bytes of cached objects also held in memory (FM_EDGE_MEMORY_BYTES)");
+    fm_metrics_describe("fm_edge_memory_objects", FM_METRIC_GAUGE, "Cached objects also held in memory");
     /* Zero series from the start, so a scrape can tell "none yet" from "not exported". */
-    const char *counters[] = {
-        "fm_edge_hits_total",           "fm_edge_misses_total",          "fm_edge_coalesced_total",
-        "fm_edge_bytes_served_total",   "fm_edge_origin_bytes_total",    "fm_edge_origin_errors_total",
-        "fm_edge_refused_total",        "fm_edge_evictions_total",       "fm_edge_purged_total",
-        "fm_edge_variant_hits_total",   "fm_edge_variant_renders_total", "fm_edge_variant_coalesced_total",
-        "fm_edge_variant_errors_total", "fm_edge_variant_refused_total", "fm_edge_events_total",
-        "fm_edge_events_dropped_total"};
+    const char *counters[] = {"fm_edge_hits_total",
+                              "fm_edge_memory_hits_total",
+                              "fm_edge_memory_loads_total",
+                              "fm_edge_misses_total",
+                              "fm_edge_coalesced_total",
+                              "fm_edge_bytes_served_total",
+                              "fm_edge_origin_bytes_total",
+                              "fm_edge_origin_errors_total",
+                              "fm_edge_refused_total",
+                              "fm_edge_evictions_total",
+                              "fm_edge_purged_total",
+                              "fm_edge_variant_hits_total",
+                              "fm_edge_variant_renders_total",
+                              "fm_edge_variant_coalesced_total",
+                              "fm_edge_variant_errors_total",
+                              "fm_edge_variant_refused_total",
+                              "fm_edge_events_total",
+                              "fm_edge_events_dropped_total"};
     for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); ++i)
         fm_metrics_counter_add(counters[i], NULL, 0);
 }
@@ -131,10 +149,12 @@ static void thread_tick(fm_thread_t *thread)
     fm_edge_events_tick();
     if (thread->index != 0)
         return;
-    uint64_t bytes, objects;
-    fm_edge_cache_stats(&bytes, &objects);
-    fm_metrics_gauge_set("fm_edge_cache_bytes", NULL, (double)bytes);
-    fm_metrics_gauge_set("fm_edge_cache_objects", NULL, (double)objects);
+    fm_edge_cache_stats_t stats;
+    fm_edge_cache_stats(&stats);
+    fm_metrics_gauge_set("fm_edge_cache_bytes", NULL, (double)stats.bytes);
+    fm_metrics_gauge_set("fm_edge_cache_objects", NULL, (double)stats.objects);
+    fm_metrics_gauge_set("fm_edge_memory_bytes", NULL, (double)stats.memory_bytes);
+    fm_metrics_gauge_set("fm_edge_memory_objects", NULL, (double)stats.memory_objects);
 }
 
 static int thread_init(fm_thread_t *thread)
@@ -193,7 +213,8 @@ int main(int argc, char **argv)
         .session_token = cfg.s3_session_token,
     };
     if (fm_s3_global_init() != 0 || fm_edge_variant_init(argv[0]) != 0 ||
-        fm_edge_cache_open(cfg.edge_cache_dir, (uint64_t)cfg.edge_cache_max_bytes) != 0) {
+        fm_edge_cache_open(cfg.edge_cache_dir, (uint64_t)cfg.edge_cache_max_bytes, (uint64_t)cfg.edge_memory_bytes,
+                           (uint64_t)cfg.edge_memory_object_max) != 0) {
         fm_cf_keys_free(fm_edge.keys);
         return 1;
     }

@@ -10,7 +10,8 @@
  * filled) then a coalesced render) → answer (conditional GET, one byte range, headers, an access event). Every
  * refusal happens before the cache or the origin is touched.
  *
- * Bytes are sent by a generator that preads the cached file in 256 KiB pieces: h2o 2.2.5 has no sendfile(2) path
+ * A hot small object is sent from the cache's memory tier in one piece (cache.c). Other bytes are sent by a
+ * generator that preads the cached file in 256 KiB pieces: h2o 2.2.5 has no sendfile(2) path
  * (its own file handler preads 64 KB at a time too), and h2o_file_send() handles neither Range nor conditional
  * requests when called from a handler, and caches open fds by path, which a purge and refill would defeat.
  */
@@ -496,6 +497,36 @@ static void serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const ch
     gen_proceed(&gen->super, req);
 }
 
+static void blob_dispose(void *p)
+{
+    fm_edge_blob_release(*(fm_edge_blob_t **)p);
+}
+
+/* Answers from bytes of the memory tier (takes the reference): one send, the request's pool releases them. */
+static void serve_blob(fm_req_t *r, fm_edge_blob_t *blob, const fm_edge_meta_t *meta, const char *outcome)
+{
+    h2o_req_t *req = r->req;
+    fm_edge_blob_t **held = h2o_mem_alloc_shared(&req->pool, sizeof(*held), blob_dispose);
+    *held = blob;
+    FM_METRICS_COUNT("fm_edge_memory_hits_total", NULL, 1);
+    uint64_t first, length;
+    if (!answer_headers(r, meta, outcome, &first, &length))
+        return;
+    static h2o_generator_t whole = {NULL, NULL}; /* one final send: nothing to proceed or stop */
+    h2o_iovec_t vec = h2o_iovec_init(fm_edge_blob_bytes(blob) + first, (size_t)length);
+    h2o_start_response(req, &whole);
+    h2o_send(req, &vec, 1, H2O_SEND_STATE_FINAL);
+}
+
+/* A hit found by fm_edge_cache_hit: from memory or from the open file. */
+static void serve_hit(fm_req_t *r, int fd, fm_edge_blob_t *blob, const fm_edge_meta_t *meta, const char *outcome)
+{
+    if (blob != NULL)
+        serve_blob(r, blob, meta, outcome);
+    else
+        serve_file(r, fd, meta, outcome);
+}
+
 /*
  * A cold miss that can take the body as it comes (can_stream): its answer from the origin's headers, as a hit's
  * would be; origin.c streams the body. HEAD and an empty object are answered here.
@@ -602,12 +633,12 @@ static int request_variant(fm_req_t *r, fm_edge_variant_t *v)
     return fm_edge_variant_parse(request_query(r), fm_req_header(r, "accept"), v, reason, sizeof(reason)) == 1 ? 0 : -1;
 }
 
-static void serve_variant_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const fm_edge_variant_t *v,
-                               const char *outcome)
+static void serve_variant_file(fm_req_t *r, int fd, fm_edge_blob_t *blob, const fm_edge_meta_t *meta,
+                               const fm_edge_variant_t *v, const char *outcome)
 {
     if (v->negotiated) /* the same URL answers WebP or JPEG by Accept: shared caches must key on it */
         add_header(r->req, H2O_TOKEN_VARY, "Accept");
-    serve_file(r, fd, meta, outcome);
+    serve_hit(r, fd, blob, meta, outcome);
 }
 
 static void on_rendered(fm_req_t *r, fm_edge_fill_result_t *res)
@@ -620,7 +651,7 @@ static void on_rendered(fm_req_t *r, fm_edge_fill_result_t *res)
         fm_reply_error(r, 400, "invalid_variant", "bad variant parameters");
         return;
     }
-    serve_variant_file(r, res->fd, &res->meta, &v, "variant_render");
+    serve_variant_file(r, res->fd, NULL, &res->meta, &v, "variant_render");
 }
 
 /* Renders (or joins the render of) the request's variant from the original open on `src_fd` (taken). */
@@ -655,14 +686,15 @@ static void serve_variant(fm_req_t *r, const char *key, size_t key_len, const fm
     fm_edge_variant_cache_key(key, key_len, v, vkey, sizeof(vkey));
     fm_edge_cache_name(vkey, strlen(vkey), hex);
     fm_edge_meta_t meta;
-    int fd = fm_edge_cache_open_hit(hex, &meta);
-    if (fd != -1) {
+    fm_edge_blob_t *blob;
+    int fd;
+    if (fm_edge_cache_hit(hex, &meta, &fd, &blob)) {
         FM_METRICS_COUNT("fm_edge_variant_hits_total", NULL, 1);
-        serve_variant_file(r, fd, &meta, v, "variant_hit");
+        serve_variant_file(r, fd, blob, &meta, v, "variant_hit");
         return;
     }
     fm_edge_cache_name(key, key_len, hex);
-    if ((fd = fm_edge_cache_open_hit(hex, &meta)) != -1) {
+    if (fm_edge_cache_hit(hex, &meta, &fd, NULL)) { /* the render reads the original from its file */
         start_render(r, key, key_len, v, fd, &meta);
         return;
     }
@@ -717,10 +749,11 @@ void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t)
     char hex[FM_EDGE_HEX_LEN + 1];
     fm_edge_cache_name(t->key, t->key_len, hex);
     fm_edge_meta_t meta;
-    int fd = fm_edge_cache_open_hit(hex, &meta);
-    if (fd != -1) {
+    fm_edge_blob_t *blob;
+    int fd;
+    if (fm_edge_cache_hit(hex, &meta, &fd, &blob)) {
         FM_METRICS_COUNT("fm_edge_hits_total", NULL, 1);
-        serve_file(r, fd, &meta, "hit");
+        serve_hit(r, fd, blob, &meta, "hit");
         return;
     }
     if (fm_edge_origin_fill(r, t->key, hex, on_filled, can_stream(r) ? on_stream_headers : NULL) != 0)

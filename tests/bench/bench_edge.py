@@ -145,13 +145,20 @@ def main():
         env = {k: v for k, v in os.environ.items() if not k.startswith("FM_")}
         env.update(stack.env)
         env.update({"FM_JWT_SECRET": secrets.token_hex(32), "FM_THREADS": str(args.threads),
-                    "FM_EDGE_HTTP_PORT": str(edge_port), "FM_EDGE_HTTPS_PORT": "0", "FM_LOG_LEVEL": "warn",
-                    "FM_EDGE_CACHE_DIR": str(work / "cache"), "FM_EDGE_CF_PUBLIC_KEYS": f"KBENCH1={work / 'pub.pem'}",
-                    "FM_EDGE_PUBLIC_BASE": f"http://127.0.0.1:{edge_port}"})
-        edge_log = open(work / "edge.log", "wb")
-        edge = subprocess.Popen([str(BUILD_DIR / "fm-edge")], env=env, stdout=edge_log, stderr=subprocess.STDOUT)
-        procs.append(edge)
-        wait_http(f"http://127.0.0.1:{edge_port}/healthz")
+                    "FM_EDGE_HTTPS_PORT": "0", "FM_LOG_LEVEL": "warn",
+                    "FM_EDGE_CF_PUBLIC_KEYS": f"KBENCH1={work / 'pub.pem'}"})
+
+        def start_edge(name, port, **extra):
+            edge_env = dict(env, FM_EDGE_HTTP_PORT=str(port), FM_EDGE_CACHE_DIR=str(work / f"cache-{name}"),
+                            FM_EDGE_PUBLIC_BASE=f"http://127.0.0.1:{port}", **extra)
+            with open(work / f"edge-{name}.log", "wb") as edge_log:
+                proc = subprocess.Popen([str(BUILD_DIR / "fm-edge")], env=edge_env, stdout=edge_log,
+                                        stderr=subprocess.STDOUT)
+            procs.append((proc, signal.SIGTERM))
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+            return proc
+
+        start_edge("main", edge_port)
 
         expires = datetime.datetime.now(tz=datetime.timezone.utc) + datetime.timedelta(hours=2)
         urls = {label: signer.generate_presigned_url(f"http://127.0.0.1:{edge_port}/f/{k}", date_less_than=expires)
@@ -205,7 +212,7 @@ http {{
 """)
         nginx = subprocess.Popen(["/usr/sbin/nginx", "-c", str(conf), "-p", str(work)], stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)
-        procs.append(nginx)
+        procs.append((nginx, signal.SIGQUIT))
         wait_http(f"http://127.0.0.1:{nginx_port}/{objects['4KiB'][0]}")
         check = requests.get(f"http://127.0.0.1:{nginx_port}/{objects['4KiB'][0]}", timeout=5)
         assert check.status_code == 200 and check.content == objects["4KiB"][1], check.status_code
@@ -213,10 +220,25 @@ http {{
         rows = []
         d = args.duration
         log("4 KiB: edge …")
+        memory_before = edge_metric(edge_port, "fm_edge_memory_hits_total")
         e_rps, e_p99, _ = wrk(urls["4KiB"], d, 64)
+        memory_hits = edge_metric(edge_port, "fm_edge_memory_hits_total") - memory_before
+        after = requests.get(urls["4KiB"], timeout=5)
+        assert after.status_code == 200 and after.content == objects["4KiB"][1], after.status_code
         log("4 KiB: nginx …")
         n_rps, n_p99, _ = wrk(f"http://127.0.0.1:{nginx_port}/{objects['4KiB'][0]}", d, 64)
         rows.append(("cache hit 4 KiB, signed URL, 64 conns", e_rps, e_p99, n_rps, n_p99))
+        # The same object on an edge without the memory tier: every hit opens and reads the cached file.
+        disk_port = free_ports(1)[0]
+        disk_edge = start_edge("disk", disk_port, FM_EDGE_MEMORY_BYTES="0")
+        disk_url = signer.generate_presigned_url(f"http://127.0.0.1:{disk_port}/f/{objects['4KiB'][0]}",
+                                                 date_less_than=expires)
+        check = requests.get(disk_url, timeout=30)  # its cold miss
+        assert check.status_code == 200 and check.content == objects["4KiB"][1], check.status_code
+        log("4 KiB: edge, memory tier off …")
+        d_rps, d_p99, _ = wrk(disk_url, d, 64)
+        disk_edge.send_signal(signal.SIGTERM)
+        disk_edge.wait(30)
         log("1 MiB: edge …")
         e1_rps, e1_p99, e1_mb = wrk(urls["1MiB"], d, 16)
         log("1 MiB: nginx …")
@@ -228,8 +250,13 @@ http {{
         print("|---|---|---|---|")
         print(f"| 4 KiB, 64 connections: req/s | {e_rps:,.0f} | {n_rps:,.0f} | {e_rps / n_rps:.2f} |")
         print(f"| 4 KiB, 64 connections: p99 | {e_p99:.2f} ms | {n_p99:.2f} ms | |")
+        print(f"| 4 KiB, FM_EDGE_MEMORY_BYTES=0 (every hit reads the file): req/s | {d_rps:,.0f} | {n_rps:,.0f} | "
+              f"{d_rps / n_rps:.2f} |")
+        print(f"| 4 KiB, FM_EDGE_MEMORY_BYTES=0: p99 | {d_p99:.2f} ms | {n_p99:.2f} ms | |")
         print(f"| 1 MiB, 16 connections: MB/s | {e1_mb:,.0f} | {n1_mb:,.0f} | {e1_mb / n1_mb:.2f} |")
         print(f"| 1 MiB, 16 connections: p99 | {e1_p99:.2f} ms | {n1_p99:.2f} ms | |")
+        print(f"\nThe 4 KiB load's hits answered from the memory tier: {memory_hits:,.0f} (fm_edge_memory_hits_total); "
+              "the answer after the load was checked byte for byte.")
         print(f"\nCold miss (origin fill from the local RGW, then served): 4 KiB {cold['4KiB']:.1f} ms, "
               f"1 MiB {cold['1MiB']:.1f} ms.\n{big_line}")
 
@@ -248,9 +275,9 @@ http {{
         print(f"| same URLs again: variant hit, p50 | {hit_ms[len(hit_ms) // 2]:.1f} ms |")
         print(f"| variant hit rate on the second pass | {hit_rate:.0%} |")
     finally:
-        for p in procs:
+        for p, stop_signal in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGTERM if p is procs[0] else signal.SIGQUIT)
+                p.send_signal(stop_signal)
                 try:
                     p.wait(30)
                 except subprocess.TimeoutExpired:
