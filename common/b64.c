@@ -39,8 +39,7 @@ int fm_b64url_encode(const void *in, size_t len, char *out, size_t out_size)
     return 0;
 }
 
-/* Returns the 6-bit value of a base64url character, or -1. */
-static int b64url_value(unsigned char c)
+int fm_b64_value(unsigned char c, char c62, char c63)
 {
     if (c >= 'A' && c <= 'Z')
         return c - 'A';
@@ -48,11 +47,17 @@ static int b64url_value(unsigned char c)
         return c - 'a' + 26;
     if (c >= '0' && c <= '9')
         return c - '0' + 52;
-    if (c == '-')
+    if (c == (unsigned char)c62)
         return 62;
-    if (c == '_')
+    if (c == (unsigned char)c63)
         return 63;
     return -1;
+}
+
+/* Returns the 6-bit value of a base64url character, or -1. */
+static int b64url_value(unsigned char c)
+{
+    return fm_b64_value(c, '-', '_');
 }
 
 int fm_b64url_decode(const char *in, size_t in_len, uint8_t *out, size_t out_size, size_t *out_len)

@@ -11,6 +11,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/**
+ * The 6-bit value of `c` in a base64 alphabet: A-Z, a-z, 0-9, then `c62` and `c63` ('+' '/' standard, '-' '_'
+ * base64url, '-' '~' CloudFront's); -1 for any other character.
+ */
+int fm_b64_value(unsigned char c, char c62, char c63);
+
 /** Characters fm_b64url_encode writes for `len` bytes, not counting the terminating NUL. */
 size_t fm_b64url_encoded_len(size_t len);
 

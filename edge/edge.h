@@ -1,8 +1,8 @@
 /*
  * fm-edge internals: the disk cache (cache.c), the origin fills (streamed to the clients while they are written)
  * and variant renders with request coalescing (origin.c), on-the-fly image variants (variant.c), the /f/ route
- * (serve.c), the unsigned /p/ route (public.c), purge (purge.c) and access events (events.c). docs/downloads.md
- * "fm-edge" is the user's view of all of it.
+ * (serve.c) and its answers (answer.c), the unsigned /p/ route (public.c), purge (purge.c) and access events
+ * (events.c). docs/downloads.md "fm-edge" is the user's view of all of it.
  */
 #ifndef FM_EDGE_H
 #define FM_EDGE_H
@@ -220,6 +220,25 @@ void fm_edge_events_tick(void);
  */
 void fm_edge_event(const char *cache_key, const char *outcome, int status, uint64_t bytes, const char *ip);
 
+/* ---- answer.c ---- */
+
+/** Adds a response header; `value` is copied into the request's pool (h2o keeps the pointer until it writes). */
+void fm_edge_add_header(h2o_req_t *req, const h2o_token_t *token, const char *value);
+
+/**
+ * The status and headers of an answer about `meta` (a cached object, or one a fill is still writing): conditional
+ * GET, Content-Disposition, one byte range, the access event (`outcome`). Returns 1 with the body's part to send in
+ * [*first, *first + *length), or 0 when it answered entirely (304, 400, 416, HEAD, an empty body).
+ */
+int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *outcome, uint64_t *first,
+                           uint64_t *length);
+
+/** Answers from an open cached file (takes `fd`); `outcome` goes into the access event. */
+void fm_edge_serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const char *outcome);
+
+/** Answers a hit found by fm_edge_cache_hit: from `blob` (its reference taken) when given, else from `fd` (taken). */
+void fm_edge_serve_hit(fm_req_t *r, int fd, fm_edge_blob_t *blob, const fm_edge_meta_t *meta, const char *outcome);
+
 /* ---- serve.c / public.c / purge.c ---- */
 
 /** GET/HEAD /f/{key}: signed download. */
@@ -244,6 +263,12 @@ int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t);
 
 /** act and answer for an authorized request: a cache hit, or a coalesced origin fill (and render for a variant). */
 void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t);
+
+/** The value of a hex digit, or -1. */
+int fm_edge_hex_value(char c);
+
+/** The value of query parameter `name` in a raw query (still percent-encoded), or {NULL,0}. */
+h2o_iovec_t fm_edge_query_param(h2o_iovec_t query, const char *name);
 
 /** Frees the calling loop thread's verified-URL cache (thread_dispose). */
 void fm_edge_serve_thread_dispose(void);

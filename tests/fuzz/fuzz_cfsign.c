@@ -1,6 +1,6 @@
 /*
- * Fuzz target for fm_cf_verify_url and fm_cf_sign_url (common/cfsign.c): fm-edge verifies every private download
- * URL with it, so everything after the host is attacker-controlled.
+ * Fuzz target for fm_cf_verify_url and fm_cf_sign_url (common/cfverify.c, common/cfsign.c): fm-edge verifies every
+ * private download URL with it, so everything after the host is attacker-controlled.
  *
  * Keys: TEST-ONLY key pairs below, generated for this target with `openssl genpkey` (RSA-2048 "KFUZZRSA",
  * P-256 "KFUZZEC"); they protect nothing. The verifier runs at the fixed time NOW.
@@ -124,7 +124,7 @@ static fm_cf_status_t verify(const char *url, size_t len, const char *client_ip)
     return status;
 }
 
-/* CloudFront base64 ('+' -> '-', '=' -> '_', '/' -> '~'), written independently of cfsign.c. */
+/* CloudFront base64 ('+' -> '-', '=' -> '_', '/' -> '~'), written independently of common/cf*.c. */
 static size_t cf_b64(const uint8_t *in, size_t len, char *out)
 {
 

@@ -1,10 +1,10 @@
 /*
- * Fuzz target for fm_s3_xml_text (common/s3.c), which reads <Code>, <Message>, <RequestId> and <UploadId> out of
+ * Fuzz target for fm_s3_xml_text (common/s3_xml.c), which reads <Code>, <Message>, <RequestId> and <UploadId> out of
  * whatever body the S3 endpoint (or anything between us and it) sends back.
  *
- * Input: byte 0 picks the tag (its low 3 bits) and byte 1 the size of `out` (0..255; s3.c passes 64, 256, 128 and
- * 1024); the rest is the body, passed with its exact length and no NUL, so a read past it is an ASan report. `out`
- * is malloc'd at its exact size.
+ * Input: byte 0 picks the tag (its low 3 bits) and byte 1 the size of `out` (0..255; the S3 client passes 64, 256,
+ * 128 and 1024); the rest is the body, passed with its exact length and no NUL, so a read past it is an ASan
+ * report. `out` is malloc'd at its exact size.
  *
  * Invariants: `out` is NUL-terminated inside out_size on success and "" on failure (out_size 0: untouched);
  * a missing element is a failure; the decoded text is never longer than the element's raw text; text without

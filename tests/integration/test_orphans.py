@@ -1,4 +1,4 @@
-"""The reconciler's sweep of orphan objects under incoming/ (control-plane/reconcile.c step 6, issue 3).
+"""The reconciler's sweep of orphan objects under incoming/ (step 6, control-plane/orphans.c; issue 3).
 
 When Redis loses upload records before the flusher wrote them (records.c), clients still hold presigned PUT URLs:
 their objects land at incoming/{upload_id} with no record anywhere. The reconciler lists incoming/ 200 keys a pass
@@ -22,7 +22,7 @@ from helpers_fm import redis_cmd, redis_url, wait_for
 from helpers_uploads import dedicated, key_of, random_bytes
 ORPHANS_DB = 1  # this suite's Redis database: its own records, cursor and pass schedule
 EXPIRY_S = 60   # FM_UPLOAD_EXPIRY_S's minimum (common/config.c)
-PAGE = 200      # keys a pass lists (reconcile.c ORPHAN_PAGE)
+PAGE = 200      # keys a pass lists (orphans.c ORPHAN_PAGE)
 
 
 @pytest.fixture(scope="module")
