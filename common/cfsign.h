@@ -8,7 +8,8 @@
  * botocore signs for the same inputs and works against real CloudFront. RSA signatures are PKCS#1 v1.5, ECDSA
  * P-256 signatures DER; the hash is SHA-1 unless the URL carries Hash-Algorithm=SHA256. Signatures and policies
  * use CloudFront's base64 ('+' -> '-', '=' -> '_', '/' -> '~', padding kept).
- * tests/unit/common/test_cfsign.c checks this file against botocore, `cryptography` and AWS's published example.
+ * tests/unit/common/test_cfsign.c and test_cfverify.c check this module against botocore, `cryptography` and
+ * AWS's published example.
  *
  * What is signed (docs/downloads.md): the canned policy's Resource is the URL as requested with the CloudFront
  * parameters (Expires, Policy, Signature, Key-Pair-Id, Hash-Algorithm) removed and every other query parameter

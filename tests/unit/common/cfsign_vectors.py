@@ -1,5 +1,6 @@
 #!/usr/bin/python3
-"""Independent CloudFront signed-URL vectors for tests/unit/common/test_cfsign.c: botocore + cryptography.
+"""Independent CloudFront signed-URL vectors for tests/unit/common/test_cfsign.c and test_cfverify.c: botocore +
+cryptography.
 
 Run by the C test through popen with Debian's /usr/bin/python3 (python3-botocore, python3-cryptography). A missing
 module raises ImportError, exits non-zero, and the C test fails: it never skips.

@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-"""Independent JWT vectors for tests/unit/common/test_jwt.c, made with PyJWT + cryptography.
+"""Independent JWT vectors for tests/unit/common/test_jwt.c and test_jwt_memo.c (via jwt_test_keys.h), made with
+PyJWT + cryptography.
 
-Run by the C test through popen with Debian's /usr/bin/python3 (the pyenv python3 on PATH cannot import
+Run by the C tests through popen with Debian's /usr/bin/python3 (the pyenv python3 on PATH cannot import
 python3-jwt). A missing module raises ImportError, exits non-zero, and the C test fails: it never skips.
 
   jwt_vectors.py gen NOW OUR_ISS EXT_ISS AUDIENCE SECRET_HEX

@@ -1,42 +1,22 @@
 /*
- * Tests for common/jwt.c and common/b64.c.
+ * Tests for common/jwt.c and common/b64.c: issuing, verification and refusals. The per-thread memo of verified
+ * tokens and the costs are in test_jwt_memo.c.
  *
  * Hand-made tokens cover every refusal reason; PyJWT (an independent implementation, via jwt_vectors.py run
  * with Debian's /usr/bin/python3) signs RS256/ES256/HS256 tokens we must accept or refuse, and decodes a token
  * we issued. If PyJWT is missing the PyJWT tests fail; they never skip.
  */
-#include <setjmp.h>
-#include <stdarg.h>
-#include <stddef.h>
-#include <stdint.h>
-#include <cmocka.h>
+#include "jwt_test_keys.h"
 
-#include "b64.h"
-#include "jwt.h"
-
-#include <cjson/cJSON.h>
-#include <limits.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/pem.h>
 #include <pthread.h>
 #include <stdbool.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
 
-#define NOW INT64_C(1700000000)
-#define TOKEN_BUF (FM_JWT_MAX_TOKEN_LEN * 2)
-#define OUR_ISS "https://files.example/auth"
-#define EXT_ISS "https://idp.example"
-#define AUDIENCE "files-manager-api"
 #define HEADER_HS256 "{\"alg\":\"HS256\",\"typ\":\"JWT\"}"
 /* Our claims without times; `extra` (a format fragment) appends members. */
 #define OUR_CLAIMS(extra) "{\"iss\":\"" OUR_ISS "\",\"sub\":\"42\",\"sid\":\"s1\",\"role\":\"member\"" extra "}"
-
-static const char secret[] = "0123456789abcdef0123456789abcdef-secret!"; /* 40 bytes */
-#define SECRET_LEN (sizeof secret - 1)
 
 /* ---- helpers ------------------------------------------------------------------------------------------- */
 
@@ -61,23 +41,6 @@ static void sign_hs256_key(char *out, size_t size, const char *header, const cha
 static void sign_hs256(char *out, size_t size, const char *header, const char *payload)
 {
     sign_hs256_key(out, size, header, payload, secret, SECRET_LEN);
-}
-
-static fm_jwt_verifier_t *make_verifier(fm_jwt_alg_t external_alg, const char *pem)
-{
-    fm_jwt_verifier_config_t config = {
-        .hs256_secret = (const uint8_t *)secret,
-        .hs256_secret_len = SECRET_LEN,
-        .issuer = OUR_ISS,
-    };
-    if (pem != NULL) {
-        config.external_issuer = EXT_ISS;
-        config.external_alg = external_alg;
-        config.external_public_pem = pem;
-        config.external_public_pem_len = strlen(pem);
-        config.external_audience = AUDIENCE;
-    }
-    return fm_jwt_verifier_new(&config);
 }
 
 /* Verifies and checks the reason; a refused token must leave no claims behind. */
@@ -116,124 +79,6 @@ __attribute__((format(printf, 4, 5))) static void expect_ours(const fm_jwt_verif
     va_end(args);
     sign_hs256(token, sizeof token, HEADER_HS256, payload);
     expect_error(verifier, token, NOW, expected, what);
-}
-
-/* ---- PyJWT ---------------------------------------------------------------------------------------------- */
-
-static void script_path(char *out, size_t size)
-{
-    const char *source_dir = getenv("FM_SOURCE_DIR");
-    if (source_dir != NULL && *source_dir != '\0') {
-        snprintf(out, size, "%s/tests/unit/common/jwt_vectors.py", source_dir);
-    } else {
-        /* Run by hand outside ctest: CMake compiles with absolute paths, so __FILE__ locates the script. */
-        snprintf(out, size, "%s", __FILE__);
-        char *slash = strrchr(out, '/');
-        assert_non_null(slash);
-        snprintf(slash + 1, size - (size_t)(slash + 1 - out), "jwt_vectors.py");
-    }
-    assert_null(strchr(out, '\''));
-}
-
-/* Runs jwt_vectors.py with `args` (already shell-safe) and returns its stdout; any failure fails the test. */
-static char *run_vectors_script(const char *args)
-{
-    char path[PATH_MAX], command[TOKEN_BUF + PATH_MAX + 256];
-    script_path(path, sizeof path);
-    /* -I: ignore PYTHONPATH/PYTHONHOME that a pyenv shell may export and that would break Debian's python. */
-    snprintf(command, sizeof command, "/usr/bin/python3 -I '%s' %s", path, args);
-    FILE *pipe = popen(command, "r");
-    if (pipe == NULL)
-        fail_msg("cannot start /usr/bin/python3");
-    /* Vectors are ~30 KiB; a fixed 1 MiB buffer that fills up means something is wrong anyway. */
-    const size_t cap = 1 << 20;
-    char *output = malloc(cap);
-    assert_non_null(output);
-    size_t len = fread(output, 1, cap - 1, pipe);
-    assert_true(len < cap - 1);
-    output[len] = '\0';
-    int status = pclose(pipe);
-    if (status != 0) {
-        free(output);
-        fail_msg("jwt_vectors.py failed (status %d); PyJWT and cryptography are required for /usr/bin/python3 "
-                 "(python3-jwt, python3-cryptography): %s",
-                 status, command);
-    }
-    return output;
-}
-
-static struct {
-    int64_t now;
-    char *rs_pem;
-    char *es_pem;
-    cJSON *cases; /* array of case objects */
-    fm_jwt_verifier_t *rs;
-    fm_jwt_verifier_t *es;
-} vectors;
-
-static void load_vectors(void)
-{
-    if (vectors.cases != NULL)
-        return;
-    char secret_hex[2 * SECRET_LEN + 1], args[512];
-    assert_int_equal(fm_hex_encode(secret, SECRET_LEN, secret_hex, sizeof secret_hex), 0);
-    vectors.now = (int64_t)time(NULL);
-    snprintf(args, sizeof args, "gen %lld '%s' '%s' '%s' %s", (long long)vectors.now, OUR_ISS, EXT_ISS, AUDIENCE,
-             secret_hex);
-    char *output = run_vectors_script(args);
-    vectors.cases = cJSON_CreateArray();
-    assert_non_null(vectors.cases);
-    for (char *line = strtok(output, "\n"); line != NULL; line = strtok(NULL, "\n")) {
-        cJSON *item = cJSON_Parse(line);
-        if (item == NULL)
-            fail_msg("unparsable line from jwt_vectors.py: %.80s", line);
-        const char *type = cJSON_GetStringValue(cJSON_GetObjectItem(item, "type"));
-        assert_non_null(type);
-        if (strcmp(type, "key") == 0) {
-            const char *name = cJSON_GetStringValue(cJSON_GetObjectItem(item, "name"));
-            const char *pem = cJSON_GetStringValue(cJSON_GetObjectItem(item, "pem"));
-            assert_non_null(name);
-            assert_non_null(pem);
-            if (strcmp(name, "rs256") == 0)
-                vectors.rs_pem = strdup(pem);
-            else if (strcmp(name, "es256") == 0)
-                vectors.es_pem = strdup(pem);
-            cJSON_Delete(item);
-        } else {
-            cJSON_AddItemToArray(vectors.cases, item);
-        }
-    }
-    free(output);
-    assert_non_null(vectors.rs_pem);
-    assert_non_null(vectors.es_pem);
-    assert_true(cJSON_GetArraySize(vectors.cases) >= 30);
-    vectors.rs = make_verifier(FM_JWT_ALG_RS256, vectors.rs_pem);
-    vectors.es = make_verifier(FM_JWT_ALG_ES256, vectors.es_pem);
-    assert_non_null(vectors.rs);
-    assert_non_null(vectors.es);
-}
-
-static const char *case_token(const char *name)
-{
-    const cJSON *item;
-    cJSON_ArrayForEach(item, vectors.cases)
-    {
-        if (strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(item, "name")), name) == 0)
-            return cJSON_GetStringValue(cJSON_GetObjectItem(item, "token"));
-    }
-    fail_msg("no vector named %s", name);
-    return NULL;
-}
-
-static int teardown_group(void **state)
-{
-    cJSON_Delete(vectors.cases);
-    free(vectors.rs_pem);
-    free(vectors.es_pem);
-    fm_jwt_verifier_free(vectors.rs);
-    fm_jwt_verifier_free(vectors.es);
-    memset(&vectors, 0, sizeof vectors);
-    return 0;
 }
 
 /* ---- b64 ---------------------------------------------------------------------------------------------------- */
@@ -824,12 +669,12 @@ static void test_pyjwt_decodes_our_token(void **state)
     /* The same script must refuse the token under another secret, or this test could not fail. */
     snprintf(args, sizeof args, "decode '%s' %s '%s' 2>/dev/null", token, "00", OUR_ISS);
     char path[PATH_MAX], command[sizeof args + PATH_MAX + 64];
-    script_path(path, sizeof path);
+    test_script_path("jwt_vectors.py", path, sizeof path);
     snprintf(command, sizeof command, "/usr/bin/python3 -I '%s' %s >/dev/null", path, args);
     assert_int_not_equal(system(command), 0);
 }
 
-/* ---- sharing and cost ------------------------------------------------------------------------------------------ */
+/* ---- sharing --------------------------------------------------------------------------------------------------- */
 
 typedef struct {
     const fm_jwt_verifier_t *verifier;
@@ -870,147 +715,6 @@ static void test_verifier_shared_by_threads(void **state)
     }
 }
 
-static double seconds_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-/* ---- memo of verified tokens ------------------------------------------------------------------------------ */
-
-static void memo_expect(const fm_jwt_verifier_t *verifier, fm_jwt_memo_t *memo, const char *token, int64_t now,
-                        fm_jwt_error_t expected, const char *what)
-{
-    fm_jwt_claims_t claims, plain;
-    memset(&claims, 0x5a, sizeof claims);
-    int rc = fm_jwt_verify_memo(verifier, memo, token, strlen(token), now, &claims);
-    if (claims.error != expected)
-        fail_msg("%s: got %s, want %s", what, fm_jwt_error_code(claims.error), fm_jwt_error_code(expected));
-    assert_int_equal(rc, expected == FM_JWT_OK ? 0 : -1);
-    /* Whatever the memo answers, fm_jwt_verify answers the same, claims included. */
-    assert_int_equal(fm_jwt_verify(verifier, token, strlen(token), now, &plain), rc);
-    assert_memory_equal(&plain, &claims, sizeof claims);
-}
-
-static void expect_stats(const fm_jwt_memo_t *memo, uint64_t want_hits, uint64_t want_misses)
-{
-    uint64_t hits, misses;
-    fm_jwt_memo_stats(memo, &hits, &misses);
-    assert_int_equal(hits, want_hits);
-    assert_int_equal(misses, want_misses);
-}
-
-static void test_memo(void **state)
-{
-    fm_jwt_verifier_t *verifier = make_verifier(0, NULL);
-    fm_jwt_memo_t *memo = fm_jwt_memo_new();
-    assert_non_null(verifier);
-    assert_non_null(memo);
-    fm_jwt_issue_t issue = {OUR_ISS, "1234", "sess-abc", FM_JWT_ROLE_MEMBER, NOW, 900, NULL};
-    char token[FM_JWT_ISSUE_BUF_SIZE];
-    assert_int_equal(fm_jwt_issue_hs256((const uint8_t *)secret, SECRET_LEN, &issue, token, sizeof token), 0);
-
-    memo_expect(verifier, memo, token, NOW, FM_JWT_OK, "first use");
-    expect_stats(memo, 0, 1);
-    memo_expect(verifier, memo, token, NOW + 1, FM_JWT_OK, "second use");
-    expect_stats(memo, 1, 1);
-    /* A remembered token is still held to its times. */
-    memo_expect(verifier, memo, token, NOW + 900 + FM_JWT_LEEWAY_SECONDS, FM_JWT_ERR_EXPIRED, "expired, remembered");
-    memo_expect(verifier, memo, token, NOW - FM_JWT_LEEWAY_SECONDS - 1, FM_JWT_ERR_NOT_YET_VALID, "before nbf");
-    expect_stats(memo, 3, 1);
-
-    /* The same length with one byte changed (the signature's last character) is not the remembered token. */
-    char tampered[FM_JWT_ISSUE_BUF_SIZE];
-    strcpy(tampered, token);
-    size_t len = strlen(tampered);
-    tampered[len - 2] = tampered[len - 2] == 'A' ? 'B' : 'A';
-    memo_expect(verifier, memo, tampered, NOW, FM_JWT_ERR_BAD_SIGNATURE, "tampered signature");
-    memo_expect(verifier, memo, tampered, NOW, FM_JWT_ERR_BAD_SIGNATURE, "tampered again (refusals not kept)");
-    expect_stats(memo, 3, 3);
-    /* A prefix of it is neither. */
-    char prefix[FM_JWT_ISSUE_BUF_SIZE];
-    memcpy(prefix, token, len - 1);
-    prefix[len - 1] = '\0';
-    memo_expect(verifier, memo, prefix, NOW, FM_JWT_ERR_BAD_SIGNATURE, "prefix");
-
-    /* Another verifier (another secret) does not inherit what the first one accepted. */
-    static const char other_secret[] = "another-secret-of-at-least-32-bytes-long!!";
-    fm_jwt_verifier_config_t other_config = {
-        .hs256_secret = (const uint8_t *)other_secret, .hs256_secret_len = sizeof other_secret - 1, .issuer = OUR_ISS};
-    fm_jwt_verifier_t *other = fm_jwt_verifier_new(&other_config);
-    assert_non_null(other);
-    memo_expect(other, memo, token, NOW, FM_JWT_ERR_BAD_SIGNATURE, "other verifier");
-    memo_expect(verifier, memo, token, NOW, FM_JWT_OK, "first verifier again");
-    expect_stats(memo, 3, 6);
-
-    /* Many tokens through 64 slots: each answers its own claims, whatever it evicted. */
-    for (int round = 0; round < 2; round++) {
-        for (int i = 0; i < 300; i++) {
-            char sub[24], many[FM_JWT_ISSUE_BUF_SIZE];
-            snprintf(sub, sizeof sub, "user-%d", i);
-            fm_jwt_issue_t each = {OUR_ISS, sub, "s", FM_JWT_ROLE_VIEWER, NOW, 60, sub};
-            assert_int_equal(fm_jwt_issue_hs256((const uint8_t *)secret, SECRET_LEN, &each, many, sizeof many), 0);
-            fm_jwt_claims_t claims;
-            assert_int_equal(fm_jwt_verify_memo(verifier, memo, many, strlen(many), NOW, &claims), 0);
-            assert_string_equal(claims.sub, sub);
-        }
-    }
-
-    /* A token longer than the memo keeps is verified every time, and still right. */
-    char longest[FM_JWT_CLAIM_MAX + 1];
-    memset(longest, 'x', FM_JWT_CLAIM_MAX);
-    longest[FM_JWT_CLAIM_MAX] = '\0';
-    fm_jwt_issue_t big = {OUR_ISS, longest, longest, FM_JWT_ROLE_ADMIN, NOW, 60, longest};
-    char big_token[FM_JWT_ISSUE_BUF_SIZE];
-    assert_int_equal(fm_jwt_issue_hs256((const uint8_t *)secret, SECRET_LEN, &big, big_token, sizeof big_token), 0);
-    assert_true(strlen(big_token) > 1024);
-    uint64_t hits_before, misses_before, hits, misses;
-    fm_jwt_memo_stats(memo, &hits_before, &misses_before);
-    memo_expect(verifier, memo, big_token, NOW, FM_JWT_OK, "long token");
-    memo_expect(verifier, memo, big_token, NOW, FM_JWT_OK, "long token again");
-    fm_jwt_memo_stats(memo, &hits, &misses);
-    assert_int_equal(hits, hits_before);
-    assert_int_equal(misses, misses_before + 2);
-
-    /* Provider tokens (PyJWT's RS256/ES256) give through the memo what they give without it. */
-    load_vectors();
-    memo_expect(vectors.rs, memo, case_token("rs_ok"), vectors.now, FM_JWT_OK, "PyJWT RS256");
-    memo_expect(vectors.rs, memo, case_token("rs_ok"), vectors.now, FM_JWT_OK, "PyJWT RS256, remembered");
-    memo_expect(vectors.es, memo, case_token("es_ok"), vectors.now, FM_JWT_OK, "PyJWT ES256");
-    memo_expect(vectors.es, memo, case_token("es_ok"), vectors.now, FM_JWT_OK, "PyJWT ES256, remembered");
-
-    fm_jwt_memo_free(memo);
-    fm_jwt_memo_free(NULL);
-    fm_jwt_verifier_free(other);
-    fm_jwt_verifier_free(verifier);
-}
-
-static void test_verify_cost(void **state)
-{
-    load_vectors();
-    static const char *const names[] = {"hs_ok", "rs_ok", "es_ok"};
-    for (size_t n = 0; n < 3; n++) {
-        const char *token = case_token(names[n]);
-        const fm_jwt_verifier_t *verifier = n == 2 ? vectors.es : vectors.rs;
-        const int rounds = 2000;
-        double start = seconds_now();
-        for (int i = 0; i < rounds; i++) {
-            fm_jwt_claims_t claims;
-            assert_int_equal(fm_jwt_verify(verifier, token, strlen(token), vectors.now, &claims), 0);
-        }
-        printf("  verify %s: %.1f us per token\n", names[n], (seconds_now() - start) / rounds * 1e6);
-        fm_jwt_memo_t *memo = fm_jwt_memo_new();
-        start = seconds_now();
-        for (int i = 0; i < rounds; i++) {
-            fm_jwt_claims_t claims;
-            assert_int_equal(fm_jwt_verify_memo(verifier, memo, token, strlen(token), vectors.now, &claims), 0);
-        }
-        printf("  verify %s through a memo: %.2f us per token\n", names[n], (seconds_now() - start) / rounds * 1e6);
-        fm_jwt_memo_free(memo);
-    }
-}
-
 int main(void)
 {
     // clang-format off
@@ -1029,8 +733,6 @@ int main(void)
         cmocka_unit_test(test_pyjwt_tampered),
         cmocka_unit_test(test_pyjwt_decodes_our_token),
         cmocka_unit_test(test_verifier_shared_by_threads),
-        cmocka_unit_test(test_memo),
-        cmocka_unit_test(test_verify_cost),
     };
     // clang-format on
     return cmocka_run_group_tests(tests, NULL, teardown_group);

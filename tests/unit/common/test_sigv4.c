@@ -1,6 +1,7 @@
 /*
  * Tests of common/sigv4.c against the AWS documentation's examples and against botocore (sigv4_vectors.py, run
- * here with Debian's /usr/bin/python3; a missing botocore fails the test). common/s3.c is tested in test_s3.c.
+ * here with Debian's /usr/bin/python3; a missing botocore fails the test). The S3 client is tested in test_s3.c
+ * and test_s3_xml.c.
  */
 #include <setjmp.h>
 #include <stdarg.h>
