@@ -260,14 +260,27 @@ static SSL_CTX *make_ssl_ctx(const char *cert, const char *key)
     return ssl_ctx;
 }
 
+static void stop_signal_set(sigset_t *set)
+{
+    sigemptyset(set);
+    sigaddset(set, SIGTERM);
+    sigaddset(set, SIGINT);
+}
+
+void fm_server_block_stop_signals(void)
+{
+    sigset_t stop_signals;
+    stop_signal_set(&stop_signals);
+    pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+}
+
 int fm_server_run(const fm_server_spec_t *spec)
 {
     sigset_t stop_signals;
     signal(SIGPIPE, SIG_IGN);
-    sigemptyset(&stop_signals);
-    sigaddset(&stop_signals, SIGTERM);
-    sigaddset(&stop_signals, SIGINT);
-    /* Threads inherit the mask, so only sigwait() below sees the stop signals. */
+    stop_signal_set(&stop_signals);
+    /* Threads inherit the mask, so only sigwait() below sees the stop signals (the services block them before their
+     * libraries start threads of their own: fm_server_block_stop_signals). */
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 
     int ports[2] = {spec->http_port, spec->https_port};

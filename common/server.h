@@ -62,6 +62,14 @@ struct fm_thread {
     void *data;
 };
 
+/**
+ * Blocks SIGTERM and SIGINT in the calling thread, and so in every thread it starts afterwards. A service's main()
+ * calls it before any library that starts threads (libvips' workers, …): a stop signal sent before fm_server_run
+ * reaches its sigwait() then waits for it, instead of being delivered to such a thread and killing the process
+ * without a graceful stop.
+ */
+void fm_server_block_stop_signals(void);
+
 /** Runs the service until SIGTERM/SIGINT; returns the process exit status (0 after a graceful stop). */
 int fm_server_run(const fm_server_spec_t *spec);
 

@@ -178,6 +178,7 @@ static void describe_metrics(void)
 static int serve(fm_control_t *app)
 {
     const fm_config_t *cfg = &app->config;
+    fm_server_block_stop_signals(); /* before anything may start a thread */
     if (make_verifier(app) != 0)
         return 2;
     app->argon2 = (fm_password_params_t){(uint32_t)cfg->argon2_m_kib, (uint32_t)cfg->argon2_t, (uint32_t)cfg->argon2_p};

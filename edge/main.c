@@ -212,6 +212,7 @@ int main(int argc, char **argv)
         .secret_key = cfg.s3_secret_key,
         .session_token = cfg.s3_session_token,
     };
+    fm_server_block_stop_signals(); /* before libvips starts its worker threads */
     if (fm_s3_global_init() != 0 || fm_edge_variant_init(argv[0]) != 0 ||
         fm_edge_cache_open(cfg.edge_cache_dir, (uint64_t)cfg.edge_cache_max_bytes, (uint64_t)cfg.edge_memory_bytes,
                            (uint64_t)cfg.edge_memory_object_max) != 0) {

@@ -118,6 +118,8 @@ int main(int argc, char **argv)
     }
     fm_log_init("fm-worker", cfg.log_level);
     signal(SIGPIPE, SIG_IGN); /* hiredis and libpq write to sockets whose peer may be gone */
+
+    fm_server_block_stop_signals(); /* before libvips starts its worker threads */
     if (fm_s3_global_init() != 0 || fm_media_init(argv[0]) != 0) {
         fm_error("worker: cannot initialise libcurl or libvips");
         return 1;

@@ -1,6 +1,9 @@
 """The three binaries as an operator meets them: configuration validated at start, health of fm-edge and fm-worker,
-/metrics, migrations applied once, graceful exit."""
+/metrics, migrations applied once, graceful exit (also when the stop signal comes during the start)."""
+import signal
 import subprocess
+import time
+from pathlib import Path
 
 import requests
 
@@ -66,3 +69,44 @@ def test_metrics_count_requests_by_route_and_status(control):
     assert 'fm_http_requests_total{service="fm-control",route="/v1/me",method="GET",status="401"}' in text
     assert 'fm_http_request_duration_seconds_bucket{service="fm-control",route="/v1/me",le="+Inf"}' in text
     assert "fm_pg_pool_connected{" in text and "fm_redis_pool_connected{" in text
+
+
+def vips_threads(pid):
+    """Names of the process's threads that libvips started (its workers exist from vips_init on)."""
+    names = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            names.append((task / "comm").read_text().strip())
+        except OSError:
+            pass
+    return [n for n in names if n.startswith("libvips")]
+
+
+def test_a_stop_signal_during_start_is_a_graceful_stop(controls, log_dir):
+    """SIGTERM while fm-edge is still starting (its threads wait up to 1 s for an unreachable Redis) is taken by the
+    server's sigwait() once it gets there -- not by one of libvips' worker threads, which would have killed the process
+    without a graceful stop (common/server.h fm_server_block_stop_signals)."""
+    env = controls.env()
+    env.update(sanitizer_env())
+    port = free_ports(1)[0]
+    env.update({"FM_EDGE_HTTP_PORT": str(port), "FM_EDGE_HTTPS_PORT": "0", "FM_REDIS_URL": "redis://127.0.0.1:1/0"})
+    log_path = Path(log_dir) / f"fm-edge-start-stop-{port}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([str(BUILD_DIR / "fm-edge")], env=env, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not vips_threads(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert vips_threads(proc.pid), "libvips started no worker thread: the test would prove nothing"
+        text = log_path.read_text(errors="replace")
+        assert "listening" not in text, "fm-edge was already up: the signal would not fall in its start"
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text(errors="replace")
+    assert rc == 0, f"fm-edge exited with {rc} on SIGTERM during its start:\n{text[-3000:]}"
+    assert "signal 15, stopping gracefully" in text and "fm-edge stopped" in text, text[-3000:]
