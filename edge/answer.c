@@ -271,6 +271,9 @@ static void reset_headers(fm_req_t *r)
     r->req->res.headers = (h2o_headers_t){NULL};
 }
 
+/* The generator of an answer sent in one final h2o_send (or none): nothing to proceed or stop. */
+static h2o_generator_t one_send = {NULL, NULL};
+
 /*
  * The status and headers of an answer about `meta` (a cached object, or one a fill is still writing): conditional
  * GET, Content-Disposition, one byte range, the access event (`outcome`). Returns 1 with the body's part to send in
@@ -288,8 +291,8 @@ int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-request-id"), 0, NULL, r->request_id,
                           strlen(r->request_id));
     if (meta->etag[0] != '\0')
-        fm_edge_add_header(req, H2O_TOKEN_ETAG, h2o_strdup(&req->pool, meta->etag, SIZE_MAX).base);
-    fm_edge_add_header(req, H2O_TOKEN_LAST_MODIFIED, h2o_strdup(&req->pool, last_modified, SIZE_MAX).base);
+        fm_edge_add_header(req, H2O_TOKEN_ETAG, meta->etag); /* fm_edge_add_header copies into the pool */
+    fm_edge_add_header(req, H2O_TOKEN_LAST_MODIFIED, last_modified);
     add_cache_control(r);
 
     char peer[64];
@@ -331,10 +334,9 @@ int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *
     }
     h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-content-type-options"), 0, NULL,
                           H2O_STRLIT("nosniff"));
-    fm_edge_add_header(req, H2O_TOKEN_ACCEPT_RANGES, "bytes");
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCEPT_RANGES, NULL, H2O_STRLIT("bytes"));
     fm_edge_add_header(req, H2O_TOKEN_CONTENT_TYPE,
-                       meta->content_type[0] ? h2o_strdup(&req->pool, meta->content_type, SIZE_MAX).base
-                                             : "application/octet-stream");
+                       meta->content_type[0] ? meta->content_type : "application/octet-stream");
 
     uint64_t last = meta->size ? meta->size - 1 : 0;
     *first = 0;
@@ -377,8 +379,7 @@ int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *
     int is_head = h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD"));
     fm_edge_event(meta->key, outcome, status, is_head ? 0 : *length, peer);
     if (is_head || *length == 0) {
-        static h2o_generator_t empty = {NULL, NULL};
-        h2o_start_response(req, &empty);
+        h2o_start_response(req, &one_send);
         h2o_send(req, NULL, 0, H2O_SEND_STATE_FINAL);
         return 0;
     }
@@ -425,9 +426,8 @@ static void serve_blob(fm_req_t *r, fm_edge_blob_t *blob, const fm_edge_meta_t *
     uint64_t first, length;
     if (!fm_edge_answer_headers(r, meta, outcome, &first, &length))
         return;
-    static h2o_generator_t whole = {NULL, NULL}; /* one final send: nothing to proceed or stop */
     h2o_iovec_t vec = h2o_iovec_init(fm_edge_blob_bytes(blob) + first, (size_t)length);
-    h2o_start_response(req, &whole);
+    h2o_start_response(req, &one_send);
     h2o_send(req, &vec, 1, H2O_SEND_STATE_FINAL);
 }
 

@@ -430,8 +430,6 @@ void fm_edge_cache_close(void)
 
 int fm_edge_cache_hit(const char *hex, fm_edge_meta_t *meta, int *fd, fm_edge_blob_t **blob)
 {
-    char path[640];
-    fm_edge_cache_path(hex, ".data", path, sizeof(path));
     *fd = -1;
     if (blob != NULL)
         *blob = NULL;
@@ -452,7 +450,10 @@ int fm_edge_cache_hit(const char *hex, fm_edge_meta_t *meta, int *fd, fm_edge_bl
         pthread_mutex_unlock(&lock);
         return 1;
     }
-    /* Opened under the lock so a concurrent eviction cannot slip between lookup and open. */
+    /* Opened under the lock so a concurrent eviction cannot slip between lookup and open (a memory hit, above,
+     * needs no file name: it is made only here). */
+    char path[640];
+    fm_edge_cache_path(hex, ".data", path, sizeof(path));
     *fd = open(path, O_RDONLY | O_CLOEXEC);
     if (e->hits < 2)
         e->hits++;
