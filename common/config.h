@@ -74,6 +74,7 @@ typedef struct fm_config {
     int64_t edge_max_dimension;    /* w/h bound of on-the-fly image variants */
     int64_t edge_max_input_pixels; /* largest source image a variant is rendered from */
     int64_t edge_events;           /* 1 = access events into the Redis Stream below */
+    int64_t edge_public_max_age_s; /* Cache-Control max-age of /p/ answers */
     char edge_events_stream[128];
     int64_t worker_health_port;
     /* worker (lambda-workers/, docs/workers.md) */
@@ -83,6 +84,7 @@ typedef struct fm_config {
     char worker_tmp_dir[512];
     int64_t job_max_attempts, job_backoff_base_ms, job_visibility_ms;
     int64_t max_image_pixels, text_max_bytes, thumb_px, preview_px;
+    int64_t s3_copy_part_bytes; /* stage.c/process.c: largest single server-side copy, parts above */
     int64_t cleanup_interval_s, blob_grace_s; /* cleanup.c: unreferenced blobs */
     char edge_purge_urls[2048];               /* purge.c: base URLs of the edges, comma-separated */
 } fm_config_t;

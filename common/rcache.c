@@ -12,7 +12,7 @@ typedef struct {
     uint64_t hash;
     uint64_t flush; /* the cache's flush count when stored: an older one is empty */
     uint64_t stored_ns;
-    char *key, *value; /* one allocation: key\0value\0 */
+    char *key, *value; /* one allocation: key\0value\0; value NULL: the key does not exist (fm_rcache_keep_absent) */
     size_t key_len, value_len;
 } slot_t;
 
@@ -23,6 +23,7 @@ struct fm_rcache {
     uint64_t max_age_ns;
     uint64_t flush;   /* increased by "anything may have changed": every slot is empty at once */
     uint64_t forgets; /* fm_rcache_forget calls: a GET sent before one is not kept */
+    int keep_absent;  /* a GET answered nil is kept too, as "no such key" */
 };
 
 typedef struct {
@@ -108,6 +109,7 @@ int fm_rcache_get(fm_rcache_t *c, const char *key, const char **value, size_t *l
     return 1;
 }
 
+/* Keeps `value` (NULL: the key does not exist) for `key`. */
 static void store(fm_rcache_t *c, const char *key, size_t key_len, const char *value, size_t value_len)
 {
     uint64_t hash = fm_fnv1a(key, key_len, 0);
@@ -118,10 +120,11 @@ static void store(fm_rcache_t *c, const char *key, size_t key_len, const char *v
     slot_clear(s);
     memcpy(buf, key, key_len);
     buf[key_len] = '\0';
-    memcpy(buf + key_len + 1, value, value_len);
+    if (value != NULL)
+        memcpy(buf + key_len + 1, value, value_len);
     buf[key_len + 1 + value_len] = '\0';
     *s = (slot_t){.hash = hash, .flush = c->flush, .stored_ns = fm_now_ns(), .key = buf, .key_len = key_len,
-                  .value = buf + key_len + 1, .value_len = value_len};
+                  .value = value != NULL ? buf + key_len + 1 : NULL, .value_len = value_len};
 }
 
 static void on_fetched(redisReply *reply, const char *errstr, void *data)
@@ -131,9 +134,11 @@ static void on_fetched(redisReply *reply, const char *errstr, void *data)
     uint64_t epoch;
     /* Kept only if no report arrived since the GET left on a tracked connection (a report may concern this very
      * key, changed after Redis answered; after this point Redis reports its changes). */
-    if (reply != NULL && reply->type == REDIS_REPLY_STRING && reply->len <= c->value_max && f->tracked &&
-        fm_redis_tracked(c->redis, &epoch) && epoch == f->epoch && c->forgets == f->forgets)
-        store(c, f->key, f->key_len, reply->str, reply->len);
+    int keep = reply != NULL && ((reply->type == REDIS_REPLY_STRING && reply->len <= c->value_max) ||
+                                 (reply->type == REDIS_REPLY_NIL && c->keep_absent));
+    if (keep && f->tracked && fm_redis_tracked(c->redis, &epoch) && epoch == f->epoch && c->forgets == f->forgets)
+        store(c, f->key, f->key_len, reply->type == REDIS_REPLY_STRING ? reply->str : NULL,
+              reply->type == REDIS_REPLY_STRING ? reply->len : 0);
     f->cb(reply, errstr, f->data);
     free(f);
 }
@@ -155,6 +160,11 @@ int fm_rcache_fetch(fm_rcache_t *c, const char *key, fm_redis_cb cb, void *data)
         return -1;
     }
     return 0;
+}
+
+void fm_rcache_keep_absent(fm_rcache_t *c)
+{
+    c->keep_absent = 1;
 }
 
 void fm_rcache_forget(fm_rcache_t *c, const char *key)

@@ -27,9 +27,17 @@ fm_rcache_t *fm_rcache_create(h2o_loop_t *loop, const char *host, int port, cons
 
 /**
  * The value of `key` if it is cached and still true: returns 1 and sets *value and *len (borrowed until the next call
- * on this cache), or 0. Takes in the change reports already received first.
+ * on this cache; *value NULL for a key kept as absent, see fm_rcache_keep_absent), or 0. Takes in the change reports
+ * already received first.
  */
 int fm_rcache_get(fm_rcache_t *c, const char *key, const char **value, size_t *len);
+
+/**
+ * Makes the cache keep "no such key" too: a GET answered nil is kept (Redis tracks a key read while absent as well,
+ * and reports its creation), and fm_rcache_get then answers 1 with *value NULL and *len 0 for it. For a reader whose
+ * common answer is absence (fm-edge's revocation marks). Call once, before the first fetch.
+ */
+void fm_rcache_keep_absent(fm_rcache_t *c);
 
 /**
  * GET `key` from Redis through the cache's tracking pool and call `cb` as fm_redis_command would; a string reply is

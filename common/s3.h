@@ -152,13 +152,37 @@ typedef int (*fm_s3_headers_fn)(void *ud, const fm_s3_result_t *head);
 int fm_s3_get_object_announced(fm_s3_t *s3, const char *key, fm_s3_headers_fn headers, fm_s3_write_fn write, void *ud,
                                fm_s3_result_t *res);
 
+/** S3's largest CopyObject source, and its largest part (5 GiB): above it a copy is made of UploadPartCopy parts. */
+#define FM_S3_COPY_MAX (5ll * 1024 * 1024 * 1024)
+
+/** S3's smallest part but the last (5 MiB), also for UploadPartCopy. */
+#define FM_S3_PART_MIN (5ll * 1024 * 1024)
+
+/** How fm_s3_copy() copies. Zeroed = CopyObject keeping the source's type, for sources up to FM_S3_COPY_MAX. */
+typedef struct fm_s3_copy_opts {
+    /** NULL: the copy keeps the source's Content-Type and metadata; else it gets this type (metadata REPLACE). */
+    const char *content_type;
+    /** The source's size when the caller knows it (a HEAD just made), else -1 or 0: a HEAD finds it. */
+    long long size;
+    /** Largest source copied by one CopyObject, and the size of each UploadPartCopy part above it; 0 = FM_S3_COPY_MAX.
+     *  Clamped to [FM_S3_PART_MIN, FM_S3_COPY_MAX], and raised so that no copy needs more than FM_S3_MAX_PARTS parts. */
+    long long part_bytes;
+} fm_s3_copy_opts_t;
+
 /**
- * CopyObject (PUT with x-amz-copy-source) inside the client's bucket: `dst_key` gets the content, type and metadata
- * of `src_key`, which stays (delete it to move). Objects over 5 GiB need UploadPartCopy, which is not offered.
- * On 0, res->etag is the copy's ETag from the answer's <CopyObjectResult>, quoted as HEAD reports it (Ceph RGW
- * sends it bare). -1 with "NoSuchKey" if `src_key` is absent, or with S3's code when the 200 answer carries an
- * <Error> document (the copy failed after it began); a 200 without a result document is "InvalidResponse".
+ * Server-side copy inside the client's bucket: `dst_key` gets the bytes of `src_key`, which stays (delete it to move).
+ * Up to opts->part_bytes one CopyObject (PUT with x-amz-copy-source); above it a multipart upload of UploadPartCopy
+ * parts (x-amz-copy-source-range), completed in order, aborted if any part fails. `opts` may be NULL (defaults).
+ * On 0, res->etag is the copy's ETag (quoted as HEAD reports it; Ceph RGW sends it bare in the documents; after a
+ * multipart copy it may be empty, as RGW's CompleteMultipartUpload answer is) and res->content_length the bytes
+ * copied when known (else -1). -1 with "NoSuchKey" if `src_key` is absent, or with S3's code when a 200 answer
+ * carries an <Error> document (the copy failed after it began); a 200 without a result document is
+ * "InvalidResponse".
  */
+int fm_s3_copy(fm_s3_t *s3, const char *src_key, const char *dst_key, const fm_s3_copy_opts_t *opts,
+               fm_s3_result_t *res);
+
+/** fm_s3_copy() with the defaults: the source's type kept, one CopyObject up to 5 GiB, parts above. */
 int fm_s3_copy_object(fm_s3_t *s3, const char *src_key, const char *dst_key, fm_s3_result_t *res);
 
 /**

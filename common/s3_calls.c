@@ -121,7 +121,7 @@ int fm_s3_abort_multipart(fm_s3_t *s3, const char *key, const char *upload_id, f
 
 /* ---- multipart: list parts, complete ----------------------------------------------------------------------- */
 
-static int body_has(const fm_s3_t *s3, const char *text)
+int fm_s3_body_has(const fm_s3_t *s3, const char *text)
 {
     return s3->body != NULL && fm_s3_find_bytes(s3->body, s3->body_len, text, strlen(text)) != NULL;
 }
@@ -149,7 +149,7 @@ int fm_s3_list_parts(fm_s3_t *s3, const char *key, const char *upload_id, fm_s3_
         if (rc != 0)
             break;
         /* A cut page would silently lose the parts after the cut, and IsTruncated with them. */
-        if (s3->body == NULL || s3->body_truncated || !body_has(s3, "</ListPartsResult>")) {
+        if (s3->body == NULL || s3->body_truncated || !fm_s3_body_has(s3, "</ListPartsResult>")) {
             fm_s3_invalid_response(res, "ListParts: the answer is not a whole ListPartsResult");
             break;
         }
@@ -174,9 +174,8 @@ int fm_s3_list_parts(fm_s3_t *s3, const char *key, const char *upload_id, fm_s3_
     return -1;
 }
 
-/* CompleteMultipartUpload and CopyObject answer 200 when S3 starts the work; a failure after it comes as an <Error>
- * body (with whitespace before). Reads it into `res` and returns 1 then. */
-static int failed_after_ok(fm_s3_t *s3, fm_s3_result_t *res)
+/* A failure after a 200 comes as an <Error> body with whitespace before it (s3_internal.h). */
+int fm_s3_failed_after_ok(fm_s3_t *s3, fm_s3_result_t *res)
 {
     const char *inner;
     size_t inner_len, offset = 0;
@@ -204,9 +203,9 @@ int fm_s3_complete_multipart(fm_s3_t *s3, const char *key, const char *upload_id
     free(body);
     if (rc != 0)
         return -1;
-    if (failed_after_ok(s3, res))
+    if (fm_s3_failed_after_ok(s3, res))
         return -1;
-    if (!body_has(s3, "</CompleteMultipartUploadResult>"))
+    if (!fm_s3_body_has(s3, "</CompleteMultipartUploadResult>"))
         return fm_s3_invalid_response(res, "CompleteMultipartUpload answered %ld without a result", res->status);
     /* The header ETag of this answer is not the object's: report the document's (RGW's may be empty). */
     res->etag[0] = '\0';
@@ -254,7 +253,7 @@ int fm_s3_list_objects(fm_s3_t *s3, const char *prefix, const char *start_after,
     return fm_s3_list_objects_parse(s3->body, s3->body_len, prefix, start_after, objects, max, count, truncated, res);
 }
 
-/* ---- streamed GET, copy ------------------------------------------------------------------------------------ */
+/* ---- streamed GET ------------------------------------------------------------------------------------ */
 
 int fm_s3_get_object_announced(fm_s3_t *s3, const char *key, fm_s3_headers_fn headers, fm_s3_write_fn write, void *ud,
                                fm_s3_result_t *res)
@@ -278,54 +277,3 @@ int fm_s3_get_object(fm_s3_t *s3, const char *key, fm_s3_write_fn write, void *u
     return fm_s3_get_object_announced(s3, key, NULL, write, ud, res);
 }
 
-/* x-amz-copy-source: "bucket/key", URL-encoded as S3 requires (RFC 3986 unreserved characters and '/' kept). */
-static char *copy_source(const char *bucket, const char *key)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    size_t bucket_len = strlen(bucket), key_len = strlen(key);
-    char *out = malloc(bucket_len + 1 + key_len * 3 + 1);
-    if (out == NULL)
-        abort();
-    memcpy(out, bucket, bucket_len);
-    char *o = out + bucket_len;
-    *o++ = '/';
-    for (const unsigned char *p = (const unsigned char *)key; *p != '\0'; p++) {
-        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-            strchr("-._~/", *p) != NULL) {
-            *o++ = (char)*p;
-        } else {
-            *o++ = '%';
-            *o++ = hex[*p >> 4];
-            *o++ = hex[*p & 15];
-        }
-    }
-    *o = '\0';
-    return out;
-}
-
-int fm_s3_copy_object(fm_s3_t *s3, const char *src_key, const char *dst_key, fm_s3_result_t *res)
-{
-    if (need_key(src_key, res) != 0 || need_key(dst_key, res) != 0)
-        return -1;
-    char *source = copy_source(s3->bucket_name, src_key);
-    fm_sigv4_header_t headers[1] = {{"x-amz-copy-source", source}};
-    int rc = fm_s3_perform(s3, "PUT", dst_key, NULL, 0, headers, 1, "", 0, res);
-    free(source);
-    if (rc != 0)
-        return -1;
-    if (failed_after_ok(s3, res))
-        return -1;
-    if (!body_has(s3, "</CopyObjectResult>"))
-        return fm_s3_invalid_response(res, "CopyObject answered %ld without a result", res->status);
-    /* The answer's headers describe the answer, not the copy: its ETag is in the document, quoted by AWS and
-     * bare by Ceph RGW. Quote it as HEAD would send it, so the two compare equal. */
-    char etag[sizeof(res->etag) - 2] = "";
-    fm_s3_xml_text(s3->body, s3->body_len, "ETag", etag, sizeof(etag));
-    if (etag[0] != '\0' && etag[0] != '"')
-        snprintf(res->etag, sizeof(res->etag), "\"%s\"", etag);
-    else
-        snprintf(res->etag, sizeof(res->etag), "%s", etag);
-    res->content_type[0] = '\0';
-    res->content_length = -1;
-    return 0;
-}

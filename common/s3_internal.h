@@ -53,6 +53,13 @@ __attribute__((format(printf, 2, 3))) int fm_s3_refuse(fm_s3_result_t *res, cons
 /** A 2xx answer that is not what the call needs: "InvalidResponse" and why; returns -1. */
 __attribute__((format(printf, 2, 3))) int fm_s3_invalid_response(fm_s3_result_t *res, const char *fmt, ...);
 
+/** The last answer's body holds `text`. */
+int fm_s3_body_has(const fm_s3_t *s3, const char *text);
+
+/** CompleteMultipartUpload, CopyObject and UploadPartCopy answer 200 when S3 starts the work; a failure after it comes
+ *  as an <Error> body. Reads it into `res` and returns 1 then, else 0. */
+int fm_s3_failed_after_ok(fm_s3_t *s3, fm_s3_result_t *res);
+
 /* ---- s3_xml.c ---------------------------------------------------------------------------------------------- */
 
 /** The first `needle` in `hay` (both sized, NUL bytes allowed), or NULL. */

@@ -118,19 +118,6 @@ fm_s3_t *fm_offload_s3(void)
     return s3;
 }
 
-int fm_uuid_valid(const char *s, size_t len)
-{
-    if (len != 36)
-        return 0;
-    for (size_t i = 0; i < 36; ++i) {
-        char c = s[i];
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? c != '-' : !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')))
-            return 0;
-    }
-    return 1;
-}
-
 fm_s3_config_t fm_s3_config(long connect_timeout_ms, long timeout_ms)
 {
     const fm_config_t *cfg = &fm_control->config;

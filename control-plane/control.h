@@ -13,6 +13,7 @@
 #include "redis.h"
 #include "s3.h"
 #include "sigv4.h"
+#include "uuid.h"
 
 /** The process: configuration and what every thread reads but never changes after start. Owned by main.c. */
 typedef struct fm_control {
@@ -171,8 +172,8 @@ int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char 
 int fm_download_init(const fm_config_t *cfg);
 void fm_download_free(void);
 
-/** True when s (len bytes) is a UUID in its 8-4-4-4-12 hex form (either case). */
-int fm_uuid_valid(const char *s, size_t len);
+/** Lifetime of a revocation mark fm:revoked:{id} (edge_index.c): the longest a download URL signed now can live. */
+long long fm_revocation_ttl_s(void);
 /** The S3 client settings of this service (FM_S3_*) with the given timeouts. */
 fm_s3_config_t fm_s3_config(long connect_timeout_ms, long timeout_ms);
 

@@ -315,25 +315,29 @@ static void on_file_row(fm_req_t *r, const cJSON *row, void *arg)
     }
     const cJSON *name = cJSON_GetObjectItemCaseSensitive(row, "name");
     const cJSON *visibility = cJSON_GetObjectItemCaseSensitive(row, "visibility");
+    const cJSON *file_id = cJSON_GetObjectItemCaseSensitive(row, "id");
     if (!cJSON_IsString(key) || key->valuestring[0] == '\0' || strlen(key->valuestring) > 1024 ||
-        !cJSON_IsString(name)) {
+        !cJSON_IsString(name) || !cJSON_IsString(file_id) || !fm_uuid_lower_valid(file_id->valuestring, 36)) {
         fm_reply_error(r, 500, "internal", "the file's stored object is unknown");
         return;
     }
 
-    /* The resource: {FM_EDGE_PUBLIC_BASE}/f/{key}?name=…&disposition=…, both parameters inside the signature; a
-     * public file's is {FM_EDGE_PUBLIC_BASE}/p/{key}?… unsigned (fm-edge serves it while the key is in fm:public,
-     * which file_update.c keeps). */
+    /* The resource: {FM_EDGE_PUBLIC_BASE}/f/{key}?file={id}&name=…&disposition=…, every parameter inside the
+     * signature: the key is the blob's (blobs/{sha256}, shared by every file with these bytes, so it tells nothing of
+     * who else holds them), and the file id is what fm-edge checks against revocations (a trashed file's URLs stop
+     * at once, whoever else shares the blob). Never a wildcard policy: one URL, one object. A public file's is
+     * {FM_EDGE_PUBLIC_BASE}/p/{key}?file={id}&… unsigned (fm-edge serves it while "{id}/{key}" is in fm:public, which
+     * file_update.c and file_delete.c keep). */
     int is_public = cJSON_IsString(visibility) && strcmp(visibility->valuestring, "public") == 0;
     char filename[320];
     download_name(name->valuestring, q, filename, sizeof(filename));
-    size_t cap = strlen(public_base) + 3 * strlen(key->valuestring) + 3 * strlen(filename) + 64;
+    size_t cap = strlen(public_base) + 3 * strlen(key->valuestring) + 3 * strlen(filename) + 64 + 42;
     char *resource = malloc(cap), *p = resource;
     if (resource == NULL)
         h2o_fatal("out of memory");
     p += sprintf(p, "%s/%s/", public_base, is_public ? "p" : "f");
     p = percent_encode(p, key->valuestring, 1);
-    p += sprintf(p, "?name=");
+    p += sprintf(p, "?file=%s&name=", file_id->valuestring);
     p = percent_encode(p, filename, 0);
     sprintf(p, "&disposition=%s", q->attachment ? "attachment" : "inline");
 

@@ -4,8 +4,10 @@
  *
  * authorize (bearer token; the owner test is inside the SQL function, so someone else's file is the same 404 as a
  * missing one, as in files.c) → parse (the id) → act (one call of schema/006_trash.sql fm_file_trash or
- * fm_file_restore changes the row and tells what Redis must learn; then, one after the other, SREM/SADD of the
- * blob's keys in fm:public, HDEL/HSET of the hash in the owner's dedupe index fm:dedupe:{owner}, DEL fm:file:{id};
+ * fm_file_restore changes the row and tells what Redis must learn; then, one after the other, SET/DEL of the file's
+ * revocation mark fm:revoked:{id} (fm-edge refuses every URL signed for a trashed file at once, edge_index.c),
+ * SREM/SADD of the file's members in fm:public, HDEL/HSET of the hash in the owner's dedupe index fm:dedupe:{owner},
+ * DEL fm:file:{id};
  * after a delete, the purge_edge job the function made goes on the stream) → answer (204; the restored row as
  * GET /v1/files/{id} answers it).
  *
@@ -23,8 +25,8 @@
 
 /* A blob's keys: its storage_key and a few variants (thumb/preview × webp/jpeg today). */
 #define BLOB_KEYS_MAX 32
-#define REDIS_STEPS_MAX 3
-#define REDIS_WORDS_MAX (REDIS_STEPS_MAX * 3 + BLOB_KEYS_MAX)
+#define REDIS_STEPS_MAX 4
+#define REDIS_WORDS_MAX (REDIS_STEPS_MAX * 5 + BLOB_KEYS_MAX) /* a step has at most 5 words besides the keys */
 
 typedef enum { TRASH_DELETE, TRASH_RESTORE } trash_op_t;
 
@@ -78,7 +80,8 @@ static void step_end(trash_t *t)
     t->step_count++;
 }
 
-/* SADD/SREM fm:public and the keys of the JSON array `keys_json`. Returns -1 if it is not a list of keys. */
+/* SADD/SREM fm:public and the file's members for the keys of the JSON array `keys_json` ("{file_id}/{key}",
+ * edge_index.c). Returns -1 if it is not a list of keys. */
 static int step_public_keys(trash_t *t, const char *command, const char *keys_json)
 {
     cJSON *keys = cJSON_Parse(keys_json);
@@ -91,8 +94,11 @@ static int step_public_keys(trash_t *t, const char *command, const char *keys_js
         step_begin(t);
         step_word(t, command);
         step_word(t, "fm:public");
-        for (cJSON *k = keys->child; k != NULL; k = k->next)
-            step_word(t, k->valuestring);
+        for (cJSON *k = keys->child; k != NULL; k = k->next) {
+            char member[40 + 1024 + 1];
+            snprintf(member, sizeof(member), "%s/%.1024s", t->id, k->valuestring);
+            step_word(t, member);
+        }
         step_end(t);
     }
     cJSON_Delete(keys);
@@ -109,6 +115,23 @@ static void step_dedupe_index(trash_t *t, const char *sha256, const char *size)
     step_word(t, sha256);
     if (size != NULL)
         step_word(t, size);
+    step_end(t);
+}
+
+/* The file's revocation mark: set for as long as a URL signed before the trash can live, or deleted on restore. */
+static void step_revocation(trash_t *t, int revoked)
+{
+    char key[64], ttl[24];
+    snprintf(key, sizeof(key), "fm:revoked:{%s}", t->id);
+    snprintf(ttl, sizeof(ttl), "%lld", fm_revocation_ttl_s());
+    step_begin(t);
+    step_word(t, revoked ? "SET" : "DEL");
+    step_word(t, key);
+    if (revoked) {
+        step_word(t, "1");
+        step_word(t, "EX");
+        step_word(t, ttl);
+    }
     step_end(t);
 }
 
@@ -189,9 +212,10 @@ static int plan_trash(trash_t *t, PGresult *res)
 {
     const char *sha256 = PQgetvalue(res, 0, 1);
     t->answer_status = strcmp(PQgetvalue(res, 0, 0), "trashed") == 0 ? 204 : 404;
+    step_revocation(t, 1);
     if (sha256[0] != '\0') {
-        /* the keys leave fm:public unless a live public file keeps them (file_update.c keeps the set) */
-        if (strcmp(PQgetvalue(res, 0, 3), "t") != 0 && step_public_keys(t, "SREM", PQgetvalue(res, 0, 2)) != 0)
+        /* the file's own members leave fm:public; other files on the blob keep theirs */
+        if (step_public_keys(t, "SREM", PQgetvalue(res, 0, 2)) != 0)
             return -1;
         /* without a live READY file on the blob the owner no longer holds it: uploads.c must not dedupe onto it */
         if (strcmp(PQgetvalue(res, 0, 4), "t") != 0)
@@ -211,6 +235,7 @@ static int plan_restore(trash_t *t, PGresult *res)
         return 0;
     }
     t->answer_status = strcmp(outcome, "restored") == 0 ? 200 : 409;
+    step_revocation(t, 0);
     if (sha256[0] != '\0') {
         if (strcmp(PQgetvalue(res, 0, 3), "t") == 0 && step_public_keys(t, "SADD", PQgetvalue(res, 0, 2)) != 0)
             return -1;

@@ -4,14 +4,13 @@
  *
  * authorize (bearer token; the owner test is inside the SQL statement, so someone else's file is the same 404 as a
  * missing one, as in files.c) → parse (the JSON body into update_t; after the token, so anonymous callers learn
- * nothing) → act (one statement updates the row and tells what fm-edge must learn; then SADD/SREM the blob's keys in
- * fm:public and DEL fm:file:{id}) → answer (the file row, read again through files.c like GET /v1/files/{id}, with
+ * nothing) → act (one statement updates the row and tells what fm-edge must learn; then SADD/SREM the file's members
+ * in fm:public and DEL fm:file:{id}) → answer (the file row, read again through files.c like GET /v1/files/{id}, with
  * its visibility).
  *
- * fm:public holds the object keys fm-edge may serve without a signature (/p/{key}): a blob's storage_key and its
- * variant keys, while at least one non-deleted public file points at the blob. Two files share a blob after a
- * dedupe, so making one private removes the keys only if no other public file is left; the statement computes
- * that in the same snapshot as the update.
+ * fm:public holds what fm-edge may serve without a signature (/p/{key}?file={id}): "{file_id}/{key}" for the
+ * storage_key and variant keys of the blob of each live, READY, public file (edge_index.c). Members name the file:
+ * files share blobs, and making one private removes its members only, whatever the others are.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,8 +32,7 @@ typedef struct {
 
 /*
  * $1 file id, $2 owner, $3 visibility. `target` locks the row; `changed` updates it unless it would make a file that
- * is not READY public; the answer tells which happened and, from the blob, the keys and whether any public file is
- * left. The main SELECT sees the snapshot from before `changed`, so the file itself counts by its new visibility.
+ * is not READY public; the answer tells which happened and, from the blob, its keys.
  */
 static const char update_sql[] =
     "WITH target AS ("
@@ -45,8 +43,7 @@ static const char update_sql[] =
     "  WHERE f.id = t.id AND ($3 = 'private' OR t.status = 'READY') RETURNING f.id)"
     "SELECT t.status, EXISTS (SELECT 1 FROM changed),"
     " b.storage_key,"
-    " (EXISTS (SELECT 1 FROM changed) AND $3 = 'public') OR EXISTS (SELECT 1 FROM files o"
-    "   WHERE o.blob_sha256 = t.blob_sha256 AND o.id <> t.id AND o.visibility = 'public' AND o.deleted_at IS NULL),"
+    " EXISTS (SELECT 1 FROM changed) AND $3 = 'public',"
     " coalesce((SELECT json_agg(v.value->>'key') FROM jsonb_each(b.variants) k, jsonb_each(k.value) v"
     "   WHERE jsonb_typeof(v.value) = 'object' AND v.value ? 'key'), '[]')::text "
     "FROM target t LEFT JOIN blobs b ON b.sha256 = t.blob_sha256";
@@ -141,21 +138,30 @@ static void on_public_set(redisReply *reply, const char *errstr, void *data)
 static void on_updated(PGresult *res, const char *errstr, void *data);
 static void run_update(fm_req_t *r, void *arg);
 
-/* The keys of the blob (storage_key and variant keys) from the statement's row. Returns how many, or -1. */
-static int blob_keys(PGresult *res, const char **keys, cJSON **variants)
+/* The file's fm:public members ("{file_id}/{key}" for the blob's storage_key and variant keys) from the statement's
+ * row, allocated in the request's pool. Returns how many, or -1. */
+static int public_members(fm_req_t *r, const char *file_id, PGresult *res, const char **members)
 {
+    const char *keys[PUBLIC_KEYS_MAX];
     int count = 0;
     if (!PQgetisnull(res, 0, 2))
         keys[count++] = PQgetvalue(res, 0, 2);
-    *variants = cJSON_Parse(PQgetvalue(res, 0, 4));
-    if (!cJSON_IsArray(*variants))
-        return -1;
-    for (cJSON *v = (*variants)->child; v != NULL; v = v->next) {
+    cJSON *variants = cJSON_Parse(PQgetvalue(res, 0, 4));
+    int ok = cJSON_IsArray(variants);
+    for (cJSON *v = ok ? variants->child : NULL; v != NULL && ok; v = v->next) {
         if (!cJSON_IsString(v) || v->valuestring[0] == '\0' || count == PUBLIC_KEYS_MAX)
-            return -1;
-        keys[count++] = v->valuestring;
+            ok = 0;
+        else
+            keys[count++] = v->valuestring;
     }
-    return count;
+    for (int i = 0; ok && i < count; ++i) {
+        size_t len = strlen(file_id) + 1 + strlen(keys[i]) + 1;
+        char *member = h2o_mem_alloc_pool(&r->req->pool, len);
+        snprintf(member, len, "%s/%s", file_id, keys[i]);
+        members[i] = member;
+    }
+    cJSON_Delete(variants);
+    return ok ? count : -1;
 }
 
 static void on_updated(PGresult *res, const char *errstr, void *data)
@@ -179,22 +185,18 @@ static void on_updated(PGresult *res, const char *errstr, void *data)
     }
 
     const char *argv[2 + PUBLIC_KEYS_MAX] = {NULL, "fm:public"};
-    cJSON *variants = NULL;
-    int count = blob_keys(res, argv + 2, &variants);
+    int count = public_members(r, u->id, res, argv + 2);
     if (count < 0) {
-        cJSON_Delete(variants);
         fm_log(FM_LOG_ERROR, r->request_id, "file %s: its blob's variants are not a list of keys", u->id);
         fm_reply_error(r, 500, "internal_error", "the request could not be completed");
         return;
     }
     if (count == 0) { /* no blob yet (a private file not verified): nothing for the edge */
-        cJSON_Delete(variants);
         forget_row(r);
         return;
     }
     argv[0] = strcmp(PQgetvalue(res, 0, 3), "t") == 0 ? "SADD" : "SREM";
     fm_redis_call(r, on_public_set, 2 + count, argv);
-    cJSON_Delete(variants);
 }
 
 static void run_update(fm_req_t *r, void *arg)

@@ -15,8 +15,8 @@
  *   6. sweeps objects under incoming/ that no upload record names (orphans.c): Redis lost upload records the flusher
  *      had not written yet, and clients PUT with the URLs they held (issue 3);
  * Each step handles at most BATCH rows per round, so one round stays short whatever the backlog.
- * Besides, at start and with each round, it rebuilds the Redis set fm:public (file_update.c) from PostgreSQL when the
- * set is missing (Redis restarted without persistence, or flushed): until then fm-edge answers /p/ with 404.
+ * Besides, at start and with each round, it rebuilds what fm-edge reads from Redis (edge_index.c: the set fm:public and
+ * the revocation marks) from PostgreSQL when Redis lost them.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -371,59 +371,6 @@ static void step_start(reconcile_t *rc)
     }
 }
 
-/* ---- fm:public ---------------------------------------------------------------------------------------------- */
-
-#define PUBLIC_SADD_CHUNK 500
-
-/* Every object key fm-edge may serve unsigned: storage_key and variant keys of blobs with a public, live file. */
-static const char public_keys_sql[] =
-    "SELECT DISTINCT k.key FROM blobs b, LATERAL (SELECT b.storage_key UNION ALL SELECT v.value->>'key'"
-    "  FROM jsonb_each(b.variants) e, jsonb_each(e.value) v WHERE jsonb_typeof(v.value) = 'object') AS k(key) "
-    "WHERE k.key IS NOT NULL AND EXISTS (SELECT 1 FROM files f WHERE f.blob_sha256 = b.sha256"
-    " AND f.visibility = 'public' AND f.deleted_at IS NULL)";
-
-static void on_public_keys(PGresult *res, const char *errstr, void *data)
-{
-    reconcile_t *rc = data;
-    rc->public_running = 0;
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
-        fm_warn("reconcile: reading the public keys failed: %s", res ? PQresultErrorMessage(res) : errstr);
-        return;
-    }
-    int rows = PQntuples(res);
-    const char *argv[2 + PUBLIC_SADD_CHUNK] = {"SADD", "fm:public"};
-    for (int first = 0; first < rows; first += PUBLIC_SADD_CHUNK) {
-        int count = rows - first < PUBLIC_SADD_CHUNK ? rows - first : PUBLIC_SADD_CHUNK;
-        for (int i = 0; i < count; ++i)
-            argv[2 + i] = PQgetvalue(res, first + i, 0);
-        fm_redis_commandargv(ct(rc)->redis, fm_reconcile_ignore_reply, NULL, 2 + count, argv, NULL);
-    }
-    if (rows > 0)
-        fm_info("reconcile: fm:public was missing, rebuilt with %d key(s)", rows);
-}
-
-static void on_public_exists(redisReply *reply, const char *errstr, void *data)
-{
-    reconcile_t *rc = data;
-    if (reply == NULL || reply->type != REDIS_REPLY_INTEGER || reply->integer != 0) {
-        rc->public_running = 0; /* present, or Redis cannot tell: the next round looks again */
-        return;
-    }
-    fm_pg_query(ct(rc)->pg, on_public_keys, rc, public_keys_sql, 0, NULL);
-}
-
-/* A PATCH that lands between the SELECT and the SADD can be undone by it (a key made private comes back until the
- * blob's next PATCH); the window is one round trip after Redis lost the set. */
-static void public_check(reconcile_t *rc)
-{
-    if (rc->public_running || rc->thread->shutting_down)
-        return;
-    rc->public_running = 1;
-    const char *argv[] = {"EXISTS", "fm:public"};
-    if (fm_redis_commandargv(ct(rc)->redis, on_public_exists, rc, 2, argv, NULL) != 0)
-        rc->public_running = 0;
-}
-
 static void on_lock(redisReply *reply, const char *errstr, void *data)
 {
     reconcile_t *rc = data;
@@ -432,7 +379,7 @@ static void on_lock(redisReply *reply, const char *errstr, void *data)
         return;
     }
     fm_jobs_ensure_group(ct(rc)->redis);
-    public_check(rc);
+    fm_edge_index_check(rc);
     rc->step = STEP_JOBS;
     step_start(rc);
 }
@@ -469,7 +416,7 @@ reconcile_t *fm_reconcile_start(fm_thread_t *thread)
     rc->entry.cb = on_tick;
     h2o_timeout_link(thread->ctx.loop, &rc->interval, &rc->entry);
     fm_jobs_ensure_group(ct(rc)->redis);
-    public_check(rc);
+    fm_edge_index_check(rc);
     return rc;
 }
 

@@ -1,6 +1,6 @@
 /*
- * What the reconciler's two files share: reconcile.c (the round, steps 1 to 5 and fm:public) and orphans.c (step 6,
- * the orphan sweep). Private to them; control.h holds the reconciler's face to the rest of fm-control.
+ * What the reconciler's files share: reconcile.c (the round, steps 1 to 5), orphans.c (step 6, the orphan sweep) and
+ * edge_index.c (what fm-edge reads from Redis, rebuilt when lost). Private to them; control.h holds the reconciler's face to the rest of fm-control.
  */
 #ifndef FM_RECONCILE_INTERNAL_H
 #define FM_RECONCILE_INTERNAL_H
@@ -21,7 +21,8 @@ typedef struct reconcile {
     h2o_timeout_entry_t entry;
     int running;
     int offload_pending; /* an S3 call on the offload pool still refers to this */
-    int public_running;  /* a rebuild of fm:public is in flight */
+    int public_running;  /* a rebuild of fm:public is in flight (edge_index.c) */
+    int marks_running;   /* a rebuild of the revocation marks is in flight (edge_index.c) */
     row_t rows[BATCH];
     int row_count, next_row;
     enum { STEP_JOBS, STEP_PROBE, STEP_EXPIRE, STEP_SWEEP, STEP_TRASH, STEP_ORPHANS } step;
@@ -40,6 +41,9 @@ void fm_reconcile_round_end(reconcile_t *rc);
 void fm_reconcile_step_next(reconcile_t *rc);
 /** A Redis callback for commands whose answer does not matter. */
 void fm_reconcile_ignore_reply(redisReply *reply, const char *errstr, void *data);
+
+/** Rebuilds fm:public and the revocation marks from PostgreSQL when Redis lost them (edge_index.c). */
+void fm_edge_index_check(reconcile_t *rc);
 
 /** Step 6's page and state for `rc` (orphans.c), or NULL without memory; owned by rc, freed with free(). */
 struct orphans *fm_orphans_new(reconcile_t *rc);

@@ -136,14 +136,23 @@ void iso8601(long long t, char out[32])
 
 /* ---- presigning ----------------------------------------------------------------------------------------------- */
 
-char *upload_presign(fm_req_t *r, const char *key, const char *content_type, int part_number, const char *s3_upload_id,
-                     long long ttl)
+/* Content-Length is signed (SigV4 canonical headers), so the store refuses a body of any other size with
+ * SignatureDoesNotMatch: the declared size is what S3 accepts (quota and size limits hold), and a later PUT to the same
+ * URL can only bring as many bytes. Content-Type is signed too, so the object's type is the one declared. */
+char *upload_presign(fm_req_t *r, const char *key, const char *content_type, long long content_length,
+                     int part_number, const char *s3_upload_id, long long ttl)
 {
     const fm_config_t *cfg = &fm_control->config;
-    char part[16];
+    char part[16], length[24];
     snprintf(part, sizeof(part), "%d", part_number);
+    snprintf(length, sizeof(length), "%lld", content_length);
     fm_sigv4_param_t params[] = {{"partNumber", part}, {"uploadId", s3_upload_id}};
-    fm_sigv4_header_t headers[] = {{"Content-Type", content_type}};
+    fm_sigv4_header_t headers[2];
+    size_t header_count = 0;
+    if (content_length >= 0)
+        headers[header_count++] = (fm_sigv4_header_t){"Content-Length", length};
+    if (content_type != NULL)
+        headers[header_count++] = (fm_sigv4_header_t){"Content-Type", content_type};
     fm_sigv4_request_t req = {
         .method = "PUT",
         .endpoint = cfg->s3_public_endpoint,
@@ -151,8 +160,8 @@ char *upload_presign(fm_req_t *r, const char *key, const char *content_type, int
         .key = key,
         .params = part_number > 0 ? params : NULL,
         .param_count = part_number > 0 ? 2 : 0,
-        .headers = content_type ? headers : NULL,
-        .header_count = content_type ? 1 : 0,
+        .headers = header_count > 0 ? headers : NULL,
+        .header_count = header_count,
     };
     char *url = NULL;
     if (fm_sigv4_presign(fm_control_thread(r)->signer, &req, (long)ttl, time(NULL), &url) != 0) {
@@ -162,11 +171,20 @@ char *upload_presign(fm_req_t *r, const char *key, const char *content_type, int
     return url;
 }
 
+/* The size of part `number` when the parts are ours to size (the last one holds the rest), else -1 (Uppy's client
+ * sizes its parts: the size is checked as a whole when the upload completes). */
+static long long part_length(const upload_state_t *s, int number)
+{
+    if (s->part_size <= 0 || s->part_count <= 0 || number < 1 || number > s->part_count)
+        return -1;
+    return number < s->part_count ? s->part_size : s->size - (long long)(s->part_count - 1) * s->part_size;
+}
+
 /* Adds {part_number, url} for each number to `array`; returns -1 (after answering 500) if signing failed. */
 static int add_part_urls(fm_req_t *r, upload_state_t *s, cJSON *array, const int *numbers, size_t count, long long ttl)
 {
     for (size_t i = 0; i < count; ++i) {
-        char *url = upload_presign(r, s->key, NULL, numbers[i], s->s3_upload_id, ttl);
+        char *url = upload_presign(r, s->key, NULL, part_length(s, numbers[i]), numbers[i], s->s3_upload_id, ttl);
         if (url == NULL) {
             fm_reply_error(r, 500, "internal_error", "could not sign the part URLs");
             return -1;
@@ -190,7 +208,7 @@ static void answer_created_uppy(fm_req_t *r, upload_state_t *s, long long ttl)
         cJSON_AddStringToObject(body, "key", s->key);
         cJSON_AddStringToObject(body, "uploadId", s->s3_upload_id);
     } else {
-        char *url = upload_presign(r, s->key, s->content_type, 0, NULL, ttl);
+        char *url = upload_presign(r, s->key, s->content_type, s->size, 0, NULL, ttl);
         if (url == NULL) {
             cJSON_Delete(body);
             fm_reply_error(r, 500, "internal_error", "could not sign the upload URL");
@@ -224,7 +242,7 @@ void upload_answer_created(fm_req_t *r, upload_state_t *s)
     cJSON_AddBoolToObject(body, "deduplicated", 0);
     cJSON_AddStringToObject(body, "expires_at", expires);
     if (s->s3_upload_id[0] == '\0') {
-        char *url = upload_presign(r, s->key, s->content_type, 0, NULL, ttl);
+        char *url = upload_presign(r, s->key, s->content_type, s->size, 0, NULL, ttl);
         if (url == NULL) {
             cJSON_Delete(body);
             fm_reply_error(r, 500, "internal_error", "could not sign the upload URL");

@@ -61,9 +61,10 @@ void upload_answer_created(fm_req_t *r, upload_state_t *s);
 /** Creates the upload (S3 multipart first if needed), records it, and answers 201 (or Uppy's shape). */
 void upload_start(fm_req_t *r, upload_state_t *s);
 
-/** A presigned PUT for `key` (a part when part_number > 0) valid `ttl` seconds; NULL (logged) on failure. */
-char *upload_presign(fm_req_t *r, const char *key, const char *content_type, int part_number, const char *s3_upload_id,
-                     long long ttl);
+/** A presigned PUT for `key` (a part when part_number > 0) valid `ttl` seconds, with Content-Type (unless NULL) and
+ *  Content-Length (unless < 0) signed; NULL (logged) on failure. */
+char *upload_presign(fm_req_t *r, const char *key, const char *content_type, long long content_length,
+                     int part_number, const char *s3_upload_id, long long ttl);
 
 /* uploads_complete.c, shared with uppy.c */
 void upload_complete_loaded(fm_req_t *r, upload_state_t *s);

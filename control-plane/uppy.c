@@ -213,7 +213,7 @@ static void sign_part_loaded(fm_req_t *r, upload_state_t *s)
         return;
     }
     long long ttl = fm_control->config.upload_url_ttl_s;
-    char *url = upload_presign(r, s->key, NULL, part, s->s3_upload_id, ttl);
+    char *url = upload_presign(r, s->key, NULL, -1, part, s->s3_upload_id, ttl); /* Uppy sizes its own parts */
     if (url == NULL) {
         fm_reply_error(r, 500, "internal_error", "could not sign the part URL");
         return;

@@ -236,14 +236,16 @@ static int not_modified(fm_req_t *r, const fm_edge_meta_t *meta)
 }
 
 /* Cache-Control: private (a signed URL is one person's), max-age bounded by the URL's own expiry when canned; a public
- * key's answer may be kept by shared caches. */
+ * key's answer may be kept by shared caches, briefly and revalidated after (FM_EDGE_PUBLIC_MAX_AGE_S): making the file
+ * private or trashing it must reach them soon, and a revalidation is a 304 while it stays public. */
 static void add_cache_control(fm_req_t *r)
 {
     long long max_age = fm_edge.cfg->edge_max_age_s;
     h2o_iovec_t path = r->req->path;
     if (is_public_request(r)) {
         char value[64];
-        snprintf(value, sizeof(value), "public, max-age=%lld", max_age);
+        snprintf(value, sizeof(value), "public, max-age=%lld, must-revalidate",
+                 (long long)fm_edge.cfg->edge_public_max_age_s);
         fm_edge_add_header(r->req, H2O_TOKEN_CACHE_CONTROL, value);
         return;
     }

@@ -239,6 +239,28 @@ void fm_edge_serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const c
 /** Answers a hit found by fm_edge_cache_hit: from `blob` (its reference taken) when given, else from `fd` (taken). */
 void fm_edge_serve_hit(fm_req_t *r, int fd, fm_edge_blob_t *blob, const fm_edge_meta_t *meta, const char *outcome);
 
+/* ---- revoke.c ---- */
+
+/** Most ids one URL names (its file, and the share it came through). */
+#define FM_EDGE_REVOKE_IDS_MAX 2
+
+/** What fm_edge_check_revoked found. */
+typedef enum { FM_EDGE_NOT_REVOKED, FM_EDGE_REVOKED, FM_EDGE_REVOKE_UNKNOWN } fm_edge_revoke_t;
+
+/** Called on the request's thread once the check is done (not at all if the client went away meanwhile). */
+typedef void (*fm_edge_revoke_cb)(fm_req_t *r, fm_edge_revoke_t verdict);
+
+/** Per-thread tracked copy of the revocation marks (thread_init; none with FM_REDIS_CACHE_MAX_AGE_MS=0). 0 or -1. */
+int fm_edge_revoke_thread_init(fm_thread_t *thread);
+void fm_edge_revoke_thread_dispose(void);
+
+/**
+ * Whether any of `ids` (UUIDs; NULL or "" skipped; at most FM_EDGE_REVOKE_IDS_MAX) has a mark fm:revoked:{id} in
+ * Redis: answered from the thread's tracked copy when it has one, else by a GET; `cb` says which (UNKNOWN when Redis
+ * could not tell). Uses the request's aux state (fm_req_aux).
+ */
+void fm_edge_check_revoked(fm_req_t *r, const char *const *ids, size_t count, fm_edge_revoke_cb cb);
+
 /* ---- serve.c / public.c / purge.c ---- */
 
 /** GET/HEAD /f/{key}: signed download. */
@@ -251,13 +273,16 @@ void fm_edge_handle_public(fm_req_t *r);
 typedef struct fm_edge_target {
     char key[FM_EDGE_KEY_MAX + 1]; /* percent-decoded, validated */
     size_t key_len;
+    char file_id[37];  /* the `file` the URL was issued for (lowercase UUID), "" when it names none */
+    char share_id[37]; /* the `share` it came through, or "" */
     int is_variant; /* variant holds w/h/fit/format/q */
     fm_edge_variant_t variant;
 } fm_edge_target_t;
 
 /**
  * parse for /f/ and /p/: the raw path after the 3-byte prefix (no `.`/`..`, encoded separators, control bytes,
- * over-long keys or URLs) and the variant parameters. Returns 0 with *t filled, or -1 after answering 400.
+ * over-long keys or URLs), the variant parameters, and the `file`/`share` ids (each a lowercase UUID when given).
+ * Returns 0 with *t filled, or -1 after answering 400.
  */
 int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t);
 

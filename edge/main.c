@@ -159,7 +159,7 @@ static void thread_tick(fm_thread_t *thread)
 
 static int thread_init(fm_thread_t *thread)
 {
-    if (fm_edge_origin_thread_init(thread) != 0)
+    if (fm_edge_origin_thread_init(thread) != 0 || fm_edge_revoke_thread_init(thread) != 0)
         return -1;
     return fm_edge_events_thread_init(thread);
 }
@@ -168,6 +168,7 @@ static void thread_dispose(fm_thread_t *thread)
 {
     fm_edge_origin_thread_dispose(thread); /* first: the last fills' waiters are answered (and their events kept) */
     fm_edge_events_thread_dispose(thread);
+    fm_edge_revoke_thread_dispose();
     fm_edge_serve_thread_dispose();
 }
 

@@ -3,8 +3,9 @@
  * and answer steps are shared with the unsigned /p/ route of public keys (public.c), which authorizes differently.
  *
  * parse (the raw path: refuse `..`, `.`, empty segments, encoded '/', '\', NUL and control bytes, > 1024-byte keys)
- * and the variant parameters w/h/fit/format/q (variant.c) → authorize (fm_cf_verify_url on FM_EDGE_PUBLIC_BASE + the
- * path and query exactly as received, client IP = TCP peer) → act (cache hit, or join a coalesced origin fill: a
+ * and the variant parameters w/h/fit/format/q (variant.c), the `file` (and `share`) ids → authorize (fm_cf_verify_url on
+ * FM_EDGE_PUBLIC_BASE + the path and query exactly as received, client IP = TCP peer; then the signed `file` id, which
+ * every URL we sign carries, and its share are checked against the revocation marks, revoke.c) → act (cache hit, or join a coalesced origin fill: a
  * plain GET/HEAD is answered from the origin's headers and streamed by origin.c while the fill writes, a Range or
  * conditional request waits for the cached file; for a variant: its cached rendering, or the original (cached or
  * filled) then a coalesced render) → answer (answer.c: conditional GET, one byte range, headers, the bytes, an access
@@ -18,6 +19,7 @@
 #include "edge.h"
 #include "metrics.h"
 #include "sigv4.h"
+#include "uuid.h"
 
 /* ---- parse ---- */
 
@@ -303,6 +305,23 @@ int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t)
         fm_reply_error(r, 400, "invalid_path", "%s", bad);
         return -1;
     }
+    h2o_iovec_t query = request_query(r);
+    const struct {
+        const char *name;
+        char *out;
+    } ids[] = {{"file", t->file_id}, {"share", t->share_id}};
+    for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); ++i) {
+        h2o_iovec_t id = fm_edge_query_param(query, ids[i].name);
+        ids[i].out[0] = '\0';
+        if (id.base == NULL)
+            continue;
+        if (!fm_uuid_lower_valid(id.base, id.len)) {
+            fm_reply_error(r, 400, "invalid_path", "%s must be a lowercase UUID", ids[i].name);
+            return -1;
+        }
+        memcpy(ids[i].out, id.base, 36);
+        ids[i].out[36] = '\0';
+    }
     char variant_reason[160];
     t->is_variant = fm_edge_variant_parse(request_query(r), fm_req_header(r, "accept"), &t->variant, variant_reason,
                                           sizeof(variant_reason));
@@ -335,11 +354,29 @@ void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t)
         fm_reply_unavailable(r, "the edge's origin queue");
 }
 
+static void on_revocation_checked(fm_req_t *r, fm_edge_revoke_t verdict)
+{
+    const fm_edge_target_t *t = r->state;
+    switch (verdict) {
+    case FM_EDGE_NOT_REVOKED:
+        fm_edge_serve_target(r, t);
+        return;
+    case FM_EDGE_REVOKED:
+        FM_METRICS_COUNT("fm_edge_refused_total", NULL, 1);
+        fm_reply_error(r, 410, "revoked", "this download link was revoked (the file was deleted or the share ended)");
+        return;
+    case FM_EDGE_REVOKE_UNKNOWN:
+    default:
+        fm_reply_unavailable(r, "the revocation index");
+        return;
+    }
+}
+
 void fm_edge_handle_file(fm_req_t *r)
 {
     h2o_req_t *req = r->req;
-    fm_edge_target_t target;
-    if (fm_edge_parse_target(r, &target) != 0)
+    fm_edge_target_t *target = fm_req_state(r, sizeof(fm_edge_target_t));
+    if (fm_edge_parse_target(r, target) != 0)
         return;
 
     /* authorize: the URL as the client sent it, behind the public base */
@@ -374,5 +411,12 @@ void fm_edge_handle_file(fm_req_t *r)
             fm_reply_error(r, 403, fm_cf_status_code(verdict), "%s", reason);
         return;
     }
-    fm_edge_serve_target(r, &target);
+    /* Many files share one blob key: what a URL may still fetch depends on the file (and share) it was signed for. */
+    if (target->file_id[0] == '\0') {
+        FM_METRICS_COUNT("fm_edge_refused_total", NULL, 1);
+        fm_reply_error(r, 403, "unbound_url", "the signed URL names no file (file=)");
+        return;
+    }
+    const char *ids[] = {target->file_id, target->share_id};
+    fm_edge_check_revoked(r, ids, 2, on_revocation_checked);
 }

@@ -1,5 +1,6 @@
 /*
- * step_fetch: the object streamed once from S3 into a private temp file, hashed (SHA-256) on the way, so every
+ * step_fetch: the staged copy (step_stage; the client's own object only where no copy was made, in tools) streamed
+ * once from S3 into a private temp file, hashed (SHA-256) on the way, so every
  * later step reads a local file and nothing holds the object in memory. The size is checked against the
  * declared one while bytes arrive: an object larger than declared is stopped there rather than allowed to fill
  * the disk.
@@ -92,7 +93,8 @@ fm_step_rc step_fetch(fm_job_t *job, fm_s3_t *s3, const fm_worker_limits_t *limi
     if (sink.sha256 == NULL || EVP_DigestInit_ex(sink.sha256, EVP_sha256(), NULL) != 1)
         abort();
     fm_s3_result_t res;
-    int rc = fm_s3_get_object(s3, job->object_key, write_chunk, &sink, &res);
+    const char *key = job->staging_key[0] != '\0' ? job->staging_key : job->object_key;
+    int rc = fm_s3_get_object(s3, key, write_chunk, &sink, &res);
     unsigned char digest[32];
     unsigned int digest_len = 0;
     if (EVP_DigestFinal_ex(sink.sha256, digest, &digest_len) != 1)
@@ -112,8 +114,8 @@ fm_step_rc step_fetch(fm_job_t *job, fm_s3_t *s3, const fm_worker_limits_t *limi
         /* 404: the object was deleted (or never landed) -- retrying cannot bring it back. A missing bucket is
          * the configuration's fault, not the content's. */
         if (res.status == 404 && strcmp(res.code, "NoSuchBucket") != 0)
-            return give_up(job, FM_STEP_FAIL, "object %s is gone (S3 %s)", job->object_key, res.code);
-        return give_up(job, FM_STEP_RETRY, "S3 GET %s: %s (HTTP %ld): %s", job->object_key, res.code, res.status,
+            return give_up(job, FM_STEP_FAIL, "object %s is gone (S3 %s)", key, res.code);
+        return give_up(job, FM_STEP_RETRY, "S3 GET %s: %s (HTTP %ld): %s", key, res.code, res.status,
                        res.message);
     }
     if (close_errno != 0)

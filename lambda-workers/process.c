@@ -2,8 +2,10 @@
  * process: one job, start to end (queue.h fm_worker_process; DESIGN.md §4 "Processing (workers)"):
  *
  *   job_lock → job_load → (skip if done) → job_start → job_steps → one outcome:
- *     outcome_ready        blob registered (or found: storage-level dedupe), file READY       (schema 004 fm_job_ready)
- *     outcome_quarantine   object moved to quarantine/{upload_id}, file QUARANTINED            (fm_job_quarantine)
+ *     outcome_ready        staged bytes copied to blobs/{sha256} (unless a blob has them), blob registered (or found:
+ *                          storage-level dedupe), file READY, staged and incoming objects deleted (schema 007
+ *                          fm_job_ready)
+ *     outcome_quarantine   staged bytes moved to quarantine/{upload_id}, file QUARANTINED      (fm_job_quarantine)
  *     outcome_failed       attempts left: job RETRY + jobs:delayed; else FAILED + jobs:dead    (fm_job_attempt_failed)
  *   → the entry acknowledged and deleted → job_unlock.
  *
@@ -34,7 +36,8 @@ typedef struct {
     char etag[256];
     int attempts;   /* after job_start: this attempt's number */
     int have_file;  /* the file row still exists */
-    int blob_known; /* a blob with this content was registered before: describe/variants/text are skipped */
+    int blob_known; /* a blob with this content was registered before (blob_key says where it is stored) */
+    char blob_key[1024];
     const char *failed_step;
     fm_job_t job;
 } job_ctx_t;
@@ -182,6 +185,20 @@ static void forget_cached_rows(fm_worker_t *w, const fm_job_t *job)
     freeReplyObject(fm_worker_cmd(w, 3, argv));
 }
 
+/* The cached rows (fm:file:{id}) of every file on a blob: they carry its storage_key. */
+static void forget_blob_rows(fm_worker_t *w, const char *sha256)
+{
+    const char *params[] = {sha256};
+    PGresult *res = fm_worker_sql(w, "SELECT id::text FROM files WHERE blob_sha256 = decode($1, 'hex')", 1, params);
+    for (int i = 0; res != NULL && i < PQntuples(res); ++i) {
+        char file_key[64];
+        snprintf(file_key, sizeof(file_key), "fm:file:{%s}", PQgetvalue(res, i, 0));
+        const char *argv[] = {"DEL", file_key};
+        freeReplyObject(fm_worker_cmd(w, 2, argv));
+    }
+    PQclear(res);
+}
+
 /* PUBLISH fm:events:{owner} {"type":"file.status","file_id","job_id","status"[,"reason"]}: the owner's channel. */
 static void notify_owner(fm_worker_t *w, const char *owner_id, const fm_job_t *job, const char *status,
                          const char *reason)
@@ -225,14 +242,19 @@ static void observe_step(const char *step, uint64_t started_ms)
     fm_metrics_observe("fm_worker_step_seconds", labels, (double)(fm_mono_ms() - started_ms) / 1000.0);
 }
 
-/* Whether verified content with this hash is registered already (then the file just points at it). FOR KEY SHARE
- * waits for a cleanup_blob job holding the row (cleanup.c) and then finds it gone: this job renders the variants
- * again rather than pointing its file at a blob whose bytes are being deleted. */
-static int blob_exists(fm_worker_t *w, const fm_job_t *job)
+/* Whether verified content with this hash is registered already (then the file just points at it), and its object's
+ * key into `key` (may be NULL). FOR KEY SHARE waits for a cleanup_blob job holding the row (cleanup.c) and then finds
+ * it gone: this job renders the variants and copies the bytes again rather than pointing its file at a blob whose
+ * bytes are being deleted. Past this point no cleanup takes the blob: this job's upload, UPLOADED with the verified
+ * hash, references it (schema 005 fm_blob_referenced). */
+static int blob_exists(fm_worker_t *w, const fm_job_t *job, char *key, size_t key_size)
 {
     const char *params[] = {job->sha256};
-    PGresult *res = fm_worker_sql(w, "SELECT 1 FROM blobs WHERE sha256 = decode($1, 'hex') FOR KEY SHARE", 1, params);
+    PGresult *res =
+        fm_worker_sql(w, "SELECT storage_key FROM blobs WHERE sha256 = decode($1, 'hex') FOR KEY SHARE", 1, params);
     int exists = res != NULL && PQntuples(res) == 1;
+    if (key != NULL)
+        snprintf(key, key_size, "%s", exists ? PQgetvalue(res, 0, 0) : "");
     PQclear(res);
     return exists;
 }
@@ -257,13 +279,15 @@ static int job_steps(fm_worker_t *w, job_ctx_t *c, fm_step_rc *rc)
 {
     fm_job_t *job = &c->job;
     *rc = FM_STEP_OK;
+    RUN_STEP("stage", step_stage(job, w->s3, &w->limits));
     RUN_STEP("fetch", step_fetch(job, w->s3, &w->limits));
     RUN_STEP("verify", step_verify(job));
     RUN_STEP("sniff", step_sniff(job));
     RUN_STEP("scan", step_scan(job, &w->limits));
-    c->blob_known = blob_exists(w, job);
-    if (c->blob_known)
-        return 0; /* the same bytes were described and rendered when their blob was registered */
+    /* Known content is described and rendered all the same: skipping it would make READY come sooner for bytes that
+     * another account holds, which tells an uploader what others store (the variants' keys are content-addressed, so
+     * the same bytes are written again). */
+    c->blob_known = blob_exists(w, job, c->blob_key, sizeof(c->blob_key));
     RUN_STEP("describe", step_describe(job, &w->limits));
     RUN_STEP("variants", step_variants(job, &w->limits, put_variant, w));
     RUN_STEP("text", step_text(job, &w->limits));
@@ -302,7 +326,7 @@ static char *variants_json(const cJSON *list)
 static void drop_orphan_variants(fm_worker_t *w, job_ctx_t *c)
 {
     const cJSON *v;
-    if (c->job.variants == NULL || c->job.sha256[0] == '\0' || blob_exists(w, &c->job))
+    if (c->job.variants == NULL || c->job.sha256[0] == '\0' || blob_exists(w, &c->job, NULL, 0))
         return;
     cJSON_ArrayForEach(v, c->job.variants)
     {
@@ -313,18 +337,68 @@ static void drop_orphan_variants(fm_worker_t *w, job_ctx_t *c)
     }
 }
 
+static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *reason);
+
+/* DELETE of `key`; a failure is only logged: an incoming/ object left behind is swept by the reconciler's orphan step,
+ * and a staged one is copied over by the next job of the same upload. */
+static void delete_quietly(fm_worker_t *w, job_ctx_t *c, const char *key)
+{
+    fm_s3_result_t res;
+    if (key[0] != '\0' && fm_s3_delete_object(w->s3, key, &res) != 0 && res.status != 404)
+        LOG(FM_LOG_WARN, c, "s3: %s not deleted: %s (HTTP %ld)", key, res.code, res.status);
+}
+
+/* The job's objects once its outcome is recorded: the staged copy and the client's object (which its presigned URL
+ * could still overwrite, never to be served: events.c and the orphan sweep delete later PUTs). */
+static void drop_job_objects(fm_worker_t *w, job_ctx_t *c)
+{
+    delete_quietly(w, c, c->job.staging_key);
+    delete_quietly(w, c, c->job.object_key);
+}
+
+/* The verified bytes at `key` (blobs/{sha256}): the staged copy, which no client URL can write, copied with the type
+ * the bytes really have. Nothing to do when the blob already stores them there. 0 with the copy's ETag in `etag`, or
+ * -1 with the reason in `why`. */
+static int store_blob(fm_worker_t *w, job_ctx_t *c, const char *key, const char *type, char *etag, size_t etag_size,
+                      char *why, size_t why_size)
+{
+    fm_job_t *job = &c->job;
+    etag[0] = '\0';
+    if (c->blob_known && strcmp(c->blob_key, key) == 0)
+        return 0;
+    if (job->staging_key[0] == '\0') {
+        snprintf(why, why_size, "no staged copy to store (step_stage did not run)");
+        return -1;
+    }
+    fm_s3_copy_opts_t opts = {.content_type = type, .size = job->size, .part_bytes = w->limits.copy_part_bytes};
+    fm_s3_result_t res;
+    if (fm_s3_copy(w->s3, job->staging_key, key, &opts, &res) != 0) {
+        snprintf(why, why_size, "copy of %.60s to %.80s failed: %.60s (HTTP %ld)", job->staging_key, key, res.code,
+                 res.status);
+        return -1;
+    }
+    snprintf(etag, etag_size, "%s", res.etag);
+    return 0;
+}
+
 static fm_outcome_t outcome_ready(fm_worker_t *w, job_ctx_t *c)
 {
     fm_job_t *job = &c->job;
+    const char *type = job->real_type[0] ? job->real_type : job->declared_type;
+    char key[80], etag[256], why[256];
+    snprintf(key, sizeof(key), "blobs/%s", job->sha256);
+    if (store_blob(w, c, key, type, etag, sizeof(etag), why, sizeof(why)) != 0) {
+        LOG(FM_LOG_WARN, c, "jobs: %s: %s", job->job_id, why);
+        return outcome_failed(w, c, why);
+    }
     char size[24];
     snprintf(size, sizeof(size), "%lld", job->size);
     char *meta = job->meta ? cJSON_PrintUnformatted(job->meta) : NULL;
     char *variants = variants_json(job->variants);
-    const char *type = job->real_type[0] ? job->real_type : job->declared_type;
-    const char *params[] = {job->job_id, job->sha256, size,     job->object_key, c->etag[0] ? c->etag : NULL,
-                            type,        meta,        variants, job->text};
+    const char *params[] = {job->job_id, job->sha256, size, key, etag[0] ? etag : NULL, type, meta, variants, job->text};
     PGresult *res = fm_worker_sql(w,
-                                  "SELECT out_created, out_key, coalesce(out_owner::text, '') FROM fm_job_ready("
+                                  "SELECT out_created, out_key, coalesce(out_owner::text, ''),"
+                                  " coalesce(out_old_key, '') FROM fm_job_ready("
                                   "$1::uuid, $2, $3::bigint, $4, $5, $6, $7::jsonb, $8::jsonb, $9)",
                                   9, params);
     free(meta);
@@ -339,12 +413,12 @@ static fm_outcome_t outcome_ready(fm_worker_t *w, job_ctx_t *c)
     int created = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     char owner[40];
     snprintf(owner, sizeof(owner), "%s", PQgetvalue(res, 0, 2));
-    if (!created && strcmp(PQgetvalue(res, 0, 1), job->object_key) != 0) {
-        /* Storage-level dedupe: the file points at the existing blob's object; this copy goes. The variants are
-         * content-addressed (variants/{sha256}/…), so they are the existing blob's: nothing more to delete. */
-        fm_s3_result_t s3res;
-        if (fm_s3_delete_object(w->s3, job->object_key, &s3res) != 0)
-            LOG(FM_LOG_WARN, c, "s3: duplicate object %s not deleted: %s", job->object_key, s3res.code);
+    /* A blob registered by an earlier version kept its bytes at the key its first upload had (incoming/{id}, which
+     * that upload's URL could overwrite): fm_job_ready moved it to this copy, and the old object goes. */
+    if (PQgetvalue(res, 0, 3)[0] != '\0') {
+        LOG(FM_LOG_INFO, c, "jobs: blob %s moved from %s to %s", job->sha256, PQgetvalue(res, 0, 3), key);
+        forget_blob_rows(w, job->sha256); /* cached rows still name the old key: read again, not sent to a 404 */
+        delete_quietly(w, c, PQgetvalue(res, 0, 3));
     }
     PQclear(res);
     char index_key[80];
@@ -356,17 +430,21 @@ static fm_outcome_t outcome_ready(fm_worker_t *w, job_ctx_t *c)
     notify_owner(w, owner, job, "READY", NULL);
     LOG(FM_LOG_INFO, c, "jobs: %s READY (file %s, %lld bytes, %s%s)", job->job_id, job->file_id, job->size, type,
         created ? "" : ", deduplicated");
+    drop_job_objects(w, c); /* last: the owner, the caches and the index know the outcome first */
     return FM_OUTCOME_READY;
 }
 
-/* Copies the object to quarantine/{upload_id} and deletes it from incoming/: out of every reader's reach, kept for
- * an operator. 0, or -1 with the reason in `why`. */
+/* Copies the refused bytes (the staged copy that was judged; the client's object when the refusal came before staging)
+ * to quarantine/{upload_id} and deletes them from incoming/ and staging/: out of every reader's reach, kept for an
+ * operator. 0, or -1 with the reason in `why`. */
 static int quarantine_object(fm_worker_t *w, const fm_job_t *job, char *why, size_t why_size)
 {
     char dst[96];
     snprintf(dst, sizeof(dst), "quarantine/%s", job->upload_id);
+    const char *src = job->staging_key[0] != '\0' ? job->staging_key : job->object_key;
+    fm_s3_copy_opts_t opts = {.part_bytes = w->limits.copy_part_bytes};
     fm_s3_result_t res;
-    if (fm_s3_copy_object(w->s3, job->object_key, dst, &res) != 0) {
+    if (fm_s3_copy(w->s3, src, dst, &opts, &res) != 0) {
         fm_s3_result_t head;
         /* gone already: an earlier attempt moved it and stopped before recording the outcome */
         if (!(res.status == 404 && fm_s3_head_object(w->s3, dst, &head) == 0)) {
@@ -374,14 +452,15 @@ static int quarantine_object(fm_worker_t *w, const fm_job_t *job, char *why, siz
             return -1;
         }
     }
-    if (fm_s3_delete_object(w->s3, job->object_key, &res) != 0) {
-        snprintf(why, why_size, "delete of %.100s failed: %s (HTTP %ld)", job->object_key, res.code, res.status);
-        return -1;
+    const char *keys[] = {job->object_key, job->staging_key};
+    for (size_t i = 0; i < 2; ++i) {
+        if (keys[i][0] != '\0' && fm_s3_delete_object(w->s3, keys[i], &res) != 0 && res.status != 404) {
+            snprintf(why, why_size, "delete of %.100s failed: %s (HTTP %ld)", keys[i], res.code, res.status);
+            return -1;
+        }
     }
     return 0;
 }
-
-static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *reason);
 
 static fm_outcome_t outcome_quarantine(fm_worker_t *w, job_ctx_t *c)
 {
@@ -616,6 +695,8 @@ fm_outcome_t fm_worker_process(fm_worker_t *w, const fm_entry_t *entry)
     }
     set_inflight(w, entry);
     outcome = job_run(w, &c);
+    if (outcome == FM_OUTCOME_FAILED) /* the client's object stays for an admin retry, which stages it again */
+        delete_quietly(w, &c, c.job.staging_key);
     fm_job_clear(&c.job);
     if (outcome != FM_OUTCOME_LEFT && entry_ack(w, entry) != 0)
         LOG(FM_LOG_WARN, &c, "jobs: entry %s of %s not acknowledged; it comes back and is skipped", entry->id,

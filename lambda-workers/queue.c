@@ -104,6 +104,7 @@ fm_worker_t *fm_worker_new(const fm_config_t *cfg, const char *consumer, int ind
         .text_max_bytes = cfg->text_max_bytes,
         .thumb_px = (int)cfg->thumb_px,
         .preview_px = (int)cfg->preview_px,
+        .copy_part_bytes = cfg->s3_copy_part_bytes,
     };
     fm_s3_config_t s3c = {
         .endpoint = cfg->s3_endpoint,

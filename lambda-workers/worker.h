@@ -7,7 +7,8 @@
  * private temporary file (fetch.c, which also computes the SHA-256); every later step reads that file, never the
  * whole object in memory.
  *
- *   fetch.c     step_fetch      S3 GET → temp file + SHA-256 of the bytes (claimed hash checked in step_verify)
+ *   stage.c     step_stage      server-side copy incoming/{upload_id} → staging/{upload_id}, out of client reach
+ *   fetch.c     step_fetch      S3 GET of the staged copy → temp file + SHA-256 (claimed hash checked in step_verify)
  *   verify.c    step_verify     sha256 == claimed, else QUARANTINED
  *   sniff.c     step_sniff      libmagic type of the bytes vs the declared type
  *   scan.c      step_scan       clamd INSTREAM
@@ -43,13 +44,15 @@ typedef struct {
     long long max_pixels;          /* decompression-bomb guard: width × height above this is refused undecoded */
     long long text_max_bytes;      /* cap of the extracted text */
     int thumb_px, preview_px;      /* longest edge of the variants (256, 1024) */
+    long long copy_part_bytes;     /* largest single server-side copy (step_stage, the blob copy); parts above */
 } fm_worker_limits_t;
 
 /* Everything a job carries through the steps. Strings are NUL-terminated. */
 typedef struct {
     /* from the queue / PostgreSQL */
     char job_id[37], file_id[37], upload_id[37], owner_id[37];
-    char object_key[1024];
+    char object_key[1024];      /* incoming/{upload_id}: where the client PUT the bytes (still writable by its URL) */
+    char staging_key[96];       /* staging/{upload_id} once step_stage copied them there; "" before */
     char claimed_sha256[65];    /* lowercase hex */
     char declared_type[128];    /* the Content-Type the client declared */
     long long declared_size;
@@ -71,6 +74,7 @@ typedef struct {
 void fm_job_clear(fm_job_t *job); /* frees meta, variants, text; removes the temp file */
 
 /* Each step: reads what earlier steps filled, fills its part, writes job->reason unless FM_STEP_OK. */
+fm_step_rc step_stage(fm_job_t *job, fm_s3_t *s3, const fm_worker_limits_t *limits);
 fm_step_rc step_fetch(fm_job_t *job, fm_s3_t *s3, const fm_worker_limits_t *limits);
 fm_step_rc step_verify(fm_job_t *job);
 fm_step_rc step_sniff(fm_job_t *job);

@@ -270,6 +270,8 @@ logfile $log
 appendonly yes
 appendfsync everysec
 save 3600 1 300 100 60 10000
+# the integration suite gives each module's instances a database of their own
+databases 64
 EOF
   _stack_spawn redis "$log" redis-server "$conf"
   _stack_wait Redis 30 "$log" redis _stack_redis_ready || return 1

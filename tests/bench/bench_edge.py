@@ -89,7 +89,7 @@ def bench_variants(s3, bucket, signer, edge_port, expires, count):
     key = f"incoming/{uuid.uuid4()}"
     body = photo_jpeg()
     s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType="image/jpeg")
-    urls = [signer.generate_presigned_url(f"http://127.0.0.1:{edge_port}/f/{key}?w={256 + 8 * i}&format=webp",
+    urls = [signer.generate_presigned_url(f"http://127.0.0.1:{edge_port}/f/{key}?file={uuid.uuid4()}&w={256 + 8 * i}&format=webp",
                                           date_less_than=expires) for i in range(count + 1)]
     times = []
     for url in urls:
@@ -161,7 +161,8 @@ def main():
         start_edge("main", edge_port)
 
         expires = datetime.datetime.now(tz=datetime.timezone.utc) + datetime.timedelta(hours=2)
-        urls = {label: signer.generate_presigned_url(f"http://127.0.0.1:{edge_port}/f/{k}", date_less_than=expires)
+        urls = {label: signer.generate_presigned_url(f"http://127.0.0.1:{edge_port}/f/{k}?file={uuid.uuid4()}",
+                                                      date_less_than=expires)
                 for label, (k, _) in objects.items()}
         cold = {}
         for label in ("4KiB", "1MiB"):
@@ -231,7 +232,7 @@ http {{
         # The same object on an edge without the memory tier: every hit opens and reads the cached file.
         disk_port = free_ports(1)[0]
         disk_edge = start_edge("disk", disk_port, FM_EDGE_MEMORY_BYTES="0")
-        disk_url = signer.generate_presigned_url(f"http://127.0.0.1:{disk_port}/f/{objects['4KiB'][0]}",
+        disk_url = signer.generate_presigned_url(f"http://127.0.0.1:{disk_port}/f/{objects['4KiB'][0]}?file={uuid.uuid4()}",
                                                  date_less_than=expires)
         check = requests.get(disk_url, timeout=30)  # its cold miss
         assert check.status_code == 200 and check.content == objects["4KiB"][1], check.status_code

@@ -2,8 +2,8 @@
 
 One dedicated fm-control (its own Redis database, DOWNLOAD_REDIS_DB) signing with two RSA-2048 key pairs made here
 with `cryptography` (FM_CF_KEYS: the first signs, the second is the one being rotated out) for a running fm-edge
-that trusts both. Files become READY the way the worker leaves them: a blob row and files.status (SQL, as
-helpers_uploads.Fm.mark_verified does), with the blob's storage_key at the uploaded object. botocore's
+that trusts both. Files become READY the way the worker leaves them: the uploaded object copied to blobs/{sha256}, a
+blob row on that key and files.status (SQL, as helpers_uploads.Fm.mark_verified does). botocore's
 CloudFrontSigner is the independent reference for every URL.
 
     FM_BUILD_DIR=build /usr/bin/python3 -m pytest -q tests/integration/test_download.py
@@ -60,12 +60,14 @@ class DownloadFm(Fm):
         self.redis("DEL", f"fm:file:{{{file_id}}}")
 
     def ready_file(self, user, data=None, name=None, content_type="application/octet-stream"):
-        """Uploads `data` through the API, then makes the file READY as the worker would (blob at the uploaded
-        object). Returns (file_id, object key, data)."""
+        """Uploads `data` through the API, then makes the file READY as the worker would (its bytes copied to
+        blobs/{sha256}, the blob's key). Returns (file_id, object key, data)."""
         data = data if data is not None else random_bytes(1500)
         a, _ = self.upload(user, data, content_type=content_type, name=name)
-        key = f"incoming/{a['upload_id']}"
         digest = sha256_hex(data)
+        key = f"blobs/{digest}"
+        self.s3.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket,
+                                                                     "Key": f"incoming/{a['upload_id']}"})
         self.sql(f"INSERT INTO blobs (sha256, size, storage_key, content_type, ref_count) VALUES "
                  f"(decode('{digest}', 'hex'), {len(data)}, '{key}', '{content_type}', 1); "
                  f"UPDATE files SET status = 'READY', blob_sha256 = decode('{digest}', 'hex') "
@@ -140,8 +142,8 @@ def iso_to_epoch(text):
     return int(datetime.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp())
 
 
-def resource_of(edge, key, name, disposition="inline"):
-    return (f"{edge.url}/f/{urllib.parse.quote(key, safe='/')}?name={urllib.parse.quote(name, safe='')}"
+def resource_of(edge, key, file_id, name, disposition="inline"):
+    return (f"{edge.url}/f/{urllib.parse.quote(key, safe='/')}?file={file_id}&name={urllib.parse.quote(name, safe='')}"
             f"&disposition={disposition}")
 
 
@@ -158,7 +160,7 @@ def test_url_is_botocore_signed_for_the_edge(fm, alice, keys, edge):
     assert r.headers.get("Cache-Control") == "private, no-store"
     body = r.json()
     assert set(body) == {"url", "expires_at"}
-    expires = check_signed(body["url"], keys[0], resource_of(edge, key, name))
+    expires = check_signed(body["url"], keys[0], resource_of(edge, key, file_id, name))
     assert iso_to_epoch(body["expires_at"]) == expires
     # TTL FM_DOWNLOAD_URL_TTL_S, rounded down to a tenth of it (never longer)
     assert before + TTL_S - TTL_S // 10 < expires <= after + TTL_S
@@ -170,7 +172,7 @@ def test_attachment_and_redirect(fm, alice, keys, edge):
     assert r.status_code == 302, r.text
     url = r.headers["Location"]
     assert r.json()["url"] == url
-    check_signed(url, keys[0], resource_of(edge, key, "report.txt", "attachment"))
+    check_signed(url, keys[0], resource_of(edge, key, file_id, "report.txt", "attachment"))
     plain = fm.download(alice, file_id, "disposition=attachment&redirect=0")
     assert plain.status_code == 200 and "Location" not in plain.headers
     assert split_signed(plain.json()["url"])[0] == split_signed(url)[0]
@@ -183,7 +185,7 @@ def test_public_file_gets_an_unsigned_url(fm, alice, edge):
     fm.drop_cached(file_id)
     r = fm.download(alice, file_id)
     assert r.status_code == 200, r.text
-    assert r.json() == {"url": resource_of(edge, key, "public.bin").replace("/f/", "/p/", 1), "expires_at": None}
+    assert r.json() == {"url": resource_of(edge, key, file_id, "public.bin").replace("/f/", "/p/", 1), "expires_at": None}
 
 
 def test_get_file_hides_the_internal_fields(fm, alice):
@@ -244,7 +246,7 @@ def test_variants(fm, alice, keys, edge):
                              ("variant=thumb&format=webp", f"variants/{sha}/thumb.webp", "holiday.photo-thumb.webp")]:
         r = fm.download(alice, file_id, query)
         assert r.status_code == 200, (query, r.text)
-        check_signed(r.json()["url"], keys[0], resource_of(edge, key, name))
+        check_signed(r.json()["url"], keys[0], resource_of(edge, key, file_id, name))
     # a blob with only some variants
     fm.sql(f"UPDATE blobs SET variants = '{json.dumps({'thumb': {'webp': variants['thumb']['webp']}})}'::jsonb "
            f"WHERE sha256 = decode('{sha}', 'hex')")
@@ -281,7 +283,7 @@ def test_permission_check_is_served_from_the_redis_cache(fm, alice, keys, edge):
     fm.sql(f"UPDATE files SET name = 'after.txt', status = 'QUARANTINED' WHERE id = '{file_id}'")
     r = fm.download(alice, file_id)
     assert r.status_code == 200, r.text
-    check_signed(r.json()["url"], keys[0], resource_of(edge, key, "before.txt"))
+    check_signed(r.json()["url"], keys[0], resource_of(edge, key, file_id, "before.txt"))
     # ... and is once the key is gone, as every writer deletes it
     fm.drop_cached(file_id)
     assert_error(fm.download(alice, file_id), 403, "quarantined")
@@ -289,7 +291,7 @@ def test_permission_check_is_served_from_the_redis_cache(fm, alice, keys, edge):
     fm.sql(f"UPDATE files SET status = 'READY' WHERE id = '{file_id}'")
     fm.drop_cached(file_id)
     r = fm.download(alice, file_id)
-    check_signed(r.json()["url"], keys[0], resource_of(edge, key, "after.txt"))
+    check_signed(r.json()["url"], keys[0], resource_of(edge, key, file_id, "after.txt"))
 
 
 # ---- through fm-edge ---------------------------------------------------------------------------------------------
@@ -313,7 +315,7 @@ def test_url_signed_with_the_old_key_still_works_at_the_edge(fm, alice, keys, ed
     """Rotation: the edge trusts both pairs; a URL made with the second (old) key is accepted too."""
     data = random_bytes(2000)
     file_id, key, _ = fm.ready_file(alice, data, name="old.bin")
-    resource = resource_of(edge, key, "old.bin")
+    resource = resource_of(edge, key, file_id, "old.bin")
     r = requests.get(keys[1].botocore_url(resource, int(time.time()) + 60), timeout=30)
     assert r.status_code == 200 and r.content == data
 

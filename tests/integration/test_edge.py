@@ -75,8 +75,11 @@ def signer(edges):
     return CloudFrontSigner(edges.key_pair_id, rsa_sign)
 
 
-def sign(signer, edge, key, query="", expires_in=600):
-    url = f"{edge.url}/f/{key}" + (f"?{query}" if query else "")
+def sign(signer, edge, key, query="", expires_in=600, file_id=None):
+    """A canned-policy URL of `key` as fm-control signs them: for a file (`file=`, a fresh id unless given, which
+    no revocation names) and the extra `query`."""
+    query = f"file={file_id or uuid.uuid4()}" + (f"&{query}" if query else "")
+    url = f"{edge.url}/f/{key}?{query}"
     expires = datetime.datetime.fromtimestamp(int(time.time()) + expires_in, tz=datetime.timezone.utc)
     return signer.generate_presigned_url(url, date_less_than=expires)
 
@@ -286,14 +289,16 @@ def test_custom_policy_with_wildcard_and_ip(stack, s3, edge, signer):
     key, body = put_object(stack, s3, 500)
     expires = datetime.datetime.fromtimestamp(int(time.time()) + 600, tz=datetime.timezone.utc)
     policy = signer.build_policy(f"{edge.url}/f/incoming/*", expires, ip_address="127.0.0.1/32")
-    url = signer.generate_presigned_url(f"{edge.url}/f/{key}", policy=policy)
+    url = signer.generate_presigned_url(f"{edge.url}/f/{key}?file={uuid.uuid4()}", policy=policy)
     r = requests.get(url, timeout=10)
     assert r.status_code == 200 and r.content == body
     policy = signer.build_policy(f"{edge.url}/f/incoming/*", expires, ip_address="10.1.2.3/32")
-    r = requests.get(signer.generate_presigned_url(f"{edge.url}/f/{key}", policy=policy), timeout=10)
+    r = requests.get(signer.generate_presigned_url(f"{edge.url}/f/{key}?file={uuid.uuid4()}", policy=policy),
+                     timeout=10)
     assert r.status_code == 403 and error_code(r) == "ip_not_allowed"
     policy = signer.build_policy(f"{edge.url}/f/variants/*", expires)
-    r = requests.get(signer.generate_presigned_url(f"{edge.url}/f/{key}", policy=policy), timeout=10)
+    r = requests.get(signer.generate_presigned_url(f"{edge.url}/f/{key}?file={uuid.uuid4()}", policy=policy),
+                     timeout=10)
     assert r.status_code == 403 and error_code(r) == "resource_mismatch"
 
 

@@ -1,6 +1,6 @@
 """Public files (docs/downloads.md "Public files"): PATCH /v1/files/{id} {"visibility"}, the Redis set fm:public of
-object keys fm-edge serves unsigned, the download route's /p/ URL and fm-edge's /p/{key} route, against the real
-stack.
+"{file_id}/{key}" members fm-edge serves unsigned, the download route's /p/ URL and fm-edge's /p/{key}?file={id}
+route, against the real stack.
 
 One dedicated fm-control and one fm-edge share a Redis database (PUBLIC_REDIS_DB), so the edge sees the fm:public
 that the control plane keeps. Files are uploaded through the API and made READY as test_download.py does (its
@@ -42,8 +42,8 @@ class PublicFm(DownloadFm):
         return self.sql_row(f"SELECT row_to_json(f) FROM (SELECT visibility, version, updated_at FROM files "
                             f"WHERE id = '{file_id}') f")
 
-    def is_public(self, key):
-        return self.redis("SISMEMBER", "fm:public", key) == 1
+    def is_public(self, file_id, key):
+        return self.redis("SISMEMBER", "fm:public", f"{file_id}/{key}") == 1
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +76,12 @@ def bob(fm):
     return fm.user("pub-bob")
 
 
-def public_url(edge, key, name, disposition="inline"):
-    return (f"{edge.url}/p/{urllib.parse.quote(key, safe='/')}?name={urllib.parse.quote(name, safe='')}"
+def public_url(edge, key, file_id, name, disposition="inline"):
+    return (f"{edge.url}/p/{urllib.parse.quote(key, safe='/')}?file={file_id}&name={urllib.parse.quote(name, safe='')}"
             f"&disposition={disposition}")
+
+
+PUBLIC_CACHE_CONTROL = "public, max-age=60, must-revalidate"  # FM_EDGE_PUBLIC_MAX_AGE_S
 
 
 def make_public(fm, user, file_id):
@@ -101,37 +104,41 @@ def test_public_file_is_served_unsigned(fm, alice, edge):
     assert after["version"] == before["version"] + 1
     assert fm.sql(f"SELECT updated_at > '{before['updated_at']}'::timestamptz FROM files WHERE id = '{file_id}'") == "t"
     assert after["visibility"] == "public"
-    assert fm.is_public(key)
+    assert fm.is_public(file_id, key)
     # GET /v1/files/{id} is unchanged: visibility stays internal there
     got = fm.file(alice, file_id).json()
     assert got["status"] == "READY" and "visibility" not in got
 
     r = fm.download(alice, file_id)
     assert r.status_code == 200, r.text
-    assert r.json() == {"url": public_url(edge, key, "open data.bin"), "expires_at": None}
+    assert r.json() == {"url": public_url(edge, key, file_id, "open data.bin"), "expires_at": None}
     url = r.json()["url"]
     assert "Signature" not in url and "Expires" not in url
 
-    # anyone, without a signature: same bytes, Content-Disposition, public caching, Range, 304
+    # anyone, without a signature: same bytes, Content-Disposition, short public caching with revalidation (making
+    # the file private reaches shared caches within a minute), Range, 304
     got = requests.get(url, timeout=30)
     assert got.status_code == 200, got.text[:300]
     assert hashlib.sha256(got.content).hexdigest() == sha256_hex(data)
-    assert got.headers["Cache-Control"] == "public, max-age=600"
+    assert got.headers["Cache-Control"] == PUBLIC_CACHE_CONTROL
     assert got.headers["Content-Disposition"].startswith("inline;")
     assert "filename*=UTF-8''open%20data.bin" in got.headers["Content-Disposition"]
     part = requests.get(url, headers={"Range": "bytes=10-19"}, timeout=30)
     assert part.status_code == 206 and part.content == data[10:20]
     assert requests.get(url, headers={"If-None-Match": got.headers["ETag"]}, timeout=30).status_code == 304
     # the name and disposition are not signed: another name is fine
-    other = requests.get(public_url(edge, key, "renamed.bin", "attachment"), timeout=30)
+    other = requests.get(public_url(edge, key, file_id, "renamed.bin", "attachment"), timeout=30)
     assert other.status_code == 200 and other.content == data
     assert other.headers["Content-Disposition"].startswith("attachment;")
     # the signed route still wants its signature
     assert requests.get(url.replace("/p/", "/f/", 1), timeout=30).status_code == 403
     # redirect=1 answers the same URL in Location
     redirect = fm.download(alice, file_id, "redirect=1&disposition=attachment")
-    assert redirect.status_code == 302 and redirect.headers["Location"] == public_url(edge, key, "open data.bin",
-                                                                                      "attachment")
+    assert redirect.status_code == 302 and redirect.headers["Location"] == public_url(edge, key, file_id,
+                                                                                      "open data.bin", "attachment")
+    # the URL names its file: without it, or with another file's id, the key is not public
+    assert_error(requests.get(f"{edge.url}/p/{key}", timeout=30), 404, "not_public")
+    assert_error(requests.get(public_url(edge, key, uuid.uuid4(), "x.bin"), timeout=30), 404, "not_public")
 
 
 def test_variants_of_a_public_file(fm, alice, edge):
@@ -145,22 +152,22 @@ def test_variants_of_a_public_file(fm, alice, edge):
     fm.sql(f"UPDATE blobs SET variants = '{json.dumps(variants)}'::jsonb WHERE sha256 = decode('{sha}', 'hex')")
     fm.drop_cached(file_id)
     make_public(fm, alice, file_id)
-    assert fm.is_public(key) and fm.is_public(thumb_key)
+    assert fm.is_public(file_id, key) and fm.is_public(file_id, thumb_key)
 
     # the stored variant, through the download route
     r = fm.download(alice, file_id, "variant=thumb&format=jpeg")
     assert r.status_code == 200, r.text
-    assert r.json()["url"] == public_url(edge, thumb_key, "photo-thumb.jpg")
+    assert r.json()["url"] == public_url(edge, thumb_key, file_id, "photo-thumb.jpg")
     got = requests.get(r.json()["url"], timeout=30)
     assert got.status_code == 200 and got.content == thumb
     # an on-the-fly variant of the original, unsigned
-    resized = requests.get(f"{edge.url}/p/{key}?w=100&format=png", timeout=60)
+    resized = requests.get(f"{edge.url}/p/{key}?file={file_id}&w=100&format=png", timeout=60)
     assert resized.status_code == 200, resized.text[:300]
     img = Image.open(io.BytesIO(resized.content))
     assert img.format == "PNG" and img.size == (100, 75)
-    assert resized.headers["Cache-Control"] == "public, max-age=600"
+    assert resized.headers["Cache-Control"] == PUBLIC_CACHE_CONTROL
     # bad variant parameters are refused as on /f/
-    assert_error(requests.get(f"{edge.url}/p/{key}?w=0", timeout=30), 400, "invalid_variant")
+    assert_error(requests.get(f"{edge.url}/p/{key}?file={file_id}&w=0", timeout=30), 400, "invalid_variant")
 
 
 def test_patch_refusals(fm, alice, bob):
@@ -179,7 +186,7 @@ def test_patch_refusals(fm, alice, bob):
     assert bad_json.status_code == 400, bad_json.text
     # nothing of the above changed anything
     assert fm.file_state(file_id)["visibility"] == "private"
-    assert not fm.is_public(key)
+    assert not fm.is_public(file_id, key)
     # a deleted file is gone
     fm.sql(f"UPDATE files SET deleted_at = now() WHERE id = '{file_id}'")
     assert_error(fm.patch(alice, file_id, {"visibility": "public"}), 404, "not_found")
@@ -192,7 +199,7 @@ def test_only_ready_files_become_public(fm, alice, status):
     fm.drop_cached(file_id)
     assert_error(fm.patch(alice, file_id, {"visibility": "public"}), 409, "not_ready")
     assert fm.file_state(file_id)["visibility"] == "private"
-    assert not fm.is_public(key)
+    assert not fm.is_public(file_id, key)
     # making it private is always allowed (a no-op here)
     r = fm.patch(alice, file_id, {"visibility": "private"})
     assert r.status_code == 200 and r.json()["visibility"] == "private", r.text
@@ -215,15 +222,15 @@ def test_private_again_is_refused_by_the_edge_without_origin_request(fm, alice, 
 
     r = fm.patch(alice, file_id, {"visibility": "private"})
     assert r.status_code == 200 and r.json()["visibility"] == "private", r.text
-    assert not fm.is_public(key)
+    assert not fm.is_public(file_id, key)
     misses, hits = metric(edge, "fm_edge_misses_total"), metric(edge, "fm_edge_hits_total")
     assert_error(requests.get(url, timeout=30), 404, "not_public")  # cached, still refused
-    assert_error(requests.get(f"{edge.url}/p/{key}?w=64", timeout=30), 404, "not_public")
+    assert_error(requests.get(f"{edge.url}/p/{key}?file={file_id}&w=64", timeout=30), 404, "not_public")
     assert metric(edge, "fm_edge_misses_total") == misses and metric(edge, "fm_edge_hits_total") == hits
     # the download URL is signed again, for the usual TTL
     signed = fm.download(alice, file_id)
     assert signed.status_code == 200 and signed.json()["expires_at"] is not None
-    check_signed(signed.json()["url"], key_pair, resource_of(edge, key, "was-public.bin"))
+    check_signed(signed.json()["url"], key_pair, resource_of(edge, key, file_id, "was-public.bin"))
     assert requests.get(signed.json()["url"], timeout=30).content == data
 
 
@@ -232,7 +239,8 @@ def test_never_public_key_makes_no_origin_request(fm, alice, edge):
     make_public(fm, alice, file_id)
     assert fm.patch(alice, file_id, {"visibility": "private"}).status_code == 200
     misses = metric(edge, "fm_edge_misses_total")
-    for path in (f"/p/{key}", f"/p/{key}?w=10", "/p/incoming/no-such-object", "/p/a/b/c/d/e/f"):
+    for path in (f"/p/{key}?file={file_id}", f"/p/{key}?file={file_id}&w=10", f"/p/blobs/nope?file={file_id}",
+                 "/p/a/b/c/d/e/f", f"/p/{key}"):
         assert_error(requests.get(edge.url + path, timeout=30), 404, "not_public")
     assert metric(edge, "fm_edge_misses_total") == misses
     # the path rules of /f/ apply before anything else
@@ -240,10 +248,11 @@ def test_never_public_key_makes_no_origin_request(fm, alice, edge):
         assert_error(requests.get(edge.url + path, timeout=30), 400, "invalid_path")
 
 
-def test_shared_blob_stays_public_while_one_file_is(fm, alice, bob, edge):
+def test_files_sharing_a_blob_are_public_each_on_its_own(fm, alice, bob, edge):
+    """Two files on one blob (a dedupe, as the worker leaves it): each file's /p/ URL lives while that file is
+    public, whatever the other does; making one private stops its URLs only."""
     data = random_bytes(3000)
     first, key, _ = fm.ready_file(alice, data, name="a.bin")
-    # a second file on the same blob (a dedupe, as the worker leaves it), owned by someone else
     b, _ = fm.upload(bob, random_bytes(10), name="b.bin")
     second = b["file_id"]
     fm.sql(f"UPDATE files SET status = 'READY', blob_sha256 = decode('{sha256_hex(data)}', 'hex') "
@@ -251,21 +260,16 @@ def test_shared_blob_stays_public_while_one_file_is(fm, alice, bob, edge):
     fm.drop_cached(second)
     make_public(fm, alice, first)
     make_public(fm, bob, second)
-    assert fm.is_public(key)
+    assert fm.is_public(first, key) and fm.is_public(second, key)
     assert fm.patch(alice, first, {"visibility": "private"}).status_code == 200
-    assert fm.is_public(key), "bob's file still makes the blob public"
-    assert requests.get(public_url(edge, key, "b.bin"), timeout=30).content == data
+    assert not fm.is_public(first, key) and fm.is_public(second, key)
+    assert_error(requests.get(public_url(edge, key, first, "a.bin"), timeout=30), 404, "not_public")
+    assert requests.get(public_url(edge, key, second, "b.bin"), timeout=30).content == data
     assert "/f/" in fm.download(alice, first).json()["url"]
     assert "/p/" in fm.download(bob, second).json()["url"]
     assert fm.patch(bob, second, {"visibility": "private"}).status_code == 200
-    assert not fm.is_public(key)
-    assert_error(requests.get(public_url(edge, key, "b.bin"), timeout=30), 404, "not_public")
-    # a deleted public file does not keep the blob public
-    make_public(fm, alice, first)
-    fm.sql(f"UPDATE files SET deleted_at = now() WHERE id = '{first}'")
-    make_public(fm, bob, second)
-    assert fm.patch(bob, second, {"visibility": "private"}).status_code == 200
-    assert not fm.is_public(key)
+    assert not fm.is_public(second, key)
+    assert_error(requests.get(public_url(edge, key, second, "b.bin"), timeout=30), 404, "not_public")
 
 
 # ---- purge, lost set, Redis down -----------------------------------------------------------------------------
@@ -275,7 +279,7 @@ def test_purge_of_a_public_key_refills(fm, alice, edge, edges):
     data = random_bytes(4000)
     file_id, key, _ = fm.ready_file(alice, data)
     make_public(fm, alice, file_id)
-    url = public_url(edge, key, "x.bin")
+    url = public_url(edge, key, file_id, "x.bin")
     assert requests.get(url, timeout=30).content == data
     purge = requests.post(edge.url + "/_edge/purge", json={"keys": [key]},
                           headers={"X-FM-Edge-Secret": edges.purge_secret}, timeout=10)
@@ -292,17 +296,21 @@ def test_lost_set_is_rebuilt_by_the_reconciler(fm, alice, edge):
     private_id, private_key, _ = fm.ready_file(alice)
     fm.redis("DEL", "fm:public")
     deadline = time.time() + 15  # FM_RECONCILE_INTERVAL_S=1
-    while not fm.is_public(key) and time.time() < deadline:
+    while not fm.is_public(file_id, key) and time.time() < deadline:
         time.sleep(0.2)
-    assert fm.is_public(key)
-    assert not fm.is_public(private_key)
-    assert requests.get(public_url(edge, key, "y.bin"), timeout=30).content == data
+    assert fm.is_public(file_id, key)
+    assert not fm.is_public(private_id, private_key)
+    assert requests.get(public_url(edge, key, file_id, "y.bin"), timeout=30).content == data
 
 
-def test_edge_without_redis_answers_503_on_p_only(edges, key_pair):
-    edge = edges.start(FM_EDGE_CF_PUBLIC_KEYS=f"{key_pair.id}={key_pair.public_path}",
+def test_edge_without_redis_answers_503(edges, key_pair, edge):
+    """Without Redis the edge cannot tell what is public or revoked: it answers 503 rather than serve unchecked."""
+    down = edges.start(FM_EDGE_CF_PUBLIC_KEYS=f"{key_pair.id}={key_pair.public_path}",
                        FM_REDIS_URL="redis://127.0.0.1:1/0")
-    r = requests.get(edge.url + "/p/incoming/anything", timeout=30)
+    r = requests.get(down.url + f"/p/blobs/anything?file={uuid.uuid4()}", timeout=30)
     assert_error(r, 503, "unavailable")
-    assert requests.get(edge.url + "/healthz", timeout=10).status_code == 200
-    edges.stop(edge)
+    resource = f"{down.url}/f/blobs/anything?file={uuid.uuid4()}"
+    signed = key_pair.botocore_url(resource, int(time.time()) + 60)
+    assert_error(requests.get(signed, timeout=30), 503, "unavailable")
+    assert requests.get(down.url + "/healthz", timeout=10).status_code == 200
+    edges.stop(down)

@@ -197,3 +197,35 @@ def test_copy_object(stack, s3):
 
     missing = s3ctl(stack, "copy", "incoming/s3-client/no such source", dst, ok=False)
     assert (missing["status"], missing["code"]) == (404, "NoSuchKey")
+
+
+def test_copy_replaces_the_content_type(stack, s3):
+    """The worker's copy to blobs/{sha256} carries the type it sniffed, not the one the client declared."""
+    bucket, src, dst = stack.env["FM_S3_BUCKET"], "incoming/s3-client/typed.bin", "blobs/s3-client/typed.bin"
+    data = os.urandom(4096)
+    s3.put_object(Bucket=bucket, Key=src, Body=data, ContentType="image/svg+xml")
+    done = s3ctl(stack, "copy", src, dst, "application/pdf")
+    assert done["size"] == len(data)
+    copy = s3.get_object(Bucket=bucket, Key=dst)
+    assert copy["Body"].read() == data and copy["ContentType"] == "application/pdf"
+
+
+@pytest.mark.parametrize("size", [12 * MIB + 3, 10 * MIB], ids=["3-parts", "2-whole-parts"])
+def test_copy_above_the_part_size_is_made_of_part_copies(stack, s3, size):
+    """Above S3's 5 GiB CopyObject limit the copy is UploadPartCopy parts (here with 5 MiB parts, the smallest S3
+    allows, so the same code path runs on small objects): the bytes, the type and the part count all come through."""
+    bucket, src, dst = stack.env["FM_S3_BUCKET"], f"incoming/s3-client/large-{size}", f"blobs/s3-client/large-{size}"
+    data = os.urandom(size)
+    s3.put_object(Bucket=bucket, Key=src, Body=data, ContentType="video/mp4")
+    done = s3ctl(stack, "copy", src, dst, "-", str(5 * MIB))
+    assert done["size"] == size
+    head = s3.head_object(Bucket=bucket, Key=dst)
+    parts = -(-size // (5 * MIB))
+    assert head["ETag"].endswith(f'-{parts}"'), head["ETag"]  # a multipart object, not one CopyObject
+    assert head["ContentType"] == "video/mp4" and head["ContentLength"] == size
+    assert hashlib.sha256(s3.get_object(Bucket=bucket, Key=dst)["Body"].read()).digest() == \
+        hashlib.sha256(data).digest()
+    assert s3.list_multipart_uploads(Bucket=bucket, Prefix=dst).get("Uploads", []) == []
+
+    missing = s3ctl(stack, "copy", "incoming/s3-client/absent-large", dst, "-", str(5 * MIB), ok=False)
+    assert (missing["status"], missing["code"]) == (404, "NoSuchKey")

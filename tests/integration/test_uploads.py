@@ -75,7 +75,7 @@ def test_single_put_end_to_end(fm, alice):
     key = key_of(a["upload_id"])
     endpoint = fm.stack.env["FM_S3_ENDPOINT"].rstrip("/")
     assert a["url"].startswith(f"{endpoint}/{fm.bucket}/{key}?"), a["url"]
-    assert before + 3600 - 5 <= parse_time(a["expires_at"]) <= time.time() + 3600 + 5
+    assert before + 900 - 5 <= parse_time(a["expires_at"]) <= time.time() + 900 + 5  # FM_UPLOAD_URL_TTL_S
     assert re.match(UUID_RE, a["upload_id"]), a  # server-made, random (version 4): keys cannot be guessed
     uuid.UUID(a["file_id"])
 
@@ -162,23 +162,27 @@ def test_complete_is_idempotent_also_when_concurrent(fm, alice):
 
 def test_presigned_urls_match_botocore(fm, alice):
     """Our URL, re-signed by botocore's S3SigV4QueryAuth from the same inputs (time frozen at the URL's
-    X-Amz-Date), carries the same signature: for a single PUT (Content-Type signed) and for UploadPart URLs."""
+    X-Amz-Date), carries the same signature: for a single PUT (Content-Type and Content-Length signed) and for
+    UploadPart URLs (Content-Length of each part signed)."""
     env = fm.stack.env
     data = random_bytes(100)
     single = fm.start(alice, data, content_type="image/png")
-    ours, theirs = botocore_presign_like(single["url"], "PUT", single["headers"], env["FM_S3_ACCESS_KEY"],
-                                         env["FM_S3_SECRET_KEY"])
-    assert ours["X-Amz-SignedHeaders"] == "content-type;host"
-    assert ours["X-Amz-Expires"] == "3600"
+    ours, theirs = botocore_presign_like(single["url"], "PUT", {**single["headers"], "Content-Length": "100"},
+                                         env["FM_S3_ACCESS_KEY"], env["FM_S3_SECRET_KEY"])
+    assert ours["X-Amz-SignedHeaders"] == "content-length;content-type;host"
+    assert ours["X-Amz-Expires"] == "900"
     assert ours["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
     assert ours == theirs
 
     multi = fm.start(alice, size=THRESHOLD + 1, sha256=sha256_hex(b"multi"))
     try:
+        part_size, count = multi["multipart"]["part_size"], multi["multipart"]["part_count"]
         for part in multi["multipart"]["parts"]:
-            ours, theirs = botocore_presign_like(part["url"], "PUT", {}, env["FM_S3_ACCESS_KEY"],
-                                                 env["FM_S3_SECRET_KEY"])
-            assert ours["X-Amz-SignedHeaders"] == "host"
+            n = part["part_number"]
+            length = part_size if n < count else THRESHOLD + 1 - (count - 1) * part_size
+            ours, theirs = botocore_presign_like(part["url"], "PUT", {"Content-Length": str(length)},
+                                                 env["FM_S3_ACCESS_KEY"], env["FM_S3_SECRET_KEY"])
+            assert ours["X-Amz-SignedHeaders"] == "content-length;host"
             assert ours["partNumber"] == str(part["part_number"])
             assert ours["uploadId"] == fm.upload_row(multi["upload_id"])["s3_upload_id"]
             assert ours == theirs
@@ -370,10 +374,12 @@ def test_invalid_parts_record_nothing_and_the_upload_can_still_complete(fm, alic
     listed = fm.call(alice, "GET", f"/v1/uploads/{uid}/parts").json()["parts"]
     assert [p["part_number"] for p in listed] == [1, 2]
 
-    # A first part below S3's minimum (EntityTooSmall) is refused the same way, and can be sent again.
-    r = requests.put(fm.part_urls(a)[1], data=b"tiny", timeout=30)
-    assert r.status_code == 200
-    assert_error(fm.complete(alice, uid, [{"part_number": 1, "etag": r.headers["ETag"]}, p2]), 422, "invalid_parts")
+    # A first part below S3's minimum (EntityTooSmall) is refused the same way, and can be sent again. Our part URL
+    # signs the part's size, so such a part can only come some other way (here with the store's own credentials).
+    assert requests.put(fm.part_urls(a)[1], data=b"tiny", timeout=30).status_code == 403
+    tiny = fm.s3.upload_part(Bucket=fm.bucket, Key=key_of(uid), UploadId=fm.upload_row(uid)["s3_upload_id"],
+                             PartNumber=1, Body=b"tiny")
+    assert_error(fm.complete(alice, uid, [{"part_number": 1, "etag": tiny["ETag"]}, p2]), 422, "invalid_parts")
     assert_still_pending(fm, alice, a)
     (p1,) = fm.put_parts(a, data, numbers=[1])
 
@@ -476,11 +482,27 @@ def test_complete_without_put_is_409_object_missing(fm, alice):
     assert c.status_code == 200 and c.json()["status"] == "UPLOADED", c.text
 
 
-def test_size_mismatch_fails_the_upload_and_deletes_the_object(fm, alice):
+def test_presigned_put_refuses_a_body_of_another_size(fm, alice):
+    """Content-Length is signed: the store itself refuses more (or fewer) bytes than declared, so the declared size
+    is what S3 holds and a quota or size limit cannot be walked around with a bigger body."""
     data = random_bytes(2000)
     a = fm.start(alice, data)
     fm.shield_from_reconciler(a["upload_id"])
-    assert fm.put(a, data[:1000]).status_code == 200
+    for body in (data[:1000], data + random_bytes(30 * 1000)):
+        r = fm.put(a, body)
+        assert r.status_code == 403 and b"SignatureDoesNotMatch" in r.content, (r.status_code, r.text[:300])
+        assert fm.head(key_of(a["upload_id"])) is None
+    assert fm.put(a, data).status_code == 200
+    assert fm.head(key_of(a["upload_id"]))["ContentLength"] == 2000
+
+
+def test_size_mismatch_fails_the_upload_and_deletes_the_object(fm, alice):
+    """An object of another size than declared (which our signed URLs cannot make; a store that does not check
+    signed headers, or another writer, could) fails the upload when it completes, and the object goes."""
+    data = random_bytes(2000)
+    a = fm.start(alice, data)
+    fm.shield_from_reconciler(a["upload_id"])
+    fm.s3.put_object(Bucket=fm.bucket, Key=key_of(a["upload_id"]), Body=data[:1000])
     assert_error(fm.complete(alice, a["upload_id"]), 409, "size_mismatch")
     assert fm.head(key_of(a["upload_id"])) is None
     row = fm.upload_row(a["upload_id"])
@@ -494,9 +516,10 @@ def test_multipart_size_mismatch_fails_the_upload_and_deletes_the_object(fm, ali
     data = random_bytes(PART_SIZE + 1000)
     a = fm.start(alice, data)
     p1, = fm.put_parts(a, data, numbers=[1])
-    r = requests.put(fm.part_urls(a)[2], data=data[PART_SIZE:] + b"more", timeout=30)
-    assert r.status_code == 200
-    assert_error(fm.complete(alice, a["upload_id"], [p1, {"part_number": 2, "etag": r.headers["ETag"]}]), 409,
+    assert requests.put(fm.part_urls(a)[2], data=data[PART_SIZE:] + b"more", timeout=30).status_code == 403
+    r = fm.s3.upload_part(Bucket=fm.bucket, Key=key_of(a["upload_id"]), PartNumber=2, Body=data[PART_SIZE:] + b"more",
+                          UploadId=fm.upload_row(a["upload_id"])["s3_upload_id"])
+    assert_error(fm.complete(alice, a["upload_id"], [p1, {"part_number": 2, "etag": r["ETag"]}]), 409,
                  "size_mismatch")
     assert fm.head(key_of(a["upload_id"])) is None
     assert fm.upload_row(a["upload_id"])["status"] == "FAILED"

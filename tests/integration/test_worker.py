@@ -211,13 +211,16 @@ def test_png_becomes_ready_with_metadata_variants_and_hash(fm, alice, worker, st
         assert row["blob"] == sha and row["status_reason"] is None
         blob = fm.blob_row(sha)
         assert blob["size"] == len(data) and blob["content_type"] == "image/png"
-        assert blob["storage_key"] == key_of(a["upload_id"])
+        assert blob["storage_key"] == f"blobs/{sha}"  # content-addressed, out of every client URL's reach
         assert blob["metadata"]["width"] == 1500 and blob["metadata"]["height"] == 1000, blob["metadata"]
         job = fm.job_row(job_id)
         assert job["status"] == "DONE" and job["attempts"] == 1 and job["last_error"] is None
         assert fm.upload_row(a["upload_id"])["status"] == "COMPLETED"
-        # the object stays where it landed: it is the blob's object
-        assert fm.get_bytes(key_of(a["upload_id"])) == data
+        # the verified bytes live at blobs/{sha256}, with the type they really have; the client's object and the
+        # worker's staged copy are gone
+        assert fm.get_bytes(f"blobs/{sha}") == data
+        assert fm.head(f"blobs/{sha}")["ContentType"] == "image/png"
+        assert fm.head(key_of(a["upload_id"])) is None and fm.head(f"staging/{a['upload_id']}") is None
 
         # four variants: thumb (256) and preview (1024), JPEG and WebP, decodable, within their box
         variants = blob["variants"]
@@ -260,10 +263,11 @@ def test_jpeg_dimensions_and_storage_dedupe_across_owners(fm, alice, bob, worker
     row = fm.wait_status(a2["file_id"], {"READY", "QUARANTINED", "FAILED"})
     assert row["status"] == "READY" and row["blob"] == sha, row
     assert fm.sql(f"SELECT count(*) FROM blobs WHERE sha256 = decode('{sha}', 'hex')") == "1"
-    assert fm.blob_row(sha)["storage_key"] == key_of(a1["upload_id"])
-    # bob's duplicate object is deleted just after his file became READY
-    assert wait_for(lambda: fm.head(key_of(a2["upload_id"])) is None, 10), "bob's duplicate object is still there"
-    assert fm.get_bytes(key_of(a1["upload_id"])) == data  # alice's stays
+    assert fm.blob_row(sha)["storage_key"] == f"blobs/{sha}"
+    # both incoming objects are deleted once their files are READY; the one blob object stays
+    for up in (a1, a2):
+        assert wait_for(lambda: fm.head(key_of(up["upload_id"])) is None, 10), "an incoming object is still there"
+    assert fm.get_bytes(f"blobs/{sha}") == data
     assert fm.job_row(job2)["status"] == "DONE"
 
 

@@ -10,7 +10,9 @@
  *   fm_s3ctl head KEY                         {"ok":true,"status":200,"etag":"…","size":N,"content_type":"…"}
  *   fm_s3ctl get KEY                          the object's bytes on stdout (streamed); the JSON line, with
  *                                             "etag", "size" and "bytes" (how many were written), on stderr
- *   fm_s3ctl copy SRC-KEY DST-KEY             {"ok":true,"status":200,"etag":"…"}
+ *   fm_s3ctl copy SRC-KEY DST-KEY [TYPE|- [PART-BYTES]]
+ *                                             {"ok":true,"status":200,"etag":"…","size":N} (TYPE replaces the
+ *                                             Content-Type; PART-BYTES the largest single copy, parts above)
  *
  * A failed call prints {"ok":false,"status","code","message"} and exits 1; a usage error exits 2. Settings from
  * FM_S3_ENDPOINT, FM_S3_BUCKET, FM_S3_ACCESS_KEY, FM_S3_SECRET_KEY, FM_S3_SESSION_TOKEN (optional) and
@@ -38,7 +40,7 @@ static int usage(const char *argv0)
     fprintf(stderr,
             "usage: %s create KEY [CONTENT-TYPE] | presign-part KEY UPLOADID N | list KEY UPLOADID |\n"
             "       complete KEY UPLOADID N:ETAG... | abort KEY UPLOADID | head KEY | get KEY |\n"
-            "       copy SRC-KEY DST-KEY\n",
+            "       copy SRC-KEY DST-KEY [CONTENT-TYPE|- [PART-BYTES]]\n",
             argv0);
     return 2;
 }
@@ -265,10 +267,15 @@ int main(int argc, char **argv)
         }
     } else if (strcmp(cmd, "get") == 0 && argc == 3) {
         rc = get(s3, key);
-    } else if (strcmp(cmd, "copy") == 0 && argc == 4) {
-        rc = fm_s3_copy_object(s3, key, argv[3], &res) == 0 ? 0 : 1;
+    } else if (strcmp(cmd, "copy") == 0 && argc >= 4 && argc <= 6) {
+        fm_s3_copy_opts_t opts = {.content_type = argc >= 5 && strcmp(argv[4], "-") != 0 ? argv[4] : NULL,
+                                  .part_bytes = argc == 6 ? atoll(argv[5]) : 0};
+        rc = (argc == 4 ? fm_s3_copy_object(s3, key, argv[3], &res) : fm_s3_copy(s3, key, argv[3], &opts, &res)) == 0
+                 ? 0
+                 : 1;
         if ((obj = outcome(rc, &res)) != NULL) {
             cJSON_AddStringToObject(obj, "etag", res.etag);
+            cJSON_AddNumberToObject(obj, "size", (double)res.content_length);
             print_line(obj);
         }
     }

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "rcache.h"
 #include "redis.h"
 #include "loop_test.h"
 
@@ -390,6 +391,61 @@ static void test_tracking_reports_changes(void **state)
     destroy_pool();
 }
 
+/* fm_rcache_keep_absent: "no such key" is kept like a value (fm-edge's revocation marks are mostly absent), and
+ * dropped the moment the key is created, as Redis tracks a key read while it did not exist. */
+static fm_rcache_t *absent_cache; /* destroyed by the test, or by test_teardown_rcache when it failed midway */
+
+static int absent_kept(const char *key, const char **value, size_t *len)
+{
+    return fm_rcache_get(absent_cache, key, value, len);
+}
+
+static void test_rcache_keeps_absence_until_the_key_appears(void **state)
+{
+    const char *value;
+    size_t len;
+    fm_rcache_t *c = absent_cache = fm_rcache_create(env.loop, "127.0.0.1", env.port, PASSWORD, DB, 1000, 64, 256,
+                                                     60000);
+    assert_non_null(c);
+    fm_rcache_keep_absent(c);
+    assert_true(RUN_UNTIL(fm_rcache_connected(c), 3000));
+    redisContext *other = direct_client();
+    freeReplyObject(redisCommand(other, "DEL fm:test:revoked"));
+
+    assert_int_equal(absent_kept("fm:test:revoked", &value, &len), 0);
+    result_t *missing = slot();
+    assert_int_equal(fm_rcache_fetch(c, "fm:test:revoked", on_result, missing), 0);
+    assert_true(RUN_UNTIL(missing->called, 1000));
+    assert_int_equal(missing->type, REDIS_REPLY_NIL);
+    assert_int_equal(absent_kept("fm:test:revoked", &value, &len), 1);
+    assert_null(value);
+    assert_int_equal(len, 0);
+
+    /* created by another client: the kept absence goes, and the value read next is kept */
+    freeReplyObject(redisCommand(other, "SET fm:test:revoked 1"));
+    assert_true(RUN_UNTIL(absent_kept("fm:test:revoked", &value, &len) == 0, 1000));
+    result_t *present = slot();
+    assert_int_equal(fm_rcache_fetch(c, "fm:test:revoked", on_result, present), 0);
+    assert_true(RUN_UNTIL(present->called, 1000));
+    assert_int_equal(absent_kept("fm:test:revoked", &value, &len), 1);
+    assert_non_null(value);
+    assert_memory_equal(value, "1", 1);
+
+    /* and deleted again: the value goes too */
+    freeReplyObject(redisCommand(other, "DEL fm:test:revoked"));
+    assert_true(RUN_UNTIL(absent_kept("fm:test:revoked", &value, &len) == 0, 1000));
+    redisFree(other);
+    fm_rcache_destroy(c);
+    absent_cache = NULL;
+}
+
+static int test_teardown_rcache(void **state)
+{
+    fm_rcache_destroy(absent_cache);
+    absent_cache = NULL;
+    return test_teardown(state);
+}
+
 static void test_many_concurrent(void **state)
 {
     fm_redis_t *r = pool_up(4, 2000);
@@ -571,6 +627,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_roundtrip, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_many_concurrent, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_tracking_reports_changes, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_rcache_keeps_absence_until_the_key_appears, test_setup,
+                                        test_teardown_rcache),
         cmocka_unit_test_setup_teardown(test_timeout_blocked_connection, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_timeout_debug_sleep, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_wrong_password_fails_fast, test_setup, test_teardown),
