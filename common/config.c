@@ -89,7 +89,7 @@ static const var_t vars[] = {
     INT("FM_ARGON2_T", FM_SVC_CONTROL, "2", 1, 100, argon2_t, "argon2id passes"),
     INT("FM_ARGON2_P", FM_SVC_CONTROL, "1", 1, 16, argon2_p, "argon2id lanes"),
     INT("FM_HASH_THREADS", FM_SVC_CONTROL, "1", 1, 64, hash_threads, "Threads hashing passwords (argon2id), apart from the offload pool: each keeps FM_ARGON2_M_KIB of memory"),
-    INT("FM_HASH_QUEUE_MAX", FM_SVC_CONTROL, "32", 1, 65536, hash_queue_max, "Logins and registrations that may wait for a hashing thread; beyond, they answer 503 + Retry-After at once (the wait is at most this many hashes / FM_HASH_THREADS)"),
+    INT("FM_HASH_QUEUE_MAX", FM_SVC_CONTROL, "16", 1, 65536, hash_queue_max, "Logins and registrations that may wait for a hashing thread; beyond, they answer 503 + Retry-After at once (the wait is at most this many hashes / FM_HASH_THREADS)"),
     INT("FM_LOGIN_LIMIT_ACCOUNT_IP", FM_SVC_CONTROL, "10", 1, 100000, login_limit_account_ip, "Failed logins on one account from one client (an IPv4 address or an IPv6 /64) per window; then that pair is refused (429) until the window ends"),
     INT("FM_LOGIN_LIMIT_ACCOUNT", FM_SVC_CONTROL, "10", 1, 100000, login_limit_account, "Failed logins on one account from all clients (counted until a window passes without one); beyond, clients it never logged in from wait a delay doubling per failure (1 s .. FM_LOGIN_DELAY_MAX_S); never a lock"),
     INT("FM_LOGIN_DELAY_MAX_S", FM_SVC_CONTROL, "60", 1, 3600, login_delay_max_s, "Longest delay between attempts on an account past FM_LOGIN_LIMIT_ACCOUNT"),
