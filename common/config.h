@@ -49,7 +49,7 @@ typedef struct fm_config {
     char s3_endpoint[256], s3_region[64], s3_bucket[64];
     char s3_access_key[128], s3_secret_key[128], s3_session_token[2048];
     int64_t offload_threads;
-    int64_t hash_threads;
+    int64_t hash_threads, hash_queue_max;
     /* accounts */
     char jwt_secret[256];
     char jwt_issuer[256];
@@ -59,6 +59,7 @@ typedef struct fm_config {
     char admin_email[256];
     int64_t argon2_m_kib, argon2_t, argon2_p;
     int64_t login_limit_account, login_limit_ip, login_window_s;
+    int64_t login_limit_account_ip, login_limit_net, login_delay_max_s, login_known_ttl_s; /* control-plane/limits.c */
     int64_t register_limit_ip;
     /* edge and worker (health only for now) */
     int64_t edge_http_port, edge_https_port;

@@ -27,6 +27,7 @@ static h2o_globalconf_t globalconf;
 static fm_thread_t *threads;
 static fm_offload_t *offload_pool;
 static fm_offload_t *hash_pool; /* NULL unless spec->hash_threads */
+static size_t hash_queue_max;   /* its bound */
 static h2o_multithread_message_t *shutdown_messages;
 
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -274,6 +275,11 @@ void fm_server_block_stop_signals(void)
     pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
 }
 
+int fm_server_hash_full(void)
+{
+    return hash_pool != NULL && fm_offload_queued(hash_pool) >= hash_queue_max;
+}
+
 int fm_server_run(const fm_server_spec_t *spec)
 {
     sigset_t stop_signals;
@@ -315,8 +321,11 @@ int fm_server_run(const fm_server_spec_t *spec)
     fm_metrics_describe("fm_http_request_duration_seconds", FM_METRIC_HISTOGRAM, "Time to answer, by route");
     fm_metrics_describe("fm_http_inflight_requests", FM_METRIC_GAUGE, "Requests being handled, per thread");
 
+    /* The hashing queue is short on purpose (FM_HASH_QUEUE_MAX): a login that would wait seconds behind a flood of
+     * others is better answered 503 + Retry-After at once. */
+    hash_queue_max = spec->hash_queue_max != 0 ? spec->hash_queue_max : 1024;
     if ((offload_pool = fm_offload_create(spec->offload_threads, 4096)) == NULL ||
-        (spec->hash_threads > 0 && (hash_pool = fm_offload_create(spec->hash_threads, 1024)) == NULL)) {
+        (spec->hash_threads > 0 && (hash_pool = fm_offload_create(spec->hash_threads, hash_queue_max)) == NULL)) {
         fm_error("cannot start the offload pools");
         return 1;
     }

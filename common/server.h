@@ -29,6 +29,8 @@ typedef struct fm_server_spec {
     size_t offload_threads;
     /** Threads of a second pool for password hashing (fm_thread_t.hash); 0 = none, hashes go to the offload pool. */
     size_t hash_threads;
+    /** Hashes that may wait for a hashing thread; a job beyond is refused at once (503). 0 = 1024. */
+    size_t hash_queue_max;
     size_t max_body_bytes;
     uint64_t graceful_timeout_ms;
     /** Answers GET/HEAD requests that match no route (static files); NULL = 404. */
@@ -69,6 +71,13 @@ struct fm_thread {
  * without a graceful stop.
  */
 void fm_server_block_stop_signals(void);
+
+/**
+ * Whether the password hashing pool's queue is full (spec->hash_queue_max hashes waiting), so that a login can be
+ * answered 503 before its attempt is counted; a submission can still be refused if the queue fills meanwhile.
+ * 0 without a hashing pool. Any thread, while fm_server_run runs.
+ */
+int fm_server_hash_full(void);
 
 /** Runs the service until SIGTERM/SIGINT; returns the process exit status (0 after a graceful stop). */
 int fm_server_run(const fm_server_spec_t *spec);

@@ -5,8 +5,9 @@
  * Sessions: PostgreSQL holds the truth (sessions, refresh_tokens, see schema/002_auth_functions.sql); Redis
  * holds `fm:sess:{sid}` = "user_id role" or "revoked", so logout refuses the session's access tokens at once on
  * every instance. A missing key (Redis restarted empty) is rebuilt from PostgreSQL on first use.
- * Login attempts are limited per account and per client IP with one atomic Lua call (fixed windows).
- * argon2id runs on the offload pool: ~20–40 ms of CPU must not stall an event loop.
+ * An email is compared in one normal form everywhere (common/email.h); login and registration attempts are limited
+ * before any password is hashed (limits.h). argon2id runs on the hashing pool (fm_hash_call): ~20–40 ms of CPU
+ * must not stall an event loop, and when its queue is full the answer is 503 at once (FM_HASH_QUEUE_MAX).
  */
 #include <openssl/crypto.h>
 #include <stdio.h>
@@ -16,13 +17,15 @@
 
 #include "b64.h"
 #include "control.h"
+#include "email.h"
+#include "limits.h"
 #include "log.h"
 
 #define AUTH_BODY_MAX 16384
-#define EMAIL_MAX 254
 
 typedef struct {
-    char email[EMAIL_MAX + 1];
+    char email[FM_EMAIL_BUF_SIZE]; /* as the client spelled it (answers show the spelling registered) */
+    fm_login_guard_t guard;        /* its normal form and the client's prefixes: what the limiter counts */
     char password[FM_PASSWORD_MAX_LEN + 1];
     size_t password_len;
     char password_hash[FM_PASSWORD_HASH_BUF_SIZE];
@@ -70,27 +73,6 @@ static void copy_field(char *dst, size_t size, PGresult *res, int row, int col)
     snprintf(dst, size, "%s", PQgetisnull(res, row, col) ? "" : PQgetvalue(res, row, col));
 }
 
-/* A plausible address: bounded, one '@' with text on both sides, no spaces or control characters. */
-static int email_valid(const char *email)
-{
-    size_t len = strlen(email);
-    const char *at = strchr(email, '@');
-    if (len < 3 || len > EMAIL_MAX || at == NULL || at == email || at[1] == '\0' || strchr(at + 1, '@') != NULL)
-        return 0;
-    for (const unsigned char *p = (const unsigned char *)email; *p != '\0'; ++p)
-        if (*p <= 0x20 || *p == 0x7f)
-            return 0;
-    return 1;
-}
-
-static void lowercase_into(char *dst, size_t size, const char *src)
-{
-    size_t i = 0;
-    for (; src[i] != '\0' && i + 1 < size; ++i)
-        dst[i] = (src[i] >= 'A' && src[i] <= 'Z') ? (char)(src[i] - 'A' + 'a') : src[i];
-    dst[i] = '\0';
-}
-
 static void session_key(char *out, size_t size, const char *session_id)
 {
     snprintf(out, size, "fm:sess:{%.36s}", session_id);
@@ -116,48 +98,6 @@ static void session_cache_revoke(fm_req_t *r, fm_redis_cb cb, const char *sessio
     snprintf(ttl, sizeof(ttl), "%lld", (long long)fm_control->config.access_ttl_s + FM_JWT_LEEWAY_SECONDS + 60);
     const char *argv[] = {"SET", key, "revoked", "EX", ttl};
     fm_redis_call(r, cb, 5, argv);
-}
-
-/* ---- rate limits ---------------------------------------------------------------------------------------- */
-
-/* Fixed-window counters, all keys counted in one atomic call; returns {count1, ttl1, count2, ttl2, …}. The keys
- * share the {fm:rl} hash tag so that the script also runs on Redis Cluster. */
-static const char rate_limit_script[] =
-    "local out = {} "
-    "for i, key in ipairs(KEYS) do "
-    "  local n = redis.call('INCR', key) "
-    "  local ttl = redis.call('TTL', key) "
-    "  if ttl < 0 then redis.call('EXPIRE', key, ARGV[1]) ttl = tonumber(ARGV[1]) end "
-    "  out[#out + 1] = n out[#out + 1] = ttl "
-    "end "
-    "return out";
-
-/* Answers 429 with Retry-After if any counter in the script's reply is above its limit; returns 1 if it did. */
-static int over_limit(fm_req_t *r, redisReply *reply, const long long *limits, size_t count)
-{
-    long long retry_after = 0;
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != count * 2)
-        return 0;
-    for (size_t i = 0; i < count; ++i) {
-        long long n = reply->element[2 * i]->integer, ttl = reply->element[2 * i + 1]->integer;
-        if (n > limits[i] && ttl > retry_after)
-            retry_after = ttl;
-    }
-    if (retry_after == 0)
-        return 0;
-    char value[24];
-    snprintf(value, sizeof(value), "%lld", retry_after);
-    fm_req_add_header(r, "retry-after", value);
-    fm_reply_error(r, 429, "rate_limited", "too many attempts, retry in %lld s", retry_after);
-    return 1;
-}
-
-static void rate_limit(fm_req_t *r, fm_redis_cb cb, const char *key1, const char *key2)
-{
-    char window[24];
-    snprintf(window, sizeof(window), "%lld", (long long)fm_control->config.login_window_s);
-    const char *argv[] = {"EVAL", rate_limit_script, key2 ? "2" : "1", key1, key2 ? key2 : window, window};
-    fm_redis_call(r, cb, key2 ? 6 : 5, argv);
 }
 
 /* ---- token answers -------------------------------------------------------------------------------------- */
@@ -205,13 +145,15 @@ static int make_refresh_token(auth_state_t *s)
                : 0;
 }
 
-/* Reads {email, password} into the state; answers and returns -1 on bad input. */
+/* Reads {email, password} into the state and the client's address into its guard; answers and returns -1 on bad
+ * input. An address outside the normal form (email.h) is refused here, for login as for registration: its normal
+ * form is what the limiter counts and the database compares. */
 static int parse_credentials(fm_req_t *r, auth_state_t *s)
 {
     cJSON *body = fm_req_json_body(r, AUTH_BODY_MAX);
     if (body == NULL)
         return -1;
-    const char *email = fm_json_require_string(r, body, "email", 1, EMAIL_MAX);
+    const char *email = fm_json_require_string(r, body, "email", 1, FM_EMAIL_MAX);
     const char *password = email ? fm_json_require_string(r, body, "password", 1, FM_PASSWORD_MAX_LEN) : NULL;
     if (password == NULL) {
         cJSON_Delete(body);
@@ -222,8 +164,25 @@ static int parse_credentials(fm_req_t *r, auth_state_t *s)
     memcpy(s->password, password, s->password_len + 1);
     OPENSSL_cleanse(cJSON_GetObjectItemCaseSensitive(body, "password")->valuestring, s->password_len);
     cJSON_Delete(body);
+    if (fm_email_normalize(s->email, strlen(s->email), s->guard.account, sizeof(s->guard.account)) != 0) {
+        fm_reply_error(r, 422, "invalid_email",
+                       "email must look like name@domain in ASCII, without spaces (an internationalised domain in "
+                       "its xn-- form)");
+        return -1;
+    }
     fm_req_peer(r, s->ip, sizeof(s->ip));
+    fm_rl_client(s->ip, &s->guard.client);
     return 0;
+}
+
+/* A full hashing queue answers at once, before the attempt is counted: waiting seconds behind a flood of logins
+ * helps nobody, and a retry after a second usually finds room. */
+static int hasher_full(fm_req_t *r)
+{
+    if (!fm_server_hash_full())
+        return 0;
+    fm_reply_unavailable(r, "the password hasher");
+    return 1;
 }
 
 /* ---- POST /v1/auth/register ----------------------------------------------------------------------------- */
@@ -268,8 +227,12 @@ static void on_password_hashed(void *data)
         fm_reply_error(r, 500, "internal_error", "could not hash the password");
         return;
     }
-    const char *params[] = {s->email, s->password_hash, fm_control->config.admin_email, s->ip[0] ? s->ip : NULL,
-                            r->request_id};
+    /* FM_ADMIN_EMAIL in the same normal form; one that has none (not ASCII) names nobody. */
+    char admin[FM_EMAIL_BUF_SIZE];
+    const char *admin_email = fm_control->config.admin_email;
+    if (fm_email_normalize(admin_email, strlen(admin_email), admin, sizeof(admin)) != 0)
+        admin[0] = '\0';
+    const char *params[] = {s->email, s->password_hash, admin, s->ip[0] ? s->ip : NULL, r->request_id};
     fm_pg_call(r, on_register_inserted,
             "SELECT id, email, role, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') "
             "FROM fm_register_user($1, $2, $3, $4::inet, $5)",
@@ -281,10 +244,7 @@ static void on_register_rate_checked(redisReply *reply, const char *errstr, void
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (fm_redis_failed(r, reply, errstr))
-        return;
-    long long limits[] = {fm_control->config.register_limit_ip};
-    if (over_limit(r, reply, limits, 1))
+    if (fm_limits_register_refused(r, reply, errstr))
         return;
     fm_hash_call(r, hash_password_work, on_password_hashed);
 }
@@ -294,17 +254,13 @@ void handle_auth_register(fm_req_t *r)
     auth_state_t *s = auth_state(r);
     if (parse_credentials(r, s) != 0)
         return;
-    if (!email_valid(s->email)) {
-        fm_reply_error(r, 422, "invalid_email", "email must look like name@domain, without spaces");
-        return;
-    }
     if (s->password_len < FM_PASSWORD_MIN_LEN) {
         fm_reply_error(r, 422, "weak_password", "password must be at least %d bytes long", FM_PASSWORD_MIN_LEN);
         return;
     }
-    char key[128];
-    snprintf(key, sizeof(key), "fm:rl:{fm:rl}:register:ip:%s", s->ip);
-    rate_limit(r, on_register_rate_checked, key, NULL);
+    if (hasher_full(r))
+        return;
+    fm_limits_register_check(r, &s->guard, on_register_rate_checked);
 }
 
 /* ---- POST /v1/auth/login -------------------------------------------------------------------------------- */
@@ -344,20 +300,15 @@ static void verify_password_work(void *data)
     OPENSSL_cleanse(s->password, sizeof(s->password));
 }
 
-static void on_password_verified(void *data)
+static void on_login_limits_cleared(redisReply *reply, const char *errstr, void *data)
 {
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
     auth_state_t *s = r->state;
-    if (!s->password_ok) {
-        fm_reply_error(r, 401, "invalid_credentials", "email or password is wrong");
-        return;
-    }
-    if (s->user_disabled) {
-        fm_reply_error(r, 403, "account_disabled", "this account is disabled");
-        return;
-    }
+    /* The password was right: a failure to clear the counters costs the owner a little patience, not the login. */
+    if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
+        fm_log(FM_LOG_WARN, r->request_id, "redis: login counters not cleared: %s", reply ? reply->str : errstr);
     if (make_refresh_token(s) != 0) {
         fm_reply_error(r, 500, "internal_error", "could not make a token");
         return;
@@ -377,6 +328,23 @@ static void on_password_verified(void *data)
             "SELECT session_id, extract(epoch FROM expires_at)::bigint "
             "FROM fm_session_create($1, $2::bytea, $3::integer, $4, $5::inet, $6)",
             6, params);
+}
+
+static void on_password_verified(void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    auth_state_t *s = r->state;
+    if (!s->password_ok) {
+        fm_reply_error(r, 401, "invalid_credentials", "email or password is wrong");
+        return;
+    }
+    if (s->user_disabled) {
+        fm_reply_error(r, 403, "account_disabled", "this account is disabled");
+        return;
+    }
+    fm_limits_login_succeeded(r, &s->guard, on_login_limits_cleared);
 }
 
 static void on_login_user_loaded(PGresult *res, const char *errstr, void *data)
@@ -403,16 +371,15 @@ static void on_login_rate_checked(redisReply *reply, const char *errstr, void *d
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    if (fm_redis_failed(r, reply, errstr))
-        return;
-    long long limits[] = {fm_control->config.login_limit_account, fm_control->config.login_limit_ip};
-    if (over_limit(r, reply, limits, 2))
+    if (fm_limits_login_refused(r, reply, errstr))
         return;
     auth_state_t *s = r->state;
-    const char *params[] = {s->email};
+    /* The normal form is lower-cased ASCII, which is what lower() makes of any stored address that can match it
+     * (users_email_key is on lower(email)). */
+    const char *params[] = {s->guard.account};
     fm_pg_call(r, on_login_user_loaded,
-            "SELECT id, password_hash, role, disabled_at IS NOT NULL, email FROM users WHERE lower(email) = lower($1)",
-            1, params);
+            "SELECT id, password_hash, role, disabled_at IS NOT NULL, email FROM users WHERE lower(email) = $1", 1,
+            params);
 }
 
 void handle_auth_login(fm_req_t *r)
@@ -420,11 +387,9 @@ void handle_auth_login(fm_req_t *r)
     auth_state_t *s = auth_state(r);
     if (parse_credentials(r, s) != 0)
         return;
-    char account[EMAIL_MAX + 1], account_key[EMAIL_MAX + 64], ip_key[128];
-    lowercase_into(account, sizeof(account), s->email);
-    snprintf(account_key, sizeof(account_key), "fm:rl:{fm:rl}:login:account:%s", account);
-    snprintf(ip_key, sizeof(ip_key), "fm:rl:{fm:rl}:login:ip:%s", s->ip);
-    rate_limit(r, on_login_rate_checked, account_key, ip_key);
+    if (hasher_full(r))
+        return;
+    fm_limits_login_check(r, &s->guard, on_login_rate_checked);
 }
 
 /* ---- POST /v1/auth/refresh ------------------------------------------------------------------------------ */

@@ -204,6 +204,7 @@ static int serve(fm_control_t *app)
         .threads = (size_t)cfg->threads,
         .offload_threads = (size_t)cfg->offload_threads,
         .hash_threads = (size_t)cfg->hash_threads,
+        .hash_queue_max = (size_t)cfg->hash_queue_max,
         .max_body_bytes = (size_t)cfg->max_body_bytes,
         .graceful_timeout_ms = (uint64_t)cfg->graceful_timeout_ms,
         .fallback = cfg->web_dir[0] ? handle_web : NULL,

@@ -853,7 +853,8 @@ def main():
         env.update(st.env)
         env.update({
             "FM_JWT_SECRET": secrets.token_urlsafe(48), "FM_ACCESS_TTL_S": "3600",
-            "FM_LOGIN_LIMIT_ACCOUNT": "100000", "FM_LOGIN_LIMIT_IP": "1000000", "FM_REGISTER_LIMIT_IP": "1000",
+            "FM_LOGIN_LIMIT_ACCOUNT": "100000", "FM_LOGIN_LIMIT_IP": "1000000", "FM_LOGIN_LIMIT_NET": "1000000",
+            "FM_REGISTER_LIMIT_IP": "1000",
             "FM_GRACEFUL_TIMEOUT_MS": "2000", "FM_SCHEMA_DIR": str(REPO / "schema"),
             "FM_ARGON2_M_KIB": str(ARGON2["m_kib"]), "FM_ARGON2_T": str(ARGON2["t"]), "FM_ARGON2_P": str(ARGON2["p"]),
         })

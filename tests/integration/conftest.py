@@ -105,7 +105,9 @@ class ControlFactory:
             "FM_LOG_LEVEL": "info",
             # The suite logs in hundreds of times from 127.0.0.1; the rate-limit tests start their own instance.
             "FM_LOGIN_LIMIT_IP": "1000000",
+            "FM_LOGIN_LIMIT_NET": "10000000",
             "FM_LOGIN_LIMIT_ACCOUNT": "100000",
+            "FM_LOGIN_LIMIT_ACCOUNT_IP": "100000",
             "FM_REGISTER_LIMIT_IP": "1000000",
             # Cheap argon2id in tests: the cost parameters are measured in tests/bench, not here.
             "FM_ARGON2_M_KIB": "4096",

@@ -224,10 +224,15 @@ def test_unknown_fields_are_ignored(base):
     assert r.json()["user"]["role"] == "member"  # a client cannot choose its role
 
 
-def test_unicode_email_round_trips(base):
-    email = f"ünï-{secrets.token_hex(4)}@exämple.test"
+def test_non_ascii_email_is_refused_and_punycode_round_trips(base):
+    """Addresses are ASCII (docs/decisions.md: one normal form for the limiter and the database); an
+    internationalised domain is given in its xn-- form."""
+    for route in ("/v1/auth/register", "/v1/auth/login"):
+        assert_error(post_json(base, route, {"email": f"ünï-{secrets.token_hex(4)}@exämple.test", "password": PASSWORD}),
+                     422, "invalid_email")
+    email = f"Uni-{secrets.token_hex(4)}@xn--exmple-cua.test"
     assert register(base, email)["email"] == email
-    assert login(base, email)["user"]["email"] == email
+    assert login(base, email.lower())["user"]["email"] == email
 
 
 # --- invalid UTF-8 and NUL bytes -----------------------------------------------------------------------------------
