@@ -87,7 +87,7 @@ static int copy_in_parts(fm_s3_t *s3, const char *source, const char *dst_key, c
     for (size_t i = 0; i < count; ++i) {
         long long first = (long long)i * part_bytes, last = first + part_bytes - 1 < size - 1 ? first + part_bytes - 1
                                                                                                : size - 1;
-        char number[16], range[64];
+        char number[24], range[64];
         snprintf(number, sizeof(number), "%zu", i + 1);
         snprintf(range, sizeof(range), "bytes=%lld-%lld", first, last);
         fm_sigv4_param_t params[2] = {{"partNumber", number}, {"uploadId", upload_id}};
