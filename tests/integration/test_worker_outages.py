@@ -532,3 +532,84 @@ def test_redis_restarting_mid_job_does_not_fail_the_file(fm, alice, pool, clamd_
     job = fm.job_row(job_id)
     assert row["status"] == "READY", (row, job, svc.log_text()[-3000:])
     assert job["status"] == "DONE" and job["attempts"] == 1, job
+
+
+def test_a_stop_at_the_end_of_the_graceful_delay_uses_no_attempt(fm, alice, pool, clamd_back):
+    """A deploy: SIGTERM while a job is inside its steps, past the graceful delay; the job stops at the next step
+    boundary. With a single attempt allowed, the next worker must still make the file READY."""
+    stack = clamd_back
+    graceful_ms = 300
+    svc = pool.replace(FM_JOB_MAX_ATTEMPTS=1, FM_CLAMD_TIMEOUT_MS=60000, FM_GRACEFUL_TIMEOUT_MS=graceful_ms)
+    data = image_bytes("PNG", (260, 180))
+    resume = stall_scan(stack)
+    try:
+        a, job_id = upload(fm, alice, data, "image/png")
+        assert wait_for(lambda: fm.job_row(job_id)["status"] == "RUNNING", 30, 0.05), fm.job_row(job_id)
+        svc.proc.send_signal(signal.SIGTERM)
+        # the HTTP side stops first; then the job threads get FM_GRACEFUL_TIMEOUT_MS, and 2 s more for a step
+        assert wait_for(lambda: "fm-worker stopped" in svc.log_text(), 30, 0.02), svc.log_text()[-2000:]
+        time.sleep(graceful_ms / 1000 + 0.7)
+    finally:
+        resume()  # the scan ends inside the 2 s: the job stops before its next step
+    pool.current = None
+    pool.workers.stop(svc)  # exit status 0 and a clean log, checked
+    job = fm.job_row(job_id)
+    assert job["status"] == "RETRY" and job["attempts"] == 0 and "shutdown" in job["last_error"], job
+    assert fm.file_row(a["file_id"])["status"] == "UPLOADED"
+    pool.replace(FM_JOB_MAX_ATTEMPTS=1)
+    row = wait_settled(fm, a["file_id"])
+    assert row["status"] == "READY", (row, fm.job_row(job_id))
+    assert fm.job_row(job_id)["attempts"] == 1
+
+
+# --- Lambda mode -----------------------------------------------------------------------------------------------------
+
+def test_lambda_invocation_during_an_outage_uses_no_attempt_and_the_queue_finishes_it(fm, alice, pool, clamd_back,
+                                                                                       log_dir):
+    """In Lambda mode a dependency's failure is counted like the queue worker's (no attempt used) and answered with an
+    error, so Lambda retries; the job is also on jobs:delayed, which a queue-mode worker serves once clamd is back."""
+    import subprocess
+
+    from conftest import BUILD_DIR, SANITIZER_REPORT
+    from helpers_uploads import aws_record
+    from lambda_runtime import LambdaRuntime
+
+    stack = clamd_back
+    if pool.current is not None and pool.current.proc.poll() is None:  # no queue worker until Lambda has answered
+        pool.workers.stop(pool.current)
+    pool.current = None
+    data = image_bytes("PNG", (240, 160))
+    a = fm.start(alice, data, content_type="image/png")
+    fm.shield_from_reconciler(a["upload_id"])  # only the Lambda event makes this job
+    assert fm.put(a, data).status_code == 200
+    stack.stop_clamd()
+    api = LambdaRuntime()
+    env = pool.workers.controls.env(**pool.env(AWS_LAMBDA_RUNTIME_API=api.address))
+    log_path = log_dir / f"fm-worker-lambda-outage-{secrets.token_hex(4)}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(BUILD_DIR / "fm-worker")], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        answer = api.wait_answer(api.enqueue({"Records": [aws_record(fm.bucket, key_of(a["upload_id"]), len(data))]}),
+                                 timeout=60)
+        assert answer.kind == "error" and answer.error_type == "Files.ProcessingError", answer.body
+        job_id = fm.jobs_of_upload(a["upload_id"])[0]
+        job = fm.job_row(job_id)
+        assert job["status"] == "RETRY" and job["attempts"] == 0, job
+        assert job["transient_retries"] == 1 and b"waits for a dependency" in answer.body, (job, answer.body)
+        assert "clamd unavailable" in job["last_error"], job
+        assert fm.file_row(a["file_id"])["status"] == "UPLOADED"
+    finally:
+        proc.kill()
+        proc.wait()
+        api.stop()
+    assert not SANITIZER_REPORT.search(log_path.read_text(errors="replace")), log_path.read_text()[-4000:]
+    assert fm.redis("ZSCORE", "jobs:delayed", job_id) is not None
+    # Lambda's own two retries would meet clamd down too; the queue-mode worker keeps retrying from jobs:delayed
+    queue_worker = pool.replace()
+    wait_failing_without_failing(fm, a["file_id"], job_id, MORE_THAN_THE_ATTEMPTS)
+    stack.start_clamd()
+    row = wait_settled(fm, a["file_id"])
+    assert row["status"] == "READY", (row, fm.job_row(job_id))
+    assert fm.job_row(job_id)["attempts"] == 1
+    assert metric(metrics(queue_worker), "fm_worker_retries_total", cause="dependency") >= MORE_THAN_THE_ATTEMPTS - 1
