@@ -4,7 +4,7 @@
  *   job_lock → job_load → (skip if done) → job_start → job_steps → one outcome:
  *     outcome_ready        blob registered (or found: storage-level dedupe), file READY       (schema 004 fm_job_ready)
  *     outcome_quarantine   object moved to quarantine/{upload_id}, file QUARANTINED            (fm_job_quarantine)
- *     outcome_failed       job RETRY + jobs:delayed, or FAILED + jobs:dead              (schema 010 fm_job_attempt_failed)
+ *     outcome_failed       job RETRY + jobs:delayed, or FAILED + jobs:dead         (schema 010 fm_job_attempt_failed)
  *   → the entry acknowledged and deleted → job_unlock.
  *
  * Two kinds of failed attempt (DESIGN.md §6 rule 4): a step's FM_STEP_FAIL is the content's fault and uses one of
@@ -473,8 +473,8 @@ static int wait_for_postgresql(fm_worker_t *w, job_ctx_t *c)
     }
 }
 
-/* Runs an outcome; when PostgreSQL was missing to record it, waits for it and runs the outcome again. Every outcome acts
- * only on a RUNNING job, so a second run after a first one whose commit did go through finds nothing to do. */
+/* Runs an outcome; when PostgreSQL was missing to record it, waits for it and runs the outcome again. Every outcome
+ * acts only on a RUNNING job, so a second run after a first one whose commit did go through finds nothing to do. */
 static fm_outcome_t settle(fm_worker_t *w, job_ctx_t *c, fm_outcome_t (*outcome)(fm_worker_t *, job_ctx_t *))
 {
     fm_outcome_t result;
@@ -494,13 +494,11 @@ static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *rea
     snprintf(max_attempts, sizeof(max_attempts), "%lld", (long long)w->cfg->job_max_attempts);
     snprintf(transient_max, sizeof(transient_max), "%lld", (long long)w->cfg->job_transient_max_s);
     const char *params[] = {job->job_id, reason, transient ? "true" : "false", max_attempts, transient_max};
+    static const char sql[] = "SELECT out_final, coalesce(out_owner::text, ''), out_type, coalesce(out_file::text, ''),"
+                              " coalesce(out_upload::text, ''), out_attempts, out_transient_retries, out_reason"
+                              " FROM fm_job_attempt_failed($1::uuid, $2, $3::boolean, $4::integer, $5::integer)";
     PGresult *res;
-    while ((res = fm_worker_sql(w,
-                                "SELECT out_final, coalesce(out_owner::text, ''), out_type, coalesce(out_file::text, ''),"
-                                " coalesce(out_upload::text, ''), out_attempts, out_transient_retries, out_reason"
-                                " FROM fm_job_attempt_failed($1::uuid, $2, $3::boolean, $4::integer, $5::integer)",
-                                5, params)) == NULL &&
-           w->pg_unavailable && wait_for_postgresql(w, c) == 0)
+    while ((res = fm_worker_sql(w, sql, 5, params)) == NULL && w->pg_unavailable && wait_for_postgresql(w, c) == 0)
         ;
     if (res == NULL)
         return FM_OUTCOME_LEFT;
@@ -515,8 +513,7 @@ static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *rea
     const char *final_reason = PQgetvalue(res, 0, 7);
     fm_outcome_t outcome;
     if (!final) {
-        unsigned long long delay =
-            transient ? retry_delay_ms(w, transient_retries, 1) : retry_delay_ms(w, attempts, 0);
+        unsigned long long delay = transient ? retry_delay_ms(w, transient_retries, 1) : retry_delay_ms(w, attempts, 0);
         char due[24];
         snprintf(due, sizeof(due), "%llu", (unsigned long long)fm_wall_ms() + delay);
         const char *zadd[] = {"ZADD", FM_QUEUE_DELAYED, due, job->job_id};
@@ -531,7 +528,8 @@ static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *rea
         snprintf(labels, sizeof(labels), "cause=\"%s\",step=\"%s\"", transient ? "dependency" : "content", step);
         fm_metrics_counter_add("fm_worker_retries_total", labels, 1);
         if (transient)
-            LOG(FM_LOG_WARN, c, "jobs: %s: dependency error at step %s (%d in a row, no attempt used), retried in %llu ms: %s",
+            LOG(FM_LOG_WARN, c,
+                "jobs: %s: dependency error at step %s (%d in a row, no attempt used), retried in %llu ms: %s",
                 job->job_id, step, transient_retries, delay, reason);
         else
             LOG(FM_LOG_WARN, c, "jobs: %s attempt %d of %lld failed at step %s, retried in %llu ms: %s", job->job_id,
@@ -552,7 +550,7 @@ static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *rea
                               "upload_id", PQgetvalue(res, 0, 4),
                               "error",     final_reason,
                               "attempts",  attempts_text,
-                              "transient_retries", transient_text};
+                              "transient", transient_text};
         redisReply *reply = fm_worker_cmd(w, 20, xadd);
         if (reply == NULL || reply->type != REDIS_REPLY_STRING) /* FAILED in PostgreSQL, which is what admins list */
             LOG(FM_LOG_WARN, c, "jobs: %s not added to %s", job->job_id, FM_QUEUE_DEAD);

@@ -78,8 +78,8 @@ static int purge_one(const char *base, size_t base_len, const char *secret, cons
     }
     if (status < 200 || status > 299) {
         snprintf(reason, reason_size, "purge of %s answered HTTP %ld: %s", url, status, answer.text);
-        int unavailable = status >= 500 || status < 400 || status == 401 || status == 403 || status == 408 ||
-                          status == 429;
+        int unavailable =
+            status >= 500 || status < 400 || status == 401 || status == 403 || status == 408 || status == 429;
         return unavailable ? -1 : -2;
     }
     return 0;

@@ -64,8 +64,8 @@ uint64_t fm_mono_ms(void)
 
 const char *fm_outcome_name(fm_outcome_t outcome)
 {
-    static const char *const names[] = {"ready", "quarantined", "retry",  "failed", "skipped",
-                                        "left",  "deleted",     "kept",   "purged", "deferred"};
+    static const char *const names[] = {"ready", "quarantined", "retry", "failed", "skipped",
+                                        "left",  "deleted",     "kept",  "purged", "deferred"};
     return (unsigned)outcome < sizeof(names) / sizeof(names[0]) ? names[outcome] : "left";
 }
 
@@ -701,11 +701,12 @@ static void describe_metrics(void)
     fm_metrics_describe("fm_worker_step_seconds", FM_METRIC_HISTOGRAM, "Duration of each processing step");
     fm_metrics_describe("fm_worker_queue_depth", FM_METRIC_GAUGE,
                         "Entries in the job stream, pending in the group, delayed retries, dead letters");
-    fm_metrics_describe("fm_worker_retries_total", FM_METRIC_COUNTER,
-                        "Failed attempts put back for a retry, by cause (dependency: S3, clamd, PostgreSQL, an edge, "
-                        "the temp disk, a stop -- no attempt used; content: counts toward FM_JOB_MAX_ATTEMPTS) and step");
-    fm_metrics_describe("fm_worker_outcome_waits_total", FM_METRIC_COUNTER,
-                        "Finished jobs whose outcome waited for PostgreSQL to come back (not run again)");
+    fm_metrics_describe(
+        "fm_worker_retries_total", FM_METRIC_COUNTER,
+        "Failed attempts put back for a retry, by cause (dependency: S3, clamd, PostgreSQL, an edge, "
+        "the temp disk, a stop -- no attempt used; content: counts toward FM_JOB_MAX_ATTEMPTS) and step");
+    fm_metrics_describe("fm_worker_postgresql_waits_total", FM_METRIC_COUNTER,
+                        "Started jobs that waited for PostgreSQL to come back rather than be run again");
     fm_metrics_describe("fm_worker_dead_letters_total", FM_METRIC_COUNTER, "Jobs FAILED for good (jobs:dead)");
 }
 

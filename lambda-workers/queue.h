@@ -11,7 +11,8 @@
  * Redis keys (all in the database of FM_REDIS_URL):
  *   jobs                     stream, group `workers`; entry fields job_id, type, file_id, upload_id, request_id, …
  *   jobs:delayed             sorted set job_id → due time (Unix ms) of its next attempt
- *   jobs:dead                stream of the jobs that FAILED for good: job_id, type, file_id, upload_id, error, attempts
+ *   jobs:dead                stream of the jobs that FAILED for good: job_id, type, file_id, upload_id, error, attempts,
+ *                            transient (dependency errors in a row)
  *   fm:joblock:{job_id}      the consumer working on a job (SET NX PX visibility, refreshed by the heartbeat)
  *   fm:worker:{consumer}     a live worker thread: JSON {host, pid, thread, job_id, entry_id, since_ms, jobs}, EX 30
  *   fm:jobs:mover            short lock: one process at a time moves due retries

@@ -472,7 +472,9 @@ def test_a_dependency_down_past_the_limit_fails_with_a_clear_reason(fm, alice, w
     assert "clamd unavailable" in job["last_error"] and row["status_reason"] == job["last_error"], job
     assert job["attempts"] == 0, job
     dead = [dict(zip(f[::2], f[1::2])) for _id, f in fm.redis("XRANGE", "jobs:dead", "-", "+")]
-    assert [d for d in dead if d["job_id"] == job_id and d["error"] == job["last_error"]], dead
+    mine = [d for d in dead if d["job_id"] == job_id]
+    assert len(mine) == 1 and mine[0]["error"] == job["last_error"], dead
+    assert mine[0]["attempts"] == "0" and int(mine[0]["transient"]) >= 2, mine
 
 
 # --- (d) PostgreSQL and Redis restarting mid-job ---------------------------------------------------------------------
