@@ -84,6 +84,7 @@ typedef struct fm_config {
     int64_t clamd_port, clamd_timeout_ms;
     char worker_tmp_dir[512];
     int64_t job_max_attempts, job_backoff_base_ms, job_visibility_ms;
+    int64_t job_backoff_max_ms, job_transient_max_s; /* process.c: dependency errors (docs/workers.md "Retries") */
     int64_t max_image_pixels, text_max_bytes, thumb_px, preview_px;
     int64_t s3_copy_part_bytes; /* stage.c/process.c: largest single server-side copy, parts above */
     int64_t cleanup_interval_s, blob_grace_s; /* cleanup.c: unreferenced blobs */

@@ -158,7 +158,7 @@ fm_step_rc step_describe(fm_job_t *job, const fm_worker_limits_t *limits)
 {
     if (fm_media_init(NULL) != 0) {
         snprintf(job->reason, sizeof(job->reason), "libvips cannot start");
-        return FM_STEP_FAIL;
+        return FM_STEP_RETRY; /* the worker's, not the content's */
     }
     cJSON_Delete(job->meta); /* a retried job describes again */
     job->meta = cJSON_CreateObject();

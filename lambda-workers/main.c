@@ -50,10 +50,13 @@ static int lambda_record(void *ud, const fm_s3event_record_t *record, size_t ind
     snprintf(entry.request_id, sizeof(entry.request_id), "%s", b->request_id);
     fm_outcome_t outcome = fm_worker_process(b->worker, &entry);
     b->processed++;
-    if (outcome == FM_OUTCOME_LEFT || outcome == FM_OUTCOME_RETRY) {
-        /* Lambda retries the invocation; processing is idempotent, and a RETRY job is also on the delayed set. */
+    if (outcome == FM_OUTCOME_LEFT || outcome == FM_OUTCOME_RETRY || outcome == FM_OUTCOME_DEFERRED) {
+        /* Lambda retries the invocation (twice, 1 and 2 minutes later: docs/lambda.md "Retries"); processing is
+         * idempotent, and a RETRY job is also on the delayed set, which a queue-mode worker serves beyond that. */
         snprintf(err, err_size, "record %zu: job %s %s", index, job_id,
-                 outcome == FM_OUTCOME_LEFT ? "could not be processed now" : "failed and will be retried");
+                 outcome == FM_OUTCOME_LEFT       ? "could not be processed now"
+                 : outcome == FM_OUTCOME_DEFERRED ? "waits for a dependency and will be retried"
+                                                  : "failed and will be retried");
         b->failed++;
         return -1;
     }
@@ -64,6 +67,8 @@ static int lambda_handler(void *ud, const char *request_id, const char *payload,
                           char **response, char *error_type, size_t error_type_size, char **error_message)
 {
     lambda_batch_t batch = {.worker = ud, .request_id = request_id};
+    /* How long a finished job may wait for PostgreSQL (fm_worker_pause); no header, no waiting. */
+    batch.worker->deadline_ms = deadline_ms;
     char err[256] = "";
     int rc = fm_lambda_s3_records(payload, len, lambda_record, &batch, err, sizeof(err));
     if (rc < 0) {

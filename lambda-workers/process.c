@@ -6,16 +6,24 @@
  *                          storage-level dedupe), file READY, staged and incoming objects deleted (schema 007
  *                          fm_job_ready)
  *     outcome_quarantine   staged bytes moved to quarantine/{upload_id}, file QUARANTINED      (fm_job_quarantine)
- *     outcome_failed       attempts left: job RETRY + jobs:delayed; else FAILED + jobs:dead    (fm_job_attempt_failed)
+ *     outcome_failed       job RETRY + jobs:delayed, or FAILED + jobs:dead         (schema 010 fm_job_attempt_failed)
  *   → the entry acknowledged and deleted → job_unlock.
+ *
+ * Two kinds of failed attempt (DESIGN.md §6 rule 4): a step's FM_STEP_FAIL is the content's fault and uses one of
+ * FM_JOB_MAX_ATTEMPTS; everything else -- a step's FM_STEP_RETRY (S3, clamd, the temp disk), an S3 error while moving
+ * refused bytes, a cleanup's refused delete, an edge that is down, a stop at the end of the graceful delay -- is a
+ * dependency's, uses none, and is retried with a capped, jittered backoff until it has lasted FM_JOB_TRANSIENT_MAX_S
+ * (outcome "deferred"). PostgreSQL itself going away once a job's work is done does not even fail the attempt: the
+ * worker keeps the job and waits for it (wait_for_postgresql), then records the outcome.
  *
  * A cleanup_blob job takes the same lock, load, start and failure path, and runs fm_cleanup_blob (cleanup.c) instead
  * of the steps: outcome deleted, kept (referenced again) or skipped (already gone). A purge_edge job does the same
  * with fm_purge_job (purge.c): outcome purged, or skipped when there is no edge to purge; an edge that refuses or is
- * down makes it a failed attempt, retried with backoff like any other.
+ * down makes it a dependency's failed attempt, retried with backoff.
  *
  * PostgreSQL holds the truth and changes first; Redis (caches, dedupe index, notification) follows. A failure of
- * PostgreSQL or Redis themselves leaves the entry pending (outcome "left"): it is processed again later.
+ * Redis, or of PostgreSQL before the job started, leaves the entry pending (outcome "left"): it is processed again
+ * later, and no attempt was counted.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +48,8 @@ typedef struct {
     char blob_key[1024];
     const char *failed_step;
     fm_job_t job;
+    int content_fault; /* the attempt failed on the content (FM_STEP_FAIL, a worker lost on every attempt): it counts
+                        * toward FM_JOB_MAX_ATTEMPTS. 0, the default, is a dependency's fault: it does not */
 } job_ctx_t;
 
 #define LOG(level, c, ...) fm_log(level, (c)->entry->request_id[0] ? (c)->entry->request_id : NULL, __VA_ARGS__)
@@ -141,13 +151,18 @@ static int job_load(fm_worker_t *w, job_ctx_t *c)
     return 0;
 }
 
-/* Job RUNNING (attempts + 1, started_at), file PROCESSING, in one statement. 0, 1 (the job moved on meanwhile), -1. */
+/* Job RUNNING (attempts + 1, started_at), file PROCESSING, in one statement. 0, 1 (the job moved on meanwhile), -1.
+ * The attempt is counted now, so that one whose worker dies (a file that crashes it) counts; a dependency's failure
+ * gives it back (fm_job_attempt_failed). A job that starts afresh (QUEUED: new, or an admin's retry) starts a new
+ * streak of dependency errors. */
 static int job_start(fm_worker_t *w, job_ctx_t *c)
 {
     const char *params[] = {c->job.job_id};
     PGresult *res = fm_worker_sql(
         w,
-        "WITH j AS (UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, started_at = now()"
+        "WITH j AS (UPDATE jobs SET status = 'RUNNING', attempts = attempts + 1, started_at = now(),"
+        "           transient_since = CASE WHEN status = 'QUEUED' THEN NULL ELSE transient_since END,"
+        "           transient_retries = CASE WHEN status = 'QUEUED' THEN 0 ELSE transient_retries END"
         "           WHERE id = $1::uuid AND status IN ('QUEUED', 'RETRY', 'RUNNING') RETURNING attempts, file_id),"
         " f AS (UPDATE files SET status = 'PROCESSING', status_reason = NULL, updated_at = now(),"
         "       version = version + 1 WHERE id = (SELECT file_id FROM j) RETURNING id) "
@@ -467,8 +482,10 @@ static fm_outcome_t outcome_quarantine(fm_worker_t *w, job_ctx_t *c)
     fm_job_t *job = &c->job;
     char why[256];
     if (quarantine_object(w, job, why, sizeof(why)) != 0) {
-        /* Not marked: the refused bytes are still where readers could be pointed at them. Retry the move. */
+        /* Not marked: the refused bytes are still where readers could be pointed at them. Retry the move: the store's
+         * fault, not the content's (c->content_fault stays 0). */
         LOG(FM_LOG_WARN, c, "jobs: %s: %s", job->job_id, why);
+        c->failed_step = "quarantine";
         return outcome_failed(w, c, why);
     }
     drop_orphan_variants(w, c);
@@ -491,34 +508,93 @@ static fm_outcome_t outcome_quarantine(fm_worker_t *w, job_ctx_t *c)
     return FM_OUTCOME_QUARANTINED;
 }
 
-/* Due time of the next attempt: base × 2^attempts ms from now (2 s, 4 s … with the 1 s default). */
-static unsigned long long retry_due_ms(const fm_worker_t *w, int attempts)
+/* Delay before the next attempt, in ms. After a content failure: base × 2^attempts (2 s, 4 s with the 1 s default),
+ * as DESIGN.md §4 says. After the n-th dependency error in a row: "equal jitter" over base × 2^n -- half of it plus a
+ * random part of the other half -- so that the jobs one outage failed together do not all come back in the same
+ * instant, yet each waits longer than the last. Both capped at FM_JOB_BACKOFF_MAX_MS: an outage is retried at least
+ * that often, so a file is processed at most that long after its dependency came back. */
+static unsigned long long retry_delay_ms(const fm_worker_t *w, int exponent, int jitter)
 {
-    int shift = attempts < 0 ? 0 : attempts > 20 ? 20 : attempts;
-    return (unsigned long long)fm_wall_ms() + (unsigned long long)w->cfg->job_backoff_base_ms * (1ull << shift);
+    int shift = exponent < 0 ? 0 : exponent > 30 ? 30 : exponent;
+    unsigned long long cap = (unsigned long long)w->cfg->job_backoff_max_ms;
+    unsigned long long delay = (unsigned long long)w->cfg->job_backoff_base_ms << shift; /* ≤ 3.6e6 × 2^30 */
+    if (delay > cap)
+        delay = cap;
+    if (jitter && delay >= 2) /* the cap is at most a day: half of it fits 32 bits */
+        delay = delay / 2 + arc4random_uniform((uint32_t)(delay / 2) + 1);
+    return delay;
 }
 
+/* PostgreSQL went away while a started job's outcome was to be recorded. Its work is done: rather than let the job
+ * be reclaimed and run again from the start (its attempt counted as if its worker had died), keep it -- the heartbeat
+ * refreshes its entry and lock -- and wait for PostgreSQL. 0 once a statement goes through again, -1 when the job must
+ * be let go (the graceful delay of a stop is over; Lambda's deadline is near). */
+static int wait_for_postgresql(fm_worker_t *w, job_ctx_t *c)
+{
+    uint64_t since = fm_mono_ms(), pause = 250;
+    LOG(FM_LOG_WARN, c, "jobs: %s: PostgreSQL is unavailable; the job waits for it and is not run again",
+        c->entry->job_id);
+    fm_metrics_counter_add("fm_worker_postgresql_waits_total", NULL, 1);
+    for (;;) {
+        if (fm_worker_pause(w, pause) != 0) {
+            LOG(FM_LOG_WARN, c, "jobs: %s: stopped waiting for PostgreSQL after %llu ms; left pending",
+                c->entry->job_id, (unsigned long long)(fm_mono_ms() - since));
+            return -1;
+        }
+        PGresult *res = fm_worker_sql(w, "SELECT 1", 0, NULL);
+        if (res != NULL) {
+            PQclear(res);
+            LOG(FM_LOG_INFO, c, "jobs: %s: PostgreSQL is back after %llu ms", c->entry->job_id,
+                (unsigned long long)(fm_mono_ms() - since));
+            return 0;
+        }
+        pause = pause * 2 > 5000 ? 5000 : pause * 2;
+    }
+}
+
+/* Runs an outcome; when PostgreSQL was missing to record it, waits for it and runs the outcome again. Every outcome
+ * acts only on a RUNNING job, so a second run after a first one whose commit did go through finds nothing to do. */
+static fm_outcome_t settle(fm_worker_t *w, job_ctx_t *c, fm_outcome_t (*outcome)(fm_worker_t *, job_ctx_t *))
+{
+    fm_outcome_t result;
+    while ((result = outcome(w, c)) == FM_OUTCOME_LEFT && w->pg_unavailable && wait_for_postgresql(w, c) == 0)
+        ;
+    return result;
+}
+
+/* A failed attempt: c->content_fault says whose fault (see the top of this file). fm_job_attempt_failed decides, on the
+ * locked row, between RETRY (then the job goes on jobs:delayed) and FAILED (then on jobs:dead). */
 static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *reason)
 {
     fm_job_t *job = &c->job;
-    int final = c->attempts >= w->cfg->job_max_attempts;
-    const char *params[] = {job->job_id, reason, final ? "true" : "false"};
-    PGresult *res = fm_worker_sql(w,
-                                  "SELECT coalesce(out_owner::text, ''), out_type, coalesce(out_file::text, ''),"
-                                  " coalesce(out_upload::text, '') FROM fm_job_attempt_failed($1::uuid, $2, $3)",
-                                  3, params);
+    int transient = !c->content_fault;
+    const char *step = c->failed_step ? c->failed_step : "outcome";
+    char max_attempts[24], transient_max[24];
+    snprintf(max_attempts, sizeof(max_attempts), "%lld", (long long)w->cfg->job_max_attempts);
+    snprintf(transient_max, sizeof(transient_max), "%lld", (long long)w->cfg->job_transient_max_s);
+    const char *params[] = {job->job_id, reason, transient ? "true" : "false", max_attempts, transient_max};
+    static const char sql[] = "SELECT out_final, coalesce(out_owner::text, ''), out_type, coalesce(out_file::text, ''),"
+                              " coalesce(out_upload::text, ''), out_attempts, out_transient_retries, out_reason"
+                              " FROM fm_job_attempt_failed($1::uuid, $2, $3::boolean, $4::integer, $5::integer)";
+    PGresult *res;
+    while ((res = fm_worker_sql(w, sql, 5, params)) == NULL && w->pg_unavailable && wait_for_postgresql(w, c) == 0)
+        ;
     if (res == NULL)
         return FM_OUTCOME_LEFT;
     if (PQntuples(res) != 1) {
         PQclear(res);
         return FM_OUTCOME_SKIPPED;
     }
+    int final = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
     char owner[40];
-    snprintf(owner, sizeof(owner), "%s", PQgetvalue(res, 0, 0));
+    snprintf(owner, sizeof(owner), "%s", PQgetvalue(res, 0, 1));
+    int attempts = atoi(PQgetvalue(res, 0, 5)), transient_retries = atoi(PQgetvalue(res, 0, 6));
+    const char *final_reason = PQgetvalue(res, 0, 7);
     fm_outcome_t outcome;
     if (!final) {
+        unsigned long long delay = transient ? retry_delay_ms(w, transient_retries, 1) : retry_delay_ms(w, attempts, 0);
         char due[24];
-        snprintf(due, sizeof(due), "%llu", retry_due_ms(w, c->attempts));
+        snprintf(due, sizeof(due), "%llu", (unsigned long long)fm_wall_ms() + delay);
         const char *zadd[] = {"ZADD", FM_QUEUE_DELAYED, due, job->job_id};
         redisReply *reply = fm_worker_cmd(w, 4, zadd);
         int ok = reply != NULL && reply->type == REDIS_REPLY_INTEGER;
@@ -527,30 +603,42 @@ static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *rea
             PQclear(res);
             return FM_OUTCOME_LEFT;
         }
-        fm_metrics_counter_add("fm_worker_retries_total", NULL, 1);
-        LOG(FM_LOG_WARN, c, "jobs: %s attempt %d failed at step %s, retried in %lld ms: %s", job->job_id, c->attempts,
-            c->failed_step ? c->failed_step : "?", (long long)w->cfg->job_backoff_base_ms << c->attempts, reason);
-        outcome = FM_OUTCOME_RETRY;
+        char labels[96];
+        snprintf(labels, sizeof(labels), "cause=\"%s\",step=\"%s\"", transient ? "dependency" : "content", step);
+        fm_metrics_counter_add("fm_worker_retries_total", labels, 1);
+        if (transient)
+            LOG(FM_LOG_WARN, c,
+                "jobs: %s: dependency error at step %s (%d in a row, no attempt used), retried in %llu ms: %s",
+                job->job_id, step, transient_retries, delay, reason);
+        else
+            LOG(FM_LOG_WARN, c, "jobs: %s attempt %d of %lld failed at step %s, retried in %llu ms: %s", job->job_id,
+                attempts, (long long)w->cfg->job_max_attempts, step, delay, reason);
+        outcome = transient ? FM_OUTCOME_DEFERRED : FM_OUTCOME_RETRY;
     } else {
-        char attempts[16];
-        snprintf(attempts, sizeof(attempts), "%d", c->attempts);
+        if (!transient && attempts > w->cfg->job_max_attempts) /* the attempt of a worker lost on every one */
+            attempts = (int)w->cfg->job_max_attempts;
+        char attempts_text[16], transient_text[16];
+        snprintf(attempts_text, sizeof(attempts_text), "%d", attempts);
+        snprintf(transient_text, sizeof(transient_text), "%d", transient_retries);
         const char *xadd[] = {"XADD",      FM_QUEUE_DEAD,
                               "MAXLEN",    "~",
                               "100000",    "*",
                               "job_id",    job->job_id,
-                              "type",      PQgetvalue(res, 0, 1),
-                              "file_id",   PQgetvalue(res, 0, 2),
-                              "upload_id", PQgetvalue(res, 0, 3),
-                              "error",     reason,
-                              "attempts",  attempts};
-        redisReply *reply = fm_worker_cmd(w, 18, xadd);
+                              "type",      PQgetvalue(res, 0, 2),
+                              "file_id",   PQgetvalue(res, 0, 3),
+                              "upload_id", PQgetvalue(res, 0, 4),
+                              "error",     final_reason,
+                              "attempts",  attempts_text,
+                              "transient", transient_text};
+        redisReply *reply = fm_worker_cmd(w, 20, xadd);
         if (reply == NULL || reply->type != REDIS_REPLY_STRING) /* FAILED in PostgreSQL, which is what admins list */
             LOG(FM_LOG_WARN, c, "jobs: %s not added to %s", job->job_id, FM_QUEUE_DEAD);
         freeReplyObject(reply);
         drop_orphan_variants(w, c);
         fm_metrics_counter_add("fm_worker_dead_letters_total", NULL, 1);
-        notify_owner(w, owner, job, "FAILED", reason);
-        LOG(FM_LOG_ERROR, c, "jobs: %s FAILED after %d attempts: %s", job->job_id, c->attempts, reason);
+        notify_owner(w, owner, job, "FAILED", final_reason);
+        LOG(FM_LOG_ERROR, c, "jobs: %s FAILED at step %s after %d attempts and %d dependency errors in a row: %s",
+            job->job_id, step, attempts, transient_retries, final_reason);
         outcome = FM_OUTCOME_FAILED;
     }
     PQclear(res);
@@ -561,7 +649,9 @@ static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *rea
 /* ---- one job --------------------------------------------------------------------------------------------------------
  */
 
-/* A cleanup_blob job (cleanup.h): same lock, attempts, retries and dead letters as an upload's job. */
+/* A cleanup_blob job (cleanup.h): same lock, attempts, retries and dead letters as an upload's job. Its failures are
+ * all a dependency's: S3 refusing a delete (retried with backoff), PostgreSQL going away (waited for, then the job --
+ * one transaction, rolled back -- runs again at once). */
 static fm_outcome_t job_run_cleanup(fm_worker_t *w, job_ctx_t *c)
 {
     int was_running = strcmp(c->status, "RUNNING") == 0;
@@ -571,11 +661,15 @@ static fm_outcome_t job_run_cleanup(fm_worker_t *w, job_ctx_t *c)
     c->failed_step = "cleanup";
     if (was_running && c->attempts > w->cfg->job_max_attempts) {
         c->attempts = (int)w->cfg->job_max_attempts;
+        c->content_fault = 1;
         return outcome_failed(w, c, "the worker stopped while cleaning this blob, on every attempt");
     }
     char reason[256] = "";
     uint64_t started_ms = fm_mono_ms();
-    fm_cleanup_rc rc = fm_cleanup_blob(w, c->job.job_id, reason, sizeof(reason));
+    fm_cleanup_rc rc;
+    while ((rc = fm_cleanup_blob(w, c->job.job_id, reason, sizeof(reason))) == FM_CLEANUP_LEFT && w->pg_unavailable &&
+           wait_for_postgresql(w, c) == 0)
+        ;
     observe_step("cleanup", started_ms);
     switch (rc) {
     case FM_CLEANUP_DELETED:
@@ -593,7 +687,9 @@ static fm_outcome_t job_run_cleanup(fm_worker_t *w, job_ctx_t *c)
     }
 }
 
-/* A purge_edge job (purge.h): same lock, attempts, retries and dead letters as an upload's job. */
+/* A purge_edge job (purge.h): same lock, attempts, retries and dead letters as an upload's job. An edge that is down,
+ * slow or misconfigured is a dependency's failure (retried with backoff, no attempt used); one that refuses the request
+ * itself (FM_PURGE_FAIL) would refuse it again: that counts. */
 static fm_outcome_t job_run_purge(fm_worker_t *w, job_ctx_t *c)
 {
     int was_running = strcmp(c->status, "RUNNING") == 0;
@@ -603,17 +699,24 @@ static fm_outcome_t job_run_purge(fm_worker_t *w, job_ctx_t *c)
     c->failed_step = "purge";
     if (was_running && c->attempts > w->cfg->job_max_attempts) {
         c->attempts = (int)w->cfg->job_max_attempts;
+        c->content_fault = 1;
         return outcome_failed(w, c, "the worker stopped while purging the edges, on every attempt");
     }
     char reason[256] = "";
     uint64_t started_ms = fm_mono_ms();
-    fm_purge_rc rc = fm_purge_job(w, c->job.job_id, reason, sizeof(reason));
+    fm_purge_rc rc;
+    while ((rc = fm_purge_job(w, c->job.job_id, reason, sizeof(reason))) == FM_PURGE_LEFT && w->pg_unavailable &&
+           wait_for_postgresql(w, c) == 0)
+        ;
     observe_step("purge", started_ms);
     switch (rc) {
     case FM_PURGE_DONE:
         return FM_OUTCOME_PURGED;
     case FM_PURGE_NO_EDGES:
         return FM_OUTCOME_SKIPPED;
+    case FM_PURGE_FAIL:
+        c->content_fault = 1;
+        /* fall through */
     case FM_PURGE_RETRY:
         LOG(FM_LOG_WARN, c, "purge: job %s: %s", c->job.job_id, reason);
         return outcome_failed(w, c, reason);
@@ -653,22 +756,29 @@ static fm_outcome_t job_run(fm_worker_t *w, job_ctx_t *c)
         return started < 0 ? FM_OUTCOME_LEFT : FM_OUTCOME_SKIPPED;
     forget_cached_rows(w, &c->job);
     if (was_running && c->attempts > w->cfg->job_max_attempts) {
-        /* every earlier attempt died with its worker (kill, crash, OOM): this content is not tried again */
+        /* every earlier attempt died with its worker (kill, crash, OOM): this content is not tried again. A worker
+         * that stops (SIGTERM) or loses PostgreSQL records its attempt as a dependency's and never gets here. */
         c->attempts = (int)w->cfg->job_max_attempts;
+        c->content_fault = 1;
         return outcome_failed(w, c, "the worker stopped while processing this file, on every attempt");
     }
     fm_step_rc rc;
     if (job_steps(w, c, &rc) != 0) {
-        LOG(FM_LOG_WARN, c, "jobs: %s abandoned at shutdown; it stays pending for another worker", c->job.job_id);
-        return FM_OUTCOME_LEFT;
+        /* The graceful delay of a stop is over: the job stops between steps. Not the content's doing: recorded as a
+         * dependency's failed attempt, due again in a moment for another worker. */
+        LOG(FM_LOG_WARN, c, "jobs: %s stopped at shutdown; another worker takes it again", c->job.job_id);
+        c->failed_step = "shutdown";
+        return outcome_failed(w, c, "the worker stopped (shutdown) before the job was finished");
     }
     switch (rc) {
     case FM_STEP_OK:
-        return outcome_ready(w, c);
+        return settle(w, c, outcome_ready);
     case FM_STEP_QUARANTINE:
-        return outcome_quarantine(w, c);
-    case FM_STEP_RETRY:
+        return settle(w, c, outcome_quarantine);
     case FM_STEP_FAIL:
+        c->content_fault = 1;
+        /* fall through */
+    case FM_STEP_RETRY:
     default:
         return outcome_failed(w, c, c->job.reason[0] ? c->job.reason : "processing failed");
     }
@@ -701,8 +811,8 @@ fm_outcome_t fm_worker_process(fm_worker_t *w, const fm_entry_t *entry)
     if (outcome != FM_OUTCOME_LEFT && entry_ack(w, entry) != 0)
         LOG(FM_LOG_WARN, &c, "jobs: entry %s of %s not acknowledged; it comes back and is skipped", entry->id,
             entry->job_id);
+    set_inflight(w, NULL); /* before the release: the heartbeat may take an expired lock back while the job is ours */
     job_unlock(w, &c);
-    set_inflight(w, NULL);
     if (outcome != FM_OUTCOME_LEFT) {
         char labels[96];
         snprintf(labels, sizeof(labels), "type=\"%s\",outcome=\"%s\"",

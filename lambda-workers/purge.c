@@ -33,7 +33,7 @@ static size_t on_answer(char *data, size_t size, size_t count, void *ud)
     return n;
 }
 
-/* One edge: 0 on 2xx, else -1 with `reason`. */
+/* One edge: 0 on 2xx, else -1 (unavailable: see fm_edge_purge) or -2 (the request refused) with `reason`. */
 static int purge_one(const char *base, size_t base_len, const char *secret, const char *body, char *reason,
                      size_t reason_size)
 {
@@ -78,7 +78,9 @@ static int purge_one(const char *base, size_t base_len, const char *secret, cons
     }
     if (status < 200 || status > 299) {
         snprintf(reason, reason_size, "purge of %s answered HTTP %ld: %s", url, status, answer.text);
-        return -1;
+        int unavailable =
+            status >= 500 || status < 400 || status == 401 || status == 403 || status == 408 || status == 429;
+        return unavailable ? -1 : -2;
     }
     return 0;
 }
@@ -97,8 +99,9 @@ int fm_edge_purge(const char *urls, const char *secret, const cJSON *keys, const
     size_t pos = 0, len;
     const char *base;
     while ((len = fm_config_list_next(urls, &pos, &base)) > 0) {
-        if (purge_one(base, len, secret, body, reason, reason_size) != 0) {
-            purged = -1;
+        int rc = purge_one(base, len, secret, body, reason, reason_size);
+        if (rc != 0) {
+            purged = rc;
             break;
         }
         ++purged;
@@ -166,7 +169,7 @@ fm_purge_rc fm_purge_job(fm_worker_t *w, const char *job_id, char *reason, size_
         int edges =
             fm_edge_purge(w->cfg->edge_purge_urls, w->cfg->edge_purge_secret, keys, prefixes, reason, reason_size);
         if (edges < 0) {
-            rc = FM_PURGE_RETRY;
+            rc = edges == -2 ? FM_PURGE_FAIL : FM_PURGE_RETRY;
         } else {
             rc = finish(w, job_id, "purged", edges) == 0 ? FM_PURGE_DONE : FM_PURGE_LEFT;
             if (rc == FM_PURGE_DONE)

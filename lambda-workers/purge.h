@@ -24,13 +24,17 @@ typedef enum {
     FM_PURGE_NO_EDGES, /* FM_EDGE_PURGE_URLS is empty, or nothing to purge: job DONE (result "no_edges"/"nothing") */
     FM_PURGE_RETRY,    /* an edge refused or could not be reached: `reason` says which (the caller retries the job) */
     FM_PURGE_LEFT,     /* PostgreSQL failed: the entry stays pending */
+    FM_PURGE_FAIL,     /* an edge refused the request itself (a 4xx other than 401/403/408/429): the same body would
+                        * be refused again, so the attempt counts toward FM_JOB_MAX_ATTEMPTS (`reason` says which) */
 } fm_purge_rc;
 
 /**
  * POSTs {"keys": keys, "prefixes": prefixes} (JSON arrays of strings, borrowed) to {base}/_edge/purge of every base
  * URL in `urls` (FM_EDGE_PURGE_URLS syntax) with X-FM-Edge-Secret: `secret`. Blocking, bounded by the timeouts above.
- * Returns the number of edges that answered 2xx (0 when `urls` lists none), or -1 at the first edge that did not,
- * with `reason` naming it and what happened (HTTP status or connection error; the secret never appears).
+ * Returns the number of edges that answered 2xx (0 when `urls` lists none), or, at the first edge that did not, with
+ * `reason` naming it and what happened (HTTP status or connection error; the secret never appears): -1 when the edge
+ * was unavailable (no connection, a timeout, 5xx) or refused our credentials or pace (401, 403, 408, 429: an
+ * operator's or a moment's matter), -2 when it refused the request itself (any other status).
  */
 int fm_edge_purge(const char *urls, const char *secret, const cJSON *keys, const cJSON *prefixes, char *reason,
                   size_t reason_size);

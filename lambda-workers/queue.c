@@ -38,9 +38,13 @@ struct fm_queue {
     uint64_t abandon_at; /* fm_mono_ms deadline of in-flight jobs once stopping */
 };
 
-/* Lua: refresh / release a lock only while it is still ours (another consumer may hold it after expiry). */
+/* Lua: refresh / release a lock only while it is still ours (another consumer may hold it after expiry). A lock that
+ * expired while Redis was down (its PX runs on in the append-only file) is taken back: the job is still in our hands,
+ * and without it another worker would start the job again when Redis returns and count our run as a dead one. */
 static const char LOCK_REFRESH_LUA[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0";
+    "local v = redis.call('GET', KEYS[1]) "
+    "if v == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end "
+    "if not v then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end return 0";
 static const char LOCK_RELEASE_LUA[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
 
@@ -61,7 +65,7 @@ uint64_t fm_mono_ms(void)
 const char *fm_outcome_name(fm_outcome_t outcome)
 {
     static const char *const names[] = {"ready", "quarantined", "retry", "failed", "skipped",
-                                        "left",  "deleted",     "kept",  "purged"};
+                                        "left",  "deleted",     "kept",  "purged", "deferred"};
     return (unsigned)outcome < sizeof(names) / sizeof(names[0]) ? names[outcome] : "left";
 }
 
@@ -213,6 +217,7 @@ int fm_worker_pg(fm_worker_t *w)
         fm_warn("postgresql: cannot connect: %s", pg ? PQerrorMessage(pg) : "out of memory");
         if (pg != NULL)
             PQfinish(pg);
+        w->pg_unavailable = 1;
         return -1;
     }
     char sql[96];
@@ -223,15 +228,31 @@ int fm_worker_pg(fm_worker_t *w)
     return 0;
 }
 
+/* Whether a failed statement's SQLSTATE says PostgreSQL could not serve it now, rather than that the statement is
+ * wrong (PostgreSQL manual, appendix A): 08 connection exception, 53 insufficient resources, 57 operator intervention
+ * (57P01 admin shutdown on a restart, 57014 statement timeout), 40 transaction rollback (serialization, deadlock),
+ * 55P03 lock not available. No SQLSTATE at all is a client-side failure: the connection. */
+static int sqlstate_unavailable(const char *state)
+{
+    if (state == NULL || strlen(state) != 5)
+        return 1;
+    return strncmp(state, "08", 2) == 0 || strncmp(state, "53", 2) == 0 || strncmp(state, "57", 2) == 0 ||
+           strncmp(state, "40", 2) == 0 || strcmp(state, "55P03") == 0;
+}
+
 PGresult *fm_worker_sql(fm_worker_t *w, const char *sql, int nparams, const char *const *params)
 {
     if (fm_worker_pg(w) != 0)
         return NULL;
     PGresult *res = PQexecParams(w->pg, sql, nparams, NULL, params, NULL, NULL, 0);
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
-    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK)
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        w->pg_unavailable = 0;
         return res;
+    }
     fm_warn("postgresql: %s", res ? PQresultErrorMessage(res) : PQerrorMessage(w->pg));
+    w->pg_unavailable = PQstatus(w->pg) != CONNECTION_OK ||
+                        sqlstate_unavailable(res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL);
     PQclear(res);
     if (PQstatus(w->pg) != CONNECTION_OK)
         fm_worker_pg_lost(w);
@@ -263,6 +284,29 @@ int fm_worker_must_abandon(const fm_worker_t *w)
         return 0;
     uint64_t at = fm_queue_abandon_at(w->queue);
     return at != 0 && fm_mono_ms() >= at;
+}
+
+int fm_worker_pause(fm_worker_t *w, uint64_t ms)
+{
+    if (w->queue == NULL) { /* Lambda mode: never past the invocation's deadline, with time left to answer */
+        if (w->deadline_ms <= 0 || (long long)(fm_wall_ms() + ms) + 5000 > w->deadline_ms)
+            return -1;
+        struct timespec pause = {.tv_sec = (time_t)(ms / 1000), .tv_nsec = (long)(ms % 1000) * 1000000L};
+        while (nanosleep(&pause, &pause) != 0 && errno == EINTR)
+            ;
+        return 0;
+    }
+    /* In slices, so that the end of the graceful delay is seen within 100 ms. */
+    for (uint64_t until = fm_mono_ms() + ms;;) {
+        if (fm_worker_must_abandon(w))
+            return -1;
+        uint64_t now = fm_mono_ms();
+        if (now >= until)
+            return 0;
+        uint64_t slice = until - now < 100 ? until - now : 100;
+        struct timespec pause = {.tv_sec = 0, .tv_nsec = (long)slice * 1000000L};
+        nanosleep(&pause, NULL);
+    }
 }
 
 uint64_t fm_queue_abandon_at(fm_queue_t *q)
@@ -424,17 +468,34 @@ typedef struct {
     size_t slot;
 } thread_arg_t;
 
+/* The housekeeper's heartbeat period: visibility/3, so two beats can be missed; at most 10 s, so fm:worker keys
+ * (EX 30) stay. */
+static uint64_t keeper_beat_ms(const fm_config_t *cfg)
+{
+    uint64_t beat_ms = (uint64_t)cfg->job_visibility_ms / 3;
+    return beat_ms > 10000 ? 10000 : beat_ms;
+}
+
 static void *worker_main(void *arg)
 {
     thread_arg_t *ta = arg;
     fm_queue_t *q = ta->q;
     fm_worker_t *w = q->workers[ta->slot];
     uint64_t next_reclaim = fm_mono_ms() + 1000;
-    int group_ready = 0;
+    int group_ready = 0, was_down = 0;
     while (!stopping(q)) {
         if (fm_worker_redis(w) != 0 || (!group_ready && ensure_group(w) != 0)) {
+            was_down = 1;
             nap(q, RECONNECT_PAUSE_MS, &q->stopping);
             continue;
+        }
+        if (was_down) {
+            /* Redis is back after an outage in which no heartbeat went through: every in-flight entry looks idle
+             * and its lock may have expired. Reclaim only once the live workers' housekeepers have beaten again
+             * (XCLAIM, lock taken back), so that a job still being worked on is not started a second time and
+             * its run counted as a dead worker's. */
+            was_down = 0;
+            next_reclaim = fm_mono_ms() + keeper_beat_ms(w->cfg) + 2000;
         }
         group_ready = 1;
         if (fm_mono_ms() >= next_reclaim) {
@@ -442,8 +503,10 @@ static void *worker_main(void *arg)
             reclaim(w);
             continue;
         }
-        if (read_new(w) != 0)
+        if (read_new(w) != 0) {
+            was_down = 1;
             nap(q, RECONNECT_PAUSE_MS, &q->stopping);
+        }
     }
     pthread_mutex_lock(&q->lock);
     q->running[ta->slot] = 0;
@@ -460,13 +523,14 @@ static void heartbeat_one(fm_worker_t *keeper, fm_worker_t *w, const char *host)
     char job[40], entry[64];
     uint64_t since;
     unsigned long long done;
+    /* Held across the refresh: the worker clears its in-flight job (set_inflight) before it releases the lock, so a
+     * lock this beat takes back is always released by the worker afterwards, never left behind a finished job (where
+     * it would make the job's next retry look like a duplicate delivery). */
     pthread_mutex_lock(&w->inflight_lock);
     memcpy(job, w->inflight_job, sizeof(job));
     memcpy(entry, w->inflight_entry, sizeof(entry));
     since = w->inflight_since_ms;
     done = w->jobs_done;
-    pthread_mutex_unlock(&w->inflight_lock);
-
     if (job[0] != '\0' && !fm_worker_must_abandon(w)) {
         char visibility[24], lock_key[64];
         snprintf(visibility, sizeof(visibility), "%lld", (long long)w->cfg->job_visibility_ms);
@@ -476,8 +540,12 @@ static void heartbeat_one(fm_worker_t *keeper, fm_worker_t *w, const char *host)
             freeReplyObject(fm_worker_cmd(keeper, 7, claim));
         }
         const char *refresh[] = {"EVAL", LOCK_REFRESH_LUA, "1", lock_key, w->consumer, visibility};
-        freeReplyObject(fm_worker_cmd(keeper, 6, refresh));
+        redisReply *r = fm_worker_cmd(keeper, 6, refresh);
+        if (r != NULL && r->type == REDIS_REPLY_INTEGER && r->integer == 2)
+            fm_info("jobs: lock of %s had expired (Redis was away); taken back by %s", job, w->consumer);
+        freeReplyObject(r);
     }
+    pthread_mutex_unlock(&w->inflight_lock);
     cJSON *doc = cJSON_CreateObject();
     cJSON_AddStringToObject(doc, "host", host);
     cJSON_AddNumberToObject(doc, "pid", (double)getpid());
@@ -587,10 +655,7 @@ static void *keeper_main(void *arg)
     fm_worker_t *keeper = q->keeper;
     char host[128] = "";
     gethostname(host, sizeof(host) - 1);
-    /* visibility/3, so two beats can be missed; at most 10 s, so fm:worker keys (EX 30) stay. */
-    uint64_t beat_ms = (uint64_t)q->cfg->job_visibility_ms / 3;
-    if (beat_ms > 10000)
-        beat_ms = 10000;
+    uint64_t beat_ms = keeper_beat_ms(q->cfg);
     uint64_t next_beat = 0, next_move = 0, next_gauge = 0, next_cleanup = fm_mono_ms() + 1000;
     for (;;) {
         pthread_mutex_lock(&q->lock);
@@ -637,7 +702,12 @@ static void describe_metrics(void)
     fm_metrics_describe("fm_worker_step_seconds", FM_METRIC_HISTOGRAM, "Duration of each processing step");
     fm_metrics_describe("fm_worker_queue_depth", FM_METRIC_GAUGE,
                         "Entries in the job stream, pending in the group, delayed retries, dead letters");
-    fm_metrics_describe("fm_worker_retries_total", FM_METRIC_COUNTER, "Failed attempts put back for a retry");
+    fm_metrics_describe(
+        "fm_worker_retries_total", FM_METRIC_COUNTER,
+        "Failed attempts put back for a retry, by cause (dependency: S3, clamd, PostgreSQL, an edge, "
+        "the temp disk, a stop -- no attempt used; content: counts toward FM_JOB_MAX_ATTEMPTS) and step");
+    fm_metrics_describe("fm_worker_postgresql_waits_total", FM_METRIC_COUNTER,
+                        "Started jobs that waited for PostgreSQL to come back rather than be run again");
     fm_metrics_describe("fm_worker_dead_letters_total", FM_METRIC_COUNTER, "Jobs FAILED for good (jobs:dead)");
 }
 

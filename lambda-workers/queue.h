@@ -11,7 +11,8 @@
  * Redis keys (all in the database of FM_REDIS_URL):
  *   jobs                     stream, group `workers`; entry fields job_id, type, file_id, upload_id, request_id, …
  *   jobs:delayed             sorted set job_id → due time (Unix ms) of its next attempt
- *   jobs:dead                stream of the jobs that FAILED for good: job_id, type, file_id, upload_id, error, attempts
+ *   jobs:dead                stream of the jobs that FAILED for good: job_id, type, file_id, upload_id, error, attempts,
+ *                            transient (dependency errors in a row)
  *   fm:joblock:{job_id}      the consumer working on a job (SET NX PX visibility, refreshed by the heartbeat)
  *   fm:worker:{consumer}     a live worker thread: JSON {host, pid, thread, job_id, entry_id, since_ms, jobs}, EX 30
  *   fm:jobs:mover            short lock: one process at a time moves due retries
@@ -45,9 +46,11 @@ typedef enum {
     FM_OUTCOME_DELETED,     /* cleanup_blob: the blob's object, variants and row deleted (cleanup.h) */
     FM_OUTCOME_KEPT,        /* cleanup_blob: the blob is referenced again, nothing deleted */
     FM_OUTCOME_PURGED,      /* purge_edge: every edge of FM_EDGE_PURGE_URLS dropped the keys (purge.h) */
+    FM_OUTCOME_DEFERRED,    /* a dependency failed (S3, clamd, an edge, the temp disk) or the worker stopped: job
+                             * RETRY on the delayed set, no attempt used (docs/workers.md "Retries and dead letters") */
 } fm_outcome_t;
 
-/** "ready", "quarantined", "retry", "failed", "skipped", "left", "deleted", "kept", "purged". */
+/** "ready", "quarantined", "retry", "failed", "skipped", "left", "deleted", "kept", "purged", "deferred". */
 const char *fm_outcome_name(fm_outcome_t outcome);
 
 /** The process-wide consumer (queue.c). Opaque. */
@@ -71,6 +74,11 @@ typedef struct fm_worker {
     char inflight_job[40], inflight_entry[64];
     uint64_t inflight_since_ms;
     unsigned long long jobs_done;
+    /* Set by fm_worker_sql/fm_worker_pg: the last statement failed for want of PostgreSQL (no connection, a server
+     * shutting down, a timeout, a deadlock), not because of the statement; cleared by the next success. */
+    int pg_unavailable;
+    /* Lambda mode: the invocation's deadline (Unix ms, Lambda-Runtime-Deadline-Ms), 0 when unknown. */
+    long long deadline_ms;
 } fm_worker_t;
 
 /** Makes a worker's state (connections are opened on first use). NULL with `err` set on a bad S3 setting. */
@@ -133,6 +141,13 @@ int fm_worker_job_of_upload(fm_worker_t *w, const char *upload_id, long long siz
 
 /** True once the process was asked to stop and its graceful delay is over: a job stops between steps, unmarked. */
 int fm_worker_must_abandon(const fm_worker_t *w);
+
+/**
+ * Waits `ms` for a dependency to come back, while the job in hand may still be kept: in queue mode until the process
+ * must abandon its jobs (the heartbeat keeps the job's entry and lock meanwhile); in Lambda mode while the wait ends
+ * 5 s before `deadline_ms` (never without one). 0 after the wait, -1 (at once) when the job must be let go.
+ */
+int fm_worker_pause(fm_worker_t *w, uint64_t ms);
 
 /** Milliseconds since the Unix epoch / a monotonic clock. */
 uint64_t fm_wall_ms(void);

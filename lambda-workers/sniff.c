@@ -248,12 +248,14 @@ fm_step_rc step_sniff(fm_job_t *job)
     const char *found = "application/x-empty"; /* libmagic names it inode/x-empty from a path */
     if (st.st_size > 0) {
         magic_t cookie = thread_magic(job);
-        if (cookie == NULL)
-            return FM_STEP_FAIL;
+        if (cookie == NULL) /* the host's libmagic (its database missing, no memory): nothing about the content */
+            return FM_STEP_RETRY;
         found = magic_file(cookie, job->path);
         if (found == NULL) {
+            /* An operating-system error reading the copy (MAGIC_ERROR makes it one) is the disk's; anything else is
+             * libmagic failing on these bytes, which it would do again. */
             snprintf(job->reason, sizeof(job->reason), "libmagic: %s", magic_error(cookie));
-            return FM_STEP_FAIL;
+            return magic_errno(cookie) != 0 ? FM_STEP_RETRY : FM_STEP_FAIL;
         }
     }
     canonical_type(found, job->real_type, sizeof(job->real_type));

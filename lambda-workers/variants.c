@@ -224,7 +224,7 @@ fm_step_rc step_variants(fm_job_t *job, const fm_worker_limits_t *limits, fm_var
         return FM_STEP_OK;
     if (fm_media_init(NULL) != 0) {
         snprintf(job->reason, sizeof(job->reason), "libvips cannot start");
-        return FM_STEP_FAIL;
+        return FM_STEP_RETRY; /* the worker's, not the content's */
     }
     if (kind == FM_MEDIA_RASTER) {
         fm_step_rc rc = check_raster(job, limits);

@@ -30,8 +30,10 @@
 typedef enum {
     FM_STEP_OK = 0,     /* go on with the next step */
     FM_STEP_QUARANTINE, /* the content is refused for good: file QUARANTINED, job COMPLETED, reason kept */
-    FM_STEP_RETRY,      /* a transient failure (store, clamd, network): the job is retried with backoff */
-    FM_STEP_FAIL,       /* the content cannot be processed (corrupt): retried, then FAILED, dead-letter stream */
+    FM_STEP_RETRY,      /* a dependency failed (store, clamd, network, temp disk, libraries of the host): the job is
+                         * retried with a capped backoff, using none of its attempts, for up to FM_JOB_TRANSIENT_MAX_S */
+    FM_STEP_FAIL,       /* the content cannot be processed (corrupt, undecodable) or the object is gone: one of the
+                         * FM_JOB_MAX_ATTEMPTS used; retried, then FAILED, dead-letter stream */
 } fm_step_rc;
 
 /* Limits and settings the steps need (from the worker's configuration). */

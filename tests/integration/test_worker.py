@@ -407,7 +407,8 @@ def test_clamd_down_retries_then_succeeds_when_back(fm, alice, pool, stack):
     try:
         a, job_id = upload(fm, alice, data, "image/png")
         job = wait_for(lambda: (lambda j: j if j["status"] == "RETRY" else None)(fm.job_row(job_id)), 20)
-        assert job and job["attempts"] == 1 and "clamd" in job["last_error"].lower(), fm.job_row(job_id)
+        # a dependency's failure uses none of the attempts meant for the content (test_worker_outages.py)
+        assert job and job["attempts"] == 0 and "clamd" in job["last_error"].lower(), fm.job_row(job_id)
         assert fm.file_row(a["file_id"])["status"] == "UPLOADED"  # never marked clean without a scan
         # the retry is scheduled just after the attempt is recorded as failed
         assert wait_for(lambda: fm.redis("ZSCORE", "jobs:delayed", job_id) is not None, 5), "no retry scheduled"
@@ -416,7 +417,7 @@ def test_clamd_down_retries_then_succeeds_when_back(fm, alice, pool, stack):
     row = fm.wait_status(a["file_id"], {"READY", "QUARANTINED", "FAILED"}, timeout=40)
     assert row["status"] == "READY", (row, fm.job_row(job_id))
     job = fm.job_row(job_id)
-    assert job["status"] == "DONE" and job["attempts"] >= 2, job
+    assert job["status"] == "DONE" and job["attempts"] == 1, job
     pool.replace()
 
 
