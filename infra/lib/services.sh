@@ -114,7 +114,7 @@ _wait_http() {
 services_start() {
   local data="$1" build="$2" svc port
   mkdir -p "$data/run" "$data/logs"
-  "$build/fm-control" migrate >> "$data/logs/migrate.log" 2>&1 || {
+  (umask 077 && exec "$build/fm-control" migrate >> "$data/logs/migrate.log" 2>&1) || {
     echo "up: migrations failed, see $data/logs/migrate.log" >&2
     tail -5 "$data/logs/migrate.log" >&2
     return 1
