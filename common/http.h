@@ -99,11 +99,11 @@ int fm_utf8_valid(const unsigned char *s, size_t len);
 
 /** How the framing headers of an HTTP/1 request head read (fm_http1_framing_check). */
 typedef enum fm_http1_framing {
-    FM_HTTP1_FRAMING_OK = 0,          /**< at most one Content-Length or one Transfer-Encoding, not both */
-    FM_HTTP1_FRAMING_DUPLICATE_LENGTH,   /**< Content-Length more than once (equal values too) */
-    FM_HTTP1_FRAMING_DUPLICATE_ENCODING, /**< Transfer-Encoding more than once */
+    FM_HTTP1_FRAMING_OK = 0,              /**< at most one Content-Length or one Transfer-Encoding, not both */
+    FM_HTTP1_FRAMING_DUPLICATE_LENGTH,    /**< Content-Length more than once (equal values too) */
+    FM_HTTP1_FRAMING_DUPLICATE_ENCODING,  /**< Transfer-Encoding more than once */
     FM_HTTP1_FRAMING_LENGTH_AND_ENCODING, /**< both (RFC 9112 §6.1: answer, then close) */
-    FM_HTTP1_FRAMING_UNREADABLE,      /**< no complete head in the bytes (nothing was judged) */
+    FM_HTTP1_FRAMING_UNREADABLE,          /**< no complete head in the bytes (nothing was judged) */
 } fm_http1_framing_t;
 
 /**

@@ -100,8 +100,8 @@ static unsigned access_sample_every = 1;
 void fm_log_access_init(const char *mode, unsigned sample_every)
 {
     access_mode = mode == NULL || strcmp(mode, "all") == 0 ? ACCESS_ALL
-                  : strcmp(mode, "sample") == 0          ? ACCESS_SAMPLE
-                                                         : ACCESS_OFF;
+                  : strcmp(mode, "sample") == 0            ? ACCESS_SAMPLE
+                                                           : ACCESS_OFF;
     access_sample_every = sample_every > 0 ? sample_every : 1;
 }
 

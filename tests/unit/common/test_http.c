@@ -21,8 +21,9 @@ static void test_one_framing_header_is_fine(void **state)
                              "POST /b HTTP/1.1\r\nContent-Length: 1\r\n\r\n"),
                      FM_HTTP1_FRAMING_OK);
     /* a header whose name only contains the word is another header */
-    assert_int_equal(FRAMING("POST / HTTP/1.1\r\nX-Content-Length: 1\r\nContent-Lengths: 2\r\nContent-Length: 3\r\n\r\n"),
-                     FM_HTTP1_FRAMING_OK);
+    assert_int_equal(
+        FRAMING("POST / HTTP/1.1\r\nX-Content-Length: 1\r\nContent-Lengths: 2\r\nContent-Length: 3\r\n\r\n"),
+        FM_HTTP1_FRAMING_OK);
 }
 
 static void test_conflicts_are_found(void **state)

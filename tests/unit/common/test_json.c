@@ -26,8 +26,7 @@ static void test_duplicates_are_found_at_any_depth(void **state)
     char found[64];
     assert_string_equal(duplicate_in("{\"size\":1,\"size\":999999}", found, sizeof(found)), "size");
     assert_string_equal(duplicate_in("{\"a\":{\"b\":1,\"c\":2,\"b\":3}}", found, sizeof(found)), "b");
-    assert_string_equal(duplicate_in("{\"parts\":[{\"n\":1},{\"n\":2,\"etag\":\"x\",\"n\":3}]}", found,
-                                     sizeof(found)),
+    assert_string_equal(duplicate_in("{\"parts\":[{\"n\":1},{\"n\":2,\"etag\":\"x\",\"n\":3}]}", found, sizeof(found)),
                         "n");
     assert_string_equal(duplicate_in("[[{\"k\":1,\"k\":1}]]", found, sizeof(found)), "k"); /* equal values too */
     /* escapes are undone before comparing: "\u0073ize" is "size" */

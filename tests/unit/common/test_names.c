@@ -18,16 +18,17 @@ static void test_ordinary_names_pass(void **state)
         "report.pdf",
         "Résumé 2024 (final).docx",
         "日本語のファイル.txt",
-        "שלום.txt",                     /* Hebrew: right-to-left text itself is fine */
-        "ملف.pdf",                      /* Arabic */
-        "👩‍👩‍👧 family.jpg",         /* ZWJ (U+200D) joins the emoji: kept */
-        "می‌خواهم.txt",                 /* ZWNJ (U+200C) is part of Persian spelling: kept */
+        "שלום.txt",                      /* Hebrew: right-to-left text itself is fine */
+        "ملف.pdf",                       /* Arabic */
+        "👩‍👩‍👧 family.jpg", /* ZWJ (U+200D) joins the emoji: kept */
+        "می‌خواهم.txt",         /* ZWNJ (U+200C) is part of Persian spelling: kept */
         "...",
         ".hidden",
-        "a b\xc2\xa0" "c",              /* NO-BREAK SPACE U+00A0, just above C1 */
-        "\xf4\x8f\xbf\xbf",             /* U+10FFFF, the last code point */
-        "\xed\x9f\xbf",                 /* U+D7FF, just below the surrogates */
-        "\xee\x80\x80",                 /* U+E000, just above them */
+        "a b\xc2\xa0"
+        "c",                /* NO-BREAK SPACE U+00A0, just above C1 */
+        "\xf4\x8f\xbf\xbf", /* U+10FFFF, the last code point */
+        "\xed\x9f\xbf",     /* U+D7FF, just below the surrogates */
+        "\xee\x80\x80",     /* U+E000, just above them */
     };
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); ++i) {
         if (fm_name_check(names[i], strlen(names[i])) != FM_NAME_OK)
@@ -53,21 +54,21 @@ static void test_length_is_in_bytes(void **state)
 
 static void test_invalid_utf8_is_refused(void **state)
 {
-    CHECK_NAME("a\x80", FM_NAME_BAD_UTF8);             /* stray continuation byte */
-    CHECK_NAME("\xc0\xaf", FM_NAME_BAD_UTF8);          /* overlong '/' */
-    CHECK_NAME("\xc1\xbf", FM_NAME_BAD_UTF8);          /* overlong U+007F */
-    CHECK_NAME("\xe0\x80\xaf", FM_NAME_BAD_UTF8);      /* overlong '/' in 3 bytes */
-    CHECK_NAME("\xe0\x9f\xbf", FM_NAME_BAD_UTF8);      /* overlong U+07FF */
-    CHECK_NAME("\xf0\x8f\xbf\xbf", FM_NAME_BAD_UTF8);  /* overlong U+FFFF */
-    CHECK_NAME("\xed\xa0\x80", FM_NAME_BAD_UTF8);      /* U+D800, a surrogate */
-    CHECK_NAME("\xed\xbf\xbf", FM_NAME_BAD_UTF8);      /* U+DFFF */
-    CHECK_NAME("\xf4\x90\x80\x80", FM_NAME_BAD_UTF8);  /* U+110000 */
-    CHECK_NAME("\xf5\x80\x80\x80", FM_NAME_BAD_UTF8);  /* lead byte F5 */
+    CHECK_NAME("a\x80", FM_NAME_BAD_UTF8);                /* stray continuation byte */
+    CHECK_NAME("\xc0\xaf", FM_NAME_BAD_UTF8);             /* overlong '/' */
+    CHECK_NAME("\xc1\xbf", FM_NAME_BAD_UTF8);             /* overlong U+007F */
+    CHECK_NAME("\xe0\x80\xaf", FM_NAME_BAD_UTF8);         /* overlong '/' in 3 bytes */
+    CHECK_NAME("\xe0\x9f\xbf", FM_NAME_BAD_UTF8);         /* overlong U+07FF */
+    CHECK_NAME("\xf0\x8f\xbf\xbf", FM_NAME_BAD_UTF8);     /* overlong U+FFFF */
+    CHECK_NAME("\xed\xa0\x80", FM_NAME_BAD_UTF8);         /* U+D800, a surrogate */
+    CHECK_NAME("\xed\xbf\xbf", FM_NAME_BAD_UTF8);         /* U+DFFF */
+    CHECK_NAME("\xf4\x90\x80\x80", FM_NAME_BAD_UTF8);     /* U+110000 */
+    CHECK_NAME("\xf5\x80\x80\x80", FM_NAME_BAD_UTF8);     /* lead byte F5 */
     CHECK_NAME("\xf8\x88\x80\x80\x80", FM_NAME_BAD_UTF8); /* a 5-byte form */
     CHECK_NAME("\xff", FM_NAME_BAD_UTF8);
-    CHECK_NAME("abc\xe2\x82", FM_NAME_BAD_UTF8);       /* truncated at the end */
-    CHECK_NAME("\xe2\x82z.txt", FM_NAME_BAD_UTF8);     /* truncated in the middle */
-    CHECK_NAME("\xf0\x9f\x98", FM_NAME_BAD_UTF8);      /* truncated emoji */
+    CHECK_NAME("abc\xe2\x82", FM_NAME_BAD_UTF8);   /* truncated at the end */
+    CHECK_NAME("\xe2\x82z.txt", FM_NAME_BAD_UTF8); /* truncated in the middle */
+    CHECK_NAME("\xf0\x9f\x98", FM_NAME_BAD_UTF8);  /* truncated emoji */
     /* a bad byte after a control character is still reported as bad UTF-8: one name, one answer */
     CHECK_NAME("a\x01\xff", FM_NAME_BAD_UTF8);
 }
@@ -116,7 +117,9 @@ static void test_separators_and_dots_are_refused(void **state)
     CHECK_NAME("a\\b", FM_NAME_SEPARATOR);
     CHECK_NAME(".", FM_NAME_DOTS);
     CHECK_NAME("..", FM_NAME_DOTS);
-    CHECK_NAME("a\xc0\xaf" "b", FM_NAME_BAD_UTF8); /* an overlong '/' is no way around it */
+    CHECK_NAME("a\xc0\xaf"
+               "b",
+               FM_NAME_BAD_UTF8); /* an overlong '/' is no way around it */
 }
 
 static void test_messages_name_the_reason(void **state)
@@ -145,14 +148,10 @@ static void test_decoder(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_ordinary_names_pass),
-        cmocka_unit_test(test_length_is_in_bytes),
-        cmocka_unit_test(test_invalid_utf8_is_refused),
-        cmocka_unit_test(test_control_characters_are_refused),
-        cmocka_unit_test(test_bidi_controls_are_refused),
-        cmocka_unit_test(test_separators_and_dots_are_refused),
-        cmocka_unit_test(test_messages_name_the_reason),
-        cmocka_unit_test(test_decoder),
+        cmocka_unit_test(test_ordinary_names_pass),       cmocka_unit_test(test_length_is_in_bytes),
+        cmocka_unit_test(test_invalid_utf8_is_refused),   cmocka_unit_test(test_control_characters_are_refused),
+        cmocka_unit_test(test_bidi_controls_are_refused), cmocka_unit_test(test_separators_and_dots_are_refused),
+        cmocka_unit_test(test_messages_name_the_reason),  cmocka_unit_test(test_decoder),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
