@@ -55,17 +55,16 @@ _stack_since() { awk -v a="$1" -v b="$(_stack_now)" 'BEGIN { printf "%.1f s", b 
 _stack_tail() { [ -f "$1" ] && { printf 'stack: --- last lines of %s ---\n' "$1"; tail -n "${2:-15}" "$1"; } >&2; return 0; }
 
 # _stack_private: the modes of the header's "Private" paragraph, applied to what exists (folders and files made
-# before this rule, or by a command run without umask 077). Cheap: top-level folders and the log files only.
+# before this rule, or by a command run without umask 077): the folder, its folders, and the files in it, in logs/
+# and in run/. Three processes when nothing is to change (it runs at every _stack_use and every rotation).
 _stack_private() {
-  if ! { chgrp postgres "$_SD" 2> /dev/null && chmod 710 "$_SD"; }; then
-    chmod 711 "$_SD" || { _stack_err "cannot set the mode of $_SD"; return 1; }
+  if [ "$(stat -c '%a %G' "$_SD")" != "710 postgres" ]; then
+    if ! { chgrp postgres "$_SD" 2> /dev/null && chmod 710 "$_SD"; }; then
+      chmod 711 "$_SD" || { _stack_err "cannot set the mode of $_SD"; return 1; }
+    fi
   fi
-  local f
-  for f in "$_SD"/*/; do
-    [ "$f" = "$_SD/pg/" ] || chmod 700 "$f" || return 1
-  done
-  find "$_SD/logs" "$_SD/run" -maxdepth 1 -type f -perm /077 -exec chmod go-rwx {} + || return 1
-  [ ! -f "$_SD/stack.env" ] || chmod 600 "$_SD/stack.env"
+  find "$_SD" -mindepth 1 -maxdepth 1 -type d ! -name pg -perm /077 -exec chmod 700 {} + &&
+  find "$_SD" "$_SD/logs" "$_SD/run" -maxdepth 1 -type f -perm /077 -exec chmod go-rwx {} +
 }
 
 # _stack_use DATA: resolve the data folder (absolute, created) into _SD and load its settings into _SK.
