@@ -27,9 +27,12 @@ typedef struct fm_config {
     char bind[64];
     int64_t http_port, https_port;
     char tls_cert[512], tls_key[512];
+    int64_t hsts_max_age_s; /* http.c: Strict-Transport-Security on TLS answers; 0 = none */
     int64_t max_body_bytes;
     int64_t graceful_timeout_ms;
     char log_level[8];
+    char access_log[8];        /* log.c: off | sample | all */
+    int64_t access_log_sample; /* one line in this many answers below 400 when sampled */
     char events_secret[256];
     char web_dir[512];
     /* uploads */

@@ -2,6 +2,7 @@
 #include "http.h"
 
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +10,7 @@
 
 #include "b64.h"
 #include "hash.h"
+#include "json.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -242,8 +244,9 @@ static void account(fm_req_t *r)
     const char *route = r->route != NULL ? r->route->pattern : "unmatched";
     fm_http_count(r, route, r->status, seconds);
 
-    /* The copies below exist only for the access line; under FM_LOG_LEVEL=warn most answers write none. */
-    if (!fm_log_enabled(fm_log_access_level(r->status)))
+    /* The copies below exist only for the access line; under FM_LOG_LEVEL=warn or FM_ACCESS_LOG=off most answers
+     * write none (a sampled-out answer is dropped inside fm_log_access). */
+    if (!fm_log_access_enabled(r->status))
         return;
     char method[9], path[256];
     snprintf(method, sizeof(method), "%.*s", (int)(r->req->method.len > 8 ? 8 : r->req->method.len),
@@ -410,6 +413,12 @@ cJSON *fm_req_json_body(fm_req_t *r, size_t max_bytes)
         fm_reply_error(r, 400, "invalid_json", "the body must be one JSON object");
         return NULL;
     }
+    const char *duplicate = fm_json_duplicate_key(json);
+    if (duplicate != NULL) {
+        fm_reply_error(r, 422, "duplicate_key", "the member \"%.64s\" appears twice in one object", duplicate);
+        cJSON_Delete(json);
+        return NULL;
+    }
     return json;
 }
 
@@ -430,6 +439,128 @@ const char *fm_json_require_string(fm_req_t *r, cJSON *obj, const char *name, si
         return NULL;
     }
     return item->valuestring;
+}
+
+/* ---- HTTP/1 message framing ---------------------------------------------------------------------------------- */
+
+static int name_is(const char *name, size_t len, const char *want)
+{
+    size_t want_len = strlen(want);
+    if (len != want_len)
+        return 0;
+    for (size_t i = 0; i < len; ++i)
+        if (tolower((unsigned char)name[i]) != want[i])
+            return 0;
+    return 1;
+}
+
+fm_http1_framing_t fm_http1_framing_check(const char *head, size_t len)
+{
+    size_t pos = 0;
+    while (pos < len && (head[pos] == '\r' || head[pos] == '\n')) /* picohttpparser skips an empty first line */
+        ++pos;
+    const char *eol = memchr(head + pos, '\n', len - pos); /* the request line */
+    if (eol == NULL)
+        return FM_HTTP1_FRAMING_UNREADABLE;
+    pos = (size_t)(eol - head) + 1;
+    unsigned lengths = 0, encodings = 0;
+    for (;;) {
+        if ((eol = memchr(head + pos, '\n', len - pos)) == NULL)
+            return FM_HTTP1_FRAMING_UNREADABLE; /* the head never ended */
+        size_t line_len = (size_t)(eol - head) - pos;
+        const char *line = head + pos;
+        pos += line_len + 1;
+        if (line_len > 0 && line[line_len - 1] == '\r')
+            --line_len;
+        if (line_len == 0)
+            break; /* the empty line that ends the head */
+        if (line[0] == ' ' || line[0] == '\t')
+            continue; /* obs-fold: the value of the line before, not a header of its own */
+        const char *colon = memchr(line, ':', line_len);
+        if (colon == NULL)
+            continue;
+        size_t name_len = (size_t)(colon - line);
+        if (name_is(line, name_len, "content-length"))
+            ++lengths;
+        else if (name_is(line, name_len, "transfer-encoding"))
+            ++encodings;
+    }
+    if (lengths > 0 && encodings > 0)
+        return FM_HTTP1_FRAMING_LENGTH_AND_ENCODING;
+    if (lengths > 1)
+        return FM_HTTP1_FRAMING_DUPLICATE_LENGTH;
+    if (encodings > 1)
+        return FM_HTTP1_FRAMING_DUPLICATE_ENCODING;
+    return FM_HTTP1_FRAMING_OK;
+}
+
+/*
+ * h2o keeps Content-Length and Transfer-Encoding out of req->headers, so the head is read again where h2o parsed it:
+ * while an HTTP/1 request is being handled, its connection's input buffer starts with that request's head (h2o
+ * consumes a request's bytes only once its answer is sent; tests/integration/test_http_framing.py pins this). The
+ * buffer must start with this request's method, else nothing is judged. HTTP/2 frames its messages itself.
+ */
+static int framing_refused(fm_req_t *r)
+{
+    h2o_req_t *req = r->req;
+    if (req->version >= 0x200 || req->conn->callbacks->get_socket == NULL)
+        return 0;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    if (sock == NULL || sock->input == NULL)
+        return 0;
+    const char *bytes = sock->input->bytes;
+    size_t len = sock->input->size, start = 0;
+    while (start < len && (bytes[start] == '\r' || bytes[start] == '\n'))
+        ++start;
+    if (len - start <= req->method.len || memcmp(bytes + start, req->method.base, req->method.len) != 0 ||
+        bytes[start + req->method.len] != ' ')
+        return 0;
+    static const char *const reasons[] = {
+        [FM_HTTP1_FRAMING_DUPLICATE_LENGTH] = "Content-Length appears more than once",
+        [FM_HTTP1_FRAMING_DUPLICATE_ENCODING] = "Transfer-Encoding appears more than once",
+        [FM_HTTP1_FRAMING_LENGTH_AND_ENCODING] = "both Content-Length and Transfer-Encoding are present",
+    };
+    fm_http1_framing_t framing = fm_http1_framing_check(bytes, len);
+    if (framing == FM_HTTP1_FRAMING_OK || framing == FM_HTTP1_FRAMING_UNREADABLE)
+        return 0;
+    /* Where this request ends is in doubt, so nothing after it on this connection can be trusted: answer, close. */
+    req->http1_is_persistent = 0;
+    fm_reply_error(r, 400, "ambiguous_framing", "the request's length is ambiguous: %s", reasons[framing]);
+    return 1;
+}
+
+/* ---- Strict-Transport-Security ------------------------------------------------------------------------------- */
+
+static h2o_iovec_t hsts_value; /* empty: no header; set once by fm_http_configure before the threads start */
+
+/* A per-request prefilter runs when the answer's headers are final, whoever sends the answer (fm_reply_*, the
+ * edge's streamed files, after a handler reset the headers), so every answer on a TLS connection carries it. */
+static void hsts_setup(h2o_req_prefilter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    h2o_set_header(&req->pool, &req->res.headers, H2O_TOKEN_STRICT_TRANSPORT_SECURITY, hsts_value.base, hsts_value.len,
+                   1);
+    h2o_setup_next_prefilter(self, req, slot);
+}
+
+/* TLS is a property of the connection, not of what the request says (an h2c request may claim :scheme https). */
+static int over_tls(h2o_req_t *req)
+{
+    if (req->conn->callbacks->get_socket == NULL)
+        return 0;
+    h2o_socket_t *sock = req->conn->callbacks->get_socket(req->conn);
+    return sock != NULL && sock->ssl != NULL;
+}
+
+void fm_http_configure(const fm_config_t *cfg)
+{
+    static char value[48];
+    if (cfg->hsts_max_age_s > 0) {
+        int len = snprintf(value, sizeof(value), "max-age=%lld", (long long)cfg->hsts_max_age_s);
+        hsts_value = h2o_iovec_init(value, (size_t)len);
+    } else {
+        hsts_value = h2o_iovec_init(NULL, 0);
+    }
+    fm_log_access_init(cfg->access_log, (unsigned)cfg->access_log_sample);
 }
 
 static void handle_healthz(fm_req_t *r)
@@ -468,6 +599,13 @@ void fm_http_dispatch(fm_thread_t *thread, h2o_req_t *req)
         snprintf(r->request_id, sizeof(r->request_id), "%.*s", (int)id.len, id.base);
     else
         fm_http_request_id(r->request_id);
+
+    if (hsts_value.len != 0 && over_tls(req)) {
+        h2o_req_prefilter_t *hsts = h2o_add_prefilter(req, sizeof(*hsts));
+        hsts->on_setup_ostream = hsts_setup;
+    }
+    if (framing_refused(r))
+        return;
 
     char allow[64];
     fm_route_result_t found = fm_router_match(builtin_routes, sizeof(builtin_routes) / sizeof(builtin_routes[0]),

@@ -13,6 +13,7 @@
 #include <cjson/cJSON.h>
 #include <h2o.h>
 
+#include "config.h"
 #include "router.h"
 #include "server.h"
 
@@ -95,5 +96,31 @@ void fm_http_dispatch(fm_thread_t *thread, h2o_req_t *req);
 
 /** True when s[0..len) is well-formed UTF-8 (no overlongs, surrogates or code points above U+10FFFF). */
 int fm_utf8_valid(const unsigned char *s, size_t len);
+
+/** How the framing headers of an HTTP/1 request head read (fm_http1_framing_check). */
+typedef enum fm_http1_framing {
+    FM_HTTP1_FRAMING_OK = 0,              /**< at most one Content-Length or one Transfer-Encoding, not both */
+    FM_HTTP1_FRAMING_DUPLICATE_LENGTH,    /**< Content-Length more than once (equal values too) */
+    FM_HTTP1_FRAMING_DUPLICATE_ENCODING,  /**< Transfer-Encoding more than once */
+    FM_HTTP1_FRAMING_LENGTH_AND_ENCODING, /**< both (RFC 9112 §6.1: answer, then close) */
+    FM_HTTP1_FRAMING_UNREADABLE,          /**< no complete head in the bytes (nothing was judged) */
+} fm_http1_framing_t;
+
+/**
+ * Reads the head of an HTTP/1 request (`len` bytes from the request line on; the body may follow) and tells
+ * whether its message framing is ambiguous. h2o 2.2.5 takes the first of two Content-Length headers and lets
+ * Transfer-Encoding win over Content-Length, and hides both headers from handlers; a proxy in front that picks
+ * the other value would see another request boundary (request smuggling). fm_http_dispatch refuses such requests
+ * with 400 and closes the connection. Line endings CRLF or bare LF, names case-insensitive, obs-fold lines are not
+ * headers: as h2o's picohttpparser reads them. Pure; reads at most `len` bytes.
+ */
+fm_http1_framing_t fm_http1_framing_check(const char *head, size_t len);
+
+/**
+ * Settings of the request layer from the service's configuration, called once by main() before fm_server_run:
+ * Strict-Transport-Security on answers sent over TLS (FM_HSTS_MAX_AGE_S; never on plain HTTP) and the access log's
+ * mode (FM_ACCESS_LOG, FM_ACCESS_LOG_SAMPLE, see log.h).
+ */
+void fm_http_configure(const fm_config_t *cfg);
 
 #endif

@@ -22,7 +22,17 @@ int fm_log_enabled(fm_log_level_t level);
 /** The level of a request's access line: warn for a 5xx answer, info otherwise. */
 fm_log_level_t fm_log_access_level(int status);
 
-/** The access-log line of one HTTP request (at fm_log_access_level(status)). */
+/**
+ * Which answers get an access line (FM_ACCESS_LOG): "all"; "sample": every answer ≥ 400 and one in `sample_every`
+ * of the others (counted per thread); "off": none below 500 (a 5xx still gets its line, at warn). Call once before
+ * threads start; the default is "all".
+ */
+void fm_log_access_init(const char *mode, unsigned sample_every);
+
+/** Whether an answer of `status` may get an access line (level and mode; sampling is decided in fm_log_access). */
+int fm_log_access_enabled(int status);
+
+/** The access-log line of one HTTP request (at fm_log_access_level(status)), unless the mode leaves it out. */
 void fm_log_access(const char *request_id, const char *method, const char *route, const char *path, int status,
                    double duration_ms, const char *error_code);
 

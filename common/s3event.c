@@ -13,6 +13,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "json.h"
+
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t err_size, const char *fmt, ...)
 {
     if (err != NULL && err_size > 0) {
@@ -234,6 +236,11 @@ int fm_s3event_parse(const char *json, size_t len, fm_s3event_record_t *records,
     int rc = -1;
     if (end != json + len || !cJSON_IsObject(root)) {
         fail(err, err_size, "the message is not one JSON object");
+        goto done;
+    }
+    const char *duplicate = fm_json_duplicate_key(root); /* which copy of a member we read must not be a choice */
+    if (duplicate != NULL) {
+        fail(err, err_size, "the member \"%.40s\" appears twice in one object", duplicate);
         goto done;
     }
     const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "Records");

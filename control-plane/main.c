@@ -242,6 +242,7 @@ int main(int argc, char **argv)
         return 2;
     }
     fm_log_init("fm-control", app.config.log_level);
+    fm_http_configure(&app.config);
     fm_control = &app;
     if (strcmp(command, "migrate") == 0) {
         const char *dir = getenv("FM_SCHEMA_DIR");

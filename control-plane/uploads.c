@@ -22,6 +22,7 @@
 
 #include "control.h"
 #include "log.h"
+#include "names.h"
 #include "uploads.h"
 
 #define UPLOAD_BODY_MAX 16384
@@ -46,17 +47,6 @@ upload_state_t *upload_state(fm_req_t *r)
 /* ---- validation ----------------------------------------------------------------------------------------------- */
 
 /* A file name is shown and downloaded, never used as a path: no separators, NUL or control characters. */
-static int name_valid(const char *name)
-{
-    size_t len = strlen(name);
-    if (len == 0 || len > 255 || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
-        return 0;
-    for (const unsigned char *p = (const unsigned char *)name; *p != '\0'; ++p)
-        if (*p < 0x20 || *p == 0x7f || *p == '/' || *p == '\\')
-            return 0;
-    return 1;
-}
-
 static int sha256_normalize(const char *in, char out[65])
 {
     if (strlen(in) != 64)
@@ -412,9 +402,9 @@ void upload_start(fm_req_t *r, upload_state_t *s)
 int upload_validate(fm_req_t *r, upload_state_t *s, const char *name, double size, const char *type, const char *sha,
                     const char *folder)
 {
-    if (!name_valid(name)) {
-        fm_reply_error(r, 422, "invalid_name",
-                       "name must be 1 to 255 bytes without '/', '\\', control characters, and not . or ..");
+    fm_name_error_t name_error = fm_name_check(name, strlen(name)); /* common/names.h: the one rule for names */
+    if (name_error != FM_NAME_OK) {
+        fm_reply_error(r, 422, "invalid_name", "%s", fm_name_error_message(name_error));
         return -1;
     }
     /* range first: converting an out-of-range double to an integer is undefined */

@@ -184,6 +184,7 @@ int main(int argc, char **argv)
         return 2;
     }
     fm_log_init("fm-edge", cfg.log_level);
+    fm_http_configure(&cfg);
     fm_edge.cfg = &cfg;
     if (load_keys(cfg.edge_cf_public_keys) != 0) {
         fprintf(stderr, "fm-edge: fix FM_EDGE_CF_PUBLIC_KEYS (see `fm-edge config`)\n");

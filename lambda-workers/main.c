@@ -122,6 +122,7 @@ int main(int argc, char **argv)
         return 2;
     }
     fm_log_init("fm-worker", cfg.log_level);
+    fm_log_access_init(cfg.access_log, (unsigned)cfg.access_log_sample); /* its health port */
     signal(SIGPIPE, SIG_IGN); /* hiredis and libpq write to sockets whose peer may be gone */
 
     fm_server_block_stop_signals(); /* before libvips starts its worker threads */

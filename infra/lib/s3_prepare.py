@@ -6,6 +6,12 @@
 3. when an events URL is given: the RGW SNS-style topic whose push-endpoint is that URL, and the bucket
    notification sending s3:ObjectCreated:* and s3:ObjectRemoved:* for keys under the uploads prefix.
 
+Every run also keeps the bucket private whatever a client sends with a presigned PUT (the URL does not sign
+x-amz-acl or x-amz-grant-*, so a client could add `x-amz-acl: public-read` and read the object straight from the
+store): a bucket policy denies PutObject with a public canned ACL or any grant header and denies ACL changes; the
+public access block ignores public ACLs and refuses public policies; on AWS, Object Ownership = BucketOwnerEnforced
+turns ACLs off altogether. See ensure_no_public_access.
+
 Configuration from the environment (each also a command-line option, which wins):
   FM_S3_ENDPOINT, FM_S3_REGION (us-east-1), FM_S3_ACCESS_KEY, FM_S3_SECRET_KEY, FM_S3_BUCKET (files-manager)
   FM_WEB_ORIGIN             allowed browser origins, comma-separated
@@ -21,6 +27,7 @@ The events URL may carry a secret: it is never printed (query strings and user i
 Run with /usr/bin/python3 (Debian's boto3).
 """
 import argparse
+import json
 import os
 import sys
 import time
@@ -134,6 +141,104 @@ def ensure_cors(s3, bucket, origins):
     }]})
 
 
+# --- no public access -----------------------------------------------------------------------------------------
+
+POLICY_SID_PREFIX = "FilesManager"  # statements of ours in the bucket policy; others' are kept
+PUBLIC_CANNED_ACLS = ["public-read", "public-read-write", "authenticated-read", "aws-exec-read", "log-delivery-write"]
+GRANT_KEYS = ["s3:x-amz-grant-read", "s3:x-amz-grant-write", "s3:x-amz-grant-read-acp", "s3:x-amz-grant-write-acp",
+              "s3:x-amz-grant-full-control"]
+PROBE_KEY = ".fm-prepare/probe"  # outside the events prefix: raises no event
+
+
+def deny_statements(bucket):
+    """Deny statements that hold for every principal, the bucket's owner included (a presigned URL acts as the owner).
+
+    Written so that they mean the same on AWS and on Ceph RGW 16, checked on RGW: StringEquals on s3:x-amz-acl (an
+    absent header matches nothing) rather than `Null` or StringNotEquals, which RGW evaluates differently (it puts an
+    s3:x-amz-acl value into every PutObject's context, and its `Null` is inverted); StringLike "*" on each grant key
+    (present = denied)."""
+    objects = f"arn:aws:s3:::{bucket}/*"
+    statements = [{
+        "Sid": f"{POLICY_SID_PREFIX}DenyPublicCannedAcl", "Effect": "Deny", "Principal": "*",
+        "Action": "s3:PutObject", "Resource": objects,
+        "Condition": {"StringEquals": {"s3:x-amz-acl": PUBLIC_CANNED_ACLS}},
+    }]
+    for key in GRANT_KEYS:
+        name = "".join(part.capitalize() for part in key.split(":")[1].split("-")[3:])
+        statements.append({
+            "Sid": f"{POLICY_SID_PREFIX}DenyGrant{name}", "Effect": "Deny", "Principal": "*",
+            "Action": "s3:PutObject", "Resource": objects, "Condition": {"StringLike": {key: "*"}},
+        })
+    statements.append({
+        "Sid": f"{POLICY_SID_PREFIX}DenyAclChanges", "Effect": "Deny", "Principal": "*",
+        "Action": ["s3:PutObjectAcl", "s3:PutObjectVersionAcl", "s3:PutBucketAcl"],
+        "Resource": [f"arn:aws:s3:::{bucket}", objects],
+    })
+    return statements
+
+
+def ensure_bucket_policy(s3, bucket):
+    try:
+        current = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
+    except botocore.exceptions.ClientError as e:
+        if e.response.get("Error", {}).get("Code") != "NoSuchBucketPolicy":
+            raise
+        current = {}
+    others = [st for st in current.get("Statement", []) if not str(st.get("Sid", "")).startswith(POLICY_SID_PREFIX)]
+    policy = {"Version": "2012-10-17", "Statement": others + deny_statements(bucket)}
+    s3.put_bucket_policy(Bucket=bucket, Policy=json.dumps(policy))
+    return len(others)
+
+
+def owner_can_put(s3, bucket):
+    """A plain PutObject by the owner works (then the probe object goes)."""
+    try:
+        s3.put_object(Bucket=bucket, Key=PROBE_KEY, Body=b"")
+    except botocore.exceptions.ClientError as e:
+        if e.response.get("Error", {}).get("Code") == "AccessDenied":
+            return False
+        raise
+    s3.delete_object(Bucket=bucket, Key=PROBE_KEY)
+    return True
+
+
+def ensure_public_access_block(s3, bucket):
+    """All four settings; BlockPublicAcls goes off again where the store then refuses every PutObject (Ceph RGW 16
+    does: with it on, a PUT without any ACL header is AccessDenied too). IgnorePublicAcls still makes a public ACL
+    inert there, and the policy refuses the PUT that carries one. Returns the settings in force."""
+    config = {"BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
+              "RestrictPublicBuckets": True}
+    s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=config)
+    if not owner_can_put(s3, bucket):
+        config["BlockPublicAcls"] = False
+        s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration=config)
+        if not owner_can_put(s3, bucket):
+            raise RuntimeError("the bucket refuses its owner's PutObject even without BlockPublicAcls")
+    return config
+
+
+def ensure_owner_enforced(s3, bucket):
+    """Object Ownership = BucketOwnerEnforced (AWS: ACLs disabled, a PUT with another ACL is refused). Returns False
+    where the store does not know it (Ceph RGW 16 answers InvalidArgument): the policy above stands in for it."""
+    try:
+        s3.put_bucket_ownership_controls(
+            Bucket=bucket, OwnershipControls={"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]})
+        return True
+    except botocore.exceptions.ClientError as e:
+        if e.response.get("Error", {}).get("Code") in ("InvalidArgument", "NotImplemented", "InvalidRequest",
+                                                       "MalformedXML"):
+            return False
+        raise
+
+
+def ensure_no_public_access(s3, bucket):
+    """Policy first: with BlockPublicPolicy already on, a deny-only policy is still accepted (it is not public)."""
+    kept = ensure_bucket_policy(s3, bucket)
+    config = ensure_public_access_block(s3, bucket)
+    enforced = ensure_owner_enforced(s3, bucket)
+    return kept, config, enforced
+
+
 def ensure_notifications(s3, sns, a):
     # RGW's SNS-compatible API: CreateTopic overwrites the attributes of an existing topic of that name.
     topic = sns.create_topic(Name=a.topic, Attributes={
@@ -168,6 +273,10 @@ def main(argv=None):
     say(f"bucket {a.bucket} {'created' if created else 'exists'} at {a.endpoint}")
     ensure_cors(s3, a.bucket, a.origins)
     say(f"CORS: origins {', '.join(a.origins)}; methods {' '.join(CORS_METHODS)}; exposes ETag")
+    kept, block, enforced = ensure_no_public_access(s3, a.bucket)
+    say(f"no public access: policy denies public ACLs and grants ({kept} other statements kept); public access "
+        f"block {', '.join(k for k, v in block.items() if v)}; object ownership "
+        f"{'BucketOwnerEnforced' if enforced else 'not supported by this store (the policy stands in)'}")
     if a.events_url:
         arn = ensure_notifications(s3, sns, a)
         say(f"events: {' '.join(EVENTS)} under '{a.prefix}' -> topic {arn} -> {mask_url(a.events_url)}"
@@ -180,6 +289,6 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, RuntimeError) as e:
         print(f"s3_prepare: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -3,7 +3,10 @@
 # certificate made once per data folder, start/stop by PID. Sourced by infra/up and infra/down.
 #   services_env DATA PORTS…   `export` lines: stack env + secrets + service settings
 #   services_start DATA BUILD  migrate, start the three services, wait for health
-#   services_stop DATA         SIGTERM by PID, wait (graceful), SIGKILL after 30 s
+#   services_stop DATA         SIGTERM by PID, wait (graceful), SIGKILL after 30 s; stops the log rotator too
+#   services_rotator_start DATA   stack_rotate_logs every FM_LOG_ROTATE_INTERVAL_S (30) s in the background
+#                                 (infra/up, also with --detach)
+# Everything made here is private (umask 077, folders 0700), like the stack's own files (infra/lib/stack.sh).
 
 SERVICES=(fm-control fm-edge fm-worker)
 
@@ -42,7 +45,7 @@ services_cf_keys() {
 services_tls() {
   local dir="$1/tls"
   if [ ! -s "$dir/cert.pem" ]; then
-    mkdir -p "$dir"
+    mkdir -p "$dir" && chmod 700 "$dir"
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
       -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
       -keyout "$dir/key.pem" -out "$dir/cert.pem" >/dev/null 2>&1
@@ -81,7 +84,7 @@ services_env() {
 # purge_edge jobs POST /_edge/purge to every base URL of FM_EDGE_PURGE_URLS: the local edge unless told otherwise.
 services_edge_env() {
   local data="$1" dir="$1/edge"
-  mkdir -p "$dir"
+  mkdir -p "$dir" && chmod 700 "$dir"
   [ -s "$dir/purge.secret" ] || (umask 077 && openssl rand -hex 24 > "$dir/purge.secret")
   echo "export FM_EDGE_PURGE_SECRET=$(cat "$dir/purge.secret")"
   echo "export FM_EDGE_CACHE_DIR=${FM_EDGE_CACHE_DIR:-$dir/cache}"
@@ -111,7 +114,7 @@ _wait_http() {
 services_start() {
   local data="$1" build="$2" svc port
   mkdir -p "$data/run" "$data/logs"
-  "$build/fm-control" migrate >> "$data/logs/migrate.log" 2>&1 || {
+  (umask 077 && exec "$build/fm-control" migrate >> "$data/logs/migrate.log" 2>&1) || {
     echo "up: migrations failed, see $data/logs/migrate.log" >&2
     tail -5 "$data/logs/migrate.log" >&2
     return 1
@@ -121,7 +124,8 @@ services_start() {
       echo "up: $svc already running (pid $(cat "$(_service_pidfile "$data" "$svc")"))"
       continue
     fi
-    setsid "$build/$svc" >> "$data/logs/$svc.log" 2>&1 < /dev/null &
+    # umask 077: the log and what the service makes (the edge's cache files) are readable by us only
+    (umask 077 && exec setsid "$build/$svc" >> "$data/logs/$svc.log" 2>&1 < /dev/null) &
     echo $! > "$(_service_pidfile "$data" "$svc")"
   done
   for svc in "${SERVICES[@]}"; do
@@ -138,8 +142,32 @@ services_start() {
   done
 }
 
+# The rotator is a bash loop in a session of its own (named fm-log-rotate in its command line); the stack's logs
+# and the services' are all appended to (O_APPEND), so stack_rotate_logs copies and truncates them in place.
+services_rotator_start() {
+  local data="$1"
+  _service_running "$data" fm-log-rotate && return 0
+  # shellcheck disable=SC2016 # expanded by the inner bash
+  local every="${FM_LOG_ROTATE_INTERVAL_S:-30}"
+  [[ $every =~ ^[1-9][0-9]*$ ]] || { echo "up: FM_LOG_ROTATE_INTERVAL_S must be a number of seconds" >&2; return 1; }
+  (umask 077 && exec setsid bash -c 'source "$1" && while sleep "$3"; do stack_rotate_logs "$2" || true; done' \
+     fm-log-rotate "$STACK_REPO_ROOT/infra/lib/stack.sh" "$data" "$every" < /dev/null >> "$data/logs/log-rotate.log" 2>&1) &
+  echo $! > "$(_service_pidfile "$data" fm-log-rotate)"
+}
+
+services_rotator_stop() {
+  local data="$1" pidfile pid
+  pidfile="$(_service_pidfile "$data" fm-log-rotate)"
+  if _service_running "$data" fm-log-rotate; then
+    pid="$(cat "$pidfile")"
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true  # its group: bash and its sleep
+  fi
+  rm -f "$pidfile"
+}
+
 services_stop() {
   local data="$1" svc pidfile pid i
+  services_rotator_stop "$data"
   for svc in "${SERVICES[@]}"; do
     pidfile="$(_service_pidfile "$data" "$svc")"
     _service_running "$data" "$svc" || { rm -f "$pidfile"; continue; }

@@ -8,7 +8,9 @@
 #   stack_stop DATA           stop everything by PID (radosgw, then osd, then mon), wait for exit; idempotent
 #   stack_status DATA         one line per service; returns 0 only when all are running and answering
 #   stack_env DATA            `export FM_...=...` lines for the services (eval them)
-#   stack_s3_prepare DATA [s3_prepare.py options]   bucket, CORS, event topic + notification (see s3_prepare.py)
+#   stack_s3_prepare DATA [s3_prepare.py options]   bucket, CORS, public-access block and bucket policy, event
+#                             topic + notification (see s3_prepare.py)
+#   stack_rotate_logs DATA    copy-and-truncate every log in DATA/logs above FM_LOG_ROTATE_BYTES (see below)
 #   stack_start_pg / stack_stop_pg, stack_start_redis / stack_stop_redis, stack_start_ceph / stack_stop_ceph,
 #   stack_start_clamd / stack_stop_clamd   one service each (DATA as argument)
 #
@@ -16,6 +18,10 @@
 #   stack.env       settings remembered for this folder (ports, bucket, generated S3 keys), KEY=VALUE lines
 #   logs/           every service's log     run/  *.pid (one per process)
 #   pg/data  pg/sock   redis/   ceph/ (ceph.conf, mon-a, osd-0, osd-0.block sparse file, run, rgw)   clamav/
+# Private: DATA itself is 0710 root:postgres (0711 when that group cannot be set): PostgreSQL's user must pass
+# through it to pg/, nobody may list it. Every folder in it is 0700 and every log 0600: the logs hold request lines,
+# and with RGW's debug raised (FM_RGW_DEBUG) presigned URLs and the events webhook secret. Daemons start with umask
+# 077, so what they create is private from the first byte.
 #
 # Ports come from the environment the first time a folder is used and are then remembered in DATA/stack.env;
 # setting the variable again later changes it, except FM_CEPH_MON_PORT which is fixed once the cluster exists
@@ -23,7 +29,11 @@
 #   FM_PG_PORT 15432, FM_REDIS_PORT 16379, FM_RGW_PORT 17480, FM_CEPH_MON_PORT 13300,
 #   FM_CEPH_PORT_MIN 16800 / FM_CEPH_PORT_MAX 16830 (ceph messenger range), FM_CLAMD_PORT 13310,
 #   FM_S3_BUCKET files-manager.
-# Not remembered (read at each start): FM_PG_FSYNC (on|off, default on; tests use off).
+# Not remembered (read at each start): FM_PG_FSYNC (on|off, default on; tests use off); FM_RGW_DEBUG (RGW's
+# `debug rgw` level, default 0/0: at level 1 RGW logs every request line with its query string, i.e. whole presigned
+# URLs, and the events webhook URL with its secret; raise it only to diagnose, then delete the log).
+# Log rotation (stack_rotate_logs, run every FM_LOG_ROTATE_INTERVAL_S = 30 s by infra/up): FM_LOG_ROTATE_BYTES
+# (default 67108864 = 64 MiB; 0 = never) and FM_LOG_ROTATE_KEEP (old copies kept, default 2: x.log.1, x.log.2).
 #
 # Nothing is ever stopped by process name: only PIDs recorded in DATA/run, checked against /proc first.
 
@@ -44,12 +54,26 @@ _stack_now() { printf '%s' "${EPOCHREALTIME/,/.}"; }
 _stack_since() { awk -v a="$1" -v b="$(_stack_now)" 'BEGIN { printf "%.1f s", b - a }'; }
 _stack_tail() { [ -f "$1" ] && { printf 'stack: --- last lines of %s ---\n' "$1"; tail -n "${2:-15}" "$1"; } >&2; return 0; }
 
+# _stack_private: the modes of the header's "Private" paragraph, applied to what exists (folders and files made
+# before this rule, or by a command run without umask 077): the folder, its folders, and the files in it, in logs/
+# and in run/. Three processes when nothing is to change (it runs at every _stack_use and every rotation).
+_stack_private() {
+  if [ "$(stat -c '%a %G' "$_SD")" != "710 postgres" ]; then
+    if ! { chgrp postgres "$_SD" 2> /dev/null && chmod 710 "$_SD"; }; then
+      chmod 711 "$_SD" || { _stack_err "cannot set the mode of $_SD"; return 1; }
+    fi
+  fi
+  find "$_SD" -mindepth 1 -maxdepth 1 -type d ! -name pg -perm /077 -exec chmod 700 {} + &&
+  find "$_SD" "$_SD/logs" "$_SD/run" -maxdepth 1 -type f -perm /077 -exec chmod go-rwx {} +
+}
+
 # _stack_use DATA: resolve the data folder (absolute, created) into _SD and load its settings into _SK.
 _stack_use() {
   local d="${1:-${FM_STACK_DIR:-$STACK_REPO_ROOT/.local}}"
   mkdir -p "$d" || { _stack_err "cannot create data folder $d"; return 1; }
   _SD="$(cd "$d" && pwd -P)" || return 1
   mkdir -p "$_SD/logs" "$_SD/run" || return 1
+  _stack_private || return 1
   declare -gA _SK=()
   local f="$_SD/stack.env" k v kv old=""
   if [ -f "$f" ]; then
@@ -130,7 +154,8 @@ _stack_spawn() {
   set +m  # without job control the background child is no group leader: setsid does not fork, $! is the daemon
   local name="$1" log="$2"
   shift 2
-  setsid "$@" < /dev/null >> "$log" 2>&1 &
+  # umask 077: the log opened here and every file the daemon makes (its own logs, sockets, data) are private
+  (umask 077 && exec setsid "$@" < /dev/null >> "$log" 2>&1) &
   printf '%s\n' "$!" > "$_SD/run/$name.pid"
 }
 
@@ -197,7 +222,8 @@ stack_start_pg() {
   if pid="$(_stack_pid pg)"; then printf '%s\n' "$pid" > "$_SD/run/pg.pid"; return 0; fi
   _stack_check_port "$port" PostgreSQL || return 1
   id -u postgres > /dev/null 2>&1 || { _stack_err "no user postgres (run infra/setup)"; return 1; }
-  mkdir -p "$pg/sock" && touch "$log" && chown postgres: "$pg" "$pg/sock" "$log" && chmod 700 "$pg" || return 1
+  # The log stays root's (0600, in the 0700 logs/): the server writes to the descriptor pg_ctl inherits from us.
+  mkdir -p "$pg/sock" && (umask 077 && touch "$log") && chown postgres: "$pg" "$pg/sock" && chmod 700 "$pg" || return 1
   if ! runuser -u postgres -- test -w "$pg"; then
     _stack_err "user postgres cannot reach $pg: make the parent folders searchable (chmod o+x)"; return 1
   fi
@@ -225,7 +251,7 @@ log_timezone = 'UTC'
 timezone = 'UTC'
 EOF
   chown postgres: "$pgdata/files_manager.conf"
-  if ! (cd / && runuser -u postgres -- "$STACK_PG_BIN/pg_ctl" -D "$pgdata" -l "$log" -w -t 60 start) >> "$_SD/logs/pg_ctl.log" 2>&1; then
+  if ! (cd / && umask 077 && runuser -u postgres -- "$STACK_PG_BIN/pg_ctl" -D "$pgdata" -w -t 60 start) >> "$log" 2>&1; then
     _stack_err "PostgreSQL does not start"; _stack_tail "$log"; return 1
   fi
   read -r pid < "$pgdata/postmaster.pid" && printf '%s\n' "$pid" > "$_SD/run/pg.pid"
@@ -339,6 +365,7 @@ _stack_rgw_ready() {
 
 _stack_ceph_conf() {
   local c="$_SD/ceph" l="$_SD/logs" fsid
+  [[ ${FM_RGW_DEBUG:-0/0} =~ ^[0-9]{1,2}(/[0-9]{1,2})?$ ]] || { _stack_err "FM_RGW_DEBUG must read like 0/0 or 1/5"; return 1; }
   read -r fsid < "$c/fsid" || return 1
   cat > "$c/ceph.conf.tmp" <<EOF
 # written by infra/lib/stack.sh at each start (see docs in shared notes: local-s3-store)
@@ -383,6 +410,14 @@ debug rocksdb = 1/5
 [client.rgw.a]
 rgw data = $c/rgw
 rgw frontends = beast endpoint=127.0.0.1:${_SK[FM_RGW_PORT]}
+# No request lines in the log: at level 1 RGW writes each request with its query string (beast's access line:
+# whole presigned URLs, signatures included) and the events webhook URL with its secret. Errors (level 0) stay.
+# The in-memory level (after the /) is 0 too, or a crash dump would write the recent request lines after all.
+debug rgw = ${FM_RGW_DEBUG:-0/0}
+# No ops log, usage log or logged HTTP headers (each would keep the same request details).
+rgw enable ops log = false
+rgw enable usage log = false
+rgw log http headers =
 # re-check the OSD map every second (not 5): a radosgw started beside its OSD is ready sooner
 objecter tick interval = 1
 EOF
@@ -490,6 +525,30 @@ stack_stop() {
   done
   _stack_msg "stopped in $d ($(_stack_since "$t0"))"
   return $rc
+}
+
+# stack_rotate_logs DATA: every log in DATA/logs larger than FM_LOG_ROTATE_BYTES is copied to .1 (older copies
+# shift to .2 … FM_LOG_ROTATE_KEEP, the last one dropped) and truncated in place. Copy-and-truncate, not rename: every
+# writer (the daemons, our services' stderr) appends with O_APPEND to a descriptor it keeps, so nobody has to reopen
+# anything and no signal is sent; lines written between the copy and the truncation are lost (a few at most). The
+# copies are 0600 like the logs. Run by infra/up's rotator (services_rotator_start, every 30 s).
+stack_rotate_logs() {
+  _stack_use "${1:-}" || return 1
+  local max="${FM_LOG_ROTATE_BYTES:-67108864}" keep="${FM_LOG_ROTATE_KEEP:-2}" f size i
+  [[ $max =~ ^[0-9]+$ && $keep =~ ^[0-9]+$ ]] || { _stack_err "FM_LOG_ROTATE_BYTES and _KEEP are numbers"; return 1; }
+  [ "$max" -gt 0 ] || return 0
+  [ "$keep" -ge 1 ] || keep=1
+  for f in "$_SD"/logs/*.log "$_SD"/logs/*.out; do
+    [ -f "$f" ] && [ ! -L "$f" ] || continue
+    size="$(stat -c %s "$f" 2> /dev/null)" || continue
+    [ "$size" -gt "$max" ] || continue
+    for (( i = keep; i > 1; i-- )); do
+      [ ! -f "$f.$(( i - 1 ))" ] || mv -f "$f.$(( i - 1 ))" "$f.$i"
+    done
+    (umask 077 && cp "$f" "$f.1.tmp" && mv -f "$f.1.tmp" "$f.1") && : > "$f" ||
+      _stack_err "cannot rotate $f"
+  done
+  return 0
 }
 
 stack_status() {
