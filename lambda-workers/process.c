@@ -32,6 +32,7 @@
 #include "cleanup.h"
 #include "log.h"
 #include "purge.h"
+#include "rekey.h"
 #include "metrics.h"
 #include "queue.h"
 
@@ -198,20 +199,6 @@ static void forget_cached_rows(fm_worker_t *w, const fm_job_t *job)
     snprintf(job_key, sizeof(job_key), "fm:job:{%s}", job->job_id);
     const char *argv[] = {"DEL", file_key, job_key};
     freeReplyObject(fm_worker_cmd(w, 3, argv));
-}
-
-/* The cached rows (fm:file:{id}) of every file on a blob: they carry its storage_key. */
-static void forget_blob_rows(fm_worker_t *w, const char *sha256)
-{
-    const char *params[] = {sha256};
-    PGresult *res = fm_worker_sql(w, "SELECT id::text FROM files WHERE blob_sha256 = decode($1, 'hex')", 1, params);
-    for (int i = 0; res != NULL && i < PQntuples(res); ++i) {
-        char file_key[64];
-        snprintf(file_key, sizeof(file_key), "fm:file:{%s}", PQgetvalue(res, i, 0));
-        const char *argv[] = {"DEL", file_key};
-        freeReplyObject(fm_worker_cmd(w, 2, argv));
-    }
-    PQclear(res);
 }
 
 /* PUBLISH fm:events:{owner} {"type":"file.status","file_id","job_id","status"[,"reason"]}: the owner's channel. */
@@ -432,7 +419,7 @@ static fm_outcome_t outcome_ready(fm_worker_t *w, job_ctx_t *c)
      * that upload's URL could overwrite): fm_job_ready moved it to this copy, and the old object goes. */
     if (PQgetvalue(res, 0, 3)[0] != '\0') {
         LOG(FM_LOG_INFO, c, "jobs: blob %s moved from %s to %s", job->sha256, PQgetvalue(res, 0, 3), key);
-        forget_blob_rows(w, job->sha256); /* cached rows still name the old key: read again, not sent to a 404 */
+        fm_blob_forget_rows(w, job->sha256); /* cached rows still name the old key: read again, not sent to a 404 */
         delete_quietly(w, c, PQgetvalue(res, 0, 3));
     }
     PQclear(res);
@@ -726,6 +713,36 @@ static fm_outcome_t job_run_purge(fm_worker_t *w, job_ctx_t *c)
     }
 }
 
+/* A rekey_blob job (rekey.h): the same lock, attempts and retries; an S3 failure is a dependency's. */
+static fm_outcome_t job_run_rekey(fm_worker_t *w, job_ctx_t *c)
+{
+    int started = job_start(w, c);
+    if (started != 0)
+        return started < 0 ? FM_OUTCOME_LEFT : FM_OUTCOME_SKIPPED;
+    c->failed_step = "rekey";
+    char reason[512] = "";
+    uint64_t started_ms = fm_mono_ms();
+    fm_rekey_rc rc;
+    while ((rc = fm_rekey_blob(w, c->job.job_id, reason, sizeof(reason))) == FM_REKEY_LEFT && w->pg_unavailable &&
+           wait_for_postgresql(w, c) == 0)
+        ;
+    observe_step("rekey", started_ms);
+    switch (rc) {
+    case FM_REKEY_MOVED:
+        return FM_OUTCOME_MOVED;
+    case FM_REKEY_REPLACED:
+        return FM_OUTCOME_QUARANTINED;
+    case FM_REKEY_GONE:
+        return FM_OUTCOME_SKIPPED;
+    case FM_REKEY_RETRY:
+        LOG(FM_LOG_WARN, c, "rekey: job %s: %s", c->job.job_id, reason);
+        return outcome_failed(w, c, reason);
+    case FM_REKEY_LEFT:
+    default:
+        return FM_OUTCOME_LEFT;
+    }
+}
+
 static fm_outcome_t job_run(fm_worker_t *w, job_ctx_t *c)
 {
     int loaded = job_load(w, c);
@@ -741,6 +758,8 @@ static fm_outcome_t job_run(fm_worker_t *w, job_ctx_t *c)
         return job_run_cleanup(w, c);
     if (strcmp(c->type, "purge_edge") == 0)
         return job_run_purge(w, c);
+    if (strcmp(c->type, "rekey_blob") == 0)
+        return job_run_rekey(w, c);
     if (strcmp(c->type, "process_upload") != 0) {
         LOG(FM_LOG_WARN, c, "jobs: %s has type %s, which this worker does not run; left QUEUED", c->entry->job_id,
             c->type);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "cleanup.h"
+#include "rekey.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -64,8 +65,8 @@ uint64_t fm_mono_ms(void)
 
 const char *fm_outcome_name(fm_outcome_t outcome)
 {
-    static const char *const names[] = {"ready", "quarantined", "retry", "failed", "skipped",
-                                        "left",  "deleted",     "kept",  "purged", "deferred"};
+    static const char *const names[] = {"ready",   "quarantined", "retry",  "failed",   "skipped", "left",
+                                        "deleted", "kept",        "purged", "deferred", "moved"};
     return (unsigned)outcome < sizeof(names) / sizeof(names[0]) ? names[outcome] : "left";
 }
 
@@ -681,6 +682,7 @@ static void *keeper_main(void *arg)
             if (!quiet && now >= next_cleanup) { /* tries every interval; the lock makes it one process per round */
                 next_cleanup = now + (uint64_t)q->cfg->cleanup_interval_s * 1000u;
                 fm_cleanup_scan(keeper);
+                fm_rekey_scan(keeper);
             }
         }
         nap(q, 100, &q->keeper_stop);

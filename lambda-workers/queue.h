@@ -48,9 +48,10 @@ typedef enum {
     FM_OUTCOME_PURGED,      /* purge_edge: every edge of FM_EDGE_PURGE_URLS dropped the keys (purge.h) */
     FM_OUTCOME_DEFERRED,    /* a dependency failed (S3, clamd, an edge, the temp disk) or the worker stopped: job
                              * RETRY on the delayed set, no attempt used (docs/workers.md "Retries and dead letters") */
+    FM_OUTCOME_MOVED,       /* rekey_blob: a blob of an earlier version moved to blobs/{sha256} (rekey.h) */
 } fm_outcome_t;
 
-/** "ready", "quarantined", "retry", "failed", "skipped", "left", "deleted", "kept", "purged", "deferred". */
+/** "ready", "quarantined", "retry", "failed", "skipped", "left", "deleted", "kept", "purged", "deferred", "moved". */
 const char *fm_outcome_name(fm_outcome_t outcome);
 
 /** The process-wide consumer (queue.c). Opaque. */

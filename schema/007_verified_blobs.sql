@@ -48,3 +48,31 @@ BEGIN
     UPDATE uploads SET status = 'COMPLETED' WHERE id = j.upload_id AND status = 'UPLOADED';
     RETURN QUERY SELECT made, k, o, old_key;
 END $$;
+
+-- Blobs of an earlier version still at their first upload's key are moved by rekey_blob jobs (lambda-workers/rekey.c):
+-- the old object copied to staging/, hashed, and copied to blobs/{sha256} when it still has the verified bytes (the
+-- blob's READY files are QUARANTINED when it does not).
+ALTER TABLE jobs DROP CONSTRAINT jobs_type_check;
+ALTER TABLE jobs ADD CONSTRAINT jobs_type_check
+    CHECK (type IN ('process_upload', 'cleanup_blob', 'purge_file', 'abort_multipart', 'purge_edge', 'rekey_blob'));
+CREATE INDEX blobs_old_key_idx ON blobs (created_at) WHERE storage_key NOT LIKE 'blobs/%';
+
+-- One round of the housekeeping scan: a rekey_blob job per blob not under blobs/ (oldest first, at most p_limit), the
+-- ids the caller puts on the stream. A job already made is not made again, but for one whose stream entry was made
+-- over an hour ago and is still QUEUED (lost with Redis' data) and one that FAILED over an hour ago; a DONE job (moved,
+-- replaced, or its object missing) is final.
+CREATE FUNCTION fm_rekey_scan(p_limit integer)
+RETURNS TABLE (out_job uuid)
+LANGUAGE sql AS $$
+    INSERT INTO jobs AS j (type, dedupe_key, payload)
+        SELECT 'rekey_blob', 'rekey_blob:' || encode(b.sha256, 'hex'),
+               jsonb_build_object('sha256', encode(b.sha256, 'hex'), 'key', b.storage_key)
+        FROM blobs b WHERE b.storage_key NOT LIKE 'blobs/%'
+        ORDER BY b.created_at LIMIT p_limit
+    ON CONFLICT (dedupe_key) DO UPDATE
+        SET status = 'QUEUED', attempts = 0, last_error = NULL, started_at = NULL, finished_at = NULL,
+            enqueued_at = NULL, created_at = now(), payload = EXCLUDED.payload
+        WHERE (j.status = 'FAILED' AND j.finished_at < now() - interval '1 hour')
+           OR (j.status = 'QUEUED' AND j.enqueued_at < now() - interval '1 hour')
+    RETURNING j.id
+$$;

@@ -130,7 +130,7 @@ def gate(stack):
 def worker(workers, stack, fm, gate):
     w = workers.start(FM_REDIS_URL=redis_url(stack, VERIFIED_REDIS_DB), FM_WORKER_THREADS=2,
                       FM_CLAMD_HOST="127.0.0.1", FM_CLAMD_PORT=gate.port, FM_S3_COPY_PART_BYTES=COPY_PART_BYTES,
-                      FM_JOB_BACKOFF_BASE_MS=200)
+                      FM_JOB_BACKOFF_BASE_MS=200, FM_CLEANUP_INTERVAL_S=1)
     yield w
     workers.stop(w)
 
@@ -322,3 +322,56 @@ def test_signed_url_without_a_file_is_refused(fm, alice, worker, edge, key_pair)
     assert_error(requests.get(upper, timeout=30), 400, "invalid_path")
     other = key_pair.botocore_url(f"{edge.url}/f/blobs/{sha}?file={uuid.uuid4()}&share=nope", int(time.time()) + 60)
     assert_error(requests.get(other, timeout=30), 400, "invalid_path")
+
+
+# ---- blobs of an earlier version ---------------------------------------------------------------------------------
+
+
+def legacy_file(fm, user, data, name):
+    """A READY file as the previous version left it: its blob's object at its upload's incoming/{upload_id}, the key
+    that upload's URL can still write. Returns (file id, key)."""
+    a = fm.start(user, data, name=name)
+    key = f"incoming/{a['upload_id']}"
+    fm.s3.put_object(Bucket=fm.bucket, Key=key, Body=data)
+    sha = sha256_hex(data)
+    fm.sql(f"INSERT INTO blobs (sha256, size, storage_key, content_type, ref_count) VALUES "
+           f"(decode('{sha}', 'hex'), {len(data)}, '{key}', 'application/octet-stream', 1); "
+           f"UPDATE uploads SET status = 'COMPLETED', completed_at = now() WHERE id = '{a['upload_id']}'; "
+           f"UPDATE files SET status = 'READY', blob_sha256 = decode('{sha}', 'hex') WHERE id = '{a['file_id']}'")
+    fm.drop_cached(a["file_id"])
+    return a["file_id"], key
+
+
+def test_blobs_of_the_previous_version_are_moved_out_of_client_reach(fm, alice, worker, edge):
+    """The housekeeping scan finds a blob still at an incoming/ key; its rekey job proves the bytes (a staged copy,
+    hashed) and moves them to blobs/{sha256}; the file keeps downloading."""
+    data = octet_bytes(6000)
+    sha = sha256_hex(data)
+    file_id, key = legacy_file(fm, alice, data, "old.bin")
+    assert wait_for(lambda: fm.blob_row(sha)["storage_key"] == f"blobs/{sha}", 30), fm.blob_row(sha)
+    assert fm.get_bytes(f"blobs/{sha}") == data
+    assert wait_for(lambda: fm.head(key) is None, 10)
+    assert fm.head(f"staging/rekey-{sha}") is None
+    job = fm.sql_row(f"SELECT row_to_json(j) FROM (SELECT status, payload FROM jobs "
+                     f"WHERE dedupe_key = 'rekey_blob:{sha}') j")
+    assert job["status"] == "DONE" and job["payload"]["result"] == "moved", job
+    assert fm.file_row(file_id)["status"] == "READY"
+    assert served(fm.url(alice, file_id)) == data
+
+
+def test_a_previous_version_blob_whose_bytes_were_replaced_is_quarantined(fm, alice, bob, worker, edge):
+    """The bytes at the old key were replaced after they were verified (what the old URL allowed): the rekey finds
+    another hash, and every READY file on that blob stops being served as verified."""
+    data = octet_bytes(7000)
+    sha = sha256_hex(data)
+    mine, key = legacy_file(fm, alice, data, "swapped.bin")
+    fm.s3.put_object(Bucket=fm.bucket, Key=key, Body=same_size_eicar(len(data)))  # the old URL's second PUT
+    row = fm.wait_status(mine, {"QUARANTINED"}, timeout=30)
+    assert row["status_reason"] == "the stored bytes changed after verification", row
+    assert_error(fm.download(alice, mine), 403, "quarantined")
+    assert fm.head(key) is None and fm.head(f"blobs/{sha}") is None
+    assert fm.get_bytes(f"quarantine/rekey-{sha}")[:len(eicar())] == eicar()
+    # the real bytes uploaded again become a verified blob at blobs/{sha256}, for whoever uploads them
+    _, theirs = fm.ready(bob, data)
+    assert fm.blob_row(sha)["storage_key"] == f"blobs/{sha}"
+    assert served(fm.url(bob, theirs)) == data
