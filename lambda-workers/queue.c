@@ -13,6 +13,7 @@
 
 #include "cleanup.h"
 #include "rekey.h"
+#include "uuid.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -72,14 +73,7 @@ const char *fm_outcome_name(fm_outcome_t outcome)
 
 int fm_uuid_text_valid(const char *s)
 {
-    if (s == NULL || strlen(s) != 36)
-        return 0;
-    for (int i = 0; i < 36; i++) {
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? s[i] != '-' : strchr("0123456789abcdefABCDEF", s[i]) == NULL || s[i] == '\0')
-            return 0;
-    }
-    return 1;
+    return s != NULL && fm_uuid_valid(s, strlen(s));
 }
 
 /* ---- connections ------------------------------------------------------------------------------------------------ */
