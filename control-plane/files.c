@@ -57,7 +57,8 @@ static const char file_sql[] =
 
 static const char job_sql[] =
     "SELECT json_build_object('id', j.id, 'type', j.type, 'status', j.status, 'file_id', j.file_id,"
-    " 'upload_id', j.upload_id, 'attempts', j.attempts, 'last_error', j.last_error,"
+    " 'upload_id', j.upload_id, 'attempts', j.attempts, 'transient_retries', j.transient_retries,"
+    " 'last_error', j.last_error,"
     " 'created_at', to_char(j.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
     " 'owner_id', f.owner_id)::text "
     "FROM jobs j JOIN files f ON f.id = j.file_id WHERE j.id = $1::uuid";

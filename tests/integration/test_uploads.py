@@ -106,6 +106,7 @@ def test_single_put_end_to_end(fm, alice):
     j = j.json()
     assert j["status"] == "QUEUED" and j["type"] == "process_upload", j
     assert j["file_id"] == a["file_id"] and j["upload_id"] == a["upload_id"] and j["attempts"] == 0
+    assert j["transient_retries"] == 0
 
     # PostgreSQL: one job; the upload knows who completed it and the object's ETag (MD5 of a single PUT).
     assert fm.jobs_of_upload(a["upload_id"]) == [job_id]

@@ -355,6 +355,7 @@ def assert_waiting_state(fm, alice, a, job_id, job, words):
     assert r.status_code == 200, r.text
     shown = r.json()
     assert shown["status"] in ("RETRY", "RUNNING") and shown["last_error"], shown
+    assert shown["attempts"] == 0 and shown["transient_retries"] >= 1, shown  # waiting on a dependency, not refused
 
 
 # --- (a) clamd ---------------------------------------------------------------------------------------------------------
