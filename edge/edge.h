@@ -220,7 +220,42 @@ void fm_edge_events_tick(void);
  */
 void fm_edge_event(const char *cache_key, const char *outcome, int status, uint64_t bytes, const char *ip);
 
+/* ---- range.c (pure: no h2o, no state; unit-tested and fuzzed) ---- */
+
+/** What a Range header selects of an object of a known size (RFC 9110 §14.1.2, §14.2). */
+typedef enum {
+    FM_EDGE_RANGE_NONE,          /* the whole object, 200: no Range, another unit, a list, or invalid syntax */
+    FM_EDGE_RANGE_ONE,           /* one range: 206 with [first, last], first <= last < size */
+    FM_EDGE_RANGE_UNSATISFIABLE, /* 416 with Content-Range: bytes * / size */
+} fm_edge_range_t;
+
+/** One byte-range-spec as written, before the object's size is known; numbers saturated at UINT64_MAX. */
+typedef struct fm_edge_range_spec {
+    int suffix;      /* "-n": the last `length` bytes */
+    uint64_t first;  /* "a-" and "a-b" */
+    uint64_t last;   /* "a-b"; UINT64_MAX for "a-" */
+    uint64_t length; /* "-n" */
+} fm_edge_range_spec_t;
+
+/** Parses one `bytes=` range of a Range value of `len` bytes (need not be NUL-terminated). 1 with *spec, or 0 when the
+ * header is to be ignored (another unit, a list, invalid syntax, last-pos < first-pos). */
+int fm_edge_range_spec(const char *value, size_t len, fm_edge_range_spec_t *spec);
+
+/** The bytes `spec` selects of an object of `size` bytes: ONE with first <= last < size, UNSATISFIABLE, or NONE (a
+ * suffix of an empty object: the empty whole). Never a range outside the object. */
+fm_edge_range_t fm_edge_range_resolve(const fm_edge_range_spec_t *spec, uint64_t size, uint64_t *first, uint64_t *last);
+
+/** fm_edge_range_spec then fm_edge_range_resolve: what a Range value selects of `size` bytes. */
+fm_edge_range_t fm_edge_range_parse(const char *value, size_t len, uint64_t size, uint64_t *first, uint64_t *last);
+
 /* ---- answer.c ---- */
+
+/**
+ * Sets the headers every answer of /f/ and /p/ carries, errors included (docs/downloads.md "Active types"): the strict
+ * Content-Security-Policy (nothing may run or load, sandboxed) and X-Content-Type-Options: nosniff. Called first by
+ * the handlers; an object's answer then replaces the policy by the one its served type gets.
+ */
+void fm_edge_security_headers(h2o_req_t *req);
 
 /** Adds a response header; `value` is copied into the request's pool (h2o keeps the pointer until it writes). */
 void fm_edge_add_header(h2o_req_t *req, const h2o_token_t *token, const char *value);

@@ -282,6 +282,7 @@ static void serve_variant(fm_req_t *r, const char *key, size_t key_len, const fm
 int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t)
 {
     h2o_req_t *req = r->req;
+    fm_edge_security_headers(req); /* every answer from here on, refusals included: answer.c "active content" */
     /* the raw path, not path_normalized, which has already resolved ".." and decoded escapes */
     h2o_iovec_t path = req->path;
     const char *q = memchr(path.base, '?', path.len);
