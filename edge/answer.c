@@ -299,6 +299,53 @@ void fm_edge_security_headers(h2o_req_t *req)
     set_header(req, H2O_STRLIT("x-content-type-options"), H2O_STRLIT("nosniff"));
 }
 
+/* The request's Range as it applies to `meta` (RFC 9110 §13.1.5: If-Range with another, or a weak, validator sends the
+ * whole representation). */
+static fm_edge_range_t choose_range(fm_req_t *r, const fm_edge_meta_t *meta, uint64_t *first, uint64_t *last)
+{
+    h2o_iovec_t range = fm_req_header(r, "range");
+    if (range.base == NULL)
+        return FM_EDGE_RANGE_NONE;
+    h2o_iovec_t if_range = fm_req_header(r, "if-range");
+    if (if_range.base != NULL &&
+        !(meta->etag[0] == '"' && h2o_memis(if_range.base, if_range.len, meta->etag, strlen(meta->etag))))
+        return FM_EDGE_RANGE_NONE;
+    return fm_edge_range_parse(range.base, range.len, meta->size, first, last);
+}
+
+static h2o_iovec_t request_query(h2o_req_t *req)
+{
+    const char *q = memchr(req->path.base, '?', req->path.len);
+    return q ? h2o_iovec_init(q + 1, req->path.len - (size_t)(q + 1 - req->path.base)) : h2o_iovec_init("", 0);
+}
+
+int fm_edge_answer_plan(fm_req_t *r, const fm_edge_meta_t *meta, uint64_t *first, uint64_t *length)
+{
+    h2o_req_t *req = r->req;
+    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD")) || not_modified(r, meta))
+        return 0;
+    h2o_iovec_t query = request_query(req);
+    h2o_iovec_t name = fm_edge_query_param(query, "name"), disposition = fm_edge_query_param(query, "disposition");
+    if (disposition.base != NULL && !h2o_memis(disposition.base, disposition.len, H2O_STRLIT("inline")) &&
+        !h2o_memis(disposition.base, disposition.len, H2O_STRLIT("attachment")))
+        return 0;
+    if (name.base != NULL && content_disposition(&req->pool, "inline", name) == NULL)
+        return 0;
+    uint64_t last = 0;
+    switch (choose_range(r, meta, first, &last)) {
+    case FM_EDGE_RANGE_UNSATISFIABLE:
+        return 0;
+    case FM_EDGE_RANGE_ONE:
+        *length = last - *first + 1;
+        return 1;
+    case FM_EDGE_RANGE_NONE:
+    default:
+        *first = 0;
+        *length = meta->size;
+        return meta->size > 0;
+    }
+}
+
 /* An error after fm_edge_serve_file began adding headers: those were for the object, not for the error. */
 static void reset_headers(fm_req_t *r)
 {
@@ -350,9 +397,7 @@ int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *
     }
 
     /* Content-Disposition from the signed query: name=<percent-encoded UTF-8>, disposition=inline|attachment. */
-    h2o_iovec_t path = req->path;
-    const char *q = memchr(path.base, '?', path.len);
-    h2o_iovec_t query = q ? h2o_iovec_init(q + 1, path.len - (size_t)(q + 1 - path.base)) : h2o_iovec_init("", 0);
+    h2o_iovec_t query = request_query(req);
     h2o_iovec_t name = fm_edge_query_param(query, "name"), disposition = fm_edge_query_param(query, "disposition");
     const char *type = "attachment";
     if (disposition.base != NULL) {
@@ -389,34 +434,27 @@ int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *
     *first = 0;
     *length = meta->size;
     int status = 200;
-    h2o_iovec_t range = fm_req_header(r, "range");
-    h2o_iovec_t if_range = fm_req_header(r, "if-range");
-    /* If-Range with another (or a weak) validator: the representation changed, send it whole. */
-    int range_allowed = if_range.base == NULL || (meta->etag[0] == '"' && h2o_memis(if_range.base, if_range.len,
-                                                                                    meta->etag, strlen(meta->etag)));
-    if (range.base != NULL && range_allowed) {
-        switch (fm_edge_range_parse(range.base, range.len, meta->size, first, &last)) {
-        case FM_EDGE_RANGE_NONE:
-            break;
-        case FM_EDGE_RANGE_UNSATISFIABLE: {
-            char content_range[64];
-            snprintf(content_range, sizeof(content_range), "bytes */%llu", (unsigned long long)meta->size);
-            reset_headers(r);
-            fm_req_add_header(r, "content-range", content_range);
-            fm_reply_error(r, 416, "range_not_satisfiable", "the range is outside the object's %llu bytes",
-                           (unsigned long long)meta->size);
-            return 0;
-        }
-        case FM_EDGE_RANGE_ONE: {
-            status = 206;
-            *length = last - *first + 1;
-            char *content_range = h2o_mem_alloc_pool(&req->pool, 80);
-            snprintf(content_range, 80, "bytes %llu-%llu/%llu", (unsigned long long)*first, (unsigned long long)last,
-                     (unsigned long long)meta->size);
-            fm_edge_add_header(req, H2O_TOKEN_CONTENT_RANGE, content_range);
-            break;
-        }
-        }
+    switch (choose_range(r, meta, first, &last)) {
+    case FM_EDGE_RANGE_NONE:
+        break;
+    case FM_EDGE_RANGE_UNSATISFIABLE: {
+        char content_range[64];
+        snprintf(content_range, sizeof(content_range), "bytes */%llu", (unsigned long long)meta->size);
+        reset_headers(r);
+        fm_req_add_header(r, "content-range", content_range);
+        fm_reply_error(r, 416, "range_not_satisfiable", "the range is outside the object's %llu bytes",
+                       (unsigned long long)meta->size);
+        return 0;
+    }
+    case FM_EDGE_RANGE_ONE: {
+        status = 206;
+        *length = last - *first + 1;
+        char *content_range = h2o_mem_alloc_pool(&req->pool, 80);
+        snprintf(content_range, 80, "bytes %llu-%llu/%llu", (unsigned long long)*first, (unsigned long long)last,
+                 (unsigned long long)meta->size);
+        fm_edge_add_header(req, H2O_TOKEN_CONTENT_RANGE, content_range);
+        break;
+    }
     }
 
     req->res.status = status;

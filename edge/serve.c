@@ -332,7 +332,7 @@ void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t)
         fm_edge_serve_hit(r, fd, blob, &meta, "hit");
         return;
     }
-    if (fm_edge_origin_fill(r, t->key, hex, on_filled, can_stream(r) ? on_stream_headers : NULL) != 0)
+    if (fm_edge_origin_miss(r, t->key, hex, on_filled, can_stream(r) ? on_stream_headers : NULL) != 0)
         fm_reply_unavailable(r, "the edge's origin queue");
 }
 
