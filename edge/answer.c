@@ -293,10 +293,13 @@ static void set_header(h2o_req_t *req, const char *name, size_t name_len, const 
     h2o_set_header_by_str(&req->pool, &req->res.headers, name, name_len, 0, value, value_len, 1);
 }
 
+/* Added, not set: called on an answer without headers yet (the handler's first step, or after reset_headers). */
 void fm_edge_security_headers(h2o_req_t *req)
 {
-    set_header(req, H2O_STRLIT("content-security-policy"), H2O_STRLIT(csp_sandboxed));
-    set_header(req, H2O_STRLIT("x-content-type-options"), H2O_STRLIT("nosniff"));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("content-security-policy"), 0, NULL,
+                          H2O_STRLIT(csp_sandboxed));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-content-type-options"), 0, NULL,
+                          H2O_STRLIT("nosniff"));
 }
 
 /* The request's Range as it applies to `meta` (RFC 9110 §13.1.5: If-Range with another, or a weak, validator sends the

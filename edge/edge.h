@@ -295,8 +295,8 @@ fm_edge_range_t fm_edge_range_parse(const char *value, size_t len, uint64_t size
 
 /**
  * Sets the headers every answer of /f/ and /p/ carries, errors included (docs/downloads.md "Active types"): the strict
- * Content-Security-Policy (nothing may run or load, sandboxed) and X-Content-Type-Options: nosniff. Called first by
- * the handlers; an object's answer then replaces the policy by the one its served type gets.
+ * Content-Security-Policy (nothing may run or load, sandboxed) and X-Content-Type-Options: nosniff. Added, so called
+ * once, first, by the handlers (fm_edge_parse_target); an object's answer then sets the policy its served type gets.
  */
 void fm_edge_security_headers(h2o_req_t *req);
 
