@@ -267,9 +267,19 @@ static void media_type(const char *value, char *out, size_t size)
 static type_class_t classify(const char *content_type)
 {
     static const char *const passive[] = {
-        "image/png",  "image/jpeg", "image/gif",  "image/webp",   "image/avif", "image/bmp",
-        "image/tiff", "image/heic", "image/heif", "image/x-icon", "image/vnd.microsoft.icon",
-        "text/plain", "application/pdf",
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/bmp",
+        "image/tiff",
+        "image/heic",
+        "image/heif",
+        "image/x-icon",
+        "image/vnd.microsoft.icon",
+        "text/plain",
+        "application/pdf",
     };
     char type[128];
     media_type(content_type, type, sizeof(type));
@@ -383,8 +393,7 @@ int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *
      * 304 too, whose headers replace those a browser cached with the body (RFC 9111 §4.3.4). */
     const char *content_type = meta->content_type[0] ? meta->content_type : "application/octet-stream";
     type_class_t type_class = classify(content_type);
-    set_header(req, H2O_STRLIT("content-security-policy"),
-               type_class == TYPE_MEDIA ? csp_media : csp_sandboxed,
+    set_header(req, H2O_STRLIT("content-security-policy"), type_class == TYPE_MEDIA ? csp_media : csp_sandboxed,
                type_class == TYPE_MEDIA ? sizeof(csp_media) - 1 : sizeof(csp_sandboxed) - 1);
     set_header(req, H2O_STRLIT("x-content-type-options"), H2O_STRLIT("nosniff"));
 

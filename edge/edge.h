@@ -114,7 +114,7 @@ void fm_edge_cache_stats(fm_edge_cache_stats_t *stats);
 /** Outcome of a fill as delivered to each waiting request. */
 typedef struct fm_edge_fill_result {
     int fd;            /* open on the cached data, or -1 */
-    int too_large;     /* the object is larger than the cache keeps: `meta` (from the origin's headers) is all there is */
+    int too_large;     /* larger than the cache keeps: `meta` (the origin's headers) is all there is */
     int status;        /* 0 = ok; else the HTTP status to answer (404, 502, 503) */
     const char *code;  /* static error code when status != 0 */
     char message[200]; /* the error's reason when status != 0 ("" = a generic one) */

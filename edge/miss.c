@@ -78,7 +78,7 @@ typedef struct chunk {
 } chunk_t;
 
 struct relay {
-    fm_req_t *r;   /* held (fm_req_hold) until the answer starts */
+    fm_req_t *r;    /* held (fm_req_hold) until the answer starts */
     h2o_req_t *req; /* once started, until its pool goes */
     fm_thread_t *thread;
     h2o_generator_t gen;
@@ -149,7 +149,8 @@ static void chunk_work(void *data)
     chunk->status = res.status;
     if (chunk->failed && res.status != 404)
         fm_warn("edge: ranged origin GET of %s (%llu+%llu) failed: %s %s (%ld)", relay->meta.key,
-                (unsigned long long)chunk->offset, (unsigned long long)chunk->length, res.code, res.message, res.status);
+                (unsigned long long)chunk->offset, (unsigned long long)chunk->length, res.code, res.message,
+                res.status);
 }
 
 static void pump(relay_t *relay);

@@ -167,8 +167,9 @@ static void describe_metrics(void)
     fm_metrics_describe("fm_edge_renders_inflight", FM_METRIC_GAUGE, "Variant renders queued or running");
     fm_metrics_describe("fm_edge_too_large_total", FM_METRIC_COUNTER,
                         "Fills stopped at the origin's headers: the object is larger than the cache keeps");
-    const char *counters[] = {"fm_edge_streamed_total", "fm_edge_stream_errors_total", "fm_edge_fills_abandoned_total",
-                              "fm_edge_renders_limited_total", "fm_edge_renders_busy_total", "fm_edge_too_large_total"};
+    const char *counters[] = {"fm_edge_streamed_total",        "fm_edge_stream_errors_total",
+                              "fm_edge_fills_abandoned_total", "fm_edge_renders_limited_total",
+                              "fm_edge_renders_busy_total",    "fm_edge_too_large_total"};
     for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); ++i)
         fm_metrics_counter_add(counters[i], NULL, 0);
     fm_metrics_gauge_set("fm_edge_renders_inflight", NULL, 0);
@@ -836,8 +837,8 @@ static int join_or_start(fm_req_t *r, const char *hex, fill_t *proto, fm_edge_fi
         pthread_mutex_unlock(&lock);
         if (proto != NULL)
             fill_free(proto);
-        fm_metrics_counter_add(is_render || fill->is_render ? "fm_edge_variant_coalesced_total" : "fm_edge_coalesced_total",
-                               NULL, 1);
+        fm_metrics_counter_add(
+            is_render || fill->is_render ? "fm_edge_variant_coalesced_total" : "fm_edge_coalesced_total", NULL, 1);
     } else {
         int refused = proto == NULL ? NOT_IN_FLIGHT : is_render ? render_admit(proto->client) : 0;
         fm_offload_port_t *port = is_render && r->thread->hash != NULL ? r->thread->hash : r->thread->offload;

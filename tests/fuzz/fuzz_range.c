@@ -154,8 +154,21 @@ static fm_edge_range_t ref_parse(const char *value, size_t len, uint64_t size, u
 /* ---- the target ---- */
 
 static const uint64_t sizes[15] = {
-    0, 1, 2, 10, 1023, 1024, 6338, 10000, 1ull << 20, 4294967295ull, 4294967296ull, 1ull << 40,
-    18446744073709551614ull, 18446744073709551615ull, 9223372036854775808ull,
+    0,
+    1,
+    2,
+    10,
+    1023,
+    1024,
+    6338,
+    10000,
+    1ull << 20,
+    4294967295ull,
+    4294967296ull,
+    1ull << 40,
+    18446744073709551614ull,
+    18446744073709551615ull,
+    9223372036854775808ull,
 };
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

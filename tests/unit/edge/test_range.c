@@ -88,9 +88,9 @@ static void test_clamps_and_unsatisfiable(void **state)
 static void test_ignored(void **state)
 {
     static const char *const ignored[] = {
-        "",           "bytes=",      "bytes=-",     "bytes=abc",   "bytes=0-1,5-6", "bytes=0-1,",     "bytes=,0-1",
-        "items=0-1",  "bytes 0-1",   "bytes=5-4",   "bytes=1-0",   "bytes=0--1",    "bytes=+1-2",     "bytes=0x10-20",
-        "bytes=1.5-", "bytes=0-1a",  "bytes=0 -1",  "bytes=0- 1",  "bytes==0-1",    "bytes=--5",      "bytes",
+        "",           "bytes=",      "bytes=-",      "bytes=abc",     "bytes=0-1,5-6", "bytes=0-1,", "bytes=,0-1",
+        "items=0-1",  "bytes 0-1",   "bytes=5-4",    "bytes=1-0",     "bytes=0--1",    "bytes=+1-2", "bytes=0x10-20",
+        "bytes=1.5-", "bytes=0-1a",  "bytes=0 -1",   "bytes=0- 1",    "bytes==0-1",    "bytes=--5",  "bytes",
         "bytes=-5-",  "bytes=1-2-3", "bytes=\x00-1", "bytes=0-1\r\n",
     };
     for (size_t i = 0; i < sizeof(ignored) / sizeof(ignored[0]); ++i) {
@@ -129,9 +129,12 @@ static void test_spec(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rfc_examples),     cmocka_unit_test(test_overflowing_numbers_never_wrap),
-        cmocka_unit_test(test_clamps_and_unsatisfiable), cmocka_unit_test(test_ignored),
-        cmocka_unit_test(test_unit_case_and_whitespace), cmocka_unit_test(test_spec),
+        cmocka_unit_test(test_rfc_examples),
+        cmocka_unit_test(test_overflowing_numbers_never_wrap),
+        cmocka_unit_test(test_clamps_and_unsatisfiable),
+        cmocka_unit_test(test_ignored),
+        cmocka_unit_test(test_unit_case_and_whitespace),
+        cmocka_unit_test(test_spec),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
