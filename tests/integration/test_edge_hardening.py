@@ -13,6 +13,7 @@ import concurrent.futures
 import http.client
 import io
 import socket
+import threading
 import time
 import urllib.parse
 import uuid
@@ -460,7 +461,7 @@ def render_burst(edge, signer, key, count, base_width):
     """`count` requests for distinct variants of `key`, released together (one client: 127.0.0.1)."""
     urls = [sign(signer, edge, key, query=f"w={base_width + i}&format=jpeg") for i in range(count)]
     assert requests.get(sign(signer, edge, key), timeout=60).status_code == 200  # the original, cached
-    go = __import__("threading").Barrier(count, timeout=60)
+    go = threading.Barrier(count, timeout=60)
 
     def fetch(url):
         go.wait()
