@@ -80,6 +80,11 @@ typedef struct fm_config {
     int64_t edge_events;           /* 1 = access events into the Redis Stream below */
     int64_t edge_public_max_age_s; /* Cache-Control max-age of /p/ answers */
     char edge_events_stream[128];
+    int64_t edge_render_threads, edge_renders_max, edge_renders_per_client; /* renders: own pool, admission */
+    int64_t edge_cache_object_max_bytes;      /* larger objects pass through (0 = half the cache) */
+    int64_t edge_cold_range_max_bytes;        /* small ranges of cold objects: ranged origin GETs */
+    int64_t edge_passthrough_max;             /* answers streamed straight from the origin at once */
+    int64_t edge_abandoned_fill_finish_bytes; /* a fill nobody waits for finishes only below this */
     int64_t worker_health_port;
     /* worker (lambda-workers/, docs/workers.md) */
     int64_t worker_threads;

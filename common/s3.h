@@ -152,6 +152,15 @@ typedef int (*fm_s3_headers_fn)(void *ud, const fm_s3_result_t *head);
 int fm_s3_get_object_announced(fm_s3_t *s3, const char *key, fm_s3_headers_fn headers, fm_s3_write_fn write, void *ud,
                                fm_s3_result_t *res);
 
+/**
+ * GET bytes first..last (inclusive) of an object, streamed to `write` as fm_s3_get_object does, and only while its
+ * ETag is `if_match` (NULL or "": any): a changed object is -1 with S3's "PreconditionFailed" (412). The answer must
+ * be a 206 of exactly last - first + 1 bytes, checked before any byte reaches `write`: a store that ignored the Range
+ * (a 200 of the whole object) is -1 with "InvalidResponse". A range past the end is S3's "InvalidRange" (416).
+ */
+int fm_s3_get_object_range(fm_s3_t *s3, const char *key, unsigned long long first, unsigned long long last,
+                           const char *if_match, fm_s3_write_fn write, void *ud, fm_s3_result_t *res);
+
 /** S3's largest CopyObject source, and its largest part (5 GiB): above it a copy is made of UploadPartCopy parts. */
 #define FM_S3_COPY_MAX (5ll * 1024 * 1024 * 1024)
 

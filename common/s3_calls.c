@@ -277,3 +277,49 @@ int fm_s3_get_object(fm_s3_t *s3, const char *key, fm_s3_write_fn write, void *u
     return fm_s3_get_object_announced(s3, key, NULL, write, ud, res);
 }
 
+/* fm_s3_get_object_range: the answer must be the 206 of exactly the bytes asked, checked before any reaches `write`. */
+typedef struct {
+    long long length;
+    int refused;
+    fm_s3_write_fn write;
+    void *ud;
+} range_sink_t;
+
+static int check_range_answer(void *ud, const fm_s3_result_t *head)
+{
+    range_sink_t *sink = ud;
+    sink->refused = head->status != 206 || head->content_length != sink->length;
+    return sink->refused;
+}
+
+static int write_range(void *ud, const void *data, size_t len)
+{
+    range_sink_t *sink = ud;
+    return sink->write(sink->ud, data, len);
+}
+
+int fm_s3_get_object_range(fm_s3_t *s3, const char *key, unsigned long long first, unsigned long long last,
+                           const char *if_match, fm_s3_write_fn write, void *ud, fm_s3_result_t *res)
+{
+    if (need_key(key, res) != 0)
+        return -1;
+    if (write == NULL || last < first || last - first >= (1ull << 62))
+        return fm_s3_refuse(res, "a write function and a range first <= last are required");
+    char range[64];
+    snprintf(range, sizeof(range), "bytes=%llu-%llu", first, last);
+    fm_sigv4_header_t headers[2] = {{"range", range}, {"if-match", if_match}};
+    size_t header_count = if_match != NULL && *if_match != '\0' ? 2 : 1;
+    range_sink_t sink = {.length = (long long)(last - first + 1), .write = write, .ud = ud};
+    s3->sink = write_range;
+    s3->sink_headers = check_range_answer;
+    s3->sink_ud = &sink;
+    int rc = fm_s3_perform(s3, "GET", key, NULL, 0, headers, header_count, NULL, 0, res);
+    s3->sink = NULL;
+    s3->sink_headers = NULL;
+    s3->sink_ud = NULL;
+    if (rc != 0 && sink.refused)
+        return fm_s3_invalid_response(res, "the ranged GET was answered with HTTP %ld and %lld bytes, not 206 and %lld",
+                                      res->status, res->content_length, sink.length);
+    return rc;
+}
+

@@ -183,46 +183,6 @@ static int etag_listed(h2o_iovec_t list, const char *etag)
     return 0;
 }
 
-typedef enum { RANGE_NONE, RANGE_ONE, RANGE_UNSATISFIABLE } range_kind_t;
-
-/* One byte range (RFC 9110 §14.1.2): "a-b", "a-", "-n". A list, or anything unparsable, is ignored (full 200). */
-static range_kind_t parse_range(h2o_iovec_t value, uint64_t size, uint64_t *first, uint64_t *last)
-{
-    if (value.len < 7 || memcmp(value.base, "bytes=", 6) != 0 || memchr(value.base, ',', value.len) != NULL)
-        return RANGE_NONE;
-    const char *p = value.base + 6, *end = value.base + value.len;
-    uint64_t a = 0, b = 0;
-    int have_a = 0, have_b = 0;
-    for (; p < end && *p >= '0' && *p <= '9'; ++p, have_a = 1) {
-        if (a > (UINT64_MAX - 9) / 10)
-            return RANGE_NONE;
-        a = a * 10 + (uint64_t)(*p - '0');
-    }
-    if (p == end || *p++ != '-')
-        return RANGE_NONE;
-    for (; p < end && *p >= '0' && *p <= '9'; ++p, have_b = 1) {
-        if (b > (UINT64_MAX - 9) / 10)
-            b = UINT64_MAX / 10; /* absurdly large: clamped below */
-        b = b * 10 + (uint64_t)(*p - '0');
-    }
-    if (p != end || (!have_a && !have_b))
-        return RANGE_NONE;
-    if (!have_a) { /* suffix: the last b bytes */
-        if (b == 0 || size == 0)
-            return RANGE_UNSATISFIABLE;
-        *first = b >= size ? 0 : size - b;
-        *last = size - 1;
-        return RANGE_ONE;
-    }
-    if (have_b && b < a)
-        return RANGE_NONE; /* invalid syntax: ignored */
-    if (a >= size)
-        return RANGE_UNSATISFIABLE;
-    *first = a;
-    *last = !have_b || b >= size ? size - 1 : b;
-    return RANGE_ONE;
-}
-
 static int not_modified(fm_req_t *r, const fm_edge_meta_t *meta)
 {
     h2o_iovec_t inm = fm_req_header(r, "if-none-match");
@@ -267,10 +227,145 @@ static void add_cache_control(fm_req_t *r)
     fm_edge_add_header(r->req, H2O_TOKEN_CACHE_CONTROL, value);
 }
 
+/* ---- active content (docs/downloads.md "Active types") ----
+ *
+ * The edge serves what users uploaded from one origin, so a file must never become a live document there (stored XSS:
+ * an SVG, an HTML page or an XML file with a script, opened by a link to the edge). Decided on the type served, never
+ * on the URL: `disposition=inline` is honoured only for the types below, which a browser shows without running
+ * anything of the file's (raster images, audio, video, plain text, PDF in the browser's own sandboxed viewer); every
+ * other type is an attachment, kept from other sites' <script>/<link> by Cross-Origin-Resource-Policy, and every
+ * answer carries a CSP that forbids scripts, plugins and every fetch, with `sandbox` (an opaque origin) for all but
+ * audio and video. Measured in Chromium 156 (docs/decisions.md): `sandbox` keeps images and PDFs viewable but stops a
+ * top-level <video>/<audio> document from loading its own URL (the opaque origin turns it into a CORS request), and
+ * `default-src 'none'` alone blocks it too, hence `media-src 'self'` and no sandbox there; 'unsafe-inline' styles
+ * are the browser's own image-document styles (a document without scripts gains nothing from them). */
+
+/* Every answer of /f/ and /p/ (errors included) until an object's own headers replace it. */
+static const char csp_sandboxed[] = "default-src 'none'; style-src 'unsafe-inline'; sandbox";
+/* Audio and video: playable at the top level (see above); scripts stay forbidden by default-src. */
+static const char csp_media[] = "default-src 'none'; media-src 'self'; style-src 'unsafe-inline'";
+
+typedef enum { TYPE_ACTIVE, TYPE_PASSIVE, TYPE_MEDIA } type_class_t;
+
+/* The media type of a Content-Type value (before parameters), lower-cased into `out`; "" if it does not fit. */
+static void media_type(const char *value, char *out, size_t size)
+{
+    while (*value == ' ' || *value == '\t')
+        ++value;
+    size_t len = 0;
+    for (; value[len] != '\0' && value[len] != ';' && value[len] != ' ' && value[len] != '\t'; ++len) {
+        if (len + 1 >= size) {
+            out[0] = '\0';
+            return;
+        }
+        char c = value[len];
+        out[len] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
+    }
+    out[len] = '\0';
+}
+
+/* An allowlist, not a list of dangerous types: a type nobody thought of (text/xsl, application/vnd.…+xml,
+ * multipart/x-mixed-replace, a malformed "image/png, text/html") is an attachment. */
+static type_class_t classify(const char *content_type)
+{
+    static const char *const passive[] = {
+        "image/png",
+        "image/jpeg",
+        "image/gif",
+        "image/webp",
+        "image/avif",
+        "image/bmp",
+        "image/tiff",
+        "image/heic",
+        "image/heif",
+        "image/x-icon",
+        "image/vnd.microsoft.icon",
+        "text/plain",
+        "application/pdf",
+    };
+    char type[128];
+    media_type(content_type, type, sizeof(type));
+    for (size_t i = 0; i < sizeof(passive) / sizeof(passive[0]); ++i)
+        if (strcmp(type, passive[i]) == 0)
+            return TYPE_PASSIVE;
+    if (strncmp(type, "audio/", 6) == 0 || strncmp(type, "video/", 6) == 0) {
+        const char *sub = type + 6;
+        if (*sub == '\0')
+            return TYPE_ACTIVE;
+        for (; *sub != '\0'; ++sub) /* a token: "video/mp4,text/html" is not one */
+            if (!((*sub >= 'a' && *sub <= 'z') || (*sub >= '0' && *sub <= '9') || strchr("!#$%&'*+-.^_`|~", *sub)))
+                return TYPE_ACTIVE;
+        return TYPE_MEDIA;
+    }
+    return TYPE_ACTIVE;
+}
+
+static void set_header(h2o_req_t *req, const char *name, size_t name_len, const char *value, size_t value_len)
+{
+    h2o_set_header_by_str(&req->pool, &req->res.headers, name, name_len, 0, value, value_len, 1);
+}
+
+/* Added, not set: called on an answer without headers yet (the handler's first step, or after reset_headers). */
+void fm_edge_security_headers(h2o_req_t *req)
+{
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("content-security-policy"), 0, NULL,
+                          H2O_STRLIT(csp_sandboxed));
+    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-content-type-options"), 0, NULL,
+                          H2O_STRLIT("nosniff"));
+}
+
+/* The request's Range as it applies to `meta` (RFC 9110 §13.1.5: If-Range with another, or a weak, validator sends the
+ * whole representation). */
+static fm_edge_range_t choose_range(fm_req_t *r, const fm_edge_meta_t *meta, uint64_t *first, uint64_t *last)
+{
+    h2o_iovec_t range = fm_req_header(r, "range");
+    if (range.base == NULL)
+        return FM_EDGE_RANGE_NONE;
+    h2o_iovec_t if_range = fm_req_header(r, "if-range");
+    if (if_range.base != NULL &&
+        !(meta->etag[0] == '"' && h2o_memis(if_range.base, if_range.len, meta->etag, strlen(meta->etag))))
+        return FM_EDGE_RANGE_NONE;
+    return fm_edge_range_parse(range.base, range.len, meta->size, first, last);
+}
+
+static h2o_iovec_t request_query(h2o_req_t *req)
+{
+    const char *q = memchr(req->path.base, '?', req->path.len);
+    return q ? h2o_iovec_init(q + 1, req->path.len - (size_t)(q + 1 - req->path.base)) : h2o_iovec_init("", 0);
+}
+
+int fm_edge_answer_plan(fm_req_t *r, const fm_edge_meta_t *meta, uint64_t *first, uint64_t *length)
+{
+    h2o_req_t *req = r->req;
+    if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD")) || not_modified(r, meta))
+        return 0;
+    h2o_iovec_t query = request_query(req);
+    h2o_iovec_t name = fm_edge_query_param(query, "name"), disposition = fm_edge_query_param(query, "disposition");
+    if (disposition.base != NULL && !h2o_memis(disposition.base, disposition.len, H2O_STRLIT("inline")) &&
+        !h2o_memis(disposition.base, disposition.len, H2O_STRLIT("attachment")))
+        return 0;
+    if (name.base != NULL && content_disposition(&req->pool, "inline", name) == NULL)
+        return 0;
+    uint64_t last = 0;
+    switch (choose_range(r, meta, first, &last)) {
+    case FM_EDGE_RANGE_UNSATISFIABLE:
+        return 0;
+    case FM_EDGE_RANGE_ONE:
+        *length = last - *first + 1;
+        return 1;
+    case FM_EDGE_RANGE_NONE:
+    default:
+        *first = 0;
+        *length = meta->size;
+        return meta->size > 0;
+    }
+}
+
 /* An error after fm_edge_serve_file began adding headers: those were for the object, not for the error. */
 static void reset_headers(fm_req_t *r)
 {
     r->req->res.headers = (h2o_headers_t){NULL};
+    fm_edge_security_headers(r->req);
 }
 
 /* The generator of an answer sent in one final h2o_send (or none): nothing to proceed or stop. */
@@ -296,6 +391,13 @@ int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *
         fm_edge_add_header(req, H2O_TOKEN_ETAG, meta->etag); /* fm_edge_add_header copies into the pool */
     fm_edge_add_header(req, H2O_TOKEN_LAST_MODIFIED, last_modified);
     add_cache_control(r);
+    /* Set, not added: the handler put the strict policy on the answer first (fm_edge_security_headers). Before the
+     * 304 too, whose headers replace those a browser cached with the body (RFC 9111 §4.3.4). */
+    const char *content_type = meta->content_type[0] ? meta->content_type : "application/octet-stream";
+    type_class_t type_class = classify(content_type);
+    set_header(req, H2O_STRLIT("content-security-policy"), type_class == TYPE_MEDIA ? csp_media : csp_sandboxed,
+               type_class == TYPE_MEDIA ? sizeof(csp_media) - 1 : sizeof(csp_sandboxed) - 1);
+    set_header(req, H2O_STRLIT("x-content-type-options"), H2O_STRLIT("nosniff"));
 
     char peer[64];
     fm_req_peer(r, peer, sizeof(peer));
@@ -309,9 +411,7 @@ int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *
     }
 
     /* Content-Disposition from the signed query: name=<percent-encoded UTF-8>, disposition=inline|attachment. */
-    h2o_iovec_t path = req->path;
-    const char *q = memchr(path.base, '?', path.len);
-    h2o_iovec_t query = q ? h2o_iovec_init(q + 1, path.len - (size_t)(q + 1 - path.base)) : h2o_iovec_init("", 0);
+    h2o_iovec_t query = request_query(req);
     h2o_iovec_t name = fm_edge_query_param(query, "name"), disposition = fm_edge_query_param(query, "disposition");
     const char *type = "attachment";
     if (disposition.base != NULL) {
@@ -323,6 +423,10 @@ int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *
             return 0;
         }
     }
+    /* The served type decides, whatever the URL asks (a /p/ URL's disposition is anybody's to change). */
+    int forced = type_class == TYPE_ACTIVE;
+    if (forced)
+        type = "attachment";
     if (name.base != NULL) {
         char *value = content_disposition(&req->pool, type, name);
         if (value == NULL) {
@@ -331,47 +435,40 @@ int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *
             return 0;
         }
         fm_edge_add_header(req, H2O_TOKEN_CONTENT_DISPOSITION, value);
-    } else if (disposition.base != NULL) {
-        fm_edge_add_header(req, H2O_TOKEN_CONTENT_DISPOSITION, type);
+    } else if (disposition.base != NULL || forced) {
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_DISPOSITION, NULL, type, strlen(type));
     }
-    h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("x-content-type-options"), 0, NULL,
-                          H2O_STRLIT("nosniff"));
+    if (forced) /* no other site may pull it in as a script or a style sheet either */
+        h2o_add_header_by_str(&req->pool, &req->res.headers, H2O_STRLIT("cross-origin-resource-policy"), 0, NULL,
+                              H2O_STRLIT("same-origin"));
     h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ACCEPT_RANGES, NULL, H2O_STRLIT("bytes"));
-    fm_edge_add_header(req, H2O_TOKEN_CONTENT_TYPE,
-                       meta->content_type[0] ? meta->content_type : "application/octet-stream");
+    fm_edge_add_header(req, H2O_TOKEN_CONTENT_TYPE, content_type);
 
     uint64_t last = meta->size ? meta->size - 1 : 0;
     *first = 0;
     *length = meta->size;
     int status = 200;
-    h2o_iovec_t range = fm_req_header(r, "range");
-    h2o_iovec_t if_range = fm_req_header(r, "if-range");
-    /* If-Range with another (or a weak) validator: the representation changed, send it whole. */
-    int range_allowed = if_range.base == NULL || (meta->etag[0] == '"' && h2o_memis(if_range.base, if_range.len,
-                                                                                    meta->etag, strlen(meta->etag)));
-    if (range.base != NULL && range_allowed) {
-        switch (parse_range(range, meta->size, first, &last)) {
-        case RANGE_NONE:
-            break;
-        case RANGE_UNSATISFIABLE: {
-            char content_range[64];
-            snprintf(content_range, sizeof(content_range), "bytes */%llu", (unsigned long long)meta->size);
-            reset_headers(r);
-            fm_req_add_header(r, "content-range", content_range);
-            fm_reply_error(r, 416, "range_not_satisfiable", "the range is outside the object's %llu bytes",
-                           (unsigned long long)meta->size);
-            return 0;
-        }
-        case RANGE_ONE: {
-            status = 206;
-            *length = last - *first + 1;
-            char *content_range = h2o_mem_alloc_pool(&req->pool, 80);
-            snprintf(content_range, 80, "bytes %llu-%llu/%llu", (unsigned long long)*first, (unsigned long long)last,
-                     (unsigned long long)meta->size);
-            fm_edge_add_header(req, H2O_TOKEN_CONTENT_RANGE, content_range);
-            break;
-        }
-        }
+    switch (choose_range(r, meta, first, &last)) {
+    case FM_EDGE_RANGE_NONE:
+        break;
+    case FM_EDGE_RANGE_UNSATISFIABLE: {
+        char content_range[64];
+        snprintf(content_range, sizeof(content_range), "bytes */%llu", (unsigned long long)meta->size);
+        reset_headers(r);
+        fm_req_add_header(r, "content-range", content_range);
+        fm_reply_error(r, 416, "range_not_satisfiable", "the range is outside the object's %llu bytes",
+                       (unsigned long long)meta->size);
+        return 0;
+    }
+    case FM_EDGE_RANGE_ONE: {
+        status = 206;
+        *length = last - *first + 1;
+        char *content_range = h2o_mem_alloc_pool(&req->pool, 80);
+        snprintf(content_range, 80, "bytes %llu-%llu/%llu", (unsigned long long)*first, (unsigned long long)last,
+                 (unsigned long long)meta->size);
+        fm_edge_add_header(req, H2O_TOKEN_CONTENT_RANGE, content_range);
+        break;
+    }
     }
 
     req->res.status = status;

@@ -8,7 +8,8 @@
  * too; so a crash at any point loses at most the object being written, never serves half of one.
  *
  * Eviction removes the files of the least recently used objects while the total exceeds the cap. A request that
- * already opened an evicted or purged file keeps reading it (POSIX unlink semantics).
+ * already opened an evicted or purged file keeps reading it (POSIX unlink semantics). An object larger than
+ * fm_edge_cache_object_max() is never indexed (origin.c passes it through instead of filling it).
  *
  * Memory tier: the bytes of small objects (≤ FM_EDGE_MEMORY_OBJECT_MAX) are read into a reference-counted blob at
  * their second hit and kept while they stay among the most recently used within FM_EDGE_MEMORY_BYTES, so a hot
@@ -491,8 +492,22 @@ int fm_edge_cache_hit(const char *hex, fm_edge_meta_t *meta, int *fd, fm_edge_bl
     return 1;
 }
 
+uint64_t fm_edge_cache_object_max(void)
+{
+    uint64_t max = fm_edge.cfg != NULL ? (uint64_t)fm_edge.cfg->edge_cache_object_max_bytes : 0;
+    return max == 0 || max > cap_bytes ? cap_bytes / 2 > 0 ? cap_bytes / 2 : 1 : max;
+}
+
 int fm_edge_cache_publish(const char *hex, const char *tmp_path, const fm_edge_meta_t *meta)
 {
+    if (meta->size > fm_edge_cache_object_max()) {
+        /* Too large to keep (a fill whose size the origin did not announce, or a render): served to those waiting from
+         * the unlinked file, never indexed, so it can evict nothing -- least of all itself, which would make every
+         * request fetch it again while emptying the cache. */
+        int fd = open(tmp_path, O_RDONLY | O_CLOEXEC);
+        unlink(tmp_path);
+        return fd;
+    }
     char path[640];
     fm_edge_cache_path(hex, ".data", path, sizeof(path));
     entry_t *e = calloc(1, sizeof(*e));
@@ -517,7 +532,7 @@ int fm_edge_cache_publish(const char *hex, const char *tmp_path, const fm_edge_m
         free(e);
     } else {
         insert(e);
-        evict_over_cap(); /* may evict e itself when it alone exceeds the cap: fd still serves it */
+        evict_over_cap(); /* never e itself: it is at most the cap (fm_edge_cache_object_max) */
     }
     pthread_mutex_unlock(&lock);
     return fd;

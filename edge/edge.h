@@ -94,6 +94,10 @@ int fm_edge_cache_publish(const char *hex, const char *tmp_path, const fm_edge_m
 /** Removes the object of `key` (exact) and every variant rendered from it; returns how many entries went. */
 size_t fm_edge_cache_purge_key(const char *key, size_t key_len);
 
+/** Largest object the cache keeps: FM_EDGE_CACHE_OBJECT_MAX_BYTES (at most the cap), or half the cap when 0. A larger
+ * one is published for the fill's waiters only (its file unlinked at once), never indexed, so it never evicts. */
+uint64_t fm_edge_cache_object_max(void);
+
 /** Removes every object whose key starts with `prefix`; returns how many. */
 size_t fm_edge_cache_purge_prefix(const char *prefix, size_t prefix_len);
 
@@ -110,6 +114,7 @@ void fm_edge_cache_stats(fm_edge_cache_stats_t *stats);
 /** Outcome of a fill as delivered to each waiting request. */
 typedef struct fm_edge_fill_result {
     int fd;            /* open on the cached data, or -1 */
+    int too_large;     /* larger than the cache keeps: `meta` (the origin's headers) is all there is */
     int status;        /* 0 = ok; else the HTTP status to answer (404, 502, 503) */
     const char *code;  /* static error code when status != 0 */
     char message[200]; /* the error's reason when status != 0 ("" = a generic one) */
@@ -186,17 +191,55 @@ int fm_edge_variant_render(const fm_edge_variant_t *v, int src_fd, const char *t
 
 /**
  * Makes `r` wait for the variant `v` of an object whose original is open on `src_fd` (taken: closed in every case):
- * joins the render in flight for `vkey` (hex = its cache name) or starts one on the offload pool, which publishes
- * the result in the cache. `cb` runs on r's thread as for fm_edge_origin_fill. 0, or -1 (queue full: 503).
+ * joins the render in flight for `vkey` (hex = its cache name) or starts one on the render pool (the server's second
+ * pool, FM_EDGE_RENDER_THREADS; the offload pool without it), which publishes the result in the cache. A new render is
+ * admitted within FM_EDGE_RENDERS_MAX in flight and FM_EDGE_RENDERS_PER_CLIENT per client (IPv4 address, IPv6 /64);
+ * beyond, r is answered here (503 renders_busy / 429 too_many_renders, Retry-After: 1) and 0 returned. `cb` runs on
+ * r's thread as for fm_edge_origin_fill. 0, or -1 (queue full: the caller answers 503).
  */
 int fm_edge_origin_render(fm_req_t *r, const char *vkey, const char *vhex, const fm_edge_variant_t *v, int src_fd,
                           const fm_edge_meta_t *src, fm_edge_fill_cb cb);
+
+/**
+ * fm_edge_origin_fill for a request answered with the object itself (not a variant's original): an object larger than
+ * the cache keeps is then passed through to it from the origin (fm_edge_passthrough) instead of failing.
+ */
+int fm_edge_origin_fill_object(fm_req_t *r, const char *key, const char *hex, fm_edge_fill_cb cb,
+                               fm_edge_stream_cb stream_cb);
+
+/** Joins the fill in flight for `hex` as fm_edge_origin_fill_object would; 1 if there was one, 0 if none (nothing
+ * pending then). */
+int fm_edge_origin_join(fm_req_t *r, const char *hex, fm_edge_fill_cb cb, fm_edge_stream_cb stream_cb);
+
+/** The calling offload thread's S3 client (made at first use, freed when the thread ends); NULL with err set. */
+fm_s3_t *fm_edge_thread_s3(char *err, size_t err_size);
 
 /** Number of fills in flight (shutdown waits for zero). */
 size_t fm_edge_origin_inflight(void);
 
 /** Marks fills in flight for `key` (and its variants) / keys under `prefix` as purged: served once, not kept. */
 void fm_edge_origin_purge(const char *key, size_t key_len, int is_prefix);
+
+/* ---- miss.c ---- */
+
+/**
+ * act for a miss of an original answered to its client (serve.c), deciding what it costs the origin: a HEAD, or a
+ * Range, joins a fill in flight if there is one, else asks the origin's HEAD first; a HEAD is answered from it (no
+ * body fetched), a Range of at most FM_EDGE_COLD_RANGE_MAX_BYTES of a larger object, or any answer of an object larger
+ * than the cache keeps, is passed through (fm_edge_passthrough); anything else fills the object as
+ * fm_edge_origin_fill_object does (`cb` and `stream_cb` as there). 0, or -1 when the offload queue is full.
+ */
+int fm_edge_origin_miss(fm_req_t *r, const char *key, const char *hex, fm_edge_fill_cb cb, fm_edge_stream_cb stream_cb);
+
+/**
+ * Answers `r` about `meta` (an object the cache does not hold) with its body streamed straight from the origin by
+ * ranged GETs of 1 MiB, two ahead of the client, If-Match its ETag; nothing is cached. At most FM_EDGE_PASSTHROUGH_MAX
+ * at once (503 passthrough_busy, Retry-After, beyond). A HEAD, 304, 416 or 400 is answered without a GET.
+ */
+void fm_edge_passthrough(fm_req_t *r, const fm_edge_meta_t *meta);
+
+/** Declares miss.c's metric families (once, from origin.c's). */
+void fm_edge_miss_metrics(void);
 
 /* ---- events.c ---- */
 
@@ -220,7 +263,42 @@ void fm_edge_events_tick(void);
  */
 void fm_edge_event(const char *cache_key, const char *outcome, int status, uint64_t bytes, const char *ip);
 
+/* ---- range.c (pure: no h2o, no state; unit-tested and fuzzed) ---- */
+
+/** What a Range header selects of an object of a known size (RFC 9110 §14.1.2, §14.2). */
+typedef enum {
+    FM_EDGE_RANGE_NONE,          /* the whole object, 200: no Range, another unit, a list, or invalid syntax */
+    FM_EDGE_RANGE_ONE,           /* one range: 206 with [first, last], first <= last < size */
+    FM_EDGE_RANGE_UNSATISFIABLE, /* 416 with Content-Range: bytes * / size */
+} fm_edge_range_t;
+
+/** One byte-range-spec as written, before the object's size is known; numbers saturated at UINT64_MAX. */
+typedef struct fm_edge_range_spec {
+    int suffix;      /* "-n": the last `length` bytes */
+    uint64_t first;  /* "a-" and "a-b" */
+    uint64_t last;   /* "a-b"; UINT64_MAX for "a-" */
+    uint64_t length; /* "-n" */
+} fm_edge_range_spec_t;
+
+/** Parses one `bytes=` range of a Range value of `len` bytes (need not be NUL-terminated). 1 with *spec, or 0 when the
+ * header is to be ignored (another unit, a list, invalid syntax, last-pos < first-pos). */
+int fm_edge_range_spec(const char *value, size_t len, fm_edge_range_spec_t *spec);
+
+/** The bytes `spec` selects of an object of `size` bytes: ONE with first <= last < size, UNSATISFIABLE, or NONE (a
+ * suffix of an empty object: the empty whole). Never a range outside the object. */
+fm_edge_range_t fm_edge_range_resolve(const fm_edge_range_spec_t *spec, uint64_t size, uint64_t *first, uint64_t *last);
+
+/** fm_edge_range_spec then fm_edge_range_resolve: what a Range value selects of `size` bytes. */
+fm_edge_range_t fm_edge_range_parse(const char *value, size_t len, uint64_t size, uint64_t *first, uint64_t *last);
+
 /* ---- answer.c ---- */
+
+/**
+ * Sets the headers every answer of /f/ and /p/ carries, errors included (docs/downloads.md "Active types"): the strict
+ * Content-Security-Policy (nothing may run or load, sandboxed) and X-Content-Type-Options: nosniff. Added, so called
+ * once, first, by the handlers (fm_edge_parse_target); an object's answer then sets the policy its served type gets.
+ */
+void fm_edge_security_headers(h2o_req_t *req);
 
 /** Adds a response header; `value` is copied into the request's pool (h2o keeps the pointer until it writes). */
 void fm_edge_add_header(h2o_req_t *req, const h2o_token_t *token, const char *value);
@@ -232,6 +310,12 @@ void fm_edge_add_header(h2o_req_t *req, const h2o_token_t *token, const char *va
  */
 int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *outcome, uint64_t *first,
                            uint64_t *length);
+
+/**
+ * What fm_edge_answer_headers would do about `meta`, without answering: 1 with the body's part [*first, *first +
+ * *length) when it would send one, 0 when it would answer entirely (HEAD, 304, 400, 416, an empty body).
+ */
+int fm_edge_answer_plan(fm_req_t *r, const fm_edge_meta_t *meta, uint64_t *first, uint64_t *length);
 
 /** Answers from an open cached file (takes `fd`); `outcome` goes into the access event. */
 void fm_edge_serve_file(fm_req_t *r, int fd, const fm_edge_meta_t *meta, const char *outcome);

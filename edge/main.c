@@ -234,6 +234,7 @@ int main(int argc, char **argv)
         .tls_key = cfg.tls_key,
         .threads = (size_t)cfg.threads,
         .offload_threads = (size_t)cfg.offload_threads,
+        .hash_threads = (size_t)cfg.edge_render_threads, /* the second pool renders variants (edge/origin.c) */
         .max_body_bytes = 65536,
         .graceful_timeout_ms = (uint64_t)cfg.graceful_timeout_ms,
         .fallback = fallback,

@@ -22,8 +22,20 @@
  *
  * A variant render is the same kind of fill, keyed by the variant's cache key: its work renders from the cached
  * original (already open, handed over by serve.c) instead of fetching, so N concurrent requests for one variant
- * make one render. Its waiters never stream.
+ * make one render. Its waiters never stream. Renders run on a pool of their own (the server's second pool,
+ * FM_EDGE_RENDER_THREADS), so a burst of renders never delays the fills of other objects, and are admitted only
+ * within FM_EDGE_RENDERS_MAX in flight and FM_EDGE_RENDERS_PER_CLIENT per client (429/503 with Retry-After beyond).
+ *
+ * A fill nobody waits for any more (every client went away: a stream stopped, a waiting request's pool disposed, a
+ * HEAD answered from the headers) goes on only while it is nearly done (what is left is at most
+ * FM_EDGE_ABANDONED_FILL_FINISH_BYTES or at most what it already fetched); otherwise it stops, publishes nothing and
+ * counts in fm_edge_fills_abandoned_total. One still queued when the last client left never starts.
+ *
+ * An object larger than the cache keeps (fm_edge_cache_object_max) is not filled: the fill stops at the origin's
+ * headers and each waiter that answers a client is streamed from the origin by ranged GETs (miss.c, "pass-through");
+ * a variant's original of that size is refused.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -73,7 +85,10 @@ typedef struct waiter {
     uint64_t offset, size;
     char *buf; /* STREAM_CHUNK bytes from the request's pool */
     int headers_sent;
-    int cut; /* shutdown: end with an error at the next turn */
+    int cut;              /* shutdown: end with an error at the next turn */
+    int direct;           /* answers its client with the object (fm_edge_origin_miss): passed through when too large */
+    int live;             /* under lock: its client still waits (counts in fill->live) */
+    struct waiter **slot; /* in the request's pool: cleared by whichever of the two goes first */
 } waiter_t;
 
 struct fill {
@@ -91,16 +106,27 @@ struct fill {
     int done;                     /* the work finished: `result` and `stream_ok` are final */
     int stream_ok;                /* the streamed bytes are the whole object `head` announced */
     fm_edge_fill_result_t result; /* for waiters served from the cache; result.fd is the fill's, waiters dup it */
+    int stopping;                 /* abandoned: no waiter may join it any more */
+    atomic_int live;              /* waiters whose client still waits (changed under lock, read by the work) */
     /* renders only */
     int is_render;
     fm_edge_variant_t variant;
     int src_fd;
     char src_etag[256];
+    char client[64]; /* who started it: counted against FM_EDGE_RENDERS_PER_CLIENT until fill_done */
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static fill_t *fills;
 static atomic_size_t fills_inflight;
+/* Render admission, under lock: renders queued or running, and per client. A client has an entry only while it has
+ * a render in flight, so there are at most FM_EDGE_RENDERS_MAX entries. */
+typedef struct {
+    char client[64];
+    size_t renders;
+} render_client_t;
+static size_t renders_inflight;
+static render_client_t *render_clients;
 static pthread_key_t s3_key; /* per offload thread: its S3 client */
 static pthread_once_t s3_key_once = PTHREAD_ONCE_INIT;
 static pthread_once_t metrics_once = PTHREAD_ONCE_INIT;
@@ -117,7 +143,7 @@ static void make_s3_keys(void)
 }
 
 /* fm_s3_t is not thread-safe: one per offload thread, freed when the thread ends. */
-static fm_s3_t *thread_s3(char *err, size_t err_size)
+fm_s3_t *fm_edge_thread_s3(char *err, size_t err_size)
 {
     pthread_once(&s3_key_once, make_s3_keys);
     fm_s3_t *s3 = pthread_getspecific(s3_key);
@@ -132,8 +158,22 @@ static void describe_metrics(void)
                         "Cold-miss GETs whose body was streamed while the object was being fetched");
     fm_metrics_describe("fm_edge_stream_errors_total", FM_METRIC_COUNTER,
                         "Streamed answers cut because the fill failed or the edge stopped");
-    fm_metrics_counter_add("fm_edge_streamed_total", NULL, 0);
-    fm_metrics_counter_add("fm_edge_stream_errors_total", NULL, 0);
+    fm_metrics_describe("fm_edge_fills_abandoned_total", FM_METRIC_COUNTER,
+                        "Origin fills (and renders) stopped or never started because every client went away");
+    fm_metrics_describe("fm_edge_renders_limited_total", FM_METRIC_COUNTER,
+                        "Variant renders refused with 429: the client has FM_EDGE_RENDERS_PER_CLIENT in flight");
+    fm_metrics_describe("fm_edge_renders_busy_total", FM_METRIC_COUNTER,
+                        "Variant renders refused with 503: FM_EDGE_RENDERS_MAX are in flight");
+    fm_metrics_describe("fm_edge_renders_inflight", FM_METRIC_GAUGE, "Variant renders queued or running");
+    fm_metrics_describe("fm_edge_too_large_total", FM_METRIC_COUNTER,
+                        "Fills stopped at the origin's headers: the object is larger than the cache keeps");
+    const char *counters[] = {"fm_edge_streamed_total",        "fm_edge_stream_errors_total",
+                              "fm_edge_fills_abandoned_total", "fm_edge_renders_limited_total",
+                              "fm_edge_renders_busy_total",    "fm_edge_too_large_total"};
+    for (size_t i = 0; i < sizeof(counters) / sizeof(counters[0]); ++i)
+        fm_metrics_counter_add(counters[i], NULL, 0);
+    fm_metrics_gauge_set("fm_edge_renders_inflight", NULL, 0);
+    fm_edge_miss_metrics();
 }
 
 static void fill_free(fill_t *fill)
@@ -158,11 +198,38 @@ static void kick(waiter_t *w)
 
 /* Frees w once nothing can reach it any more: out of its fill's list, and no message queued (else on_message frees
  * it when that arrives). Drops w's reference on the fill. */
+/* Under lock: w's client no longer waits for the fill. */
+static void unlive(waiter_t *w)
+{
+    if (!w->live)
+        return;
+    w->live = 0;
+    atomic_fetch_sub(&w->fill->live, 1);
+}
+
+/* The request of a waiter that still waits was freed (its client went away): it no longer counts as live. The waiter
+ * itself stays listed until the fill ends, which resumes (and so frees) its fm_req_t. */
+static void on_waiter_request_gone(void *p)
+{
+    waiter_t *w = *(waiter_t **)p;
+    if (w == NULL)
+        return;
+    w->slot = NULL;
+    pthread_mutex_lock(&lock);
+    unlive(w);
+    pthread_mutex_unlock(&lock);
+}
+
 static void waiter_release(waiter_t *w)
 {
     w->state = WAITER_FINISHED;
     fill_t *fill = w->fill;
+    if (w->slot != NULL) {
+        *w->slot = NULL;
+        w->slot = NULL;
+    }
     pthread_mutex_lock(&lock);
+    unlive(w);
     if (w->listed) {
         for (waiter_t **p = &fill->waiters; *p != NULL; p = &(*p)->next) {
             if (*p == w) {
@@ -299,6 +366,18 @@ static void stream_start(waiter_t *w)
 static void deliver(waiter_t *w)
 {
     fill_t *fill = w->fill;
+    if (fill->result.too_large) { /* never cached: its client gets it straight from the origin (miss.c) */
+        if (fm_req_resume(w->r) == 0) {
+            if (w->direct)
+                fm_edge_passthrough(w->r, &fill->result.meta);
+            else
+                fm_reply_error(w->r, 422, "image_too_large",
+                               "the original is %llu bytes, more than this edge caches: no variant is rendered from it",
+                               (unsigned long long)fill->result.meta.size);
+        }
+        waiter_release(w);
+        return;
+    }
     fm_edge_fill_result_t result = fill->result; /* final once done */
     result.fd = -1;
     if (fill->result.fd != -1 && (result.fd = dup(fill->result.fd)) == -1)
@@ -402,8 +481,33 @@ typedef struct {
     time_t stored_at;
     int streamed; /* the headers were announced: streams may have started */
     uint64_t written, reported;
+    long long size; /* Content-Length, -1 unknown */
     int failed;
+    int abandoned; /* stopped: nobody waits and it is far from done */
+    int too_large; /* stopped at the headers: larger than the cache keeps */
+    fm_edge_meta_t head;
 } sink_t;
+
+/* Under no lock: whether a fill nobody waits for should stop (docs/downloads.md "Abandoned fills"). It goes on when
+ * what is left is small or at most what it already has: stopping would throw away more than finishing costs. */
+static int should_stop(fill_t *fill, uint64_t written, long long size)
+{
+    if (atomic_load(&fill->live) > 0)
+        return 0;
+    uint64_t finish = (uint64_t)fm_edge.cfg->edge_abandoned_fill_finish_bytes;
+    if (size >= 0 && (uint64_t)size >= written) {
+        uint64_t left = (uint64_t)size - written;
+        if (left <= finish || left <= written)
+            return 0;
+    }
+    /* Decided under the lock, so no request joins a fill that is stopping (it starts a new one instead). */
+    pthread_mutex_lock(&lock);
+    int stop = atomic_load(&fill->live) == 0;
+    if (stop)
+        fill->stopping = 1;
+    pthread_mutex_unlock(&lock);
+    return stop;
+}
 
 /* Tells the fill's parked streams that more is written. */
 static void report_progress(fill_t *fill, uint64_t written)
@@ -432,6 +536,10 @@ static int write_to_file(void *ud, const void *data, size_t len)
         len -= (size_t)n;
         sink->written += (uint64_t)n;
     }
+    if (should_stop(sink->fill, sink->written, sink->size)) {
+        sink->abandoned = 1;
+        return 1;
+    }
     /* at the first bytes (first-byte latency), then every PROGRESS_STEP (not to flood the loops) */
     if (sink->reported == 0 || sink->written - sink->reported >= PROGRESS_STEP) {
         sink->reported = sink->written;
@@ -457,12 +565,18 @@ static void announce_headers(fill_t *fill, const fm_edge_meta_t *head, int read_
 static int on_origin_headers(void *ud, const fm_s3_result_t *head)
 {
     sink_t *sink = ud;
-    if (sink->read_fd == -1 || head->content_length < 0)
-        return 0; /* no streaming: the waiters get the published file */
+    sink->size = head->content_length;
     fm_edge_meta_t meta = {.size = (uint64_t)head->content_length, .stored_at = sink->stored_at};
     snprintf(meta.key, sizeof(meta.key), "%s", sink->fill->key);
     snprintf(meta.etag, sizeof(meta.etag), "%s", head->etag);
     snprintf(meta.content_type, sizeof(meta.content_type), "%s", head->content_type);
+    if (head->content_length >= 0 && (uint64_t)head->content_length > fm_edge_cache_object_max()) {
+        sink->too_large = 1; /* not one byte more: every waiter is passed through (deliver) */
+        sink->head = meta;
+        return 1;
+    }
+    if (sink->read_fd == -1 || head->content_length < 0)
+        return 0; /* no streaming: the waiters get the published file */
     announce_headers(sink->fill, &meta, sink->read_fd);
     sink->read_fd = -1; /* the fill's now */
     sink->streamed = 1;
@@ -474,8 +588,8 @@ static int on_origin_headers(void *ud, const fm_s3_result_t *head)
 static int fetch_original(fill_t *fill, const char *tmp_path, fm_edge_fill_result_t *result)
 {
     char err[256] = "";
-    fm_s3_t *s3 = thread_s3(err, sizeof(err));
-    sink_t sink = {.fill = fill, .fd = -1, .read_fd = -1};
+    fm_s3_t *s3 = fm_edge_thread_s3(err, sizeof(err));
+    sink_t sink = {.fill = fill, .fd = -1, .read_fd = -1, .size = -1};
     if (s3 == NULL) {
         fm_error("edge: S3 client: %s", err);
         result->status = 503, result->code = "origin_unavailable";
@@ -512,6 +626,17 @@ static int fetch_original(fill_t *fill, const char *tmp_path, fm_edge_fill_resul
         return streamed && sink.written == fill->head.size;
     }
     unlink(tmp_path);
+    if (sink.too_large) {
+        result->too_large = 1;
+        result->meta = sink.head;
+        fm_metrics_counter_add("fm_edge_too_large_total", NULL, 1);
+        return 0;
+    }
+    if (sink.abandoned) {
+        result->status = 503, result->code = "abandoned";
+        fm_metrics_counter_add("fm_edge_fills_abandoned_total", NULL, 1);
+        return 0;
+    }
     if (rc != 0 && (res.status == 404 || strcmp(res.code, "NoSuchKey") == 0))
         result->status = 404, result->code = "not_found";
     else if (sink.failed)
@@ -562,10 +687,14 @@ static void fill_work(void *data)
     snprintf(suffix, sizeof(suffix), ".%ld.%u.tmp", (long)getpid(), atomic_fetch_add(&tmp_counter, 1));
     fm_edge_cache_path(fill->hex, suffix, tmp_path, sizeof(tmp_path));
     int stream_ok = 0;
-    if (fill->is_render)
+    if (should_stop(fill, 0, -1)) { /* every client left while it was queued: nothing to fetch or render for */
+        result.status = 503, result.code = "abandoned";
+        fm_metrics_counter_add("fm_edge_fills_abandoned_total", NULL, 1);
+    } else if (fill->is_render) {
         render_variant(fill, tmp_path, &result);
-    else
+    } else {
         stream_ok = fetch_original(fill, tmp_path, &result);
+    }
 
     /* Out of the table first: from here on a new request finds the published object (or misses afresh). Every
      * waiter hears of the end: streams send their last bytes or their error, the others are answered. */
@@ -593,19 +722,92 @@ static void fill_work(void *data)
 }
 
 /* Back on the loop that started the fill: the work's reference goes. */
+/* Under lock: the render `fill` no longer counts against its client and the total. */
+static void render_release(const fill_t *fill)
+{
+    renders_inflight--;
+    for (size_t i = 0; i < (size_t)fm_edge.cfg->edge_renders_max; ++i) {
+        render_client_t *c = &render_clients[i];
+        if (c->renders > 0 && strcmp(c->client, fill->client) == 0) {
+            c->renders--;
+            break;
+        }
+    }
+}
+
 static void fill_done(void *data)
 {
     fill_t *fill = data;
     pthread_mutex_lock(&lock);
+    if (fill->is_render)
+        render_release(fill);
+    size_t renders = renders_inflight;
     int last = --fill->refs == 0;
     pthread_mutex_unlock(&lock);
+    if (fill->is_render)
+        fm_metrics_gauge_set("fm_edge_renders_inflight", NULL, (double)renders);
     if (last)
         fill_free(fill);
     atomic_fetch_sub(&fills_inflight, 1);
 }
 
-/* Joins the fill in flight for `proto->hex`, or starts `proto` (heap, taken) on the offload pool. */
-static int join_or_start(fm_req_t *r, fill_t *proto, fm_edge_fill_cb cb, fm_edge_stream_cb stream_cb)
+/* join_or_start's outcomes besides 0 (joined or started). */
+enum { NOT_IN_FLIGHT = 1, QUEUE_FULL = -1, RENDERS_BUSY = -2, RENDERS_LIMITED = -3 };
+
+/* Under lock: admits a render started by `client` within FM_EDGE_RENDERS_MAX and FM_EDGE_RENDERS_PER_CLIENT. */
+static int render_admit(const char *client)
+{
+    size_t max = (size_t)fm_edge.cfg->edge_renders_max;
+    if (render_clients == NULL && (render_clients = calloc(max, sizeof(*render_clients))) == NULL)
+        h2o_fatal("out of memory");
+    if (renders_inflight >= max)
+        return RENDERS_BUSY;
+    render_client_t *mine = NULL, *free_slot = NULL;
+    for (size_t i = 0; i < max && mine == NULL; ++i) {
+        render_client_t *c = &render_clients[i];
+        if (c->renders == 0)
+            free_slot = free_slot != NULL ? free_slot : c;
+        else if (strcmp(c->client, client) == 0)
+            mine = c;
+    }
+    if (mine != NULL && mine->renders >= (size_t)fm_edge.cfg->edge_renders_per_client)
+        return RENDERS_LIMITED;
+    if (mine == NULL) { /* fewer than `max` clients have renders in flight, so a slot is free */
+        mine = free_slot;
+        snprintf(mine->client, sizeof(mine->client), "%s", client);
+    }
+    mine->renders++;
+    renders_inflight++;
+    return 0;
+}
+
+/* Who a render is counted against: the client's IPv4 address, or its IPv6 /64 (one subscriber's usual allocation, so
+ * rotating addresses inside it does not multiply the limit). */
+static void client_of(fm_req_t *r, char *out, size_t size)
+{
+    char peer[64];
+    fm_req_peer(r, peer, sizeof(peer));
+    struct in6_addr a6;
+    if (strchr(peer, ':') == NULL || inet_pton(AF_INET6, peer, &a6) != 1) {
+        snprintf(out, size, "%s", peer);
+        return;
+    }
+    if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+        inet_ntop(AF_INET, &a6.s6_addr[12], out, (socklen_t)size);
+        return;
+    }
+    memset(&a6.s6_addr[8], 0, 8);
+    inet_ntop(AF_INET6, &a6, out, (socklen_t)size);
+}
+
+/*
+ * Joins the fill in flight for `hex`, or (proto != NULL) starts `proto` (heap, taken in every case) on the offload
+ * pool, or the render pool for a render (admitted first). `direct`: the waiter answers its client with the object, so
+ * an object too large to cache is passed through to it. Returns 0, NOT_IN_FLIGHT (proto NULL and no fill in flight),
+ * QUEUE_FULL, RENDERS_BUSY or RENDERS_LIMITED; nothing is pending unless 0.
+ */
+static int join_or_start(fm_req_t *r, const char *hex, fill_t *proto, fm_edge_fill_cb cb, fm_edge_stream_cb stream_cb,
+                         int direct)
 {
     waiter_t *w = calloc(1, sizeof(*w));
     if (w == NULL)
@@ -616,40 +818,64 @@ static int join_or_start(fm_req_t *r, fill_t *proto, fm_edge_fill_cb cb, fm_edge
     w->et = r->thread->data;
     w->fd = -1;
     w->listed = 1;
-    int is_render = proto->is_render;
+    w->direct = direct;
+    w->live = 1;
+    int is_render = proto != NULL && proto->is_render;
 
     pthread_mutex_lock(&lock);
     fill_t *fill = fills;
-    while (fill != NULL && memcmp(fill->hex, proto->hex, FM_EDGE_HEX_LEN) != 0)
+    while (fill != NULL && (fill->stopping || memcmp(fill->hex, hex, FM_EDGE_HEX_LEN) != 0))
         fill = fill->next;
     if (fill != NULL) {
         w->fill = fill;
         w->next = fill->waiters;
         fill->waiters = w;
         fill->refs++;
+        atomic_fetch_add(&fill->live, 1);
         if (stream_cb != NULL && fill->headers_known) /* late joiner: it streams from where the fill is */
             kick(w);
         pthread_mutex_unlock(&lock);
-        fill_free(proto);
-        fm_metrics_counter_add(is_render ? "fm_edge_variant_coalesced_total" : "fm_edge_coalesced_total", NULL, 1);
+        if (proto != NULL)
+            fill_free(proto);
+        fm_metrics_counter_add(
+            is_render || fill->is_render ? "fm_edge_variant_coalesced_total" : "fm_edge_coalesced_total", NULL, 1);
     } else {
-        fill = proto;
-        w->fill = fill;
-        fill->waiters = w;
-        fill->refs = 2; /* the work and w */
-        /* Submitted under the lock, so nobody can join a fill that then fails to start. */
-        if (fm_offload_run(r->thread->offload, fill_work, fill_done, fill) != 0) {
+        int refused = proto == NULL ? NOT_IN_FLIGHT : is_render ? render_admit(proto->client) : 0;
+        fm_offload_port_t *port = is_render && r->thread->hash != NULL ? r->thread->hash : r->thread->offload;
+        if (refused == 0) {
+            fill = proto;
+            w->fill = fill;
+            fill->waiters = w;
+            fill->refs = 2; /* the work and w */
+            atomic_store(&fill->live, 1);
+            /* Submitted under the lock, so nobody can join a fill that then fails to start. */
+            if (fm_offload_run(port, fill_work, fill_done, fill) != 0) {
+                if (is_render)
+                    render_release(fill);
+                refused = QUEUE_FULL;
+            }
+        }
+        if (refused != 0) {
             pthread_mutex_unlock(&lock);
-            fill_free(fill);
+            if (proto != NULL)
+                fill_free(proto);
             free(w);
-            return -1;
+            return refused;
         }
         atomic_fetch_add(&fills_inflight, 1);
         fill->next = fills;
         fills = fill;
+        size_t renders = renders_inflight;
         pthread_mutex_unlock(&lock);
         fm_metrics_counter_add(is_render ? "fm_edge_variant_renders_total" : "fm_edge_misses_total", NULL, 1);
+        if (is_render)
+            fm_metrics_gauge_set("fm_edge_renders_inflight", NULL, (double)renders);
     }
+    /* Told when the request is freed while it waits (its client went away), so the fill knows who still waits. No
+     * message for w can arrive before this: they come through this very loop. */
+    waiter_t **slot = h2o_mem_alloc_shared(&r->req->pool, sizeof(*slot), on_waiter_request_gone);
+    *slot = w;
+    w->slot = slot;
     w->et->waiting++;
     fm_req_hold(r);
     return 0;
@@ -668,7 +894,18 @@ static fill_t *new_fill(const char *key, const char *hex)
 
 int fm_edge_origin_fill(fm_req_t *r, const char *key, const char *hex, fm_edge_fill_cb cb, fm_edge_stream_cb stream_cb)
 {
-    return join_or_start(r, new_fill(key, hex), cb, stream_cb);
+    return join_or_start(r, hex, new_fill(key, hex), cb, stream_cb, 0);
+}
+
+int fm_edge_origin_fill_object(fm_req_t *r, const char *key, const char *hex, fm_edge_fill_cb cb,
+                               fm_edge_stream_cb stream_cb)
+{
+    return join_or_start(r, hex, new_fill(key, hex), cb, stream_cb, 1);
+}
+
+int fm_edge_origin_join(fm_req_t *r, const char *hex, fm_edge_fill_cb cb, fm_edge_stream_cb stream_cb)
+{
+    return join_or_start(r, hex, NULL, cb, stream_cb, 1) == 0;
 }
 
 int fm_edge_origin_render(fm_req_t *r, const char *vkey, const char *vhex, const fm_edge_variant_t *v, int src_fd,
@@ -679,7 +916,24 @@ int fm_edge_origin_render(fm_req_t *r, const char *vkey, const char *vhex, const
     fill->variant = *v;
     fill->src_fd = src_fd;
     snprintf(fill->src_etag, sizeof(fill->src_etag), "%s", src->etag);
-    return join_or_start(r, fill, cb, NULL);
+    client_of(r, fill->client, sizeof(fill->client));
+    switch (join_or_start(r, vhex, fill, cb, NULL, 0)) {
+    case 0:
+        return 0;
+    case RENDERS_LIMITED:
+        fm_metrics_counter_add("fm_edge_renders_limited_total", NULL, 1);
+        fm_req_add_header(r, "retry-after", "1");
+        fm_reply_error(r, 429, "too_many_renders", "this client already has %lld variant renders in flight, try again",
+                       (long long)fm_edge.cfg->edge_renders_per_client);
+        return 0;
+    case RENDERS_BUSY:
+        fm_metrics_counter_add("fm_edge_renders_busy_total", NULL, 1);
+        fm_req_add_header(r, "retry-after", "1");
+        fm_reply_error(r, 503, "renders_busy", "the edge is rendering as many variants as it may, try again shortly");
+        return 0;
+    default:
+        return -1;
+    }
 }
 
 void fm_edge_origin_purge(const char *key, size_t key_len, int is_prefix)

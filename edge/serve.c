@@ -284,6 +284,7 @@ static void serve_variant(fm_req_t *r, const char *key, size_t key_len, const fm
 int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t)
 {
     h2o_req_t *req = r->req;
+    fm_edge_security_headers(req); /* every answer from here on, refusals included: answer.c "active content" */
     /* the raw path, not path_normalized, which has already resolved ".." and decoded escapes */
     h2o_iovec_t path = req->path;
     const char *q = memchr(path.base, '?', path.len);
@@ -350,7 +351,7 @@ void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t)
         fm_edge_serve_hit(r, fd, blob, &meta, "hit");
         return;
     }
-    if (fm_edge_origin_fill(r, t->key, hex, on_filled, can_stream(r) ? on_stream_headers : NULL) != 0)
+    if (fm_edge_origin_miss(r, t->key, hex, on_filled, can_stream(r) ? on_stream_headers : NULL) != 0)
         fm_reply_unavailable(r, "the edge's origin queue");
 }
 

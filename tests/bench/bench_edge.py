@@ -7,6 +7,11 @@ streamed while it is filled), and the time to render an on-the-fly variant of a 
 other parameters, from the cached original) and the variant hit rate when the same URLs are asked again.
 
     FM_BUILD_DIR=build /usr/bin/python3 tests/bench/bench_edge.py [--duration 10] [--threads 2] [--cold-only]
+    FM_BUILD_DIR=build /usr/bin/python3 tests/bench/bench_edge.py --render-load-only [--render-clients 16]
+
+--render-load-only times cold misses of fresh 4 KiB objects, idle and while --render-clients threads ask for distinct
+?w=&h= of one public 12 MP PNG as fast as they are answered (issue 10 #4: renders used to share the origin fills'
+pool); run it with FM_BUILD_DIR of the build before and after a change to compare.
 
 Starts a private stack (tests/integration/stackfixture.py; RGW is the origin), fm-edge and nginx (same worker
 count, sendfile on, access log off) on free loopback ports; everything is stopped by PID at the end. The load
@@ -110,6 +115,85 @@ def bench_variants(s3, bucket, signer, edge_port, expires, count):
     return key, len(body), times[0], times[1:], hit_times, hits / max(1, hits + renders)
 
 
+def noisy_png():
+    """A 4000×3000 PNG of noise, ~21 MB as in the issue's report: every render decodes 12 MP through zlib."""
+    import io
+    from PIL import Image
+    noise = Image.effect_noise((4000, 3000), 64)
+    rgb = Image.merge("RGB", (noise, Image.linear_gradient("L").resize((4000, 3000)), noise))
+    out = io.BytesIO()
+    rgb.save(out, "PNG", compress_level=1)
+    return out.getvalue()
+
+
+def percentile(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(len(values) * p))]
+
+
+def bench_render_load(stack, s3, bucket, signer, expires, edge_port, clients, samples, seconds_before=1.0):
+    """The issue's measurement: the cold-miss latency of other objects (fresh 4 KiB objects behind signed URLs, one at
+    a time) while `clients` threads ask for distinct ?w=&h= of one public 12 MP PNG as fast as they are answered
+    (an attacker does not honour Retry-After). Returns (idle ms list, loaded ms list, render answers by status)."""
+    import collections
+    import random
+    import threading
+    from helpers_fm import redis_cmd
+    png_key = f"incoming/{uuid.uuid4()}"
+    s3.put_object(Bucket=bucket, Key=png_key, Body=noisy_png(), ContentType="image/png")
+    redis_cmd(stack, 0, "SADD", "fm:public", png_key)
+    assert requests.get(f"http://127.0.0.1:{edge_port}/p/{png_key}", timeout=120).status_code == 200
+
+    def fresh_urls(n):
+        urls = []
+        for _ in range(n):
+            k = f"incoming/{uuid.uuid4()}"
+            s3.put_object(Bucket=bucket, Key=k, Body=os.urandom(4096), ContentType="application/octet-stream")
+            urls.append(signer.generate_presigned_url(f"http://127.0.0.1:{edge_port}/f/{k}", date_less_than=expires))
+        return urls
+
+    def cold_misses(urls):
+        out = []
+        for url in urls:
+            t = time.monotonic()
+            r = requests.get(url, timeout=120)
+            out.append((time.monotonic() - t) * 1000)
+            assert r.status_code == 200 and len(r.content) == 4096, r.status_code
+        return out
+
+    idle = cold_misses(fresh_urls(samples))
+    loaded_urls = fresh_urls(samples)
+    statuses = collections.Counter()
+    stop = threading.Event()
+
+    def attacker(index):
+        session = requests.Session()
+        rng = random.Random(index)
+        while not stop.is_set():
+            w, h = rng.randrange(64, 4000), rng.randrange(64, 3000)
+            try:
+                r = session.get(f"http://127.0.0.1:{edge_port}/p/{png_key}?w={w}&h={h}", timeout=120)
+                statuses[r.status_code] += 1
+            except requests.RequestException:
+                statuses["error"] += 1
+
+    threads = [threading.Thread(target=attacker, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    time.sleep(seconds_before)  # the renders pile up
+    loaded = cold_misses(loaded_urls)
+    stop.set()
+    for t in threads:
+        t.join(180)
+    return idle, loaded, statuses
+
+
+def print_render_load(idle, loaded, statuses, clients, label):
+    answered = ", ".join(f"{k}: {v}" for k, v in sorted(statuses.items(), key=lambda kv: str(kv[0])))
+    print(f"| {label} | {percentile(idle, 0.5):.1f} / {percentile(idle, 0.95):.1f} ms | "
+          f"{percentile(loaded, 0.5):.1f} / {percentile(loaded, 0.95):.1f} / {max(loaded):.0f} ms | {answered} |")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
@@ -117,6 +201,10 @@ def main():
     ap.add_argument("--variants", type=int, default=15, help="variant cache misses measured")
     ap.add_argument("--cold-mib", type=int, default=200, help="size of the object whose cold first byte is timed")
     ap.add_argument("--cold-only", action="store_true", help="only the cold misses (no wrk, nginx or variants)")
+    ap.add_argument("--render-load-only", action="store_true",
+                    help="only the cold-miss latency under --render-clients clients asking for distinct variants")
+    ap.add_argument("--render-clients", type=int, default=16)
+    ap.add_argument("--render-samples", type=int, default=40, help="cold misses timed, idle and under the load")
     args = ap.parse_args()
 
     from botocore.signers import CloudFrontSigner
@@ -157,6 +245,29 @@ def main():
             procs.append((proc, signal.SIGTERM))
             wait_http(f"http://127.0.0.1:{port}/healthz")
             return proc
+
+        expires = datetime.datetime.now(tz=datetime.timezone.utc) + datetime.timedelta(hours=2)
+        if args.render_load_only:
+            from helpers_fm import redis_url
+            print(f"### Cold misses of other objects under {args.render_clients} clients asking for distinct "
+                  f"`?w=&h=` of one public 12 MP PNG ({datetime.date.today()}, {os.cpu_count()} cores, "
+                  f"FM_THREADS={args.threads}, {BUILD_DIR})\n")
+            print("| edge | cold miss idle: p50 / p95 | cold miss under the render load: p50 / p95 / max | "
+                  "render answers during the load |")
+            print("|---|---|---|---|")
+            setups = [("defaults", {})]
+            if (BUILD_DIR / "fm-edge").exists() and b"FM_EDGE_RENDERS_PER_CLIENT" in (BUILD_DIR / "fm-edge").read_bytes():
+                setups.append(("FM_EDGE_RENDERS_PER_CLIENT=64, FM_EDGE_RENDERS_MAX=64 (own render pool only)",
+                               {"FM_EDGE_RENDERS_PER_CLIENT": "64", "FM_EDGE_RENDERS_MAX": "64"}))
+            for i, (label, extra) in enumerate(setups):
+                port = free_ports(1)[0]
+                proc = start_edge(f"render{i}", port, FM_REDIS_URL=redis_url(stack, 0), **extra)
+                idle, loaded, statuses = bench_render_load(stack, s3, bucket, signer, expires, port,
+                                                           args.render_clients, args.render_samples)
+                print_render_load(idle, loaded, statuses, args.render_clients, label)
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(60)
+            return
 
         start_edge("main", edge_port)
 
