@@ -75,10 +75,16 @@ def signer(edges):
     return CloudFrontSigner(edges.key_pair_id, rsa_sign)
 
 
+def file_of(key):
+    """The file id these tests sign URLs of `key` for: one per key (no revocation names it), so that two URLs of one
+    key are URLs of one file, as they are when fm-control signs them."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, key))
+
+
 def sign(signer, edge, key, query="", expires_in=600, file_id=None):
-    """A canned-policy URL of `key` as fm-control signs them: for a file (`file=`, a fresh id unless given, which
-    no revocation names) and the extra `query`."""
-    query = f"file={file_id or uuid.uuid4()}" + (f"&{query}" if query else "")
+    """A canned-policy URL of `key` as fm-control signs them: for a file (`file=`, file_of(key) unless given) and the
+    extra `query`."""
+    query = f"file={file_id or file_of(key)}" + (f"&{query}" if query else "")
     url = f"{edge.url}/f/{key}?{query}"
     expires = datetime.datetime.fromtimestamp(int(time.time()) + expires_in, tz=datetime.timezone.utc)
     return signer.generate_presigned_url(url, date_less_than=expires)

@@ -42,11 +42,12 @@ def put(stack, s3, body, content_type, key=None):
 
 
 def make_public(stack, key):
-    assert redis_cmd(stack, PUBLIC_DB, "SADD", "fm:public", key) in (0, 1)
+    """What file_update.c does for a public file: its member {file_id}/{key} in fm:public."""
+    assert redis_cmd(stack, PUBLIC_DB, "SADD", "fm:public", f"{file_of(key)}/{key}") in (0, 1)
 
 
 def public_url(edge, key, query=""):
-    return f"{edge.url}/p/{urllib.parse.quote(key, safe='/')}" + (f"?{query}" if query else "")
+    return f"{edge.url}/p/{urllib.parse.quote(key, safe='/')}?file={file_of(key)}" + (f"&{query}" if query else "")
 
 
 # ---- #7: Range numbers that overflow 64 bits ----------------------------------------------------------------------
