@@ -45,6 +45,11 @@
 /* Past the bound, PostgreSQL is "behind too" once this thread has this many queries per connection waiting for
  * one: the record is then refused (503) rather than queued behind them. */
 #define THROUGH_QUEUE_PER_CONNECTION 8
+/* A record's fields, as the insert reads them (HMGET in this order: a dedupe has no upload_id, key, expires). */
+#define RECORD_FIELDS "kind", "upload_id", "file_id", "owner", "name", "size", "type", "sha256", "key", "expires", "created"
+static const char *const record_fields[] = {RECORD_FIELDS};
+#define RECORD_FIELD_COUNT (sizeof(record_fields) / sizeof(record_fields[0]))
+#define FILE_ID_FIELD 2
 #define PENDING_KEY "fm:rec:pending"
 #define FLUSHING_KEY "fm:rec:flushing"
 #define LEASE_KEY "fm:rec:lease"
@@ -94,10 +99,11 @@ static const char probe_script[] = BOUND_LUA "local h = redis.call('HMGET', KEYS
                                              "return kind\n";
 static char probe_script_sha[41];
 
-/* A flusher's batch in one round trip. KEYS: pending, flushing, lease. ARGV: most records, lease ms. Takes first the
- * records whose lease ended (a flusher died, or its batch failed), then the oldest pending ones (moved to flushing
- * with their creation time), leases them all, and answers {ids, their hashes ({} when gone), the backlog left,
- * its oldest record's age in ms}. ZADD/ZREM take at most 4,000 arguments at once (Lua's stack is 8,000). */
+/* A flusher's batch in one round trip. KEYS: pending, flushing, lease. ARGV: most records, lease ms, the record
+ * fields. Takes first the records whose lease ended (a flusher died, or its batch failed), then the oldest pending
+ * ones (moved to flushing with their creation time), leases them all, and answers {ids, their fields (all nil when
+ * gone), the backlog left, its oldest record's age in ms}. ZADD takes at most 4,000 arguments at once (Lua's stack
+ * is 8,000). */
 static const char take_script[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
@@ -114,7 +120,7 @@ static const char take_script[] =
     "end\n"
     "local records, leased = {}, {}\n"
     "for i, id in ipairs(ids) do\n"
-    "  records[i] = redis.call('HGETALL', 'fm:rec:{' .. id .. '}')\n"
+    "  records[i] = redis.call('HMGET', 'fm:rec:{' .. id .. '}', unpack(ARGV, 3))\n"
     "  leased[#leased + 1] = lease\n"
     "  leased[#leased + 1] = id\n"
     "  if #leased == 4000 or i == #ids then redis.call('ZADD', KEYS[3], unpack(leased)); leased = {} end\n"
@@ -125,21 +131,6 @@ static const char take_script[] =
     "  if oldest and now - tonumber(oldest) > age then age = now - tonumber(oldest) end\n"
     "end\n"
     "return {ids, records, redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2]), age}\n";
-
-/* After the batch committed. KEYS: flushing, lease. ARGV: the batch's record ids. Drops the records (and their
- * file → record keys) and their places in the backlog; records added meanwhile are not in the list and stay. */
-static const char forget_script[] = "for _, id in ipairs(ARGV) do\n"
-                                    "  local key = 'fm:rec:{' .. id .. '}'\n"
-                                    "  local file = redis.call('HGET', key, 'file_id')\n"
-                                    "  redis.call('DEL', key)\n"
-                                    "  if file then redis.call('DEL', 'fm:recf:{' .. file .. '}') end\n"
-                                    "end\n"
-                                    "for i = 1, #ARGV, 4000 do\n"
-                                    "  local last = math.min(i + 3999, #ARGV)\n"
-                                    "  redis.call('ZREM', KEYS[1], unpack(ARGV, i, last))\n"
-                                    "  redis.call('ZREM', KEYS[2], unpack(ARGV, i, last))\n"
-                                    "end\n"
-                                    "return #ARGV\n";
 
 /* One statement inserts a batch, given as a JSON array of records (every value a JSON string). A record whose owner
  * is gone is dropped; a dedupe whose blob the owner no longer holds becomes a FAILED file (the Redis index was stale)
@@ -401,27 +392,34 @@ static void text_json_string(text_t *t, const char *s, size_t len)
     text_add(t, "\"", 1);
 }
 
-/* Adds the record of an HGETALL reply to the JSON array being written in `t` (opened by the caller with "[") as one
- * object of strings; 0 if the reply holds none (the record is gone). */
+/* Adds the record of an HMGET reply (record_fields) to the JSON array being written in `t` (opened by the caller
+ * with "[") as one object of strings, the missing fields left out; 0 if the reply holds none (the record is gone). */
 static int add_record(text_t *t, const redisReply *reply)
 {
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements < 2)
+    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != RECORD_FIELD_COUNT ||
+        reply->element[FILE_ID_FIELD]->type != REDIS_REPLY_STRING)
         return 0;
     text_add(t, t->len > 1 ? ",{" : "{", t->len > 1 ? 2 : 1);
     int first = 1;
-    for (size_t i = 0; i + 1 < reply->elements; i += 2) {
-        const redisReply *k = reply->element[i], *v = reply->element[i + 1];
-        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+    for (size_t i = 0; i < RECORD_FIELD_COUNT; ++i) {
+        const redisReply *v = reply->element[i];
+        if (v->type != REDIS_REPLY_STRING)
             continue;
         if (!first)
             text_add(t, ",", 1);
         first = 0;
-        text_json_string(t, k->str, k->len);
+        text_json_string(t, record_fields[i], strlen(record_fields[i]));
         text_add(t, ":", 1);
         text_json_string(t, v->str, v->len);
     }
     text_add(t, "}", 1);
     return 1;
+}
+
+/* The file id of a record read by add_record (which checked it is there), or NULL. */
+static const char *record_file_id(const redisReply *reply)
+{
+    return reply->element[FILE_ID_FIELD]->len <= 36 ? reply->element[FILE_ID_FIELD]->str : NULL;
 }
 
 /* ---- fm_records_ensure: the one record a request needs, now ---------------------------------------------------- */
@@ -491,10 +489,8 @@ static void on_ensure_read(redisReply *reply, const char *errstr, void *data)
         return;
     }
     text_add(&json, "]", 1);
-    for (size_t i = 0; i + 1 < reply->elements; i += 2)
-        if (reply->element[i]->type == REDIS_REPLY_STRING && strcmp(reply->element[i]->str, "file_id") == 0 &&
-            reply->element[i + 1]->type == REDIS_REPLY_STRING && reply->element[i + 1]->len <= 36)
-            snprintf(e->file_key, sizeof(e->file_key), "fm:recf:{%s}", reply->element[i + 1]->str);
+    if (record_file_id(reply) != NULL)
+        snprintf(e->file_key, sizeof(e->file_key), "fm:recf:{%s}", record_file_id(reply));
     const char *params[] = {json.base};
     fm_req_hold(e->r);
     int rc = fm_pg_query(fm_control_thread(e->r)->pg, on_ensure_inserted, e, insert_sql, 1, params);
@@ -519,9 +515,9 @@ void fm_records_ensure(fm_req_t *r, const char *record_id, fm_records_next_fn ne
     e->next = next;
     e->arg = arg;
     snprintf(e->key, sizeof(e->key), "fm:rec:{%s}", record_id);
-    const char *argv[] = {"HGETALL", e->key};
+    const char *argv[2 + RECORD_FIELD_COUNT] = {"HMGET", e->key, RECORD_FIELDS};
     fm_req_hold(r);
-    if (fm_redis_commandargv(fm_control_thread(r)->redis, on_ensure_read, e, 2, argv, NULL) != 0) {
+    if (fm_redis_commandargv(fm_control_thread(r)->redis, on_ensure_read, e, 2 + RECORD_FIELD_COUNT, argv, NULL) != 0) {
         fm_req_resume(r);
         fm_reply_unavailable(r, "the session store");
         ensure_fail(e);
@@ -573,12 +569,17 @@ int fm_records_retry_file(fm_req_t *r, const char *file_id, int *checked, fm_rec
 
 /* ---- the flusher ---------------------------------------------------------------------------------------------- */
 
-/* One batch: the ids the take script gave it, all forgotten once their records are in PostgreSQL (records found
- * gone were brought in by fm_records_ensure, or expired), and the JSON object of each record read (NULL: gone). */
+/* One record id of a batch. Every id is forgotten once the batch is in PostgreSQL (a record found gone was brought
+ * in by fm_records_ensure, or expired). */
+typedef struct {
+    char *id, *file_id, *json; /* file_id and json NULL: the record was gone */
+    int aside;                 /* PostgreSQL refused it on its own: kept as fm:rec:refused:{id} */
+} batch_record_t;
+
 typedef struct {
     struct records_flusher *f;
     int busy;
-    char **ids, **records;
+    batch_record_t *recs;
     size_t count, read;
     size_t alone; /* after PostgreSQL refused the batch: the record being inserted on its own, else SIZE_MAX */
 } batch_t;
@@ -609,12 +610,12 @@ static fm_pg_t *flusher_pg(records_flusher_t *f)
 static void batch_end(batch_t *b)
 {
     for (size_t i = 0; i < b->count; ++i) {
-        free(b->ids[i]);
-        free(b->records[i]);
+        free(b->recs[i].id);
+        free(b->recs[i].file_id);
+        free(b->recs[i].json);
     }
-    free(b->ids);
-    free(b->records);
-    b->ids = b->records = NULL;
+    free(b->recs);
+    b->recs = NULL;
     b->count = b->read = 0;
     b->alone = SIZE_MAX;
     b->busy = 0;
@@ -630,23 +631,40 @@ static int stopping(batch_t *b)
     return 1;
 }
 
-/* The batch is in PostgreSQL: drop its records from Redis and the backlog (EVAL each time: a few hundred bytes per
- * batch, and no NOSCRIPT after a Redis restart). */
+/* The batch is in PostgreSQL: drop its records (and their file → record keys) from Redis, and their places in the
+ * backlog. Ids added meanwhile are not in the lists and stay. In whichever order the three commands run, a record
+ * is at every moment in PostgreSQL and, until DEL ran, in Redis as well. */
 static void forget_batch(batch_t *b)
 {
-    const char **argv = calloc(5 + b->count, sizeof(char *));
-    if (argv == NULL)
+    const char **del = calloc(1 + 2 * b->count, sizeof(char *)), **zrem = calloc(2 + b->count, sizeof(char *));
+    char **keys = calloc(2 * b->count, sizeof(char *));
+    if (del == NULL || zrem == NULL || keys == NULL)
         h2o_fatal("out of memory");
-    int argc = 0;
-    argv[argc++] = "EVAL";
-    argv[argc++] = forget_script;
-    argv[argc++] = "2";
-    argv[argc++] = FLUSHING_KEY;
-    argv[argc++] = LEASE_KEY;
-    for (size_t i = 0; i < b->count; ++i)
-        argv[argc++] = b->ids[i];
-    fm_redis_commandargv(flusher_redis(b->f), ignore_reply, NULL, argc, argv, NULL);
-    free(argv);
+    int ndel = 0, nzrem = 0, nkeys = 0;
+    del[ndel++] = "DEL";
+    zrem[nzrem++] = "ZREM";
+    zrem[nzrem++] = FLUSHING_KEY;
+    for (size_t i = 0; i < b->count; ++i) {
+        batch_record_t *rec = &b->recs[i];
+        zrem[nzrem++] = rec->id;
+        if (!rec->aside && asprintf(&keys[nkeys++], "fm:rec:{%s}", rec->id) < 0)
+            h2o_fatal("out of memory");
+        if (rec->file_id != NULL && asprintf(&keys[nkeys++], "fm:recf:{%s}", rec->file_id) < 0)
+            h2o_fatal("out of memory");
+    }
+    for (int i = 0; i < nkeys; ++i)
+        del[ndel++] = keys[i];
+    fm_redis_t *redis = flusher_redis(b->f);
+    if (ndel > 1)
+        fm_redis_commandargv(redis, ignore_reply, NULL, ndel, del, NULL);
+    fm_redis_commandargv(redis, ignore_reply, NULL, nzrem, zrem, NULL);
+    zrem[1] = LEASE_KEY;
+    fm_redis_commandargv(redis, ignore_reply, NULL, nzrem, zrem, NULL);
+    for (int i = 0; i < nkeys; ++i)
+        free(keys[i]);
+    free(keys);
+    free(del);
+    free(zrem);
 }
 
 /* PostgreSQL could not take the batch: end its lease now, so that the next batch (of any flusher) takes it first,
@@ -670,7 +688,7 @@ static void release_batch(batch_t *b, const char *why)
     argv[argc++] = "XX"; /* only ids still leased: another flusher may have taken and forgotten them meanwhile */
     for (size_t i = 0; i < b->count; ++i) {
         argv[argc++] = "0";
-        argv[argc++] = b->ids[i];
+        argv[argc++] = b->recs[i].id;
     }
     fm_redis_commandargv(flusher_redis(f), ignore_reply, NULL, argc, argv, NULL);
     free(argv);
@@ -735,12 +753,14 @@ static void on_alone_inserted(PGresult *res, const char *errstr, void *data)
         return;
     } else {
         /* Kept aside for a person to look at (until the record would have expired), out of the backlog. */
-        fm_error("records: PostgreSQL refuses record %s, set aside as fm:rec:refused:{%s}: %s", b->ids[i], b->ids[i],
+        const char *id = b->recs[i].id;
+        fm_error("records: PostgreSQL refuses record %s, set aside as fm:rec:refused:{%s}: %s", id, id,
                  PQresultErrorMessage(res));
         FM_METRICS_COUNT("fm_records_set_aside_total", NULL, 1);
+        b->recs[i].aside = 1;
         char from[64], to[80];
-        snprintf(from, sizeof(from), "fm:rec:{%s}", b->ids[i]);
-        snprintf(to, sizeof(to), "fm:rec:refused:{%s}", b->ids[i]);
+        snprintf(from, sizeof(from), "fm:rec:{%s}", id);
+        snprintf(to, sizeof(to), "fm:rec:refused:{%s}", id);
         const char *argv[] = {"RENAME", from, to};
         fm_redis_commandargv(flusher_redis(b->f), ignore_reply, NULL, 3, argv, NULL);
     }
@@ -751,7 +771,7 @@ static void on_alone_inserted(PGresult *res, const char *errstr, void *data)
 /* Inserts the batch's next record on its own; once through, forgets the batch. */
 static void insert_alone(batch_t *b)
 {
-    while (b->alone < b->count && b->records[b->alone] == NULL)
+    while (b->alone < b->count && b->recs[b->alone].json == NULL)
         b->alone++;
     if (b->alone == b->count) {
         b->f->logged_failure = 0;
@@ -763,7 +783,7 @@ static void insert_alone(batch_t *b)
     }
     text_t json = {0};
     text_add(&json, "[", 1);
-    text_add(&json, b->records[b->alone], strlen(b->records[b->alone]));
+    text_add(&json, b->recs[b->alone].json, strlen(b->recs[b->alone].json));
     text_add(&json, "]", 1);
     const char *params[] = {json.base};
     int rc = fm_pg_query(flusher_pg(b->f), on_alone_inserted, b, insert_sql, 1, params);
@@ -795,21 +815,23 @@ static void on_batch_taken(redisReply *reply, const char *errstr, void *data)
         batch_end(b);
         return;
     }
-    if ((b->ids = calloc(ids->elements, sizeof(char *))) == NULL ||
-        (b->records = calloc(ids->elements, sizeof(char *))) == NULL)
+    if ((b->recs = calloc(ids->elements, sizeof(batch_record_t))) == NULL)
         h2o_fatal("out of memory");
     text_t json = {0};
     text_add(&json, "[", 1);
     for (size_t i = 0; i < ids->elements; ++i) {
         if (ids->element[i]->type != REDIS_REPLY_STRING)
             continue;
+        batch_record_t *rec = &b->recs[b->count++];
         size_t at = json.len + (b->read > 0); /* after the comma */
         if (add_record(&json, records->element[i])) {
-            if ((b->records[b->count] = strndup(json.base + at, json.len - at)) == NULL)
+            const char *file_id = record_file_id(records->element[i]);
+            if ((rec->json = strndup(json.base + at, json.len - at)) == NULL ||
+                (file_id != NULL && (rec->file_id = strdup(file_id)) == NULL))
                 h2o_fatal("out of memory");
             b->read++;
         }
-        if ((b->ids[b->count++] = strdup(ids->element[i]->str)) == NULL)
+        if ((rec->id = strdup(ids->element[i]->str)) == NULL)
             h2o_fatal("out of memory");
     }
     text_add(&json, "]", 1);
@@ -845,8 +867,8 @@ static void batch_start(records_flusher_t *f)
     /* A batch's insert ends within FM_PG_TIMEOUT_MS (then it fails and is released at once): the lease only matters
      * when the instance died with the batch in flight. */
     snprintf(lease, sizeof(lease), "%lld", (long long)fm_control->config.pg_timeout_ms + 5000);
-    const char *argv[] = {"EVAL", take_script, "3", PENDING_KEY, FLUSHING_KEY, LEASE_KEY, max, lease};
-    if (fm_redis_commandargv(flusher_redis(f), on_batch_taken, b, 8, argv, NULL) != 0)
+    const char *argv[] = {"EVAL", take_script, "3", PENDING_KEY, FLUSHING_KEY, LEASE_KEY, max, lease, RECORD_FIELDS};
+    if (fm_redis_commandargv(flusher_redis(f), on_batch_taken, b, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL) != 0)
         b->busy = 0;
 }
 
