@@ -170,6 +170,17 @@ class Sampler(threading.Thread):
                 "age_max": max(ages) if ages else None, "age_last": ages[-1] if ages else None}
 
 
+def log_lines(ctl, phase, notes):
+    """fm-control's warn/error lines of a phase, counted by message (digits and ids folded), into the notes."""
+    levels, messages = ctl.log_levels()
+    messages = {k: v for k, v in messages.items() if not k.startswith("FM_CF_KEYS is empty")}  # no downloads here
+    top = sorted(messages.items(), key=lambda kv: -kv[1])[:6]
+    if top:
+        notes.append(f"{phase}: fm-control logged " + ", ".join(f"{v} {k}" for k, v in sorted(levels.items())
+                                                              if k not in ("info", "debug"))
+                     + ": " + "; ".join(f"{n}× `{text}`" for text, n in top))
+
+
 def ms_bound(v):
     if v is None:
         return "—"
@@ -265,6 +276,7 @@ def main():
                        - counter(before, "fm_records_flushed_total")}
             log(f"  {held:,} records held, drained in {drain_s:.1f} s → {held / drain_s:,.0f} records/s")
         finally:
+            log_lines(ctl, "ceiling", notes)
             ctl.stop()
 
         # ---- 2. sustained -------------------------------------------------------------------------------------
@@ -301,6 +313,7 @@ def main():
                          "after_load_s": time.monotonic() - t_end}
             log(f"  {load['rps']:,.0f} req/s, p99 {load['p99_ms']:.1f} ms, answers {answers}, drain {drain_s:.1f} s")
         finally:
+            log_lines(ctl, "sustained", notes)
             ctl.stop()
     finally:
         if st is not None:
