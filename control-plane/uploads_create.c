@@ -4,8 +4,9 @@
  *
  * authorize (bearer token; viewers cannot upload) → parse (the body, upload_validate) → act: the common case, a
  * single PUT outside any folder with records written behind, is one Redis script (records.c's probe: the owner's
- * dedupe index asked and the record stored together); otherwise the index is asked first (HMGET) and PostgreSQL
- * decides whenever the index is missing, names the hash with another size, or a folder must be checked.
+ * dedupe index asked and the record stored together, or not stored when the backlog is at its bound: then the
+ * record is written through to PostgreSQL); otherwise the index is asked first (HMGET) and PostgreSQL decides
+ * whenever the index is missing, names the hash with another size, or a folder must be checked.
  */
 #include <stdio.h>
 #include <stdlib.h>

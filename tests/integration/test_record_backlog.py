@@ -29,7 +29,7 @@ import pytest
 import requests
 
 from helpers_fm import redis_cmd, redis_url, wait_for
-from helpers_uploads import Fm, Psql, random_bytes
+from helpers_uploads import Fm, Psql, random_bytes, sha256_hex
 
 REDIS_DB = 10
 WAIT_S = 60  # generous bound on each wait for a state the test causes itself; never reached when all is well
@@ -168,6 +168,26 @@ def test_backlog_never_holds_records_older_than_its_time_bound(controls, stack):
             assert fm.metric("fm_records_written_through_total") == 1
         files = [first.json()["file_id"], late.json()["file_id"]]
         assert wait_for(lambda: fm.in_pg(files) == 2, timeout=WAIT_S)
+
+
+def test_a_dedupe_hit_past_the_bound_is_written_through(controls, stack):
+    """FM_RECORD_BACKLOG_MAX=1 reached while the flushers are held: a dedupe hit of another user is decided and
+    stored by PostgreSQL before its answer (200, READY on the blob), not kept in Redis."""
+    with instance(controls, stack, FM_RECORD_BACKLOG_MAX=1, FM_RECORD_BACKLOG_MS=3600000) as fm:
+        held, owner = fm.ready_user("bound-dedupe-held"), fm.ready_user("bound-dedupe")
+        data = random_bytes(300)
+        source = fm.start(owner, data)
+        fm.mark_verified(source["file_id"], data)
+        fm.redis("HSET", f"fm:dedupe:{{{owner.id}}}", sha256_hex(data), str(len(data)))  # what the worker writes
+        with flushers_held(fm, held):
+            assert fm.post_upload(held).status_code == 201
+            assert fm.backlog()[0] == 1
+            d = fm.start(owner, data, expect=200, recorded=False)
+            assert d["deduplicated"] is True and d["status"] == "READY"
+            assert fm.file_row(d["file_id"]) == {"status": "READY", "status_reason": None, "deleted_at": None,
+                                                 "blob": sha256_hex(data)}  # before its answer
+            assert fm.backlog()[0] == 1
+            assert fm.metric("fm_records_written_through_total") == 1
 
 
 def test_past_the_bound_with_postgresql_down_the_answer_is_503_with_retry_after(controls, stack):
