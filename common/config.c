@@ -59,6 +59,8 @@ static const var_t vars[] = {
     INT("FM_UPLOAD_URL_TTL_S", FM_SVC_CONTROL, "900", 1, 604800, upload_url_ttl_s, "Lifetime of presigned upload URLs (SigV4 allows 7 days); the store checks it when a request starts, so a long upload may outlast it. Kept short: until it expires the URL can PUT again (the worker never serves such a PUT, but it costs a copy and an event)"),
     INT("FM_UPLOAD_EXPIRY_S", FM_SVC_CONTROL, "86400", 60, 2592000, upload_expiry_s, "An upload not finished after this is abandoned (object deleted, multipart aborted)"),
     INT("FM_RECORD_FLUSH_MS", FM_SVC_CONTROL, "50", 0, 60000, record_flush_ms, "New upload/dedupe records go to Redis and reach PostgreSQL in batches this often; 0 = written to PostgreSQL before answering"),
+    INT("FM_RECORD_BACKLOG_MAX", FM_SVC_CONTROL, "20000", 1, 10000000, record_backlog_max, "Most records held only in Redis (all instances together); past it POST /v1/uploads writes its record to PostgreSQL before answering (503 + Retry-After when PostgreSQL is behind too)"),
+    INT("FM_RECORD_BACKLOG_MS", FM_SVC_CONTROL, "1000", 1, 3600000, record_backlog_ms, "Oldest age of a record held only in Redis; past it POST /v1/uploads writes through as above"),
     INT("FM_RECONCILE_INTERVAL_S", FM_SVC_CONTROL, "30", 1, 86400, reconcile_interval_s, "How often pending uploads are checked against the bucket"),
     INT("FM_TRASH_RETENTION_S", FM_SVC_CONTROL, "2592000", 1, 315360000, trash_retention_s, "A deleted file stays restorable in the trash this long (30 days); then the reconciler deletes its row, and its blob once no file references it"),
     STR("FM_ALLOWED_CONTENT_TYPES", FM_SVC_CONTROL, FM_DEFAULT_CONTENT_TYPES, 1, allowed_content_types, "Content types accepted for uploads, comma-separated; * = any"),

@@ -38,6 +38,7 @@ typedef struct fm_config {
     /* uploads */
     int64_t max_upload_bytes, multipart_threshold, upload_url_ttl_s, upload_expiry_s, reconcile_interval_s;
     int64_t record_flush_ms;
+    int64_t record_backlog_max, record_backlog_ms; /* control-plane/records.c: the bound of the write-behind backlog */
     int64_t trash_retention_s; /* control-plane/file_delete.c, reconcile.c: deleted files stay restorable this long */
     char allowed_content_types[2048];
     char s3_public_endpoint[256];

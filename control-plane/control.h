@@ -32,7 +32,7 @@ typedef struct fm_control_thread {
     fm_rcache_t *rcache; /* tracked local copies of sessions and file rows; NULL with FM_REDIS_CACHE_MAX_AGE_MS=0 */
     fm_pg_t *pg;
     reconcile_t *reconcile;     /* thread 0 only */
-    records_flusher_t *records; /* thread 0 only, when records are written behind */
+    records_flusher_t *records; /* every thread, when records are written behind */
     fm_sigv4_t *signer; /* presigns the URLs handed to clients (FM_S3_PUBLIC_ENDPOINT) */
     fm_jwt_memo_t *tokens; /* access tokens this thread verified (auth.c) */
     uint64_t tokens_hits_told, tokens_misses_told; /* what thread_tick has already added to the metrics */
@@ -109,25 +109,32 @@ typedef struct fm_record {
     const char *upload_id, *file_id, *owner_id, *name, *content_type, *sha256, *object_key;
     long long size, expires_at;
 } fm_record_t;
-typedef void (*fm_records_done_fn)(fm_req_t *r);
 typedef void (*fm_records_next_fn)(fm_req_t *r, void *arg);
-/** Computes the script id once per process. */
+/** Computes the script ids once per process. */
 int fm_records_init(void);
-/** Stores the record in Redis (atomically, with its place in the flusher's list), then calls done(r); answers 503
- *  itself when Redis fails. */
-void fm_records_put(fm_req_t *r, const fm_record_t *rec, fm_records_done_fn done);
-/** What fm_records_put_or_dedupe did: stored the upload record, stored a dedupe record (READY on the owner's blob,
- *  same file id) instead, or stored nothing because the index names the hash with another size, or is not built. */
+/** What a record script did: stored the upload record, stored a dedupe record (READY on the owner's blob, same file
+ *  id) instead, stored nothing because the index names the hash with another size or is not built, or stored nothing
+ *  because the backlog of records only in Redis is at its bound (FM_RECORD_BACKLOG_MAX / _MS): the caller then
+ *  writes the upload (FULL) or the dedupe (FULL_DEDUPE) through to PostgreSQL, after fm_records_through(). */
 typedef enum {
     FM_RECORD_UPLOAD,
     FM_RECORD_DEDUPE,
     FM_RECORD_OTHER_SIZE,
-    FM_RECORD_INDEX_MISSING
+    FM_RECORD_INDEX_MISSING,
+    FM_RECORD_FULL,
+    FM_RECORD_FULL_DEDUPE
 } fm_record_outcome_t;
-typedef void (*fm_records_probe_fn)(fm_req_t *r, fm_record_outcome_t outcome);
+typedef void (*fm_records_done_fn)(fm_req_t *r, fm_record_outcome_t outcome);
+/** Stores the record in Redis (atomically, with its place in the backlog) unless the backlog is at its bound, then
+ *  calls done(r, UPLOAD / DEDUPE, or FULL / FULL_DEDUPE: nothing stored); answers 503 itself when Redis fails. */
+void fm_records_put(fm_req_t *r, const fm_record_t *rec, fm_records_done_fn done);
 /** POST /v1/uploads in one Redis round trip: asks the owner's dedupe index `index_key` for upload->sha256 and
- *  stores the record that follows from the answer in the same script; answers 503 itself when Redis fails. */
-void fm_records_put_or_dedupe(fm_req_t *r, const fm_record_t *upload, const char *index_key, fm_records_probe_fn done);
+ *  stores the record that follows from the answer in the same script (within the backlog's bound); answers 503
+ *  itself when Redis fails. */
+void fm_records_put_or_dedupe(fm_req_t *r, const fm_record_t *upload, const char *index_key, fm_records_done_fn done);
+/** Past the backlog's bound: returns 1 when the caller may write the record through to PostgreSQL now; 0 after
+ *  answering 503 + Retry-After because this thread's PostgreSQL pool is itself behind (queries waiting). */
+int fm_records_through(fm_req_t *r);
 /** Makes sure the record `record_id` (an upload id, or the file id of a dedupe) is in PostgreSQL if it was written
  *  behind and not flushed yet, then calls next(r, arg). Answers 503 itself (and frees arg) when Redis or PostgreSQL
  *  cannot tell; if the request goes away meanwhile, arg is free()d. */
@@ -137,6 +144,7 @@ void fm_records_ensure(fm_req_t *r, const char *record_id, fm_records_next_fn ne
  *  next(r, NULL) to run the statement again (404 not_found if there is none): returns 1, the request goes on there.
  *  Returns 0 when there is nothing to look for (the caller answers 404). */
 int fm_records_retry_file(fm_req_t *r, const char *file_id, int *checked, fm_records_next_fn next);
+/** Starts the thread's flusher (every event-loop thread runs one; they share the backlog through Redis). */
 records_flusher_t *fm_records_flusher_start(fm_thread_t *thread);
 /** After the thread's pools were destroyed. */
 void fm_records_flusher_stop(records_flusher_t *f);

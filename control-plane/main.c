@@ -86,7 +86,7 @@ static int thread_init(fm_thread_t *thread)
         h2o_evloop_run(thread->loop, 10);
     if (thread->index == 0 && (ct->reconcile = fm_reconcile_start(thread)) == NULL)
         return -1;
-    if (thread->index == 0 && cfg->record_flush_ms > 0 && (ct->records = fm_records_flusher_start(thread)) == NULL)
+    if (cfg->record_flush_ms > 0 && (ct->records = fm_records_flusher_start(thread)) == NULL)
         return -1;
     return 0;
 }

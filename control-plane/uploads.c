@@ -351,9 +351,15 @@ static void on_multipart_created(void *data)
     record_upload(r, s);
 }
 
-static void on_record_stored(fm_req_t *r)
+static void on_record_stored(fm_req_t *r, fm_record_outcome_t outcome)
 {
-    upload_answer_created(r, r->state);
+    if (outcome != FM_RECORD_FULL) {
+        upload_answer_created(r, r->state);
+        return;
+    }
+    /* The backlog of records only in Redis is at its bound: this one goes to PostgreSQL before the answer. */
+    if (fm_records_through(r))
+        record_upload(r, r->state);
 }
 
 fm_record_t upload_record(const upload_state_t *s)
@@ -371,12 +377,18 @@ fm_record_t upload_record(const upload_state_t *s)
     };
 }
 
-/* A single PUT outside any folder: the record is written behind (records.c), nothing waits for PostgreSQL. */
+/* A single PUT outside any folder: the record is written behind (records.c), nothing waits for PostgreSQL, unless
+ * the backlog is at its bound. */
 static void record_upload_behind(fm_req_t *r, upload_state_t *s)
 {
     upload_new_id(s->file_id);
     fm_record_t rec = upload_record(s);
     fm_records_put(r, &rec, on_record_stored);
+}
+
+void upload_record_through(fm_req_t *r, upload_state_t *s)
+{
+    record_upload(r, s);
 }
 
 void upload_start(fm_req_t *r, upload_state_t *s)

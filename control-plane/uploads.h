@@ -55,6 +55,10 @@ void upload_new_id(char out[37]);
 /** The write-behind record of the single-PUT upload in `s` (ids and key set; pointers into s). */
 fm_record_t upload_record(const upload_state_t *s);
 
+/** Records the single-PUT upload in `s` (upload id and key set) in PostgreSQL before answering 201: the backlog of
+ *  records written behind was at its bound (records.c). */
+void upload_record_through(fm_req_t *r, upload_state_t *s);
+
 /** The 201 answer of a new upload (or Uppy's shape), presigned URLs included. */
 void upload_answer_created(fm_req_t *r, upload_state_t *s);
 

@@ -4,8 +4,9 @@
  *
  * authorize (bearer token; viewers cannot upload) → parse (the body, upload_validate) → act: the common case, a
  * single PUT outside any folder with records written behind, is one Redis script (records.c's probe: the owner's
- * dedupe index asked and the record stored together); otherwise the index is asked first (HMGET) and PostgreSQL
- * decides whenever the index is missing, names the hash with another size, or a folder must be checked.
+ * dedupe index asked and the record stored together, or not stored when the backlog is at its bound: then the
+ * record is written through to PostgreSQL); otherwise the index is asked first (HMGET) and PostgreSQL decides
+ * whenever the index is missing, names the hash with another size, or a folder must be checked.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,9 +42,16 @@ static void on_dedupe_inserted(PGresult *res, const char *errstr, void *data)
     fm_reply_json(r, 200, body);
 }
 
-static void on_dedupe_stored(fm_req_t *r)
+static void try_dedupe(fm_req_t *r, upload_state_t *s);
+
+static void on_dedupe_stored(fm_req_t *r, fm_record_outcome_t outcome)
 {
     upload_state_t *s = r->state;
+    if (outcome == FM_RECORD_FULL_DEDUPE) { /* the backlog is at its bound: PostgreSQL decides now, as below */
+        if (fm_records_through(r))
+            try_dedupe(r, s);
+        return;
+    }
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "file_id", s->file_id);
     cJSON_AddBoolToObject(body, "deduplicated", 1);
@@ -182,7 +190,12 @@ static void on_probed(fm_req_t *r, fm_record_outcome_t outcome)
         upload_answer_created(r, s);
         break;
     case FM_RECORD_DEDUPE:
-        on_dedupe_stored(r);
+    case FM_RECORD_FULL_DEDUPE:
+        on_dedupe_stored(r, outcome);
+        break;
+    case FM_RECORD_FULL: /* the backlog is at its bound: the upload's rows go to PostgreSQL before the answer */
+        if (fm_records_through(r))
+            upload_record_through(r, s);
         break;
     case FM_RECORD_OTHER_SIZE: /* PostgreSQL decides, as above; nothing was stored */
         try_dedupe(r, s);

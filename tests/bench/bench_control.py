@@ -436,9 +436,11 @@ def check_rows_written(kind, before, after, answered):
 
 
 def records_pending(stack_env):
-    """How many written-behind records wait in Redis (control-plane/records.c's fm:rec:pending), or None."""
-    p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(stack_env["FM_REDIS_PORT"]), "ZCARD",
-                        "fm:rec:pending"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=10)
+    """How many written-behind records wait in Redis (control-plane/records.c's backlog: fm:rec:pending, and
+    fm:rec:flushing for the batches on their way), or None."""
+    p = subprocess.run(["redis-cli", "-h", "127.0.0.1", "-p", str(stack_env["FM_REDIS_PORT"]), "EVAL",
+                        "return redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])", "2", "fm:rec:pending",
+                        "fm:rec:flushing"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, timeout=10)
     return int(p.stdout.strip()) if p.returncode == 0 and p.stdout.strip().isdigit() else None
 
 

@@ -1,8 +1,9 @@
 """New file records written behind (control-plane/records.c, docs/decisions.md "Uploads: records written behind").
 
-POST /v1/uploads (single PUT) and a dedupe hit store their rows in Redis and answer; a flusher moves them into
+POST /v1/uploads (single PUT) and a dedupe hit store their rows in Redis and answer; flushers move them into
 PostgreSQL in batches. Whatever needs a row first (complete, parts, abort, events, GET /v1/files) brings that one
-record in itself. Tested against the real Redis and PostgreSQL of the stack:
+record in itself. The bound of the backlog (written through or 503 past it) is test_record_backlog.py's. Tested
+against the real Redis and PostgreSQL of the stack:
   - the flusher writes the rows and cleans Redis up;
   - an instance whose flusher waits a minute still completes, aborts, takes events and answers reads for records
     that exist only in Redis;
@@ -58,7 +59,8 @@ def test_flusher_writes_the_rows_and_cleans_redis(fm):
     # Once in PostgreSQL the record leaves Redis (the flusher drops it after its batch committed).
     assert wait_for(lambda: fm.redis("EXISTS", f"fm:rec:{{{a['upload_id']}}}") == 0 and
              fm.redis("EXISTS", f"fm:recf:{{{a['file_id']}}}") == 0 and
-             fm.redis("ZSCORE", "fm:rec:pending", a["upload_id"]) is None, timeout=10)
+             all(fm.redis("ZSCORE", k, a["upload_id"]) is None for k in ("fm:rec:pending", "fm:rec:flushing",
+                                                                           "fm:rec:lease")), timeout=10)
     # The upload goes on as any other.
     assert fm.put(a, data).status_code == 200
     assert fm.complete(user, a["upload_id"]).json()["status"] == "UPLOADED"
@@ -142,7 +144,8 @@ def test_write_through_when_flush_is_off(controls, stack):
 
 
 def test_records_survive_a_postgresql_restart(stack, fm):
-    """Uploads are taken while PostgreSQL is away (only Redis is on the path) and reach it once it is back."""
+    """Uploads are taken while PostgreSQL is away (only Redis is on the path, within the backlog's bound: 1 s of
+    records by default) and reach it once it is back."""
     user = fm.user("pgdown")  # logged in before: the session is cached in Redis
     fm.start(user, random_bytes(5))  # and the user's dedupe index is built (from PostgreSQL) by a first upload
     fm.psql.close()
