@@ -22,10 +22,21 @@
  * Longest cache key: an object key, or for a rendered variant the object key, FM_EDGE_VARIANT_SEP and the
  * normalised parameters ("w=256&h=0&fit=inside&format=webp&q=80").
  */
-#define FM_EDGE_CACHE_KEY_MAX (FM_EDGE_KEY_MAX + 128)
+#define FM_EDGE_CACHE_KEY_MAX (FM_EDGE_KEY_MAX + 192)
 /** Separates an object key from its variant parameters in a cache key: a control byte, which no object key served
  * by the edge can hold (serve.c refuses them), so "key + SEP" is a prefix of exactly that key's variants. */
 #define FM_EDGE_VARIANT_SEP '\x1f'
+/**
+ * The cache partition of a file: an object served for file F is cached under "key" FM_EDGE_VARIANT_SEP "f=F" (its
+ * variants under that, SEP, parameters), so one file's downloads never find bytes another file's filled: a cache hit
+ * must not tell that someone else downloaded the same content (docs/downloads.md "Revocation"). Purges of the key
+ * still reach every partition (they take the key's SEP-prefixed entries).
+ */
+#define FM_EDGE_PARTITION "f="
+
+/** The object key of a cache key (what the origin is asked for): the cache key up to its first separator. */
+void fm_edge_object_key(const char *cache_key, char *out, size_t size);
+
 /** Cache file stem: hex SHA-256 of the key. */
 #define FM_EDGE_HEX_LEN 64
 
@@ -359,6 +370,8 @@ typedef struct fm_edge_target {
     size_t key_len;
     char file_id[37];  /* the `file` the URL was issued for (lowercase UUID), "" when it names none */
     char share_id[37]; /* the `share` it came through, or "" */
+    char cache_key[FM_EDGE_CACHE_KEY_MAX + 1]; /* key, SEP, "f=" file_id: the file's partition of the cache */
+    size_t cache_key_len;
     int is_variant; /* variant holds w/h/fit/format/q */
     fm_edge_variant_t variant;
 } fm_edge_target_t;

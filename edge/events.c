@@ -24,6 +24,7 @@
 
 typedef struct {
     char key[FM_EDGE_KEY_MAX + 1];
+    char file[37]; /* the file the URL was for (its cache partition), "" when none */
     char variant[128];
     char outcome[16];
     char ip[64];
@@ -98,9 +99,10 @@ static void flush(events_t *ev)
         snprintf(status, sizeof(status), "%d", e->status);
         snprintf(bytes, sizeof(bytes), "%llu", (unsigned long long)e->bytes);
         snprintf(time_ms, sizeof(time_ms), "%lld", e->time_ms);
-        const char *argv[] = {"XADD",  stream,    "MAXLEN",   "~",     STREAM_MAXLEN, "*",      "key",
-                              e->key,  "variant", e->variant, "cache", e->outcome,    "status", status,
-                              "bytes", bytes,     "ip",       e->ip,   "t",           time_ms};
+        const char *argv[] = {"XADD",    stream,     "MAXLEN", "~",       STREAM_MAXLEN, "*",     "key",
+                              e->key,    "file",     e->file,  "variant", e->variant,    "cache", e->outcome,
+                              "status",  status,     "bytes",  bytes,     "ip",          e->ip,   "t",
+                              time_ms};
         if (fm_redis_commandargv(ev->redis, on_xadd, ev, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL) == 0)
             ev->pending++;
         else
@@ -127,6 +129,14 @@ void fm_edge_event(const char *cache_key, const char *outcome, int status, uint6
     const char *sep = strchr(cache_key, FM_EDGE_VARIANT_SEP);
     size_t key_len = sep != NULL ? (size_t)(sep - cache_key) : strlen(cache_key);
     copy_field(e->key, sizeof(e->key), cache_key, key_len);
+    /* "key" SEP "f=" file [SEP variant parameters] (edge.h FM_EDGE_PARTITION) */
+    const size_t partition_len = sizeof(FM_EDGE_PARTITION) - 1;
+    e->file[0] = '\0';
+    if (sep != NULL && strncmp(sep + 1, FM_EDGE_PARTITION, partition_len) == 0) {
+        const char *file = sep + 1 + partition_len, *after = strchr(file, FM_EDGE_VARIANT_SEP);
+        copy_field(e->file, sizeof(e->file), file, after != NULL ? (size_t)(after - file) : strlen(file));
+        sep = after;
+    }
     copy_field(e->variant, sizeof(e->variant), sep != NULL ? sep + 1 : "", sep != NULL ? strlen(sep + 1) : 0);
     copy_field(e->outcome, sizeof(e->outcome), outcome, strlen(outcome));
     copy_field(e->ip, sizeof(e->ip), ip, strlen(ip));

@@ -140,7 +140,9 @@ static void chunk_work(void *data)
         fm_error("edge: S3 client: %s", err);
         snprintf(chunk->code, sizeof(chunk->code), "NoClient");
     } else if ((chunk->data = malloc(chunk->length)) != NULL) {
-        rc = fm_s3_get_object_range(s3, relay->meta.key, chunk->offset, chunk->offset + chunk->length - 1,
+        char object_key[FM_EDGE_KEY_MAX + 1];
+        fm_edge_object_key(relay->meta.key, object_key, sizeof(object_key)); /* meta.key is a cache key */
+        rc = fm_s3_get_object_range(s3, object_key, chunk->offset, chunk->offset + chunk->length - 1,
                                     relay->meta.etag, write_chunk, chunk, &res);
         snprintf(chunk->code, sizeof(chunk->code), "%s", res.code);
     }
@@ -323,7 +325,7 @@ void fm_edge_passthrough(fm_req_t *r, const fm_edge_meta_t *meta)
 
 typedef struct {
     fm_req_t *r;
-    char key[FM_EDGE_KEY_MAX + 1];
+    char key[FM_EDGE_CACHE_KEY_MAX + 1]; /* a cache key: the object key, and the file's partition */
     char hex[FM_EDGE_HEX_LEN + 1];
     fm_edge_fill_cb cb;
     int rc;
@@ -343,7 +345,9 @@ static void head_work(void *data)
         snprintf(job->res.code, sizeof(job->res.code), "NoClient");
         return;
     }
-    job->rc = fm_s3_head_object(s3, job->key, &job->res);
+    char object_key[FM_EDGE_KEY_MAX + 1];
+    fm_edge_object_key(job->key, object_key, sizeof(object_key)); /* job->key is a cache key */
+    job->rc = fm_s3_head_object(s3, object_key, &job->res);
     fm_metrics_counter_add("fm_edge_origin_heads_total", NULL, 1);
 }
 

@@ -605,7 +605,9 @@ static int fetch_original(fill_t *fill, const char *tmp_path, fm_edge_fill_resul
     sink.read_fd = open(tmp_path, O_RDONLY | O_CLOEXEC); /* -1: no streaming, the waiters get the published file */
 
     fm_s3_result_t res;
-    int rc = fm_s3_get_object_announced(s3, fill->key, on_origin_headers, write_to_file, &sink, &res);
+    char object_key[FM_EDGE_KEY_MAX + 1];
+    fm_edge_object_key(fill->key, object_key, sizeof(object_key)); /* fill->key is a cache key (a file's partition) */
+    int rc = fm_s3_get_object_announced(s3, object_key, on_origin_headers, write_to_file, &sink, &res);
     if (sink.read_fd != -1) /* never announced (an error answer, no Content-Length) */
         close(sink.read_fd);
     time_t stored_at = sink.stored_at;

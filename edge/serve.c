@@ -323,6 +323,10 @@ int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t)
         memcpy(ids[i].out, id.base, 36);
         ids[i].out[36] = '\0';
     }
+    t->cache_key_len = (size_t)snprintf(t->cache_key, sizeof(t->cache_key), "%s", t->key);
+    if (t->file_id[0] != '\0')
+        t->cache_key_len = (size_t)snprintf(t->cache_key, sizeof(t->cache_key), "%s%c" FM_EDGE_PARTITION "%s", t->key,
+                                            FM_EDGE_VARIANT_SEP, t->file_id);
     char variant_reason[160];
     t->is_variant = fm_edge_variant_parse(request_query(r), fm_req_header(r, "accept"), &t->variant, variant_reason,
                                           sizeof(variant_reason));
@@ -336,13 +340,15 @@ int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t)
 
 void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t)
 {
+    /* everything below works on the file's partition of the cache (FM_EDGE_PARTITION); the origin is asked for the
+     * object key it starts with */
     if (t->is_variant) {
-        serve_variant(r, t->key, t->key_len, &t->variant);
+        serve_variant(r, t->cache_key, t->cache_key_len, &t->variant);
         return;
     }
     /* a hit is served at once; a miss joins the (coalesced) origin fill, streamed when it can be */
     char hex[FM_EDGE_HEX_LEN + 1];
-    fm_edge_cache_name(t->key, t->key_len, hex);
+    fm_edge_cache_name(t->cache_key, t->cache_key_len, hex);
     fm_edge_meta_t meta;
     fm_edge_blob_t *blob;
     int fd;
@@ -351,8 +357,15 @@ void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t)
         fm_edge_serve_hit(r, fd, blob, &meta, "hit");
         return;
     }
-    if (fm_edge_origin_miss(r, t->key, hex, on_filled, can_stream(r) ? on_stream_headers : NULL) != 0)
+    if (fm_edge_origin_miss(r, t->cache_key, hex, on_filled, can_stream(r) ? on_stream_headers : NULL) != 0)
         fm_reply_unavailable(r, "the edge's origin queue");
+}
+
+void fm_edge_object_key(const char *cache_key, char *out, size_t size)
+{
+    const char *sep = strchr(cache_key, FM_EDGE_VARIANT_SEP);
+    size_t len = sep != NULL ? (size_t)(sep - cache_key) : strlen(cache_key);
+    snprintf(out, size, "%.*s", (int)len, cache_key);
 }
 
 static void on_revocation_checked(fm_req_t *r, fm_edge_revoke_t verdict)

@@ -23,6 +23,8 @@ import time
 import urllib.parse
 import uuid
 
+from pathlib import Path
+
 import pytest
 import requests
 from botocore.signers import CloudFrontSigner
@@ -504,8 +506,20 @@ def proxied_edge(edges, origin_proxy):
 
 
 def cached(edge, key):
-    """Whether the object is published in the edge's cache (its data file exists)."""
-    return (edge.cache_dir / (hashlib.sha256(key.encode()).hexdigest() + ".data")).exists()
+    """Whether the edge's disk cache holds the object `key` itself (not a variant), in any file's partition: a data
+    file whose sidecar (edge/cache.c, FM_EDGE_CACHE_DIR/<sha256(cache key)>.meta) names the key, or the key then the
+    partition separator and "f=" (edge.h FM_EDGE_PARTITION)."""
+    names = (f"key={key}\n".encode(), f"key={key}\x1ff=".encode())
+    for meta in Path(edge.cache_dir).glob("*.meta"):
+        try:
+            text = meta.read_bytes()
+        except FileNotFoundError:  # evicted or purged meanwhile
+            continue
+        line = next((ln for ln in text.split(b"\n") if ln.startswith(b"key=")), b"") + b"\n"
+        if (line == names[0] or (line.startswith(names[1]) and line.count(b"\x1f") == 1)) and \
+                meta.with_suffix(".data").exists():
+            return True
+    return False
 
 
 def read_rest(response):

@@ -9,11 +9,9 @@ both edges (FM_EDGE_PURGE_URLS); the second one is stopped and started again by 
 
     FM_BUILD_DIR=build /usr/bin/python3 -m pytest -q tests/integration/test_file_delete.py
 """
-import hashlib
 import json
 import subprocess
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
@@ -21,7 +19,7 @@ import requests
 from helpers_fm import assert_error, assert_unauthorized, redis_cmd, redis_url, wait_for
 from helpers_uploads import EVENTS_SECRET, dedicated, random_bytes, sha256_hex
 from test_download import DownloadFm, KeyPair
-from test_edge import metric
+from test_edge import cached, metric
 from test_worker import WorkerFm, image_bytes, upload
 
 DELETE_REDIS_DB = 15
@@ -91,9 +89,6 @@ def octet_bytes(n):
             return data
 
 
-def cached(edge, key):
-    """Whether the edge's disk cache holds `key` (edge/cache.c: FM_EDGE_CACHE_DIR/<sha256(key)>.data)."""
-    return (Path(edge.cache_dir) / (hashlib.sha256(key.encode()).hexdigest() + ".data")).exists()
 
 
 def fill(edge, signed_url, main_edge, key):

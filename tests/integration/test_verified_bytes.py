@@ -268,6 +268,23 @@ def test_download_urls_reveal_no_other_owner(fm, alice, bob, worker, edge):
     assert a_start["upload_id"] not in str(body) and a_file not in str(body)
 
 
+def test_a_first_download_is_a_miss_whatever_others_downloaded(fm, alice, bob, worker, edge):
+    """No timing tells who else holds the bytes: fm-edge caches per file (edge.h FM_EDGE_PARTITION), so Bob's first
+    download of his copy fetches from the origin like anyone's first download, though Alice's copy of the same blob
+    is hot in the cache. His second is a hit from his own partition."""
+    data = octet_bytes(3500)
+    _, a_file = fm.ready(alice, data)
+    _, b_file = fm.ready(bob, data)
+    a_url = fm.url(alice, a_file)
+    assert served(a_url) == data and served(a_url) == data  # Alice's copy: a miss, then a hit
+    misses, hits = metric(edge, "fm_edge_misses_total"), metric(edge, "fm_edge_hits_total")
+    b_url = fm.url(bob, b_file)
+    assert served(b_url) == data
+    assert (metric(edge, "fm_edge_misses_total"), metric(edge, "fm_edge_hits_total")) == (misses + 1, hits)
+    assert served(b_url) == data
+    assert metric(edge, "fm_edge_hits_total") == hits + 1
+
+
 # ---- finding 11: revocation is per file, at once ---------------------------------------------------------------
 
 
