@@ -117,7 +117,10 @@ def crowd(dur):
     user = dur.user("abandoner")
     insert_abandoned(dur, user, ABANDONED)
     yield user
-    dur.sql(f"DELETE FROM files WHERE owner_id = '{user.id}'")  # its uploads go with them (ON DELETE CASCADE)
+    # Removed without the foreign keys' triggers (nothing else refers to these rows: no jobs, shares or grants), so
+    # that the clean-up is as quick on a schema without 009's indexes, where each cascade would scan a table.
+    dur.sql(f"BEGIN; SET LOCAL session_replication_role = replica; "
+            f"DELETE FROM uploads WHERE owner_id = '{user.id}'; DELETE FROM files WHERE owner_id = '{user.id}'; COMMIT")
 
 
 # --- the uploads that arrived, among many that never will ------------------------------------------------------------
