@@ -392,6 +392,7 @@ static void on_marked(PGresult *res, const char *errstr, void *data)
         stage_next(in);
         return;
     }
+    int found = 0;
     for (int row = 0; row < PQntuples(res); ++row) {
         const char *upload_id = PQgetvalue(res, row, 0), *outcome = PQgetvalue(res, row, 1);
         item_t *it = item_of_upload(in, upload_id);
@@ -404,6 +405,7 @@ static void on_marked(PGresult *res, const char *errstr, void *data)
             fm_info("reconcile: upload %s: uploaded (its object was found without complete or event)", upload_id);
             fm_metrics_counter_add("fm_reconcile_uploads_found_total", NULL, 1);
             it->todo = TODO_ENQUEUE;
+            found++;
         } else if (strcmp(outcome, "size_mismatch") == 0) {
             fm_info("reconcile: upload %s: size_mismatch (%lld bytes found): failed, its object goes", upload_id,
                     it->head_size);
@@ -416,6 +418,11 @@ static void on_marked(PGresult *res, const char *errstr, void *data)
     for (size_t i = 0; i < in->count; ++i)
         if (in->items[i].todo == TODO_MARK)
             in->items[i].todo = TODO_NONE;
+    if (found > 0) /* nothing is lost, but the event path is not working: say where to look */
+        fm_warn("reconcile: %d upload(s) found whose S3 event never came: if this goes on while uploads arrive, the "
+                "bucket's notification is not delivering (with a persistent topic on Ceph RGW 16, its queue may be "
+                "stuck until radosgw restarts: docs/decisions.md \"Local stack\")",
+                found);
     in->stage++;
     stage_next(in);
 }

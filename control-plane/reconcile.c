@@ -1,7 +1,7 @@
 /*
  * The reconciler (DESIGN.md §4: "missing the event never loses an upload"; §6 rule 3: no object a client PUT with
- * our URL is ever lost). Every FM_RECONCILE_INTERVAL_S, on one event-loop thread of one instance (a Redis lock with
- * that TTL), it:
+ * our URL is ever lost). Every FM_RECONCILE_INTERVAL_S, on one event-loop thread of one instance (a Redis lock that
+ * lives a little less than that), it:
  *   1. puts on the stream the jobs whose XADD failed (enqueued_at NULL), and makes sure the consumer group exists;
  *   2. goes over what exists under incoming/ (incoming.c): lists it in pages of 1,000 keys from a cursor kept in
  *      Redis and matches the keys to uploads. An object whose upload is still PENDING (neither `complete` nor the
@@ -445,10 +445,15 @@ static void on_tick(h2o_timeout_entry_t *entry)
     if (rc->running || rc->thread->shutting_down)
         return;
     rc->running = 1;
+    /* The lock lives a little less than an interval: with exactly one, this instance's next tick could come a
+     * moment before it expired (the lock is set a round trip after the tick) and lose that round, making the period
+     * two intervals. */
+    long long interval_ms = (long long)fm_control->config.reconcile_interval_s * 1000;
+    long long margin_ms = interval_ms / 10 < 500 ? interval_ms / 10 : 500;
     char ttl[24], owner[32];
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)fm_control->config.reconcile_interval_s);
+    snprintf(ttl, sizeof(ttl), "%lld", interval_ms - margin_ms);
     snprintf(owner, sizeof(owner), "%ld", (long)getpid());
-    const char *argv[] = {"SET", "fm:lock:reconcile", owner, "NX", "EX", ttl};
+    const char *argv[] = {"SET", "fm:lock:reconcile", owner, "NX", "PX", ttl};
     fm_redis_commandargv(ct(rc)->redis, on_lock, rc, 6, argv, NULL);
 }
 
