@@ -78,9 +78,7 @@ static void on_object_deleted(void *data)
 
 /* ---- the upload's new state ---------------------------------------------------------------------------------- */
 
-static void ignore_reply(redisReply *reply, const char *errstr, void *data)
-{
-}
+static void ignore_reply(redisReply *reply, const char *errstr, void *data) {}
 
 static void on_job_enqueued(fm_req_t *r, void *arg)
 {
@@ -109,8 +107,8 @@ static void on_observed(PGresult *res, const char *errstr, void *data)
         fm_redis_command(fm_control_thread(r)->redis, ignore_reply, NULL, "DEL fm:file:{%s}", s->file_id);
     if (strcmp(outcome, "uploaded") == 0) {
         s->enqueued++;
-        fm_job_ref_t job = {.job_id = s->job_id, .type = "process_upload", .file_id = s->file_id,
-                            .upload_id = s->upload_id};
+        fm_job_ref_t job = {
+            .job_id = s->job_id, .type = "process_upload", .file_id = s->file_id, .upload_id = s->upload_id};
         fm_jobs_enqueue(r, &job, on_job_enqueued, NULL); /* an XADD that fails is the reconciler's (step 1) */
         return;
     }
@@ -268,9 +266,9 @@ void handle_events_s3(fm_req_t *r)
         h2o_fatal("out of memory");
     h2o_iovec_t body = r->req->entity;
     char err[160];
-    int parsed = body.base == NULL ? -1
-                                   : fm_s3event_parse(body.base, body.len, s->records, MAX_RECORDS, &s->count, err,
-                                                      sizeof(err));
+    int parsed = body.base == NULL
+                     ? -1
+                     : fm_s3event_parse(body.base, body.len, s->records, MAX_RECORDS, &s->count, err, sizeof(err));
     if (parsed < 0) {
         fm_reply_error(r, 400, "invalid_event", "not an S3 event notification: %s", body.base ? err : "empty body");
         return;

@@ -16,10 +16,10 @@
  *   5. deletes the rows of files trashed (file_delete.c) longer than FM_TRASH_RETENTION_S, except while an upload
  *      of theirs still needs steps 3 or 4, and puts on the stream a cleanup_blob job for each blob left without any
  *      file (schema/006_trash.sql fm_trash_purge; the worker deletes the object, its variants and the edges' copies).
- * Each step's work per round is bounded (BATCH rows; step 2: 10 pages; step 3: 5 x 2,000 rows), so one round stays short
- * whatever the backlog. Besides, at start and with each round, it rebuilds the Redis set fm:public (file_update.c)
- * from PostgreSQL when the set is missing (Redis restarted without persistence, or flushed): until then fm-edge
- * answers /p/ with 404.
+ * Each step's work per round is bounded (BATCH rows; step 2: 10 pages; step 3: 5 x 2,000 rows), so one round stays
+ * short whatever the backlog. Besides, at start and with each round, it rebuilds the Redis set fm:public
+ * (file_update.c) from PostgreSQL when the set is missing (Redis restarted without persistence, or flushed): until
+ * then fm-edge answers /p/ with 404.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -207,9 +207,9 @@ static void sweep_work(void *data)
     row_t *row = &rc->rows[rc->next_row - 1];
     fm_s3_t *s3 = fm_offload_s3();
     fm_s3_result_t res;
-    row->done_ok = s3 != NULL && (row->s3_upload_id[0] == '\0' ||
-                                  fm_s3_abort_multipart(s3, row->key, row->s3_upload_id, &res) == 0 ||
-                                  strcmp(res.code, "NoSuchUpload") == 0);
+    row->done_ok = s3 != NULL &&
+                   (row->s3_upload_id[0] == '\0' || fm_s3_abort_multipart(s3, row->key, row->s3_upload_id, &res) == 0 ||
+                    strcmp(res.code, "NoSuchUpload") == 0);
 }
 
 static void on_swept(void *data)

@@ -1,7 +1,7 @@
 /*
- * What the reconciler's two files share: reconcile.c (the round: steps 1 and 3 to 5, and fm:public) and incoming.c
- * (step 2, the pass over what exists under incoming/). Private to them; control.h holds the reconciler's face to the
- * rest of fm-control. Everything here lives on the reconciler's event-loop thread (thread 0).
+ * What the reconciler's files share: reconcile.c (the round: steps 1 and 3 to 5, and fm:public) and incoming.c +
+ * incoming_settle.c (step 2, the pass over what exists under incoming/). Private to them; control.h holds the
+ * reconciler's face to the rest of fm-control. Everything here lives on the reconciler's event-loop thread (thread 0).
  */
 #ifndef FM_RECONCILE_INTERNAL_H
 #define FM_RECONCILE_INTERNAL_H
