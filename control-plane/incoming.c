@@ -82,7 +82,7 @@ static void foreign_key(incoming_t *in, const char *key)
             in->foreign_count == FOREIGN_SEEN ? " (further such keys are not logged)" : "");
 }
 
-/* ---- the end of a page, of a round, of a cycle ----------------------------------------------------------------- */
+/* ---- the end of a page, of a round, of a cycle ------------------------------------------------------------------- */
 
 static void save_state(incoming_t *in)
 {
@@ -126,8 +126,7 @@ static void page_done(incoming_t *in)
         fm_reconcile_step_next(in->rc);
 }
 
-/* ---- the stages of a page ------------------------------------------------------------------------------------------
- */
+/* ---- the stages of a page ---------------------------------------------------------------------------------------- */
 
 void fm_incoming_stage_next(incoming_t *in)
 {
@@ -177,8 +176,7 @@ void fm_incoming_stage_next(incoming_t *in)
     }
 }
 
-/* ---- a page: listed, then classified ------------------------------------------------------------------------------
- */
+/* ---- a page: listed, then classified ----------------------------------------------------------------------------- */
 
 static void on_classified(PGresult *res, const char *errstr, void *data)
 {

@@ -104,8 +104,7 @@ static inline long long fm_incoming_now(void)
     return (long long)time(NULL);
 }
 
-/* ---- array parameters for PostgreSQL ------------------------------------------------------------------------------
- */
+/* ---- array parameters for PostgreSQL ----------------------------------------------------------------------------- */
 
 static inline void param_reset(incoming_t *in)
 {

@@ -12,7 +12,7 @@
 #include "log.h"
 #include "metrics.h"
 
-/* ---- deleting what nobody may keep --------------------------------------------------------------------------- */
+/* ---- deleting what nobody may keep ------------------------------------------------------------------------------- */
 
 static void delete_work(void *data)
 {
@@ -84,7 +84,7 @@ int fm_incoming_delete_some(incoming_t *in)
     return 1;
 }
 
-/* ---- the jobs of the uploads found ------------------------------------------------------------------------------ */
+/* ---- the jobs of the uploads found ------------------------------------------------------------------------------- */
 
 static void on_enqueued_recorded(PGresult *res, const char *errstr, void *data)
 {
@@ -147,7 +147,7 @@ void fm_incoming_enqueue_jobs(incoming_t *in)
     enqueue_done(in);
 }
 
-/* ---- marking the uploads found ---------------------------------------------------------------------------------- */
+/* ---- marking the uploads found ----------------------------------------------------------------------------------- */
 
 static item_t *item_of_upload(incoming_t *in, const char *upload_id)
 {
@@ -236,8 +236,7 @@ void fm_incoming_mark_found(incoming_t *in)
     free(sizes);
 }
 
-/* ---- HEAD of the objects of PENDING uploads, newest first ----------------------------------------------------------
- */
+/* ---- HEAD of the objects of PENDING uploads, newest first -------------------------------------------------------- */
 
 static void head_work(void *data)
 {
@@ -301,8 +300,7 @@ void fm_incoming_head_some(incoming_t *in)
         fm_reconcile_round_end(in->rc);
 }
 
-/* ---- orphans: no record in Redis, then none in PostgreSQL -----------------------------------------------------------
- */
+/* ---- orphans: no record in Redis, then none in PostgreSQL -------------------------------------------------------- */
 
 static void on_orphans_confirmed(PGresult *res, const char *errstr, void *data)
 {
@@ -342,8 +340,7 @@ void fm_incoming_confirm_orphans(incoming_t *in)
                 1, params);
 }
 
-/* ---- records still only in Redis ----------------------------------------------------------------------------------
- */
+/* ---- records still only in Redis --------------------------------------------------------------------------------- */
 
 static void records_done(incoming_t *in)
 {
