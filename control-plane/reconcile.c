@@ -1,22 +1,24 @@
 /*
- * The reconciler (DESIGN.md §4: "missing the event never loses an upload"). Every FM_RECONCILE_INTERVAL_S, on one
- * event-loop thread of one instance (a Redis lock with that TTL), it:
+ * The reconciler (DESIGN.md §4: "missing the event never loses an upload"; §6 rule 3: no object a client PUT with
+ * our URL is ever lost). Every FM_RECONCILE_INTERVAL_S, on one event-loop thread of one instance (a Redis lock that
+ * lives a little less than that), it:
  *   1. puts on the stream the jobs whose XADD failed (enqueued_at NULL), and makes sure the consumer group exists;
- *   2. HEADs the objects of single-PUT uploads still PENDING a while after they started (the client neither called
- *      `complete` nor was the event delivered): an object of the right size makes the upload UPLOADED and its job;
- *      each upload is looked at again only every 10 intervals;
- *   3. expires uploads older than FM_UPLOAD_EXPIRY_S: the multipart upload is aborted on S3, a stray object deleted,
- *      upload EXPIRED and file FAILED;
- *   4. sweeps the objects of ABORTED and FAILED uploads (a PUT may land after an abort while its URL lives; a size
- *      mismatch found by an event leaves the object), every 10 intervals while their URLs could still be used;
+ *   2. goes over what exists under incoming/ (incoming.c): lists it in pages of 1,000 keys from a cursor kept in
+ *      Redis and matches the keys to uploads. An object whose upload is still PENDING (neither `complete` nor the
+ *      event came) is HEADed and makes the upload UPLOADED with its job; one whose upload is finished is deleted; one
+ *      no record names is an orphan, deleted once old. Its cost follows the objects that exist, never the presigns
+ *      handed out;
+ *   3. expires abandoned uploads: single PUTs in one UPDATE, without an S3 call each, once their URL ran out before
+ *      the start of a listing of step 2 that went through every key (any object PUT with it would have been seen);
+ *      multipart uploads one by one, as their S3 upload must be aborted;
+ *   4. aborts, now and then while their URLs could still be used, the S3 multipart uploads of ABORTED uploads (the
+ *      abort route's S3 call may have failed);
  *   5. deletes the rows of files trashed (file_delete.c) longer than FM_TRASH_RETENTION_S, except while an upload
  *      of theirs still needs steps 3 or 4, and puts on the stream a cleanup_blob job for each blob left without any
- *      file (schema/006_trash.sql fm_trash_purge; the worker deletes the object, its variants and the edges' copies);
- *   6. sweeps objects under incoming/ that no upload record names (orphans.c): Redis lost upload records the flusher
- *      had not written yet, and clients PUT with the URLs they held (issue 3);
- * Each step handles at most BATCH rows per round, so one round stays short whatever the backlog.
- * Besides, at start and with each round, it rebuilds what fm-edge reads from Redis (edge_index.c: the set fm:public and
- * the revocation marks) from PostgreSQL when Redis lost them.
+ *      file (schema/006_trash.sql fm_trash_purge; the worker deletes the object, its variants and the edges' copies).
+ * Each step's work per round is bounded (BATCH rows; step 2: 10 pages; step 3: 5 x 2,000 rows), so one round stays
+ * short whatever the backlog. Besides, at start and with each round, it rebuilds what fm-edge reads from Redis
+ * (edge_index.c: the set fm:public and the revocation marks) from PostgreSQL when Redis lost them.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -28,10 +30,12 @@
 #include "metrics.h"
 #include "reconcile_internal.h"
 
+#define EXPIRE_BATCH 2000   /* single-PUT uploads expired per statement: short, well within FM_PG_TIMEOUT_MS */
+#define EXPIRE_STATEMENTS 5 /* statements per round at most: 10,000 uploads a round */
+
 static void step_start(reconcile_t *rc);
 static void next_row(reconcile_t *rc);
-static void expire_work(void *data);
-static void on_swept(void *data);
+static void expire_multipart(reconcile_t *rc);
 
 void fm_reconcile_round_end(reconcile_t *rc)
 {
@@ -40,8 +44,7 @@ void fm_reconcile_round_end(reconcile_t *rc)
 
 void fm_reconcile_ignore_reply(redisReply *reply, const char *errstr, void *data) {}
 
-/* The cached row of GET /v1/files/{id} (files.c) is stale once the reconciler changed the file. */
-static void forget_file(reconcile_t *rc, const char *file_id)
+void fm_reconcile_forget_file(reconcile_t *rc, const char *file_id)
 {
     if (file_id[0] != '\0')
         fm_redis_command(ct(rc)->redis, fm_reconcile_ignore_reply, NULL, "DEL fm:file:{%s}", file_id);
@@ -49,7 +52,7 @@ static void forget_file(reconcile_t *rc, const char *file_id)
 
 void fm_reconcile_step_next(reconcile_t *rc)
 {
-    if (rc->step == STEP_ORPHANS) {
+    if (rc->step == STEP_TRASH) {
         fm_reconcile_round_end(rc);
         return;
     }
@@ -86,109 +89,88 @@ static void enqueue_row(reconcile_t *rc, row_t *row)
     fm_redis_commandargv(ct(rc)->redis, on_job_xadd, rc, (int)(sizeof(argv) / sizeof(argv[0])), argv, NULL);
 }
 
-/* ---- 2. probing pending single PUTs --------------------------------------------------------------------------- */
-
-static void on_probe_marked(PGresult *res, const char *errstr, void *data)
-{
-    reconcile_t *rc = data;
-    row_t *row = &rc->rows[rc->next_row - 1];
-    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        fm_warn("reconcile: marking %s failed: %s", row->id, res ? PQresultErrorMessage(res) : errstr);
-        next_row(rc);
-        return;
-    }
-    const char *outcome = PQgetvalue(res, 0, 0);
-    fm_info("reconcile: upload %s: %s (its object was found without complete or event)", row->id, outcome);
-    forget_file(rc, PQgetvalue(res, 0, 2));
-    if (strcmp(outcome, "size_mismatch") == 0) { /* FAILED now: the object goes at once */
-        if (fm_offload_run(rc->thread->offload, expire_work, on_swept, rc) == 0)
-            rc->offload_pending = 1;
-        else
-            next_row(rc);
-        return;
-    }
-    if (strcmp(outcome, "uploaded") == 0) {
-        /* the job row exists; reuse step 1's path for the stream entry */
-        memcpy(row->s3_upload_id, row->id, sizeof(row->id)); /* the upload id moves over; id becomes the job id */
-        snprintf(row->id, sizeof(row->id), "%s", PQgetvalue(res, 0, 1));
-        snprintf(row->key, sizeof(row->key), "%s", PQgetvalue(res, 0, 2));
-        snprintf(row->method, sizeof(row->method), "process_upload");
-        enqueue_row(rc, row);
-        return;
-    }
-    next_row(rc);
-}
-
-static void probe_work(void *data)
-{
-    reconcile_t *rc = data;
-    row_t *row = &rc->rows[rc->next_row - 1];
-    fm_s3_t *s3 = fm_offload_s3();
-    fm_s3_result_t res;
-    row->found = s3 != NULL && fm_s3_head_object(s3, row->key, &res) == 0;
-    if (row->found) {
-        row->found_size = res.content_length;
-        size_t len = strlen(res.etag);
-        if (len >= 2 && res.etag[0] == '"')
-            snprintf(row->etag, sizeof(row->etag), "%.*s", (int)(len - 2), res.etag + 1);
-        else
-            snprintf(row->etag, sizeof(row->etag), "%s", res.etag);
-    }
-}
-
-static void on_probed(void *data)
-{
-    reconcile_t *rc = data;
-    rc->offload_pending = 0;
-    row_t *row = &rc->rows[rc->next_row - 1];
-    if (!row->found) {
-        next_row(rc);
-        return;
-    }
-    char size[24];
-    snprintf(size, sizeof(size), "%lld", row->found_size);
-    const char *params[] = {row->id, size, row->etag, fm_control->config.s3_bucket};
-    fm_pg_query(ct(rc)->pg, on_probe_marked, rc,
-                "SELECT outcome, coalesce(job_id::text, ''), coalesce(file_id::text, '') "
-                "FROM fm_upload_mark_uploaded($1::uuid, $2::bigint, $3, 'reconciler', $4)",
-                4, params);
-}
-
 /* ---- 3. expiring abandoned uploads ---------------------------------------------------------------------------- */
 
+static void expire_single_puts(reconcile_t *rc);
+
+static void on_single_puts_expired(PGresult *res, const char *errstr, void *data)
+{
+    reconcile_t *rc = data;
+    int more = 0;
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        fm_warn("reconcile: expiring abandoned uploads failed: %s", res ? PQresultErrorMessage(res) : errstr);
+    } else if (PQntuples(res) > 0) {
+        for (int i = 0; i < PQntuples(res); ++i)
+            fm_reconcile_forget_file(rc, PQgetvalue(res, i, 0));
+        fm_info("reconcile: %d abandoned single-PUT upload(s) expired (no object under incoming/ since their URL ran "
+                "out)",
+                PQntuples(res));
+        more = PQntuples(res) == EXPIRE_BATCH && ++rc->expire_statements < EXPIRE_STATEMENTS;
+    }
+    if (rc->thread->shutting_down) {
+        fm_reconcile_round_end(rc);
+        return;
+    }
+    if (more)
+        expire_single_puts(rc);
+    else
+        expire_multipart(rc);
+}
+
+/* Single PUTs: UPDATEs of EXPIRE_BATCH rows (schema/009_reconcile.sql fm_uploads_expire), only once step 2 has been
+ * through every key since their URL ran out; multipart uploads after them, one by one. */
+static void expire_start(reconcile_t *rc)
+{
+    rc->expire_statements = 0;
+    if (rc->covered <= 0) {
+        expire_multipart(rc);
+        return;
+    }
+    expire_single_puts(rc);
+}
+
+static void expire_single_puts(reconcile_t *rc)
+{
+    char expiry[24], covered[24], limit[16];
+    snprintf(expiry, sizeof(expiry), "%lld", (long long)fm_control->config.upload_expiry_s);
+    snprintf(covered, sizeof(covered), "%lld", rc->covered);
+    snprintf(limit, sizeof(limit), "%d", EXPIRE_BATCH);
+    const char *params[] = {expiry, covered, limit};
+    fm_pg_query(ct(rc)->pg, on_single_puts_expired, rc,
+                "SELECT coalesce(out_file::text, '') FROM fm_uploads_expire($1::integer, to_timestamp($2::bigint), "
+                "$3::integer)",
+                3, params);
+}
+
+/* A multipart upload's S3 upload is aborted before it is recorded EXPIRED. If S3 no longer knows it, it may have been
+ * completed (by a `complete` whose mark failed): an object there is an upload to keep, which step 2 marks. */
 static void expire_work(void *data)
 {
     reconcile_t *rc = data;
     row_t *row = &rc->rows[rc->next_row - 1];
     fm_s3_t *s3 = fm_offload_s3();
     fm_s3_result_t res;
-    if (s3 == NULL) {
-        row->done_ok = 0;
+    row->done_ok = row->kept = 0;
+    if (s3 == NULL)
         return;
+    if (row->s3_upload_id[0] != '\0' && fm_s3_abort_multipart(s3, row->key, row->s3_upload_id, &res) != 0) {
+        if (strcmp(res.code, "NoSuchUpload") != 0)
+            return;
+        if (fm_s3_head_object(s3, row->key, &res) == 0) {
+            row->kept = 1;
+            return;
+        }
+        if (res.status != 404)
+            return;
     }
     row->done_ok = 1;
-    if (strcmp(row->method, "MULTIPART") == 0 && row->s3_upload_id[0] != '\0' &&
-        fm_s3_abort_multipart(s3, row->key, row->s3_upload_id, &res) != 0 && strcmp(res.code, "NoSuchUpload") != 0)
-        row->done_ok = 0;
-    if (fm_s3_delete_object(s3, row->key, &res) != 0 && res.status != 404)
-        row->done_ok = 0;
 }
 
 static void on_expired_recorded(PGresult *res, const char *errstr, void *data)
 {
     reconcile_t *rc = data;
     if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
-        forget_file(rc, PQgetvalue(res, 0, 0));
-    next_row(rc);
-}
-
-static void on_swept(void *data)
-{
-    reconcile_t *rc = data;
-    rc->offload_pending = 0;
-    row_t *row = &rc->rows[rc->next_row - 1];
-    if (!row->done_ok)
-        fm_warn("reconcile: could not clean %s on S3; retried later", row->key);
+        fm_reconcile_forget_file(rc, PQgetvalue(res, 0, 0));
     next_row(rc);
 }
 
@@ -197,8 +179,13 @@ static void on_expired(void *data)
     reconcile_t *rc = data;
     rc->offload_pending = 0;
     row_t *row = &rc->rows[rc->next_row - 1];
+    if (row->kept) {
+        fm_warn("reconcile: multipart upload %s is complete on S3 but still PENDING: kept for step 2", row->id);
+        next_row(rc);
+        return;
+    }
     if (!row->done_ok) {
-        fm_warn("reconcile: could not clean %s on S3; retried next round", row->key);
+        fm_warn("reconcile: could not abort the multipart upload of %s; retried next round", row->key);
         next_row(rc);
         return;
     }
@@ -209,6 +196,29 @@ static void on_expired(void *data)
                 "UPDATE files SET status = 'FAILED', status_reason = 'upload expired', updated_at = now(),"
                 "                 version = version + 1 WHERE id IN (SELECT file_id FROM u) RETURNING id",
                 1, params);
+}
+
+/* ---- 4. the S3 multipart uploads of aborted uploads ------------------------------------------------------------ */
+
+static void sweep_work(void *data)
+{
+    reconcile_t *rc = data;
+    row_t *row = &rc->rows[rc->next_row - 1];
+    fm_s3_t *s3 = fm_offload_s3();
+    fm_s3_result_t res;
+    row->done_ok = s3 != NULL &&
+                   (row->s3_upload_id[0] == '\0' || fm_s3_abort_multipart(s3, row->key, row->s3_upload_id, &res) == 0 ||
+                    strcmp(res.code, "NoSuchUpload") == 0);
+}
+
+static void on_swept(void *data)
+{
+    reconcile_t *rc = data;
+    rc->offload_pending = 0;
+    row_t *row = &rc->rows[rc->next_row - 1];
+    if (!row->done_ok)
+        fm_warn("reconcile: could not abort the multipart upload of %s on S3; retried later", row->key);
+    next_row(rc);
 }
 
 /* ---- 5. files past their time in the trash -------------------------------------------------------------------- */
@@ -226,7 +236,7 @@ static void trash_rows_skip(reconcile_t *rc)
                 files, rc->row_count - files);
     }
     while (rc->next_row < rc->row_count && rc->rows[rc->next_row].id[0] == '\0')
-        forget_file(rc, rc->rows[rc->next_row++].key);
+        fm_reconcile_forget_file(rc, rc->rows[rc->next_row++].key);
 }
 
 /* ---- the round ------------------------------------------------------------------------------------------------ */
@@ -250,16 +260,13 @@ static void next_row(reconcile_t *rc)
     case STEP_TRASH:
         enqueue_row(rc, row);
         return;
-    case STEP_PROBE:
-        queued = fm_offload_run(rc->thread->offload, probe_work, on_probed, rc) == 0;
-        break;
     case STEP_EXPIRE:
         queued = fm_offload_run(rc->thread->offload, expire_work, on_expired, rc) == 0;
         break;
     case STEP_SWEEP:
-        queued = fm_offload_run(rc->thread->offload, expire_work, on_swept, rc) == 0;
+        queued = fm_offload_run(rc->thread->offload, sweep_work, on_swept, rc) == 0;
         break;
-    case STEP_ORPHANS: /* works on its own page (orphans_t), not on rows */
+    case STEP_INCOMING: /* works on its own pages (incoming.c), not on rows */
         break;
     }
     if (queued)
@@ -297,10 +304,9 @@ static void step_start(reconcile_t *rc)
         fm_reconcile_round_end(rc);
         return;
     }
-    char interval[24], recheck[24], expiry[24];
+    char interval[24], recheck[24];
     snprintf(interval, sizeof(interval), "%lld", (long long)cfg->reconcile_interval_s);
     snprintf(recheck, sizeof(recheck), "%lld", (long long)cfg->reconcile_interval_s * 10);
-    snprintf(expiry, sizeof(expiry), "%lld", (long long)cfg->upload_expiry_s);
     switch (rc->step) {
     case STEP_JOBS: {
         const char *params[] = {interval};
@@ -311,30 +317,23 @@ static void step_start(reconcile_t *rc)
                     1, params);
         break;
     }
-    case STEP_PROBE: {
-        const char *params[] = {interval, recheck, expiry};
-        fm_pg_query(ct(rc)->pg, on_rows, rc,
-                    "UPDATE uploads SET checked_at = now() WHERE id IN ("
-                    "  SELECT id FROM uploads WHERE status = 'PENDING' AND method = 'PUT'"
-                    "  AND created_at < now() - make_interval(secs => $1::integer)"
-                    "  AND created_at > now() - make_interval(secs => $3::integer)"
-                    "  AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => $2::integer))"
-                    /* never-looked-at uploads first: a backlog of rechecks must not delay a fresh one */
-                    "  ORDER BY checked_at NULLS FIRST, created_at LIMIT 50 FOR UPDATE SKIP LOCKED) "
-                    "RETURNING id, object_key, method, '', size",
-                    3, params);
+    case STEP_INCOMING:
+        fm_incoming_start(rc);
         break;
-    }
+    case STEP_EXPIRE:
+        expire_start(rc);
+        break;
     case STEP_SWEEP: {
-        /* Aborted and failed (size mismatch) uploads: their object may land or stay after the fact, as long as the
-         * presigned URL lives; delete it (and abort the multipart upload) now and then within that window. */
+        /* Aborted multipart uploads: the abort route records first and then aborts on S3; if that call failed, the
+         * parts stay until aborted here, now and then while the upload's URLs could still be used. (Objects under
+         * incoming/ of finished uploads, single PUTs landing late among them, are step 2's.) */
         char window[24];
         snprintf(window, sizeof(window), "%lld",
                  (long long)cfg->upload_url_ttl_s + (long long)cfg->reconcile_interval_s * 20);
         const char *params[] = {window, recheck};
         fm_pg_query(ct(rc)->pg, on_rows, rc,
                     "UPDATE uploads SET checked_at = now() WHERE id IN ("
-                    "  SELECT id FROM uploads WHERE status IN ('ABORTED', 'FAILED')"
+                    "  SELECT id FROM uploads WHERE status = 'ABORTED' AND method = 'MULTIPART'"
                     "  AND created_at > now() - make_interval(secs => $1::integer)"
                     "  AND (checked_at IS NULL OR checked_at < now() - make_interval(secs => $2::integer))"
                     "  ORDER BY created_at LIMIT 50 FOR UPDATE SKIP LOCKED) "
@@ -356,19 +355,20 @@ static void step_start(reconcile_t *rc)
                     3, params);
         break;
     }
-    case STEP_ORPHANS:
-        fm_orphans_start(rc);
-        break;
-    case STEP_EXPIRE: {
-        const char *params[] = {expiry};
-        fm_pg_query(ct(rc)->pg, on_rows, rc,
-                    "SELECT id, object_key, method, coalesce(s3_upload_id, ''), size FROM uploads "
-                    "WHERE status = 'PENDING' AND created_at < now() - make_interval(secs => $1::integer) "
-                    "ORDER BY created_at LIMIT 50",
-                    1, params);
-        break;
     }
-    }
+}
+
+/* Step 3, after the single PUTs: multipart uploads older than FM_UPLOAD_EXPIRY_S, BATCH a round. */
+static void expire_multipart(reconcile_t *rc)
+{
+    char expiry[24];
+    snprintf(expiry, sizeof(expiry), "%lld", (long long)fm_control->config.upload_expiry_s);
+    const char *params[] = {expiry};
+    fm_pg_query(ct(rc)->pg, on_rows, rc,
+                "SELECT id, object_key, method, coalesce(s3_upload_id, ''), size FROM uploads "
+                "WHERE status = 'PENDING' AND method = 'MULTIPART' "
+                "AND created_at < now() - make_interval(secs => $1::integer) ORDER BY created_at LIMIT 50",
+                1, params);
 }
 
 static void on_lock(redisReply *reply, const char *errstr, void *data)
@@ -391,10 +391,15 @@ static void on_tick(h2o_timeout_entry_t *entry)
     if (rc->running || rc->thread->shutting_down)
         return;
     rc->running = 1;
+    /* The lock lives a little less than an interval: with exactly one, this instance's next tick could come a
+     * moment before it expired (the lock is set a round trip after the tick) and lose that round, making the period
+     * two intervals. */
+    long long interval_ms = (long long)fm_control->config.reconcile_interval_s * 1000;
+    long long margin_ms = interval_ms / 10 < 500 ? interval_ms / 10 : 500;
     char ttl[24], owner[32];
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)fm_control->config.reconcile_interval_s);
+    snprintf(ttl, sizeof(ttl), "%lld", interval_ms - margin_ms);
     snprintf(owner, sizeof(owner), "%ld", (long)getpid());
-    const char *argv[] = {"SET", "fm:lock:reconcile", owner, "NX", "EX", ttl};
+    const char *argv[] = {"SET", "fm:lock:reconcile", owner, "NX", "PX", ttl};
     fm_redis_commandargv(ct(rc)->redis, on_lock, rc, 6, argv, NULL);
 }
 
@@ -404,14 +409,10 @@ reconcile_t *fm_reconcile_start(fm_thread_t *thread)
     if (rc == NULL)
         return NULL;
     rc->thread = thread;
-    if ((rc->orphans = fm_orphans_new(rc)) == NULL) {
+    if ((rc->incoming = fm_incoming_new(rc)) == NULL) {
         free(rc);
         return NULL;
     }
-    fm_metrics_describe("fm_reconcile_orphans_deleted_total", FM_METRIC_COUNTER,
-                        "Objects under incoming/ deleted because no upload record, in Redis or PostgreSQL, names them");
-    fm_metrics_describe("fm_reconcile_orphan_keys_listed_total", FM_METRIC_COUNTER,
-                        "Keys under incoming/ looked at by the orphan sweep");
     h2o_timeout_init(thread->ctx.loop, &rc->interval, (uint64_t)fm_control->config.reconcile_interval_s * 1000);
     rc->entry.cb = on_tick;
     h2o_timeout_link(thread->ctx.loop, &rc->interval, &rc->entry);
@@ -432,7 +433,7 @@ void fm_reconcile_stop(reconcile_t *rc)
     if (rc->offload_pending)
         fm_warn("reconcile: an S3 call is still running at exit");
     else {
-        free(rc->orphans);
+        fm_incoming_free(rc->incoming);
         free(rc);
     }
 }

@@ -18,8 +18,11 @@ Configuration from the environment (each also a command-line option, which wins)
                             (default http://127.0.0.1:8080,http://localhost:8080)
   FM_S3_EVENTS_URL          webhook for the notifications, e.g. http://127.0.0.1:8080/v1/events/s3?secret=...
                             (empty: no topic/notification is made and existing ones are left alone)
-  FM_S3_EVENTS_PERSISTENT   true|false (default false: immediate delivery, events are dropped while the webhook
-                            is down; true: queued and retried, but a new topic may take ~30 s to deliver)
+  FM_S3_EVENTS_PERSISTENT   true|false (default true: RGW queues each event and delivers it again until the webhook
+                            answers 2xx, so an event refused while fm-control cannot record it is not lost; a new
+                            topic starts delivering within ~30 s (RGW looks for new queues every 30 s). false:
+                            immediate delivery, an event is dropped when the webhook is down or answers an error.
+                            docs/decisions.md "Local stack" has the measurements and RGW 16's known hang)
   FM_S3_TOPIC               topic name (default <bucket>-events)
   FM_S3_EVENTS_PREFIX       key prefix that raises events (default incoming/)
 
@@ -79,7 +82,7 @@ def parse_args(argv):
     p.add_argument("--web-origin", default=_env("FM_WEB_ORIGIN", "http://127.0.0.1:8080,http://localhost:8080"),
                    help="allowed CORS origins, comma-separated")
     p.add_argument("--events-url", default=_env("FM_S3_EVENTS_URL", ""))
-    p.add_argument("--persistent", type=_bool, default=_bool(_env("FM_S3_EVENTS_PERSISTENT", "false")))
+    p.add_argument("--persistent", type=_bool, default=_bool(_env("FM_S3_EVENTS_PERSISTENT", "true")))
     p.add_argument("--topic", default=_env("FM_S3_TOPIC"))
     p.add_argument("--prefix", default=_env("FM_S3_EVENTS_PREFIX", "incoming/"))
     p.add_argument("--wait", type=float, default=30.0, help="seconds to wait for the endpoint to answer")

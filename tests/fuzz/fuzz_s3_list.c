@@ -1,6 +1,6 @@
 /*
- * Fuzz target for fm_s3_list_objects_parse (common/s3_xml.c): the ListObjectsV2 page the reconciler's orphan sweep
- * reads (control-plane/orphans.c, step 6 of the reconciler), whose keys it may delete.
+ * Fuzz target for fm_s3_list_objects_parse (common/s3_xml.c): the ListObjectsV2 page the reconciler's listing
+ * reads (control-plane/incoming.c, step 2 of the reconciler), whose keys it may delete.
  *
  * Input: byte 0 % 9 = room for objects (0..8; `objects` is malloc'd at exactly that size), byte 1 bit 0 = prefix
  * "incoming/" (else ""), bit 1 = start_after "incoming/m" (else ""); the rest is the body, passed with its exact

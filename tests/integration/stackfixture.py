@@ -179,8 +179,10 @@ class Stack:
         self.sh("stack_stop_ceph", "stack_start_ceph")
 
     # --- S3
-    def prepare_s3(self, events_url=None, web_origin=None, persistent=False, topic=None, prefix=None):
-        """Bucket + CORS; with events_url also the topic and the bucket notification. Idempotent."""
+    def prepare_s3(self, events_url=None, web_origin=None, persistent=True, topic=None, prefix=None):
+        """Bucket + CORS; with events_url also the topic and the bucket notification. Idempotent. The topic is
+        persistent by default, as infra/up makes it; a new persistent topic starts delivering within ~30 s, so a
+        test that needs events at once from a topic made for it passes persistent=False."""
         e = self._shell_env()
         e.update(self.env)
         for k, v in (("FM_S3_EVENTS_URL", events_url), ("FM_WEB_ORIGIN", web_origin),

@@ -42,8 +42,9 @@ def md5(data):
     return hashlib.md5(data).hexdigest()
 
 
-def summary(records=1, enqueued=0, duplicates=0, failed=0, ignored=0):
-    return {"records": records, "enqueued": enqueued, "duplicates": duplicates, "failed": failed, "ignored": ignored}
+def summary(records=1, enqueued=0, duplicates=0, failed=0, deleted=0, ignored=0):
+    return {"records": records, "enqueued": enqueued, "duplicates": duplicates, "failed": failed, "deleted": deleted,
+            "ignored": ignored}
 
 
 def put_pending(fm, user, data=None, shield=True):
@@ -314,15 +315,59 @@ def test_a_batch_with_one_bad_record_is_refused_whole(fm, user):
 
 
 def test_event_with_another_size_fails_the_upload(fm, user):
-    a, data = put_pending(fm, user)
-    body = {"Records": [aws_record(fm.bucket, key_of(a["upload_id"]), len(data) + 1, etag=md5(data))]}
+    """The object holds fewer bytes than announced (the event says so, and HEAD confirms it): FAILED, object gone."""
+    data = random_bytes(1500)
+    a = fm.start(user, data)
+    fm.shield_from_reconciler(a["upload_id"])
+    assert fm.put(a, data[:1000]).status_code == 200
+    body = {"Records": [aws_record(fm.bucket, key_of(a["upload_id"]), 1000, etag=md5(data[:1000]))]}
     r = post_event(fm.base, body)
     assert r.status_code == 200 and r.json() == summary(failed=1), r.text
     row = fm.upload_row(a["upload_id"])
     assert row["status"] == "FAILED" and row["status_reason"] == "size_mismatch", row
     assert fm.file(user, a["file_id"]).json()["status"] == "FAILED"
     assert fm.jobs_of_upload(a["upload_id"]) == []
+    assert fm.head(key_of(a["upload_id"])) is None
     assert_error(fm.complete(user, a["upload_id"]), 409, "not_pending")
+
+
+# --- finding 14: the event is a hint, the object is the truth ---------------------------------------------------------
+
+def test_forged_event_without_object_marks_nothing(fm, user):
+    """Somebody holding the events secret announces an object that was never PUT: ignored, the upload stays PENDING
+    (before: UPLOADED with a job for bytes that do not exist)."""
+    a = fm.start(user, random_bytes(1500))
+    fm.shield_from_reconciler(a["upload_id"])
+    body = {"Records": [aws_record(fm.bucket, key_of(a["upload_id"]), 1500)]}
+    r = post_event(fm.base, body)
+    assert r.status_code == 200 and r.json() == summary(ignored=1), r.text
+    assert fm.upload_row(a["upload_id"])["status"] == "PENDING"
+    assert fm.jobs_of_upload(a["upload_id"]) == []
+    assert fm.file(user, a["file_id"]).json()["status"] == "PENDING_UPLOAD"
+
+
+def test_event_size_and_etag_are_taken_from_the_object(fm, user):
+    """An event that lies about the size and ETag of an object that exists: what is recorded is what HEAD says. The
+    announced size matches the object here, so the upload is marked, with the object's ETag; a lie the other way
+    (the event says the right size, the object is shorter) fails the upload."""
+    a, data = put_pending(fm, user)
+    body = {"Records": [aws_record(fm.bucket, key_of(a["upload_id"]), len(data) + 999, etag="0" * 32)]}
+    r = post_event(fm.base, body)
+    assert r.status_code == 200 and r.json() == summary(enqueued=1), r.text
+    assert_one_job(fm, a, by="event")
+    assert fm.upload_row(a["upload_id"])["etag"] == md5(data)
+    job = fm.sql_row(f"SELECT row_to_json(j) FROM (SELECT payload->>'etag' AS etag, (payload->>'size')::bigint AS size"
+                     f" FROM jobs WHERE upload_id = '{a['upload_id']}') j")
+    assert job == {"etag": md5(data), "size": len(data)}, job
+
+    short = random_bytes(1500)
+    b = fm.start(user, short)
+    fm.shield_from_reconciler(b["upload_id"])
+    assert fm.put(b, short[:700]).status_code == 200
+    r = post_event(fm.base, {"Records": [aws_record(fm.bucket, key_of(b["upload_id"]), 1500, etag=md5(short))]})
+    assert r.status_code == 200 and r.json() == summary(failed=1), r.text
+    assert fm.upload_row(b["upload_id"])["status"] == "FAILED"
+    assert fm.head(key_of(b["upload_id"])) is None
 
 
 # --- the reconciler -------------------------------------------------------------------------------------------------
@@ -364,20 +409,23 @@ def test_reconciler_puts_jobs_missing_from_the_stream_back(fm, user):
     assert len(fm.stream_entries(job_id)) == 1
 
 
-def backdate(fm, *uploads):
+def backdate(fm, *uploads, unshield=False):
+    """Makes the uploads three days old, their URLs long expired; `unshield` also ends a hold (checked_at now: the
+    reconciler's expiry waits for a listing that began after it)."""
     ids = ",".join(f"'{a['upload_id']}'" for a in uploads)
-    fm.sql(f"UPDATE uploads SET created_at = now() - interval '3 days' WHERE id IN ({ids})")
+    hold = ", checked_at = now()" if unshield else ""
+    fm.sql(f"UPDATE uploads SET created_at = now() - interval '3 days', expires_at = now() - interval '71 hours'{hold} "
+           f"WHERE id IN ({ids})")
 
 
 def test_reconciler_expires_abandoned_uploads(fm, user):
-    with_object, data = put_pending(fm, user)
     without = fm.start(user, b"nothing")
     big = random_bytes(PART_SIZE + 100)
     multi = fm.start(user, big)
     fm.put_parts(multi, big, numbers=[1])
     s3_upload_id = fm.upload_row(multi["upload_id"])["s3_upload_id"]
     assert fm.multipart_ids(key_of(multi["upload_id"])) == [s3_upload_id]
-    everything = (with_object, without, multi)
+    everything = (without, multi)
     backdate(fm, *everything)
     assert wait_for(lambda: all(fm.upload_row(a["upload_id"])["status"] == "EXPIRED" for a in everything), 15), \
         [fm.upload_row(a["upload_id"]) for a in everything]
@@ -389,6 +437,19 @@ def test_reconciler_expires_abandoned_uploads(fm, user):
         assert_error(fm.complete(user, a["upload_id"]), 409, "not_pending")
         assert fm.abort(user, a["upload_id"]).status_code == 204
     assert fm.multipart_ids(key_of(multi["upload_id"])) == []
+
+
+def test_an_old_upload_whose_object_exists_is_marked_never_expired(fm, user):
+    """Three days old, its URL long expired, never completed, its event lost -- but its object is in the bucket: the
+    client PUT it with our URL, so it is an accepted upload (DESIGN.md §6 rule 3). Before: expired, object deleted."""
+    a, data = put_pending(fm, user)  # held from the reconciler until it is old
+    backdate(fm, a, unshield=True)
+    assert wait_for(lambda: fm.upload_row(a["upload_id"])["status"] != "PENDING", 15), fm.upload_row(a["upload_id"])
+    assert_one_job(fm, a, by="reconciler")
+    assert fm.head(key_of(a["upload_id"]))["ContentLength"] == len(data)
+    time.sleep(2)  # rounds later: still there, still UPLOADED
+    assert fm.upload_row(a["upload_id"])["status"] == "UPLOADED"
+    assert fm.head(key_of(a["upload_id"])) is not None
 
 
 def test_file_status_is_fresh_after_the_reconciler(fm, user):

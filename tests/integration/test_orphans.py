@@ -1,8 +1,8 @@
-"""The reconciler's sweep of orphan objects under incoming/ (step 6, control-plane/orphans.c; issue 3).
+"""The reconciler's pass over incoming/ (step 2, control-plane/incoming.c): its orphans (issue 3).
 
 When Redis loses upload records before the flusher wrote them (records.c), clients still hold presigned PUT URLs:
-their objects land at incoming/{upload_id} with no record anywhere. The reconciler lists incoming/ 200 keys a pass
-(once every 10 intervals, a cursor in Redis) and deletes an incoming/{uuid} object older than FM_UPLOAD_EXPIRY_S
+their objects land at incoming/{upload_id} with no record anywhere. The reconciler lists incoming/ 1,000 keys a call
+(up to 10 calls a round, a cursor in Redis) and deletes an incoming/{uuid} object older than FM_UPLOAD_EXPIRY_S
 when Redis holds no record fm:rec:{id} and PostgreSQL no uploads row and no blob for it. Tested against the real
 Ceph RGW, Redis and PostgreSQL of the stack, with FM_UPLOAD_EXPIRY_S at its minimum (60 s: RGW sets LastModified
 itself, so the test waits for the objects to age):
@@ -20,15 +20,14 @@ import requests
 
 from helpers_fm import redis_cmd, redis_url, wait_for
 from helpers_uploads import dedicated, key_of, random_bytes
-ORPHANS_DB = 1  # this suite's Redis database: its own records, cursor and pass schedule
-EXPIRY_S = 60   # FM_UPLOAD_EXPIRY_S's minimum (common/config.c)
-PAGE = 200      # keys a pass lists (orphans.c ORPHAN_PAGE)
+ORPHANS_DB = 1   # this suite's Redis database: its own records and listing cursor
+EXPIRY_S = 60    # FM_UPLOAD_EXPIRY_S's minimum (common/config.c)
+ROUND = 10_000   # keys a round lists at most (incoming.c: 10 pages of 1,000)
 
 
 @pytest.fixture(scope="module")
 def fm(controls, stack):
-    for key in ("fm:orphans:cursor", "fm:orphans:due"):
-        redis_cmd(stack, ORPHANS_DB, "DEL", key)
+    redis_cmd(stack, ORPHANS_DB, "DEL", "fm:reconcile:incoming")
     with dedicated(controls, stack, events=True, FM_RECORD_FLUSH_MS=60000, FM_RECONCILE_INTERVAL_S=1,
                    FM_UPLOAD_EXPIRY_S=EXPIRY_S,
                    FM_REDIS_URL=redis_url(stack, ORPHANS_DB)) as f:
@@ -106,8 +105,8 @@ def test_lost_record_object_is_swept_and_nothing_else(fm):
         assert upload_rows(fm, lost["upload_id"]) == 0
         assert fm.complete(user, lost["upload_id"]).status_code == 404  # documented: the client starts again
 
-        # Deleted once older than FM_UPLOAD_EXPIRY_S, by a pass that reaches it (one each 10 s, 200 keys each).
-        timeout = EXPIRY_S + 60 + 10 * (incoming_count(fm) // PAGE + 1)
+        # Deleted once older than FM_UPLOAD_EXPIRY_S, by a round that reaches it (one a second, 10,000 keys each).
+        timeout = EXPIRY_S + 30 + incoming_count(fm) // ROUND
         assert wait_for(lambda: fm.head(key_of(lost["upload_id"])) is None, timeout=timeout, interval=1), \
             f"{key_of(lost['upload_id'])} still there after {timeout} s"
         assert metric(fm, "fm_reconcile_orphans_deleted_total") >= 1
@@ -116,9 +115,9 @@ def test_lost_record_object_is_swept_and_nothing_else(fm):
 
         # A whole cycle of the listing later, the rest is there: the passes list keys in order and wrap, so N more
         # keys listed (N = the keys under incoming/) looked at every key again, all of them old enough by then.
-        listed, keys = metric(fm, "fm_reconcile_orphan_keys_listed_total"), incoming_count(fm)
-        assert wait_for(lambda: metric(fm, "fm_reconcile_orphan_keys_listed_total") >= listed + keys,
-                        timeout=40 + 10 * (keys // PAGE + 2), interval=1)
+        listed, keys = metric(fm, "fm_reconcile_incoming_listed_total"), incoming_count(fm)
+        assert wait_for(lambda: metric(fm, "fm_reconcile_incoming_listed_total") >= listed + keys,
+                        timeout=30 + keys // ROUND, interval=1)
         for what, key in kept.items():
             assert fm.head(key) is not None, f"the object {what} ({key}) was deleted"
         assert rcmd(fm, "EXISTS", f"fm:rec:{{{in_redis['upload_id']}}}") == 1
