@@ -201,33 +201,14 @@ out:
 
 int fm_cleanup_scan(fm_worker_t *keeper)
 {
-    char ttl[24], grace[24];
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)keeper->cfg->cleanup_interval_s);
+    char grace[24];
     snprintf(grace, sizeof(grace), "%lld", (long long)keeper->cfg->blob_grace_s);
-    /* Held for the whole interval, not released: the fleet scans once per interval, whoever comes first. */
-    const char *lock[] = {"SET", FM_CLEANUP_LOCK, keeper->consumer, "NX", "EX", ttl};
-    redisReply *got = fm_worker_cmd(keeper, 6, lock);
-    if (got == NULL)
-        return -1;
-    int mine = got->type == REDIS_REPLY_STATUS;
-    freeReplyObject(got);
-    if (!mine)
-        return 0;
     const char *params[] = {grace, SCAN_BATCH};
-    PGresult *res =
-        fm_worker_sql(keeper, "SELECT out_job, out_sha256 FROM fm_cleanup_scan($1::integer, $2::integer)", 2, params);
-    if (res == NULL)
-        return -1;
-    int added = 0;
-    for (int i = 0; i < PQntuples(res); i++) {
-        if (fm_worker_enqueue(keeper, PQgetvalue(res, i, 0), "cleanup_blob", "cleanup") != 0)
-            break;
-        added++;
-    }
-    if (PQntuples(res) > 0)
-        fm_info("cleanup: %d unreferenced blobs past their grace period; %d cleanup jobs on the stream", PQntuples(res),
-                added);
-    int rc = added == PQntuples(res) ? added : -1;
-    PQclear(res);
-    return rc;
+    int made, added = fm_worker_scan_jobs(keeper, FM_CLEANUP_LOCK,
+                                          "SELECT out_job, out_sha256 FROM fm_cleanup_scan($1::integer, $2::integer)",
+                                          2, params, "cleanup_blob", &made);
+    if (made > 0)
+        fm_info("cleanup: %d unreferenced blobs past their grace period; %d cleanup jobs on the stream", made,
+                added < 0 ? 0 : added);
+    return added;
 }

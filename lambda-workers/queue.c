@@ -256,6 +256,34 @@ PGresult *fm_worker_sql(fm_worker_t *w, const char *sql, int nparams, const char
 
 /* ---- the stream ------------------------------------------------------------------------------------------------- */
 
+int fm_worker_scan_jobs(fm_worker_t *keeper, const char *lock, const char *sql, int nparams,
+                        const char *const *params, const char *type, int *made)
+{
+    *made = 0;
+    char ttl[24];
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)keeper->cfg->cleanup_interval_s);
+    const char *set[] = {"SET", lock, keeper->consumer, "NX", "EX", ttl};
+    redisReply *got = fm_worker_cmd(keeper, 6, set);
+    if (got == NULL)
+        return -1;
+    int mine = got->type == REDIS_REPLY_STATUS;
+    freeReplyObject(got);
+    if (!mine)
+        return 0;
+    PGresult *res = fm_worker_sql(keeper, sql, nparams, params);
+    if (res == NULL)
+        return -1;
+    int added = 0;
+    *made = PQntuples(res);
+    for (int i = 0; i < *made; i++) {
+        if (fm_worker_enqueue(keeper, PQgetvalue(res, i, 0), type, type) != 0)
+            break;
+        added++;
+    }
+    PQclear(res);
+    return added == *made ? added : -1;
+}
+
 int fm_worker_enqueue(fm_worker_t *w, const char *job_id, const char *type, const char *request_id)
 {
     const char *xadd[] = {"XADD",       FM_QUEUE_STREAM, "MAXLEN",      "~",       "1000000", "*",         "job_id",

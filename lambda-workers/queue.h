@@ -131,6 +131,16 @@ PGresult *fm_worker_sql(fm_worker_t *w, const char *sql, int nparams, const char
  */
 int fm_worker_enqueue(fm_worker_t *w, const char *job_id, const char *type, const char *request_id);
 
+/**
+ * One round of a housekeeping scan that makes jobs (cleanup.c, rekey.c): when this process takes `lock` (SET NX, for
+ * FM_CLEANUP_INTERVAL_S and never released, so the fleet scans once per interval, whoever comes first), runs `sql`,
+ * whose first column is the id of each job it made, and puts each on the stream as `type`. Returns how many went on
+ * the stream (0 without the lock), -1 when Redis or PostgreSQL failed (the next round tries again); *made is the
+ * number the statement made (a job not put on the stream keeps enqueued_at NULL: the reconciler adds it).
+ */
+int fm_worker_scan_jobs(fm_worker_t *keeper, const char *lock, const char *sql, int nparams,
+                        const char *const *params, const char *type, int *made);
+
 /** True when s is a UUID in its 8-4-4-4-12 hex form. */
 int fm_uuid_text_valid(const char *s);
 

@@ -161,30 +161,11 @@ fm_rekey_rc fm_rekey_blob(fm_worker_t *w, const char *job_id, char *reason, size
 
 int fm_rekey_scan(fm_worker_t *keeper)
 {
-    char ttl[24];
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)keeper->cfg->cleanup_interval_s);
-    const char *lock[] = {"SET", FM_REKEY_LOCK, keeper->consumer, "NX", "EX", ttl};
-    redisReply *got = fm_worker_cmd(keeper, 6, lock);
-    if (got == NULL)
-        return -1;
-    int mine = got->type == REDIS_REPLY_STATUS;
-    freeReplyObject(got);
-    if (!mine)
-        return 0;
     const char *params[] = {SCAN_BATCH};
-    PGresult *res = fm_worker_sql(keeper, "SELECT out_job FROM fm_rekey_scan($1::integer)", 1, params);
-    if (res == NULL)
-        return -1;
-    int added = 0;
-    for (int i = 0; i < PQntuples(res); i++) {
-        if (fm_worker_enqueue(keeper, PQgetvalue(res, i, 0), "rekey_blob", "rekey") != 0)
-            break;
-        added++;
-    }
-    if (PQntuples(res) > 0)
-        fm_info("rekey: %d blob(s) at a key an upload URL could write; %d rekey jobs on the stream", PQntuples(res),
-                added);
-    int rc = added == PQntuples(res) ? added : -1;
-    PQclear(res);
-    return rc;
+    int made, added = fm_worker_scan_jobs(keeper, FM_REKEY_LOCK, "SELECT out_job FROM fm_rekey_scan($1::integer)", 1,
+                                          params, "rekey_blob", &made);
+    if (made > 0)
+        fm_info("rekey: %d blob(s) at a key an upload URL could write; %d rekey jobs on the stream", made,
+                added < 0 ? 0 : added);
+    return added;
 }

@@ -6,6 +6,7 @@ import hmac
 import json
 import socket
 import subprocess
+import threading
 import time
 
 import requests
@@ -164,3 +165,28 @@ def database_url(stack, dbname):
 def main_dbname(stack):
     """The database name in the stack's FM_DATABASE_URL."""
     return next(w.split("=", 1)[1] for w in stack.env["FM_DATABASE_URL"].split() if w.startswith("dbname="))
+
+
+def relay_sockets(client, upstream):
+    """Copies bytes both ways between two connected sockets until either side closes, then shuts both down (the
+    tests' TCP relays in front of clamd or the store)."""
+    def pump(src, dst):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
+    back.start()
+    pump(client, upstream)
+    back.join(30)

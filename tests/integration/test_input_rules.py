@@ -10,17 +10,14 @@
 Real services on the suite's stack (uploads through the dedicated upload instance, fm-edge for its purge route).
 Run: /usr/bin/python3 -m pytest -q tests/integration/test_input_rules.py
 """
-import json
 import secrets
-import urllib.parse
 import uuid
 
 import pytest
 import requests
 
-from conftest import unique_email
 from helpers_fm import PASSWORD, assert_error
-from helpers_uploads import EVENTS_SECRET, MIB, Fm, notifications_off, sha256_hex, uploads_control
+from helpers_uploads import EVENTS_SECRET, MIB, Fm, notifications_off, uploads_control
 
 SHA = "ab" * 32
 

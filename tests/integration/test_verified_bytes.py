@@ -20,7 +20,7 @@ import uuid
 import pytest
 import requests
 
-from helpers_fm import assert_error, redis_cmd, redis_url, wait_for
+from helpers_fm import assert_error, redis_cmd, redis_url, relay_sockets, wait_for
 from helpers_uploads import dedicated, sha256_hex
 from test_download import DownloadFm, KeyPair, split_signed
 from test_edge import metric
@@ -77,29 +77,14 @@ class Gate:
             client, _ = self.listener.accept()
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _pipe(self, src, dst):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
     def _serve(self, client):
         if not self.open_.is_set():
             self.waiting.set()
             self.open_.wait()
         upstream = socket.create_connection(self.target)
-        threading.Thread(target=self._pipe, args=(upstream, client), daemon=True).start()
-        self._pipe(client, upstream)
+        relay_sockets(client, upstream)
+        client.close()
+        upstream.close()
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import requests
 from PIL import Image
 
 from conftest import ControlFactory, WorkerFactory
-from helpers_fm import redis_cmd, redis_url, wait_for
+from helpers_fm import redis_cmd, redis_url, relay_sockets, wait_for
 from helpers_uploads import MIB, Fm, Psql, key_of, sha256_hex
 from stackfixture import free_ports, start_stack
 
@@ -136,27 +136,7 @@ class StoreRelay:
             client.close()
             return
         self._track(upstream)
-
-        def pump(src, dst):
-            try:
-                while True:
-                    data = src.recv(65536)
-                    if not data:
-                        break
-                    dst.sendall(data)
-            except OSError:
-                pass
-            finally:
-                for s in (src, dst):
-                    try:
-                        s.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-        t = threading.Thread(target=pump, args=(upstream, client), daemon=True)
-        t.start()
-        pump(client, upstream)
-        t.join(30)
+        relay_sockets(client, upstream)
         client.close()
         upstream.close()
 
