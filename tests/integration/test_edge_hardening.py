@@ -25,7 +25,7 @@ from helpers_fm import redis_cmd, redis_url
 from test_edge import (OriginProxy, cached, counters, error_code, file_of, metric, put_object, raw_get,  # noqa
                        read_rest, s3, sign, signer)
 
-PUBLIC_DB = 14  # the /p/ edge's Redis database (fm:public); test_edge_variants flushes it only in its own test
+PUBLIC_DB = 46  # the /p/ edge's Redis database (fm:public); test_edge_variants flushes it only in its own test
 STRICT_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 MEDIA_CSP = "default-src 'none'; media-src 'self'; style-src 'unsafe-inline'"
 

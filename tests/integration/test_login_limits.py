@@ -20,8 +20,8 @@ from requests.adapters import HTTPAdapter
 from conftest import BUILD_DIR, SANITIZER_REPORT, unique_email
 from helpers_fm import PASSWORD, assert_error, database_url, psql, redis_cmd, redis_url
 
-LIMITS_DB = 3  # the rate-limit tests' Redis database (test_auth.py's RL_DB), flushed before each test here
-FRESH_REDIS_DB = 2  # the fresh-database instances' (as in test_auth.py)
+LIMITS_DB = 44  # the rate-limit tests' Redis database, flushed before each test here
+FRESH_REDIS_DB = 45  # the fresh-database instances' own
 
 # What an instance here runs with unless a test says otherwise: the product's defaults (common/config.c).
 REALISTIC = {

@@ -31,7 +31,7 @@ import requests
 from helpers_fm import redis_cmd, redis_url, wait_for
 from helpers_uploads import Fm, Psql, random_bytes, sha256_hex
 
-REDIS_DB = 10
+REDIS_DB = 41
 WAIT_S = 60  # generous bound on each wait for a state the test causes itself; never reached when all is well
 BACKLOG_KEYS = ("fm:rec:pending", "fm:rec:flushing", "fm:rec:lease")
 BACKLOG_LUA = ("local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000) local age = -1 "
