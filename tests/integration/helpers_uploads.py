@@ -54,6 +54,16 @@ def uploads_control(controls, stack):
     return svc
 
 
+def stop_uploads_control(controls):
+    """Stops the shared instance of uploads_control if it runs (the next uploads_control starts it again). Every
+    reconciler lists the whole bucket and marks the pending uploads it finds in the one PostgreSQL database, putting
+    their jobs on *its* Redis database's stream: a module that checks its own reconciler's work stops this one
+    first."""
+    svc = _instances.pop(id(controls), None)
+    if svc is not None and svc in controls.started:
+        controls.stop(svc)
+
+
 def random_bytes(n):
     return os.urandom(n)
 

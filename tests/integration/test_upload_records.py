@@ -32,8 +32,9 @@ def fm(controls, stack):
 
 @pytest.fixture(scope="module")
 def slow(controls, stack, fm):
-    with dedicated(controls, stack, events=True, FM_RECORD_FLUSH_MS=60000, FM_EVENTS_SECRET=EVENTS_SECRET,
-                   FM_REDIS_URL=redis_url(stack, SLOW_DB)) as f:
+    # the flusher ticks once a minute, and the backlog's bound must not write the records through meanwhile
+    with dedicated(controls, stack, events=True, FM_RECORD_FLUSH_MS=60000, FM_RECORD_BACKLOG_MS=3600000,
+                   FM_EVENTS_SECRET=EVENTS_SECRET, FM_REDIS_URL=redis_url(stack, SLOW_DB)) as f:
         yield f
 
 
