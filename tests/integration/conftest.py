@@ -114,6 +114,10 @@ class ControlFactory:
             "FM_ARGON2_T": "1",
             "FM_PG_TIMEOUT_MS": "3000",
             "FM_REDIS_TIMEOUT_MS": "1000",
+            # Every reconciler lists the whole bucket and settles what it finds in the one PostgreSQL database, but
+            # writes to its own instance's Redis database (job stream, cached rows): only instances that ask for a
+            # reconciler (a module that tests it sets its own interval) run one within a session.
+            "FM_RECONCILE_INTERVAL_S": "3600",
         })
         e.update({k: str(v) for k, v in overrides.items()})
         return e
