@@ -7,8 +7,8 @@
  *                          however many other files share its blob; kept FM_DOWNLOAD_URL_TTL_S + a margin, the
  *                          longest such a URL can live; removed on restore.
  * Redis holds them with persistence on; when it lost them (restarted empty, flushed) the reconciler's round rebuilds
- * them here: fm:public when the set is missing, the marks when the sentinel fm:revoked:built is missing (both are
- * written after the rebuild). A change that commits between the rebuild's SELECT and its writes can be undone by them
+ * them here, each when its sentinel is missing (fm:public:built, fm:revoked:built, written after the rebuild: an
+ * empty set is no sign of a loss, and the rebuild's query must not run every round). A change that commits between the rebuild's SELECT and its writes can be undone by them
  * (a private file public again, a restored file revoked) until that file's next change or the mark's expiry: the
  * window is one round trip after Redis lost its data.
  */
@@ -21,6 +21,7 @@
 
 #define SADD_CHUNK 500
 #define MARKS_SENTINEL "fm:revoked:built"
+#define PUBLIC_SENTINEL "fm:public:built"
 
 long long fm_revocation_ttl_s(void)
 {
@@ -51,6 +52,8 @@ static void on_public_members(PGresult *res, const char *errstr, void *data)
             argv[2 + i] = PQgetvalue(res, first + i, 0);
         fm_redis_commandargv(ct(rc)->redis, fm_reconcile_ignore_reply, NULL, 2 + count, argv, NULL);
     }
+    const char *sentinel[] = {"SET", PUBLIC_SENTINEL, "1"};
+    fm_redis_commandargv(ct(rc)->redis, fm_reconcile_ignore_reply, NULL, 3, sentinel, NULL);
     if (rows > 0)
         fm_info("reconcile: fm:public was missing, rebuilt with %d member(s)", rows);
 }
@@ -110,7 +113,7 @@ void fm_edge_index_check(reconcile_t *rc)
         return;
     if (!rc->public_running) {
         rc->public_running = 1;
-        const char *argv[] = {"EXISTS", "fm:public"};
+        const char *argv[] = {"EXISTS", PUBLIC_SENTINEL};
         if (fm_redis_commandargv(ct(rc)->redis, on_public_exists, rc, 2, argv, NULL) != 0)
             rc->public_running = 0;
     }

@@ -381,7 +381,7 @@ def make_dedupe_source(db, email, sha256):
     out = db.run(
         "BEGIN;\n"
         "INSERT INTO blobs (sha256, size, storage_key, content_type, ref_count)\n"
-        "  VALUES (decode(:'sha', 'hex'), :size, 'incoming/' || gen_random_uuid(), :'ctype', 1);\n"
+        "  VALUES (decode(:'sha', 'hex'), :size, 'blobs/' || :'sha', :'ctype', 1);\n"
         "INSERT INTO files (owner_id, name, size, content_type, claimed_sha256, blob_sha256, status)\n"
         "  SELECT id, 'bench-dedupe-source.txt', :size, :'ctype', decode(:'sha', 'hex'), decode(:'sha', 'hex'),\n"
         "         'READY'\n"
@@ -927,7 +927,7 @@ def main():
                             notes.append(f"FM_THREADS={threads}: {upload_fail[kind]}")
                     r = requests.get(ctl.base + ENDPOINTS["download"]["path"],
                                      headers={"authorization": f"Bearer {token}"}, timeout=10)
-                    ok = r.status_code == 200 and "/f/incoming/" in r.text
+                    ok = r.status_code == 200 and "/f/blobs/" in r.text
                     desc = f"{r.status_code} {r.text[:200]}"
                     first_answers.append({"threads": threads, "kind": "download", "ok": ok, "desc": desc})
                     log(f"first download answer: {desc}")
