@@ -128,10 +128,10 @@ def second_edge(edges, stack, key_pair, edge):
 def fm(controls, stack, key_pair, edge):
     with dedicated(controls, stack, DeleteFm, FM_CF_KEYS=f"{key_pair.id}={key_pair.private_path}",
                    FM_EDGE_PUBLIC_BASE=edge.url,
-                   # 2 s: the retention test's instance (1 s, on the same Redis lock) must get rounds of its own; a
-                   # round's lock lives a little less than its instance's interval, and with equal intervals one
-                   # instance can take every round
-                   FM_EVENTS_SECRET=EVENTS_SECRET, FM_RECONCILE_INTERVAL_S=2,
+                   # no reconciler rounds of its own (the harness's default interval): the tests that need rounds
+                   # start a 1 s instance on the same Redis database, and two instances on one lock take turns by
+                   # the phase of their timers, which could leave the test's instance without a round for minutes
+                   FM_EVENTS_SECRET=EVENTS_SECRET,
                    FM_REDIS_URL=redis_url(stack, DELETE_REDIS_DB)) as f:
         yield f
 
@@ -420,12 +420,18 @@ def test_retention_deletes_rows_then_blobs(fm, controls, stack, alice, bob, work
         controls.stop(short)
 
 
-def test_restore_past_retention_is_404(fm, alice, worker):
+def test_restore_past_retention_is_404(fm, controls, stack, alice, worker):
     """The default retention (30 days): a file trashed longer ago cannot come back, whether or not a reconciler round
     deleted its row yet."""
     file_id, _, _ = fm.ready(alice)
     assert fm.delete(alice, file_id).status_code == 204
     fm.sql(f"UPDATE files SET deleted_at = now() - interval '31 days' WHERE id = '{file_id}'")
-    # the module's instance has the default retention (30 days) and a 2 s reconciler: the row may already be gone
+    # past retention though no round deleted the row yet (the module's instance runs none)
+    assert fm.file_state(file_id) is not None
     assert_error(fm.restore(alice, file_id), 404, "not_found")
-    assert wait_for(lambda: fm.file_state(file_id) is None, 60), fm.file_state(file_id)
+    # an instance with the default retention (30 days) and a 1 s reconciler deletes the row at its first round
+    rounds = controls.start(FM_RECONCILE_INTERVAL_S=1, FM_REDIS_URL=redis_url(stack, DELETE_REDIS_DB))
+    try:
+        assert wait_for(lambda: fm.file_state(file_id) is None, 60), fm.file_state(file_id)
+    finally:
+        controls.stop(rounds)

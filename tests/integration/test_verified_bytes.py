@@ -203,7 +203,8 @@ def test_a_larger_put_to_a_used_url_is_refused_by_the_store(fm, alice, worker):
     a, file_id = fm.ready(alice, data, content_type="text/plain", name="small.txt")
     big = fm.put(a, b"\0" * (30 * 1000 * 1000))
     assert big.status_code == 403 and b"SignatureDoesNotMatch" in big.content, big.text[:300]
-    assert fm.head(f"incoming/{a['upload_id']}") is None
+    # the worker deletes the client's object last, once the file is READY
+    assert wait_for(lambda: fm.head(f"incoming/{a['upload_id']}") is None, 10)
     assert fm.file_row(file_id)["status"] == "READY"
 
 
@@ -371,7 +372,8 @@ def test_a_previous_version_blob_whose_bytes_were_replaced_is_quarantined(fm, al
     row = fm.wait_status(mine, {"QUARANTINED"}, timeout=30)
     assert row["status_reason"] == "the stored bytes changed after verification", row
     assert_error(fm.download(alice, mine), 403, "quarantined")
-    assert fm.head(key) is None and fm.head(f"blobs/{sha}") is None
+    # the old object goes once the files are marked
+    assert wait_for(lambda: fm.head(key) is None and fm.head(f"blobs/{sha}") is None, 10)
     assert fm.get_bytes(f"quarantine/rekey-{sha}")[:len(eicar())] == eicar()
     # the real bytes uploaded again become a verified blob at blobs/{sha256}, for whoever uploads them
     _, theirs = fm.ready(bob, data)

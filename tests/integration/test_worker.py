@@ -220,7 +220,9 @@ def test_png_becomes_ready_with_metadata_variants_and_hash(fm, alice, worker, st
         # worker's staged copy are gone
         assert fm.get_bytes(f"blobs/{sha}") == data
         assert fm.head(f"blobs/{sha}")["ContentType"] == "image/png"
-        assert fm.head(key_of(a["upload_id"])) is None and fm.head(f"staging/{a['upload_id']}") is None
+        # (deleted last, once the file is READY and its owner told)
+        assert wait_for(lambda: fm.head(key_of(a["upload_id"])) is None and fm.head(f"staging/{a['upload_id']}") is None,
+                        10)
 
         # four variants: thumb (256) and preview (1024), JPEG and WebP, decodable, within their box
         variants = blob["variants"]
