@@ -453,6 +453,17 @@ def notifications_off(fm):
             put_notifications(fm, saved)
 
 
+
+@contextlib.contextmanager
+def shared_uploads_fm(controls, stack):
+    """An Fm on the shared upload instance (uploads_control), the bucket's notifications off while it is used."""
+    f = Fm(stack, uploads_control(controls, stack))
+    try:
+        with notifications_off(f):
+            yield f
+    finally:
+        f.close()
+
 def cors_origins(fm):
     try:
         rules = fm.s3.get_bucket_cors(Bucket=fm.bucket)["CORSRules"]

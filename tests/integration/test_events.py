@@ -19,18 +19,14 @@ import pytest
 import requests
 
 from helpers_fm import assert_error, wait_for
-from helpers_uploads import (EVENTS_SECRET, PART_SIZE, Fm, aws_record, key_of, notifications_off, notifications_to,
-                             post_event, put_notifications, random_bytes, uploads_control)
+from helpers_uploads import (EVENTS_SECRET, PART_SIZE, aws_record, key_of, notifications_to, post_event,
+                             put_notifications, random_bytes, shared_uploads_fm)
 
 
 @pytest.fixture(scope="module")
 def fm(controls, stack):
-    f = Fm(stack, uploads_control(controls, stack))
-    try:
-        with notifications_off(f):
-            yield f
-    finally:
-        f.close()
+    with shared_uploads_fm(controls, stack) as f:
+        yield f
 
 
 @pytest.fixture(scope="module")

@@ -17,19 +17,15 @@ import pytest
 import requests
 
 from helpers_fm import PASSWORD, assert_error
-from helpers_uploads import EVENTS_SECRET, MIB, Fm, notifications_off, uploads_control
+from helpers_uploads import EVENTS_SECRET, MIB, shared_uploads_fm
 
 SHA = "ab" * 32
 
 
 @pytest.fixture(scope="module")
 def fm(controls, stack):
-    f = Fm(stack, uploads_control(controls, stack))
-    try:
-        with notifications_off(f):
-            yield f
-    finally:
-        f.close()
+    with shared_uploads_fm(controls, stack) as f:
+        yield f
 
 
 @pytest.fixture(scope="module")

@@ -14,20 +14,16 @@ import time
 import pytest
 
 from helpers_fm import redis_cmd, redis_url, wait_for
-from helpers_uploads import (EVENTS_SECRET, Fm, aws_record, dedicated, key_of, notifications_off, post_event,
-                             random_bytes, sha256_hex, uploads_control)
+from helpers_uploads import (EVENTS_SECRET, Fm, aws_record, dedicated, key_of, post_event, random_bytes, sha256_hex,
+                             shared_uploads_fm)
 SLOW_DB = 11   # the instance whose flusher ticks once a minute
 SYNC_DB = 10   # the instance that writes through
 
 
 @pytest.fixture(scope="module")
 def fm(controls, stack):
-    f = Fm(stack, uploads_control(controls, stack))
-    try:
-        with notifications_off(f):
-            yield f
-    finally:
-        f.close()
+    with shared_uploads_fm(controls, stack) as f:
+        yield f
 
 
 @pytest.fixture(scope="module")

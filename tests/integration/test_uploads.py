@@ -23,7 +23,7 @@ import requests
 
 from helpers_fm import assert_error, assert_unauthorized, redis_url, wait_for
 from helpers_uploads import (MIB, PART_SIZE, THRESHOLD, TTL_REDIS_DB, Fm, botocore_presign_like, key_of,
-                             notifications_off, random_bytes, s3_error_code, sha256_hex, uploads_control)
+                             random_bytes, s3_error_code, sha256_hex, shared_uploads_fm)
 
 GIB = 1024 * MIB
 MAX_UPLOAD = 50 * GIB  # FM_MAX_UPLOAD_BYTES default
@@ -32,12 +32,8 @@ UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}
 
 @pytest.fixture(scope="module")
 def fm(controls, stack):
-    f = Fm(stack, uploads_control(controls, stack))
-    try:
-        with notifications_off(f):
-            yield f
-    finally:
-        f.close()
+    with shared_uploads_fm(controls, stack) as f:
+        yield f
 
 
 @pytest.fixture(scope="module")
