@@ -169,6 +169,8 @@ void fm_file_row(fm_req_t *r, const fm_principal_t *p, const char *id, size_t id
                  void (*next)(fm_req_t *r, const cJSON *row, void *arg), void *arg);
 /** Frees what files.c keeps for the calling event-loop thread (its parsed rows); at the thread's end. */
 void fm_files_thread_dispose(void);
+/** Describes files.c's metrics (exposed at 0 from the start); once, before the threads start. */
+void fm_files_describe_metrics(void);
 /** A file or job id from the path, as the caches key it (lowercase) into `out`; answers 404 "no such {kind}" and
  *  returns -1 when it is no UUID. */
 int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char out[37]);

@@ -8,7 +8,6 @@
  * Misses of one key on one thread share one PostgreSQL load (docs/decisions.md "Row loads are coalesced"): when the
  * key expires under load, its readers must not all queue a query at once.
  */
-#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -211,7 +210,7 @@ static void on_cache_read(redisReply *reply, const char *errstr, void *data)
     load_row(r, NULL);
 }
 
-static void describe_coalesced(void)
+void fm_files_describe_metrics(void)
 {
     fm_metrics_describe("fm_row_loads_coalesced_total", FM_METRIC_COUNTER,
                         "File and job row reads that waited for another request's PostgreSQL load of the same row");
@@ -285,8 +284,6 @@ int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char 
 
 static void read_row(fm_req_t *r, const fm_principal_t *p, const char *kind, const char *id, size_t id_len)
 {
-    static pthread_once_t described = PTHREAD_ONCE_INIT; /* files.c has no start hook: described on first use */
-    pthread_once(&described, describe_coalesced);
     read_state_t *s = fm_req_state(r, sizeof(read_state_t));
     s->kind = kind;
     s->principal = p;

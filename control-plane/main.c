@@ -173,6 +173,7 @@ static void describe_metrics(void)
     fm_metrics_describe("fm_pg_pool_busy", FM_METRIC_GAUGE, "PostgreSQL connections running a query, per thread");
     fm_metrics_describe("fm_pg_pool_queued", FM_METRIC_GAUGE, "Queries waiting for a connection, per thread");
     fm_metrics_describe("fm_redis_pool_connected", FM_METRIC_GAUGE, "Redis connections up, per thread");
+    fm_files_describe_metrics();
 }
 
 static int serve(fm_control_t *app)

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -86,6 +87,29 @@ def claims(sub, sid, role="member", iss=ISSUER, iat=None, ttl=900, **extra):
     out = {"iss": iss, "sub": sub, "sid": sid, "role": role, "iat": now, "nbf": now, "exp": now + ttl}
     out.update(extra)
     return out
+
+
+def metric_sum(text, name, **labels):
+    """The sum of the samples of `name` in a /metrics text whose labels include `labels`. A counter has no sample
+    until its first increment, so no sample reads 0 -- but only when the family itself is exposed (its `# TYPE`
+    line): a renamed or misspelt metric fails here instead of reading an "unchanged" 0."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$", line)
+        if not m or m.group(1) != name:
+            continue
+        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+        if all(have.get(k) == v for k, v in labels.items()):
+            total += float(m.group(3))
+            found = True
+    if not found and not re.search(rf"^# TYPE {re.escape(name)} ", text, re.M):
+        raise AssertionError(f"/metrics exposes no family {name}")
+    return total
+
+
+def metric(base_url, name, **labels):
+    """metric_sum of the service at `base_url` (fm-control, fm-edge, fm-worker: GET /metrics)."""
+    return metric_sum(requests.get(base_url + "/metrics", timeout=10).text, name, **labels)
 
 
 def wait_for(predicate, timeout, interval=0.1):

@@ -31,20 +31,17 @@ from botocore.signers import CloudFrontSigner
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
 
+from helpers_fm import metric as service_metric, metric_sum, wait_for
+
 
 def metric(edge, name):
-    text = requests.get(edge.url + "/metrics", timeout=5).text
-    m = re.search(rf"^{name}(?:{{}})? (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    return service_metric(edge.url, name)
 
 
 def counters(edge):
     text = requests.get(edge.url + "/metrics", timeout=5).text
-    out = {}
-    for name in ("hits", "misses", "coalesced", "refused", "purged", "evictions"):
-        m = re.search(rf"^fm_edge_{name}_total(?:{{}})? (\S+)$", text, re.M)
-        out[name] = float(m.group(1)) if m else 0.0
-    return out
+    return {name: metric_sum(text, f"fm_edge_{name}_total")
+            for name in ("hits", "misses", "coalesced", "refused", "purged", "evictions")}
 
 
 @pytest.fixture(scope="module")
@@ -389,8 +386,9 @@ def test_lru_eviction_keeps_the_cache_under_its_cap(stack, s3, edges, signer):
     keys = [put_object(stack, s3, 400 * 1024)[0] for _ in range(4)]
     for k in keys:
         assert requests.get(sign(signer, edge, k), timeout=10).status_code == 200
-    time.sleep(1.2)  # the cache gauges refresh once a second
-    assert metric(edge, "fm_edge_cache_bytes") <= 1 << 20
+    # two of the four 400 KiB objects fit the 1 MiB cap; the new edge's gauges read 0 until they refresh (1 s)
+    assert wait_for(lambda: 2 * 400 * 1024 <= metric(edge, "fm_edge_cache_bytes") <= 1 << 20, 10), \
+        metric(edge, "fm_edge_cache_bytes")
     assert counters(edge)["evictions"] >= 2
     before = counters(edge)
     assert requests.get(sign(signer, edge, keys[-1]), timeout=10).status_code == 200

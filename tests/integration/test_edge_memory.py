@@ -10,11 +10,17 @@ import time
 
 import requests
 
+from helpers_fm import wait_for
+
 from test_edge import counters, edge, error_code, metric, put_object, s3, sign, signer  # noqa: F401 (fixtures)
 
 
 def memory_hits(edge):
     return metric(edge, "fm_edge_memory_hits_total")
+
+
+def memory_gauges(edge):
+    return metric(edge, "fm_edge_memory_bytes"), metric(edge, "fm_edge_memory_objects")
 
 
 def test_small_hot_objects_are_answered_from_memory(stack, s3, edge, signer):
@@ -46,8 +52,9 @@ def test_small_hot_objects_are_answered_from_memory(stack, s3, edge, signer):
     r = requests.head(url, timeout=10)
     assert r.status_code == 200 and r.content == b"" and r.headers["Content-Length"] == "4096"
     assert memory_hits(edge) == before + 10
-    time.sleep(1.2)  # the gauges refresh once a second
-    assert metric(edge, "fm_edge_memory_bytes") >= 4096 and metric(edge, "fm_edge_memory_objects") >= 1
+    # the gauges refresh once a second
+    assert wait_for(lambda: metric(edge, "fm_edge_memory_bytes") >= 4096 and metric(edge, "fm_edge_memory_objects") >= 1,
+                    10)
 
     # Above FM_EDGE_MEMORY_OBJECT_MAX (64 KiB by default): always from the disk.
     big, big_body = put_object(stack, s3, 70000)
@@ -86,8 +93,9 @@ def test_memory_tier_stays_under_its_cap(stack, s3, edges, signer):
     for url, (_, body) in zip(urls, objects):
         for _ in range(3):  # miss, hit, then the hit that keeps the bytes
             assert requests.get(url, timeout=10).content == body
-    time.sleep(1.2)
-    assert metric(edge, "fm_edge_memory_bytes") == 8000 and metric(edge, "fm_edge_memory_objects") == 2
+    # (a new edge: its gauges read 0 until they refresh after these loads)
+    assert wait_for(lambda: metric(edge, "fm_edge_memory_bytes") == 8000 and
+                    metric(edge, "fm_edge_memory_objects") == 2, 10), memory_gauges(edge)
     assert metric(edge, "fm_edge_memory_loads_total") == 3
     before = memory_hits(edge)
     for url, (_, body) in zip(urls[1:], objects[1:]):  # the two most recent are in memory
@@ -96,8 +104,10 @@ def test_memory_tier_stays_under_its_cap(stack, s3, edges, signer):
     # The oldest was dropped: its next hit reads it from the disk again (and keeps it, dropping the next oldest).
     assert requests.get(urls[0], timeout=10).content == objects[0][1]
     assert metric(edge, "fm_edge_memory_loads_total") == 4
-    time.sleep(1.2)
-    assert metric(edge, "fm_edge_memory_bytes") == 8000 and metric(edge, "fm_edge_memory_objects") == 2
+    # still two objects within the cap after the swap (a gauge refresh later; the loads counter above proves the swap)
+    time.sleep(1.5)
+    assert wait_for(lambda: metric(edge, "fm_edge_memory_bytes") == 8000 and
+                    metric(edge, "fm_edge_memory_objects") == 2, 10), memory_gauges(edge)
     edges.stop(edge)
 
     off = edges.start(FM_EDGE_MEMORY_BYTES="0")
@@ -115,8 +125,9 @@ def test_disk_eviction_drops_the_memory_copy(stack, s3, edges, signer):
         url = sign(signer, edge, k)
         for _ in range(3):
             assert requests.get(url, timeout=10).content == body
-    time.sleep(1.2)
-    assert metric(edge, "fm_edge_cache_bytes") <= 1 << 20
+    # two of the four 400 KiB objects fit the 1 MiB cap; the new edge's gauges read 0 until they refresh after these
+    assert wait_for(lambda: 2 * 400 * 1024 <= metric(edge, "fm_edge_cache_bytes") <= 1 << 20, 10), \
+        metric(edge, "fm_edge_cache_bytes")
     assert metric(edge, "fm_edge_memory_objects") <= metric(edge, "fm_edge_cache_objects")
     assert metric(edge, "fm_edge_memory_bytes") <= metric(edge, "fm_edge_cache_bytes")
     misses = counters(edge)["misses"]

@@ -16,9 +16,8 @@ import secrets
 import uuid
 
 import pytest
-import requests
 
-from helpers_fm import redis_cmd, redis_url, wait_for
+from helpers_fm import metric as service_metric, redis_cmd, redis_url, wait_for
 from helpers_uploads import dedicated, key_of, random_bytes
 ORPHANS_DB = 1   # this suite's Redis database: its own records and listing cursor
 EXPIRY_S = 60    # FM_UPLOAD_EXPIRY_S's minimum (common/config.c)
@@ -39,9 +38,7 @@ def rcmd(fm, *args):
 
 
 def metric(fm, name):
-    text = requests.get(fm.base + "/metrics", timeout=5).text
-    m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    return service_metric(fm.base, name)
 
 
 def upload_rows(fm, upload_id):

@@ -20,7 +20,6 @@ test empties the backlog's keys first and the module empties them at the end. Po
 """
 import concurrent.futures
 import contextlib
-import re
 import secrets
 import time
 import uuid
@@ -28,7 +27,7 @@ import uuid
 import pytest
 import requests
 
-from helpers_fm import redis_cmd, redis_url, wait_for
+from helpers_fm import metric as service_metric, redis_cmd, redis_url, wait_for
 from helpers_uploads import Fm, Psql, random_bytes, sha256_hex
 
 REDIS_DB = 41
@@ -52,9 +51,7 @@ class BacklogFm(Fm):
         return int(count), int(age)
 
     def metric(self, name):
-        text = requests.get(self.base + "/metrics", timeout=10).text
-        m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
-        return float(m.group(1)) if m else 0.0
+        return service_metric(self.base, name)
 
     def in_pg(self, file_ids):
         """How many of these files have their row in PostgreSQL."""

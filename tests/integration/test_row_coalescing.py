@@ -14,14 +14,12 @@ stopped at the end of the module.
 """
 import concurrent.futures
 import contextlib
-import re
 import subprocess
 import uuid
 
 import pytest
-import requests
 
-from helpers_fm import assert_error, redis_cmd, redis_url, wait_for
+from helpers_fm import assert_error, metric as service_metric, redis_cmd, redis_url, wait_for
 from helpers_uploads import Fm, Psql, dedicated, random_bytes
 
 REDIS_DB = 0
@@ -70,17 +68,12 @@ def stranger(fm):
     return fm.user("co-stranger")
 
 
-def metric(fm, pattern):
-    m = re.search(pattern, requests.get(fm.base + "/metrics", timeout=10).text, re.M)
-    return float(m.group(1)) if m else 0.0
-
-
 def coalesced(fm):
-    return metric(fm, r"^fm_row_loads_coalesced_total (\S+)$")
+    return service_metric(fm.base, "fm_row_loads_coalesced_total")
 
 
 def inflight(fm):
-    return metric(fm, r'^fm_http_inflight_requests\{[^}]*thread="0"[^}]*\} (\S+)$')
+    return service_metric(fm.base, "fm_http_inflight_requests", thread="0")
 
 
 @contextlib.contextmanager

@@ -34,7 +34,7 @@ import botocore.config
 import pytest
 import requests
 
-from helpers_fm import redis_cmd, redis_url, wait_for
+from helpers_fm import metric as service_metric, redis_cmd, redis_url, wait_for
 from helpers_uploads import (EVENTS_SECRET, aws_record, cors_origins, dedicated, key_of, post_event,
                              put_notifications, random_bytes, sha256_hex, stop_uploads_control)
 
@@ -85,9 +85,7 @@ def summary(records=1, enqueued=0, duplicates=0, failed=0, deleted=0, ignored=0)
 
 
 def metric(fm, name):
-    text = requests.get(fm.base + "/metrics", timeout=5).text
-    m = re.search(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    return service_metric(fm.base, name)
 
 
 def statuses(fm, upload_ids):

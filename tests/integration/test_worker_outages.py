@@ -14,7 +14,6 @@ Run: FM_BUILD_DIR=build /usr/bin/python3 -m pytest -q tests/integration/test_wor
 """
 import io
 import os
-import re
 import secrets
 import signal
 import socket
@@ -26,7 +25,7 @@ import requests
 from PIL import Image
 
 from conftest import ControlFactory, WorkerFactory
-from helpers_fm import redis_cmd, redis_url, relay_sockets, wait_for
+from helpers_fm import metric_sum, redis_cmd, redis_url, relay_sockets, wait_for
 from helpers_uploads import MIB, Fm, Psql, key_of, sha256_hex
 from stackfixture import free_ports, start_stack
 
@@ -290,17 +289,7 @@ def metrics(svc):
     return requests.get(svc.url + "/metrics", timeout=5).text
 
 
-def metric(text, name, **labels):
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(3))
-    return total
+metric = metric_sum  # (text, name, **labels)
 
 
 def wait_failing_without_failing(fm, file_id, job_id, tries, timeout=90):
