@@ -346,7 +346,12 @@ ROWS = {
         **AUTH, "other_account": NO_RESOURCE, "narrow_role": E(403, "forbidden"),
         "bad_input": [bad_json(("POST", U)), wrong_types(("POST", U), {"filename": 5, "type": "text/plain"})]},
     ("GET", U + "/{uploadId}/{partNumber}"): {
-        **AUTH, "other_account": other("upload_not_found"), "narrow_role": E(403, "forbidden"),
+        **AUTH, "narrow_role": E(403, "forbidden"),
+        "other_account": [other("upload_not_found"),
+                          E(404, "upload_not_found",
+                            lambda c: call(c, ("GET", U + "/{uploadId}/{partNumber}"), c.a, c.ra,
+                                           path=f"{U}/{q(c.rb['uppy']['uploadId'])}/1?key={q(c.ra['uppy']['key'])}"),
+                            "B's S3 uploadId with A's own key")],
         "bad_input": [E(422, "invalid_parts",
                         lambda c: call(c, ("GET", U + "/{uploadId}/{partNumber}"), c.a, c.ra,
                                        path=uppy_route(c.ra, "/0")), "part number 0"),
@@ -431,3 +436,147 @@ def test_route_refuses(ctx, route, case):
             # The 404 is about ownership, not a wrong path: the owner's same request is not refused so.
             mine = call(ctx, route, ctx.b, ctx.rb)
             assert mine.status_code != 404, (e.what, mine.text)
+
+
+def test_refused_requests_left_the_other_account_alone(ctx):
+    """After every refusal above (A's DELETE, complete and abort of B's resources among them), B's things are as
+    they were: the pending uploads still pending, the file still there and private."""
+    fm, b, rb = ctx.fm, ctx.b, ctx.rb
+    for kind in ("single", "multipart"):
+        assert fm.upload_row(rb[kind]["upload_id"])["status"] == "PENDING", kind
+    assert fm.call(b, "GET", uppy_route(rb, "/1")).status_code == 200
+    f = fm.file(b, rb["file_id"])
+    assert f.status_code == 200 and f.json().get("visibility", "private") == "private", f.text
+    assert fm.file_row(rb["file_id"])["deleted_at"] is None
+
+
+def test_a_viewer_gets_no_part_urls(ctx):
+    """A member demoted to viewer keeps its pending uploads but gets no more upload URLs from either part route (both
+    handed them out: only the routes that start an upload checked the role); it still lists and aborts them."""
+    fm, v, rv = ctx.fm, ctx.viewer, ctx.rv
+    assert_error(fm.call(v, "POST", f"/v1/uploads/{rv['multipart']['upload_id']}/parts",
+                         json={"part_numbers": [1, 2]}), 403, "forbidden")
+    assert_error(fm.call(v, "GET", uppy_route(rv, "/2")), 403, "forbidden")
+    assert fm.call(v, "GET", f"/v1/uploads/{rv['multipart']['upload_id']}/parts").status_code == 200
+    assert fm.call(v, "GET", uppy_route(rv)).status_code == 200
+    # The same calls of a member still work (the block is the role's, not the route's).
+    assert fm.call(ctx.a, "GET", uppy_route(ctx.ra, "/2")).status_code == 200
+    gone = fm.call(v, "DELETE", uppy_route(rv))
+    assert gone.status_code in (200, 204), gone.text
+    assert fm.upload_row(rv["uppy"]["key"].split("/", 1)[1])["status"] == "ABORTED"
+
+
+# ---- fm-edge: edge/main.c's routes ----------------------------------------------------------------------------------
+# The edge has no accounts: a /f/ URL's signature (CloudFront's, bound to the key and the file) is the credential, a
+# /p/ object must be public for the file= it names, purge needs X-FM-Edge-Secret. A HEAD refusal has the GET's
+# status and headers and no body, so its error code is read from the GET of the same URL.
+
+EDGE_PUBLIC_DB = 48  # the edge's Redis database (fm:public); nothing in this module makes objects public
+EDGE_CASES = ("no_token", "expired_token", "garbage_token", "other_account", "narrow_role", "bad_input")
+
+
+@pytest.fixture(scope="module")
+def edge(edges, stack):
+    return edges.start(FM_REDIS_URL=redis_url(stack, EDGE_PUBLIC_DB), FM_EDGE_EVENTS="0")
+
+
+@pytest.fixture(scope="module")
+def objects(stack, s3):
+    (k1, _), (k2, _) = put_object(stack, s3, 700), put_object(stack, s3, 900)
+    return k1, k2
+
+
+def edge_family(method, path):
+    return method, path.split("{", 1)[0]
+
+
+def file_url(edge, signer, key, **kw):
+    return sign(signer, edge, key, **kw)
+
+
+def swap_file(url, file_id):
+    return re.sub(r"file=[0-9a-f-]+", f"file={file_id}", url)
+
+
+def purge(edge, body=None, raw=None, secret=None):
+    h = {"Content-Type": "application/json"}
+    if secret is not None:
+        h["X-FM-Edge-Secret"] = secret
+    return requests.post(edge.url + "/_edge/purge", data=raw if raw is not None else json.dumps(body), headers=h,
+                         timeout=10)
+
+
+F_ROW = {
+    "no_token": [(403, "missing_signature", lambda e, s, k, E_: f"{e.url}/f/{k[0]}?file={uuid.uuid4()}")],
+    "expired_token": [(403, "expired", lambda e, s, k, E_: file_url(e, s, k[0], expires_in=-5))],
+    "garbage_token": [(403, "bad_signature", lambda e, s, k, E_: re.sub(r"Signature=[^&]+", "Signature=" + "A" * 172,
+                                                                          file_url(e, s, k[0]))),
+                      (403, "unknown_key", lambda e, s, k, E_: file_url(e, s, k[0]).replace(E_.key_pair_id,
+                                                                                            "KUNKNOWN"))],
+    # Another file's id on a URL signed for this one, and one key's URL asked for another key.
+    "other_account": [(403, "bad_signature", lambda e, s, k, E_: swap_file(file_url(e, s, k[0]), uuid.uuid4())),
+                      (403, "bad_signature", lambda e, s, k, E_: file_url(e, s, k[0]).replace(k[0], k[1]))],
+    "narrow_role": [(403, "resource_mismatch", lambda e, s, k, E_: s.generate_presigned_url(
+        f"{e.url}/f/{k[0]}?file={uuid.uuid4()}", policy=s.build_policy(
+            f"{e.url}/f/variants/*", datetime_in(600))))],
+    "bad_input": [(400, "invalid_path", lambda e, s, k, E_: f"{e.url}/f/incoming/%2e%2e/x?file={uuid.uuid4()}"),
+                  (400, "invalid_path", lambda e, s, k, E_: f"{e.url}/f/{k[0]}?file=NOT-A-UUID"),
+                  (400, "invalid_variant", lambda e, s, k, E_: file_url(e, s, k[0], query="w=0"))],
+}
+P_ROW = {
+    "no_token": NA("/p/ URLs are unsigned: a public object needs no credential"),
+    "expired_token": NA("unsigned: nothing expires"),
+    "garbage_token": NA("unsigned"),
+    "other_account": [(404, "not_public", lambda e, s, k, E_: f"{e.url}/p/{k[0]}?file={uuid.uuid4()}")],
+    "narrow_role": [(404, "not_public", lambda e, s, k, E_: f"{e.url}/p/{k[0]}")],
+    "bad_input": [(400, "invalid_path", lambda e, s, k, E_: f"{e.url}/p/incoming/%2e%2e/x?file={uuid.uuid4()}")],
+}
+EDGE_ROWS = {("GET", "/f/"): F_ROW, ("HEAD", "/f/"): F_ROW, ("GET", "/p/"): P_ROW, ("HEAD", "/p/"): P_ROW,
+             ("POST", "/_edge/purge"): {
+                 "no_token": [(401, "unauthorized", lambda e, E_: purge(e, {"keys": ["x"]}))],
+                 "expired_token": NA("one static secret: nothing expires"),
+                 "garbage_token": [(401, "unauthorized", lambda e, E_: purge(e, {"keys": ["x"]}, secret="w" * 48))],
+                 "other_account": NA("no accounts: the secret is the edge operator's"),
+                 "narrow_role": NA("one secret, no roles"),
+                 "bad_input": [(400, "invalid_json", lambda e, E_: purge(e, raw="{nope", secret=E_.purge_secret)),
+                               (422, "invalid_field", lambda e, E_: purge(e, {"keys": "k"}, secret=E_.purge_secret)),
+                               (422, "invalid_field", lambda e, E_: purge(e, {"prefixes": [7]},
+                                                                           secret=E_.purge_secret)),
+                               (422, "missing_field", lambda e, E_: purge(e, {}, secret=E_.purge_secret))]}}
+
+
+def datetime_in(seconds):
+    import datetime
+    return datetime.datetime.fromtimestamp(int(time.time()) + seconds, tz=datetime.timezone.utc)
+
+
+def test_every_edge_route_has_a_row():
+    routes = c_routes("edge/main.c")
+    missing = sorted({f"{m} {p}" for m, p in routes if edge_family(m, p) not in EDGE_ROWS})
+    assert not missing, "routes of edge/main.c without a row in test_route_matrix.EDGE_ROWS: " + ", ".join(missing)
+    for family, row in EDGE_ROWS.items():
+        assert set(row) == set(EDGE_CASES), (family, set(EDGE_CASES) ^ set(row))
+
+
+EDGE_MATRIX = [(family, case) for family in EDGE_ROWS for case in EDGE_CASES]
+
+
+@pytest.mark.parametrize("family,case", EDGE_MATRIX, ids=[f"{m} {p} | {c}" for (m, p), c in EDGE_MATRIX])
+def test_edge_route_refuses(edges, edge, signer, objects, family, case):
+    expected = EDGE_ROWS[family][case]
+    if isinstance(expected, NA):
+        pytest.skip(f"n/a: {expected.reason}")
+    method = family[0]
+    for status, code, make in expected:
+        if family[1] == "/_edge/purge":
+            r = make(edge, edges)
+            assert_error(r, status, code)
+            continue
+        url = make(edge, signer, objects, edges)
+        got = requests.get(url, timeout=10)
+        assert_error(got, status, code)
+        if method == "HEAD":
+            head = requests.head(url, timeout=10)
+            assert head.status_code == status, (url, head.status_code)
+            assert head.content == b"" and head.headers.get("Content-Type", "").startswith("application/json")
+            assert head.headers.get("X-Request-Id"), head.headers
