@@ -32,7 +32,7 @@ from helpers_uploads import Fm, dedicated, random_bytes, sha256_hex
 from test_edge import put_object, s3, sign, signer  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
-MATRIX_REDIS_DB = 47
+MATRIX_REDIS_DB = 57  # 47+ is free; 57 and 58 are less likely to meet another new module at a merge
 EVENTS_SECRET = "route-matrix-events-secret-0123456789abcdef"
 MIB = 1024 * 1024
 CASES = ("no_token", "expired_token", "garbage_token", "other_account", "narrow_role", "bad_input")
@@ -471,7 +471,7 @@ def test_a_viewer_gets_no_part_urls(ctx):
 # /p/ object must be public for the file= it names, purge needs X-FM-Edge-Secret. A HEAD refusal has the GET's
 # status and headers and no body, so its error code is read from the GET of the same URL.
 
-EDGE_PUBLIC_DB = 48  # the edge's Redis database (fm:public); nothing in this module makes objects public
+EDGE_PUBLIC_DB = 58  # the edge's Redis database (fm:public); nothing in this module makes objects public
 EDGE_CASES = ("no_token", "expired_token", "garbage_token", "other_account", "narrow_role", "bad_input")
 
 
