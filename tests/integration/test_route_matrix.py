@@ -15,6 +15,7 @@ One fm-control (its own Redis database) and one fm-edge serve the whole module.
     FM_BUILD_DIR=build /usr/bin/python3 -m pytest tests/integration/test_route_matrix.py -q
 """
 import base64
+import datetime
 import json
 import re
 import time
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from helpers_fm import assert_error, claims, hs256_by_hand, redis_url
-from helpers_uploads import Fm, dedicated, random_bytes, sha256_hex
+from helpers_uploads import Fm, dedicated, random_bytes
 from test_edge import put_object, s3, sign, signer  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -546,7 +547,6 @@ EDGE_ROWS = {("GET", "/f/"): F_ROW, ("HEAD", "/f/"): F_ROW, ("GET", "/p/"): P_RO
 
 
 def datetime_in(seconds):
-    import datetime
     return datetime.datetime.fromtimestamp(int(time.time()) + seconds, tz=datetime.timezone.utc)
 
 
