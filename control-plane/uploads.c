@@ -561,6 +561,11 @@ static void part_urls_loaded(fm_req_t *r, upload_state_t *s)
 
 static void part_urls_authorized(fm_req_t *r, const fm_principal_t *p)
 {
+    /* Part URLs are upload rights: a member demoted to viewer keeps its pending uploads but gets no new URLs. */
+    if (p->role == FM_JWT_ROLE_VIEWER) {
+        fm_reply_error(r, 403, "forbidden", "viewers cannot upload");
+        return;
+    }
     load_upload(r, p, part_urls_loaded);
 }
 

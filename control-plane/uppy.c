@@ -228,6 +228,11 @@ static void sign_part_loaded(fm_req_t *r, upload_state_t *s)
 
 static void sign_part_authorized(fm_req_t *r, const fm_principal_t *p)
 {
+    /* As POST /v1/uploads/{id}/parts: a part URL is an upload right, which viewers do not have. */
+    if (p->role == FM_JWT_ROLE_VIEWER) {
+        fm_reply_error(r, 403, "forbidden", "viewers cannot upload");
+        return;
+    }
     /* The route captured {uploadId} and {partNumber}; keep the part number where load_by_key leaves it alone. */
     r->params[2] = r->params[1];
     load_by_key(r, p, sign_part_loaded);
