@@ -53,6 +53,7 @@ void fm_reconcile_forget_file(reconcile_t *rc, const char *file_id)
 void fm_reconcile_step_next(reconcile_t *rc)
 {
     if (rc->step == STEP_TRASH) {
+        fm_metrics_counter_add("fm_reconcile_rounds_total", NULL, 1); /* every step ran: what "a round later" means */
         fm_reconcile_round_end(rc);
         return;
     }
@@ -415,6 +416,10 @@ reconcile_t *fm_reconcile_start(fm_thread_t *thread)
     }
     h2o_timeout_init(thread->ctx.loop, &rc->interval, (uint64_t)fm_control->config.reconcile_interval_s * 1000);
     rc->entry.cb = on_tick;
+    fm_metrics_describe("fm_reconcile_rounds_total", FM_METRIC_COUNTER,
+                        "Reconciler rounds this instance ran through every step (a round another instance held is "
+                        "not counted)");
+    fm_metrics_counter_add("fm_reconcile_rounds_total", NULL, 0);
     h2o_timeout_link(thread->ctx.loop, &rc->interval, &rc->entry);
     fm_jobs_ensure_group(ct(rc)->redis);
     fm_edge_index_check(rc);

@@ -26,7 +26,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 from conftest import unique_email
-from helpers_fm import PASSWORD, bearer, login, main_dbname, redis_cmd, redis_url, register
+from helpers_fm import PASSWORD, bearer, login, main_dbname, metric, redis_cmd, redis_url, register, wait_for
 
 MIB = 1024 * 1024
 THRESHOLD = 8 * MIB            # FM_MULTIPART_THRESHOLD of the dedicated instance
@@ -251,6 +251,13 @@ class Fm:
                        f"(SELECT count(*) FROM jobs j JOIN files f ON f.id = j.file_id "
                        f" WHERE f.owner_id = '{user.id}')")
         return tuple(int(x) for x in out.split("|"))
+
+    def reconcile_rounds(self, n, timeout=60):
+        """Waits for `n` whole reconciler rounds of this instance that began after the call (a round in progress
+        when it is made may have read the state before: it does not count), by fm_reconcile_rounds_total."""
+        start = metric(self.base, "fm_reconcile_rounds_total")
+        assert wait_for(lambda: metric(self.base, "fm_reconcile_rounds_total") >= start + n + 1, timeout), \
+            f"fewer than {n} reconciler rounds in {timeout} s"
 
     def shield_from_reconciler(self, upload_id):
         """The 1 s reconciler probes every pending single PUT whose object exists: a test that needs the upload to

@@ -389,7 +389,7 @@ def test_reconciler_enqueues_an_upload_whose_event_was_lost(fm, user):
 
 def test_reconciler_leaves_uploads_without_object_pending(fm, user):
     a = fm.start(user, b"never sent")
-    time.sleep(3)  # three rounds
+    fm.reconcile_rounds(3)
     assert fm.upload_row(a["upload_id"])["status"] == "PENDING"
     assert fm.jobs_of_upload(a["upload_id"]) == []
     assert fm.abort(user, a["upload_id"]).status_code == 204
@@ -408,7 +408,7 @@ def test_reconciler_puts_jobs_missing_from_the_stream_back(fm, user):
     assert wait_for(lambda: len(fm.stream_entries(job_id)) == 1, 15)
     # enqueued_at is recorded right after the XADD answered
     assert wait_for(lambda: fm.sql(f"SELECT enqueued_at IS NOT NULL FROM jobs WHERE id = '{job_id}'") == "t", 5)
-    time.sleep(1.5)
+    fm.reconcile_rounds(1)  # a later round does not add it again
     assert len(fm.stream_entries(job_id)) == 1
 
 
@@ -450,7 +450,7 @@ def test_an_old_upload_whose_object_exists_is_marked_never_expired(fm, user):
     assert wait_for(lambda: fm.upload_row(a["upload_id"])["status"] != "PENDING", 15), fm.upload_row(a["upload_id"])
     assert_one_job(fm, a, by="reconciler")
     assert fm.head(key_of(a["upload_id"]))["ContentLength"] == len(data)
-    time.sleep(2)  # rounds later: still there, still UPLOADED
+    fm.reconcile_rounds(2)  # rounds later: still there, still UPLOADED
     assert fm.upload_row(a["upload_id"])["status"] == "UPLOADED"
     assert fm.head(key_of(a["upload_id"])) is not None
 

@@ -15,8 +15,8 @@ import pytest
 import requests
 
 from conftest import unique_email, wait_ready_200
-from helpers_fm import (PASSWORD, assert_error, assert_unauthorized, bearer, login, main_dbname, me, post_json, psql,
-                        redis_cmd, redis_url, register, wait_for)
+from helpers_fm import (PASSWORD, assert_error, assert_unauthorized, bearer, login, main_dbname, me, metric, post_json,
+                        psql, redis_cmd, redis_url, register, wait_for)
 
 CACHE_DB = 6  # the dedicated instance's Redis database: its session keys can be flushed without touching others
 FAST = 3.0    # seconds: an outage must be reported at least this quickly
@@ -182,12 +182,13 @@ def test_restarting_fm_control_keeps_accounts_and_sessions(controls, stack, cont
 
 
 def test_sigterm_finishes_the_in_flight_login_and_exits_0(controls, stack, control):
-    # A costly argon2id (64 MiB, 2 passes) makes one login last long enough to be caught by the signal.
-    slow = controls.start(FM_ARGON2_M_KIB=65536, FM_ARGON2_T=2, FM_REDIS_URL=redis_url(stack, CACHE_DB))
+    # A costly argon2id (64 MiB, 40 passes) makes one login last over a second: long enough to be caught by the
+    # signal, and to be seen in flight by the once-a-second fm_http_inflight_requests gauge.
+    slow = controls.start(FM_ARGON2_M_KIB=65536, FM_ARGON2_T=40, FM_REDIS_URL=redis_url(stack, CACHE_DB))
     email = unique_email("slow")
     # Hashed with the slow parameters, so verifying it at login costs about as much.
     _, hash_seconds = timed(lambda: register(slow.url, email))
-    assert hash_seconds > 0.1, f"a hash takes {hash_seconds:.3f} s: too fast to test a graceful stop with"
+    assert hash_seconds > 1.1, f"a hash takes {hash_seconds:.3f} s: too fast to test a graceful stop with"
     result = {}
 
     def do_login():
@@ -200,7 +201,10 @@ def test_sigterm_finishes_the_in_flight_login_and_exits_0(controls, stack, contr
 
     t = threading.Thread(target=do_login)
     t.start()
-    time.sleep(0.05)
+    # the signal comes once the server holds the login (never by a fixed delay, which a slow machine outruns)
+    assert wait_for(lambda: metric(slow.url, "fm_http_inflight_requests") >= 1 or "done" in result, 30), \
+        "the login was never seen in flight"
+    assert "done" not in result, "the login finished before it was seen in flight"
     signalled = time.monotonic()
     slow.proc.send_signal(signal.SIGTERM)
     t.join(60)
