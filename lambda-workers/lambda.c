@@ -9,6 +9,7 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -177,6 +178,21 @@ static void request_setup(runtime_t *rt, const char *url)
     curl_easy_setopt(rt->curl, CURLOPT_FOLLOWLOCATION, 0L);
 }
 
+/* SIGTERM (Lambda's shutdown, or an operator's stop) and SIGINT are blocked in every thread of fm-worker (main.c,
+ * before libvips starts its threads): they stay pending, and the loop looks for them between invocations and,
+ * through curl's progress callback (called about once a second while nothing arrives), while it waits on /next.
+ * A pending one ends the loop there; an invocation being handled is answered first. */
+static int stop_pending(void)
+{
+    sigset_t pending;
+    return sigpending(&pending) == 0 && (sigismember(&pending, SIGTERM) == 1 || sigismember(&pending, SIGINT) == 1);
+}
+
+static int on_wait_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow)
+{
+    return stop_pending(); /* non-zero: curl ends the transfer with CURLE_ABORTED_BY_CALLBACK */
+}
+
 static const char *curl_reason(runtime_t *rt, CURLcode code)
 {
     return rt->curl_err[0] != '\0' ? rt->curl_err : curl_easy_strerror(code);
@@ -184,8 +200,8 @@ static const char *curl_reason(runtime_t *rt, CURLcode code)
 
 /*
  * GET /next. "Do not set a timeout on the GET request": the environment may be frozen between the call and the
- * event. Returns 0 with the HTTP status in *status (body and headers filled), or -1 on a transport failure other
- * than a payload over the limit (then 0 with body->too_large).
+ * event. Returns 0 with the HTTP status in *status (body and headers filled), 1 when a stop signal came while it
+ * waited, or -1 on a transport failure other than a payload over the limit (then 0 with body->too_large).
  */
 static int get_next(runtime_t *rt, body_t *body, invocation_headers_t *headers, long *status)
 {
@@ -198,11 +214,15 @@ static int get_next(runtime_t *rt, body_t *body, invocation_headers_t *headers, 
     curl_easy_setopt(rt->curl, CURLOPT_WRITEDATA, body);
     curl_easy_setopt(rt->curl, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(rt->curl, CURLOPT_HEADERDATA, headers);
+    curl_easy_setopt(rt->curl, CURLOPT_NOPROGRESS, 0L);
+    curl_easy_setopt(rt->curl, CURLOPT_XFERINFOFUNCTION, on_wait_progress);
     CURLcode code = curl_easy_perform(rt->curl);
     *status = 0;
     curl_easy_getinfo(rt->curl, CURLINFO_RESPONSE_CODE, status);
     if (code == CURLE_OK || (code == CURLE_WRITE_ERROR && body->too_large))
         return 0;
+    if (code == CURLE_ABORTED_BY_CALLBACK)
+        return 1;
     fm_error("lambda: GET %s failed: %s", url, curl_reason(rt, code));
     return -1;
 }
@@ -318,15 +338,19 @@ static long answer_invocation(runtime_t *rt, const invocation_headers_t *h, cons
     return status;
 }
 
-/* Takes one event and answers it. Returns 0 to go on, -1 when the runtime API is unusable. */
+/* Takes one event and answers it. Returns 0 to go on, 1 when a stop signal came, -1 when the runtime API is
+ * unusable. */
 static int invoke_once(runtime_t *rt, fm_lambda_handler_fn handler, void *ud)
 {
     body_t event = {.limit = FM_LAMBDA_MAX_PAYLOAD};
     invocation_headers_t headers = {0};
     long status = 0;
-    int rc = -1;
-    if (get_next(rt, &event, &headers, &status) != 0)
+    int rc = stop_pending() ? 1 : get_next(rt, &event, &headers, &status);
+    if (rc != 0) {
+        rc = rc == 1 ? 1 : -1;
         goto out;
+    }
+    rc = -1;
     if (status != 200) {
         fm_error("lambda: GET /invocation/next answered %ld: %.300s", status, event.data != NULL ? event.data : "");
         goto out;
@@ -392,6 +416,10 @@ int fm_lambda_run(const char *runtime_api, fm_lambda_handler_fn handler, void *u
     }
     for (int taken = 0; rc == 0 && (max_invocations <= 0 || taken < max_invocations); taken++)
         rc = invoke_once(&rt, handler, ud);
+    if (rc == 1) {
+        fm_info("lambda: stop signal: no more invocations taken; exiting");
+        rc = 0;
+    }
     curl_easy_cleanup(rt.curl);
     return rc;
 }

@@ -525,3 +525,34 @@ def test_lambda_mode_processes_the_s3_event_with_the_same_handler(fm, alice, poo
         proc.wait()
         api.stop()
     assert not SANITIZER_REPORT.search(log_path.read_text(errors="replace")), log_path.read_text()[-4000:]
+
+
+def test_lambda_mode_stops_promptly_on_sigterm_while_it_waits_for_an_event(pool, log_dir):
+    """Lambda (or an operator) sends SIGTERM while the runtime waits on /invocation/next: fm-worker stops at once and
+    exits 0, as in queue mode (before: the signal stayed blocked and the process had to be killed)."""
+    import subprocess
+
+    from conftest import BUILD_DIR, SANITIZER_REPORT
+    from lambda_runtime import LambdaRuntime
+
+    api = LambdaRuntime()
+    env = pool.workers.controls.env(**pool.env(AWS_LAMBDA_RUNTIME_API=api.address))
+    log_path = log_dir / f"fm-worker-lambda-{secrets.token_hex(4)}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(BUILD_DIR / "fm-worker")], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        api.wait_next_calls(1, timeout=60)  # initialised, waiting for an event that does not come
+        proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(15)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"still running 15 s after SIGTERM:\n{log_path.read_text(errors='replace')[-3000:]}")
+        assert rc == 0, log_path.read_text(errors="replace")[-3000:]
+        assert "stop signal" in log_path.read_text(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        api.stop()
+    assert not SANITIZER_REPORT.search(log_path.read_text(errors="replace")), log_path.read_text()[-4000:]
