@@ -273,6 +273,9 @@ int fm_worker_scan_jobs(fm_worker_t *keeper, const char *lock, const char *sql, 
     PGresult *res = fm_worker_sql(keeper, sql, nparams, params);
     if (res == NULL)
         return -1;
+    char labels[64];
+    snprintf(labels, sizeof(labels), "type=\"%s\"", type);
+    fm_metrics_counter_add("fm_worker_scans_total", labels, 1); /* what "a scan later" means to an operator or test */
     int added = 0;
     *made = PQntuples(res);
     for (int i = 0; i < *made; i++) {
@@ -733,6 +736,8 @@ static void describe_metrics(void)
     fm_metrics_describe("fm_worker_postgresql_waits_total", FM_METRIC_COUNTER,
                         "Started jobs that waited for PostgreSQL to come back rather than be run again");
     fm_metrics_describe("fm_worker_dead_letters_total", FM_METRIC_COUNTER, "Jobs FAILED for good (jobs:dead)");
+    fm_metrics_describe("fm_worker_scans_total", FM_METRIC_COUNTER,
+                        "Housekeeping scans this worker ran (it held the scan's lock), by the type of job they make");
 }
 
 static void queue_free(fm_queue_t *q)

@@ -14,7 +14,7 @@ import struct
 
 import pytest
 
-from helpers_fm import redis_cmd, redis_url, wait_for
+from helpers_fm import metric, redis_cmd, redis_url, wait_for
 from helpers_uploads import EVENTS_SECRET, MIB, dedicated, sha256_hex
 from test_worker import Pool, WorkerFm, image_bytes, metrics, upload
 
@@ -119,7 +119,10 @@ def test_unreferenced_blob_is_deleted_and_referenced_ones_are_kept(fm, alice, bo
     assert wait_for(lambda: not [e for e in fm.stream_entries(job["id"])], 5)  # acknowledged and deleted
     assert 'fm_worker_jobs_total{type="cleanup_blob",outcome="deleted"}' in metrics(worker)
 
-    time.sleep(2.5)  # two more scan rounds: nothing else goes
+    # two more whole scans (begun after the purge): nothing else goes
+    scans = metric(worker.url, "fm_worker_scans_total", type="cleanup_blob")
+    assert wait_for(lambda: metric(worker.url, "fm_worker_scans_total", type="cleanup_blob") >= scans + 3, 30), \
+        worker.log_text()[-3000:]
     for sha, keys in ((kept_sha, kept_keys), (trashed_sha, trashed_keys)):
         state = fm.blob_state(sha)
         assert state is not None and state["unreferenced_since"] is None, state
