@@ -265,13 +265,22 @@ class Fm:
         self.sql(f"UPDATE uploads SET checked_at = now() + interval '1 hour' WHERE id = '{upload_id}'")
 
     def mark_verified(self, file_id, data, content_type="application/octet-stream"):
-        """What the (not yet written) worker does once it verified a file's bytes: a blob row, file READY."""
+        """What fm-worker leaves once it verified a file's bytes (lambda-workers/process.c outcome_ready), for suites
+        that run no worker: the bytes at blobs/{sha256} with their type, the blob row, the file READY on it, the
+        owner's dedupe entry (hash -> size), the cached row dropped, and the client's object gone.
+        test_worker.py::test_mark_verified_leaves_what_the_worker_leaves compares the two."""
         digest = sha256_hex(data)
+        key = f"blobs/{digest}"
+        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
         self.sql(f"INSERT INTO blobs (sha256, size, storage_key, content_type, ref_count) VALUES "
-                 f"(decode('{digest}', 'hex'), {len(data)}, 'blobs/{digest}', '{content_type}', 1) "
+                 f"(decode('{digest}', 'hex'), {len(data)}, '{key}', '{content_type}', 1) "
                  f"ON CONFLICT (sha256) DO UPDATE SET ref_count = blobs.ref_count + 1; "
                  f"UPDATE files SET status = 'READY', blob_sha256 = decode('{digest}', 'hex') WHERE id = '{file_id}'")
-        self.redis("DEL", f"fm:file:{{{file_id}}}")  # the cached status row, as the worker would
+        owner = self.sql(f"SELECT owner_id FROM files WHERE id = '{file_id}'")
+        self.redis("HSET", f"fm:dedupe:{{{owner}}}", digest, str(len(data)))
+        self.redis("DEL", f"fm:file:{{{file_id}}}")
+        for key in self.sql(f"SELECT object_key FROM uploads WHERE file_id = '{file_id}'").split():
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
 
     # --- Redis
     def redis(self, *args):

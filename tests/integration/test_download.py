@@ -64,16 +64,8 @@ class DownloadFm(Fm):
         blobs/{sha256}, the blob's key). Returns (file_id, object key, data)."""
         data = data if data is not None else random_bytes(1500)
         a, _ = self.upload(user, data, content_type=content_type, name=name)
-        digest = sha256_hex(data)
-        key = f"blobs/{digest}"
-        self.s3.copy_object(Bucket=self.bucket, Key=key, CopySource={"Bucket": self.bucket,
-                                                                     "Key": f"incoming/{a['upload_id']}"})
-        self.sql(f"INSERT INTO blobs (sha256, size, storage_key, content_type, ref_count) VALUES "
-                 f"(decode('{digest}', 'hex'), {len(data)}, '{key}', '{content_type}', 1); "
-                 f"UPDATE files SET status = 'READY', blob_sha256 = decode('{digest}', 'hex') "
-                 f"WHERE id = '{a['file_id']}'")
-        self.drop_cached(a["file_id"])
-        return a["file_id"], key, data
+        self.mark_verified(a["file_id"], data, content_type)
+        return a["file_id"], f"blobs/{sha256_hex(data)}", data
 
     def download(self, user, file_id, query="", **kw):
         return self.call(user, "GET", f"/v1/files/{file_id}/download" + (f"?{query}" if query else ""),

@@ -531,11 +531,11 @@ def dedupe_key(user):
 
 
 def verified_file(fm, user, content_type="text/plain"):
-    """A file of `user` whose bytes a worker verified (simulated in SQL) and the worker's index entry."""
+    """A file of `user` whose bytes a worker verified, with the worker's index entry (hash → size): what the worker
+    leaves, written by Fm.mark_verified (this module runs no worker)."""
     data = random_bytes(1234)
     a, _ = fm.upload(user, data, content_type=content_type)
     fm.mark_verified(a["file_id"], data, content_type)
-    fm.redis("HSET", dedupe_key(user), sha256_hex(data), str(len(data)))  # the worker's entry: hash → size
     return data, a
 
 

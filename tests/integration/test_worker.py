@@ -486,6 +486,37 @@ def test_graceful_stop_finishes_the_job_in_flight(fm, alice, pool, workers):
     assert not [w for w in live_workers(fm).values() if w["pid"] == svc.proc.pid]
 
 
+def verified_state(fm, user, file_id, data):
+    """What a verified file leaves behind, in the terms the suites without a worker rely on."""
+    sha = sha256_hex(data)
+    row, blob, head = fm.file_row(file_id), fm.blob_row(sha), fm.head(f"blobs/{sha}")
+    client_keys = fm.sql(f"SELECT object_key FROM uploads WHERE file_id = '{file_id}'").split()
+    return {
+        "file": (row["status"], row["blob"] == sha, row["status_reason"]),
+        "blob row": (blob["size"] == len(data), blob["storage_key"] == f"blobs/{sha}", blob["content_type"]),
+        "object": (head["ContentLength"] == len(data), head["ContentType"], fm.get_bytes(f"blobs/{sha}") == data),
+        "dedupe entry": fm.redis("HGET", f"fm:dedupe:{{{user.id}}}", sha) == str(len(data)),
+        "client objects left": [k for k in client_keys if fm.head(k) is not None],
+    }
+
+
+def test_mark_verified_leaves_what_the_worker_leaves(fm, alice, worker):
+    """The suites that run no worker make files READY with helpers_uploads.Fm.mark_verified: it must leave what the
+    worker leaves for a file of the same kind, or those suites test a state that never exists."""
+    by_worker = f"verified by the worker {secrets.token_hex(16)}\n".encode()
+    a, _ = upload(fm, alice, by_worker, "text/plain", name="worker.txt")
+    assert fm.wait_status(a["file_id"], {"READY", "QUARANTINED", "FAILED"})["status"] == "READY"
+    assert wait_for(lambda: fm.head(key_of(a["upload_id"])) is None, 10)  # deleted last
+    by_helper = f"verified by the helper {secrets.token_hex(16)}\n".encode()
+    b = fm.start(alice, by_helper, content_type="text/plain", name="helper.txt")
+    fm.shield_from_reconciler(b["upload_id"])  # no job: the helper stands in for the worker
+    assert fm.put(b, by_helper).status_code == 200
+    fm.mark_verified(b["file_id"], by_helper, "text/plain")
+    worker_state = verified_state(fm, alice, a["file_id"], by_worker)
+    assert worker_state == verified_state(fm, alice, b["file_id"], by_helper), worker_state
+    assert fm.file(alice, b["file_id"]).json()["status"] == fm.file(alice, a["file_id"]).json()["status"] == "READY"
+
+
 # --- Lambda mode -----------------------------------------------------------------------------------------------------------
 
 def test_lambda_mode_processes_the_s3_event_with_the_same_handler(fm, alice, pool, log_dir):
