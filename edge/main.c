@@ -150,8 +150,9 @@ int main(int argc, char **argv)
         return 0;
     }
     static fm_config_t cfg;
+    fm_log_init("fm-edge", NULL); /* the service's name on the line below; the level once the config is read */
     if (fm_config_load(&cfg, FM_SVC_EDGE, stderr) != 0) {
-        fprintf(stderr, "fm-edge: fix the configuration above (see `fm-edge config`)\n");
+        fm_error("fm-edge: fix the configuration above (see `fm-edge config`)");
         return 2;
     }
     fm_log_init("fm-edge", cfg.log_level);
