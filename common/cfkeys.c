@@ -12,8 +12,11 @@
 #include <openssl/rsa.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "log.h"
 
 #define PEM_MAX 16384
 
@@ -59,6 +62,52 @@ void fm_cf_keys_free(fm_cf_keys_t *keys)
     for (size_t i = 0; i < keys->count; i++)
         EVP_PKEY_free(keys->entries[i].pkey);
     free(keys);
+}
+
+/* One item of a key list: the PEM file at `path` under `id`. */
+static int load_key_file(fm_cf_keys_t *keys, const char *var, const char *id, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    char pem[PEM_MAX], err[256];
+    size_t len = f ? fread(pem, 1, sizeof(pem), f) : 0;
+    if (f != NULL)
+        fclose(f);
+    if (len == 0 || len == sizeof(pem)) {
+        fm_error("config: %s: cannot read %s", var, path);
+        return -1;
+    }
+    int rc = fm_cf_keys_add_pem(keys, id, pem, len, err, sizeof(err));
+    OPENSSL_cleanse(pem, sizeof(pem)); /* a private key's bytes do not outlive the call */
+    if (rc != 0)
+        fm_error("config: %s: key %s (%s): %s", var, id, path, err);
+    return rc;
+}
+
+int fm_cf_keys_load(fm_cf_keys_t *keys, const char *var, const char *item_form, const char *spec, char *first_id)
+{
+    char *copy = strdup(spec), *save = NULL;
+    if (copy == NULL || keys == NULL) {
+        free(copy);
+        return -1;
+    }
+    int bad = 0;
+    for (char *item = strtok_r(copy, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
+        while (*item == ' ')
+            ++item;
+        char *eq = strchr(item, '=');
+        if (eq == NULL || eq == item) {
+            fm_error("config: %s: \"%s\" is not %s", var, item, item_form);
+            bad = 1;
+            continue;
+        }
+        *eq = '\0';
+        if (load_key_file(keys, var, item, eq + 1) != 0)
+            bad = 1;
+        else if (first_id != NULL && first_id[0] == '\0')
+            snprintf(first_id, FM_CF_KEY_ID_MAX + 1, "%s", item);
+    }
+    free(copy);
+    return bad ? -1 : 0;
 }
 
 /* Refuses every passphrase: without a callback OpenSSL would prompt on the terminal for an encrypted key. */

@@ -63,6 +63,16 @@ void fm_cf_keys_allow_rsa1024(fm_cf_keys_t *keys);
 /** Number of key pairs in the set. */
 size_t fm_cf_keys_count(const fm_cf_keys_t *keys);
 
+/**
+ * Adds the key list `spec` of configuration variable `var` (FM_CF_KEYS, FM_EDGE_CF_PUBLIC_KEYS) to `keys`:
+ * "Key-Pair-Id=file.pem" items separated by ',', spaces before an item ignored; each file read once (at most 16 KiB)
+ * and wiped from memory after. `item_form` names an item's shape in the message for a malformed one (e.g.
+ * "Key-Pair-Id=private.pem"). Every bad item is logged with fm_error, naming `var`, and the others are still
+ * tried, so one start shows every mistake. `first_id` (FM_CF_KEY_ID_MAX + 1 bytes, or NULL) gets the first key
+ * pair added. Returns 0, or -1 if any item failed (or out of memory). Startup only: it reads files.
+ */
+int fm_cf_keys_load(fm_cf_keys_t *keys, const char *var, const char *item_form, const char *spec, char *first_id);
+
 /** Frees the set and its keys (NULL is fine). No call on it may be in progress. */
 void fm_cf_keys_free(fm_cf_keys_t *keys);
 

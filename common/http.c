@@ -113,6 +113,14 @@ h2o_iovec_t fm_req_header(fm_req_t *r, const char *name)
     return r->req->headers.entries[i].value;
 }
 
+h2o_iovec_t fm_req_query(fm_req_t *r)
+{
+    h2o_req_t *req = r->req;
+    if (req->query_at == SIZE_MAX)
+        return h2o_iovec_init(NULL, 0);
+    return h2o_iovec_init(req->path.base + req->query_at + 1, req->path.len - req->query_at - 1);
+}
+
 void fm_req_peer(fm_req_t *r, char *out, size_t size)
 {
     struct sockaddr_storage ss;

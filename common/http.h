@@ -51,6 +51,9 @@ int fm_req_resume(fm_req_t *r);
 /** The value of header `name` (lowercase), or {NULL,0}. */
 h2o_iovec_t fm_req_header(fm_req_t *r, const char *name);
 
+/** The request's raw query (after '?', still percent-encoded; read it with qs.h), or {NULL, 0} without a '?'. */
+h2o_iovec_t fm_req_query(fm_req_t *r);
+
 /** The client's address as text (IPv4/IPv6), for rate limits and audit. */
 void fm_req_peer(fm_req_t *r, char *out, size_t size);
 

@@ -3,6 +3,7 @@
  * The worker moves verified bytes out of client reach with them (incoming/ → staging/ → blobs/{sha256}, docs/workers.md
  * "Where verified bytes live"), so a 50 GiB upload must copy as surely as a 5 KiB one.
  */
+#include "qs.h"
 #include "s3.h"
 #include "s3_internal.h"
 
@@ -13,7 +14,6 @@
 /* x-amz-copy-source: "bucket/key", URL-encoded as S3 requires (RFC 3986 unreserved characters and '/' kept). */
 static char *copy_source(const char *bucket, const char *key)
 {
-    static const char hex[] = "0123456789ABCDEF";
     size_t bucket_len = strlen(bucket), key_len = strlen(key);
     char *out = malloc(bucket_len + 1 + key_len * 3 + 1);
     if (out == NULL)
@@ -21,17 +21,7 @@ static char *copy_source(const char *bucket, const char *key)
     memcpy(out, bucket, bucket_len);
     char *o = out + bucket_len;
     *o++ = '/';
-    for (const unsigned char *p = (const unsigned char *)key; *p != '\0'; p++) {
-        if ((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
-            strchr("-._~/", *p) != NULL) {
-            *o++ = (char)*p;
-        } else {
-            *o++ = '%';
-            *o++ = hex[*p >> 4];
-            *o++ = hex[*p & 15];
-        }
-    }
-    *o = '\0';
+    *fm_pct_encode(o, key, key_len, FM_PCT_KEEP_SLASH) = '\0';
     return out;
 }
 

@@ -1,6 +1,7 @@
 /* The XML of the S3 client (see s3.c): a minimal reader, the ListParts and ListObjectsV2 answers, the
  * CompleteMultipartUpload request body. */
 #include "s3.h"
+#include "qs.h"
 #include "s3_internal.h"
 
 #include <stdio.h>
@@ -121,10 +122,7 @@ int fm_s3_xml_text(const char *xml, size_t len, const char *tag, char *out, size
                 unsigned long cp = 0;
                 size_t digits = 0;
                 for (; q < end && *q != ';' && digits < 8; q++, digits++) {
-                    int d = (*q >= '0' && *q <= '9')          ? *q - '0'
-                            : hex && (*q >= 'a' && *q <= 'f') ? *q - 'a' + 10
-                            : hex && (*q >= 'A' && *q <= 'F') ? *q - 'A' + 10
-                                                              : -1;
+                    int d = hex ? fm_hex_digit(*q) : *q >= '0' && *q <= '9' ? *q - '0' : -1;
                     if (d < 0)
                         break;
                     cp = cp * (hex ? 16 : 10) + (unsigned long)d;
@@ -248,36 +246,11 @@ static long long parse_iso8601(const char *text)
     return days_from_civil(year, (unsigned)month, (unsigned)day) * 86400 + hour * 3600 + minute * 60 + second;
 }
 
-static int hex_value(char c)
-{
-    return c >= '0' && c <= '9'   ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
 /* Undoes encoding-type=url (S3 encodes as a form does: '+' is a space, a '+' in the key is %2B) into
  * out[FM_S3_KEY_MAX]; 0, or -1 for a bad escape, a NUL or a key over 1024 bytes. */
 static int url_decode_key(const char *in, char *out)
 {
-    size_t o = 0;
-    for (const char *p = in; *p != '\0'; p++) {
-        int c = (unsigned char)*p;
-        if (c == '+') {
-            c = ' ';
-        } else if (c == '%') {
-            int hi = hex_value(p[1]), lo = hi < 0 ? -1 : hex_value(p[2]);
-            if (lo < 0)
-                return -1;
-            c = hi * 16 + lo;
-            p += 2;
-        }
-        if (c == 0 || o >= FM_S3_KEY_MAX - 1)
-            return -1;
-        out[o++] = (char)c;
-    }
-    out[o] = '\0';
-    return 0;
+    return fm_pct_decode(in, strlen(in), out, FM_S3_KEY_MAX, NULL, FM_PCT_FORM) == FM_PCT_OK ? 0 : -1;
 }
 
 /* Reads one <Contents> into `object`; 0, or -1 with res set. */

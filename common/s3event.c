@@ -14,6 +14,7 @@
 #include <cjson/cJSON.h>
 
 #include "json.h"
+#include "qs.h"
 
 __attribute__((format(printf, 3, 4))) static int fail(char *err, size_t err_size, const char *fmt, ...)
 {
@@ -84,41 +85,28 @@ static int copy_field(const cJSON *obj, const char *name, int required, char *ou
     return 0;
 }
 
-static int hex_value(char c)
-{
-    return c >= '0' && c <= '9'   ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
 /*
  * The key into rec->key: form-urlencoded on AWS ('+' is a space, %XX a byte; S3 user guide, "Event message
  * structure"), as is on Ceph RGW (which does not encode it). Either way: 1..FM_S3EVENT_KEY_MAX bytes, no NUL.
  */
 static int decode_key(const char *text, int encoded, fm_s3event_record_t *rec, size_t index, char *err, size_t err_size)
 {
-    size_t o = 0;
-    for (const char *p = text; *p != '\0'; p++) {
-        int byte = (unsigned char)*p;
-        if (encoded && *p == '+') {
-            byte = ' ';
-        } else if (encoded && *p == '%') {
-            int hi = hex_value(p[1]), lo = hi < 0 ? -1 : hex_value(p[2]);
-            if (hi < 0 || lo < 0)
-                return fail(err, err_size, "record %zu: s3.object.key has a bad %%-escape", index);
-            byte = hi * 16 + lo;
-            p += 2;
-        }
-        if (byte == 0)
-            return fail(err, err_size, "record %zu: s3.object.key decodes to a NUL byte", index);
-        if (o >= FM_S3EVENT_KEY_MAX)
-            return fail(err, err_size, "record %zu: s3.object.key is longer than %d bytes", index, FM_S3EVENT_KEY_MAX);
-        rec->key[o++] = (char)byte;
-    }
+    size_t len = strlen(text), o = len;
+    fm_pct_result_t rc = FM_PCT_OK;
+    if (encoded)
+        rc = fm_pct_decode(text, len, rec->key, FM_S3EVENT_KEY_MAX + 1, &o, FM_PCT_FORM);
+    else if (len > FM_S3EVENT_KEY_MAX)
+        rc = FM_PCT_TOO_LONG;
+    else
+        memcpy(rec->key, text, len + 1);
+    if (rc == FM_PCT_BAD_ESCAPE)
+        return fail(err, err_size, "record %zu: s3.object.key has a bad %%-escape", index);
+    if (rc == FM_PCT_NUL)
+        return fail(err, err_size, "record %zu: s3.object.key decodes to a NUL byte", index);
+    if (rc == FM_PCT_TOO_LONG)
+        return fail(err, err_size, "record %zu: s3.object.key is longer than %d bytes", index, FM_S3EVENT_KEY_MAX);
     if (o == 0)
         return fail(err, err_size, "record %zu: s3.object.key is empty", index);
-    rec->key[o] = '\0';
     rec->key_len = o;
     return 0;
 }

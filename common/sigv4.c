@@ -6,6 +6,7 @@
  */
 #include "sigv4.h"
 #include "b64.h"
+#include "qs.h"
 
 #include <ctype.h>
 #include <pthread.h>
@@ -108,28 +109,12 @@ static void sb_nul(sb_t *sb)
     sb->buf[sb->len++] = '\0';
 }
 
-static int is_unreserved(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-           c == '_' || c == '~';
-}
-
 /* SigV4 UriEncode: RFC 3986 unreserved bytes kept, every other byte (UTF-8 included) as %XX upper-case; '/' is
  * kept only in an S3 object key's path. Spaces are %20, never '+'. */
 static void sb_add_encoded(sb_t *sb, const char *s, size_t n, int keep_slash)
 {
-    static const char hex[] = "0123456789ABCDEF";
     sb_reserve(sb, 3 * n);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (is_unreserved(c) || (keep_slash && c == '/')) {
-            sb->buf[sb->len++] = (char)c;
-        } else {
-            sb->buf[sb->len++] = '%';
-            sb->buf[sb->len++] = hex[c >> 4];
-            sb->buf[sb->len++] = hex[c & 15];
-        }
-    }
+    sb->len = (size_t)(fm_pct_encode(sb->buf + sb->len, s, n, keep_slash ? FM_PCT_KEEP_SLASH : 0) - sb->buf);
     sb->buf[sb->len] = '\0';
 }
 

@@ -13,6 +13,7 @@
 
 #include "control.h"
 #include "log.h"
+#include "qs.h"
 
 #define LIST_LIMIT "100"
 
@@ -35,27 +36,17 @@ static int require_admin(fm_req_t *r, const fm_principal_t *p)
 static int status_param(fm_req_t *r, char *out, size_t size)
 {
     snprintf(out, size, "FAILED");
-    h2o_req_t *req = r->req;
-    if (req->query_at == SIZE_MAX)
+    h2o_iovec_t value = fm_qs_raw(fm_req_query(r), "status", FM_QS_SKIP_EMPTY, NULL);
+    if (value.base == NULL)
         return 0;
-    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *item_end = amp ? amp : end;
-        if (item_end - p > 7 && memcmp(p, "status=", 7) == 0) {
-            size_t len = (size_t)(item_end - p - 7);
-            for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++) {
-                if (strlen(statuses[i]) == len && strncasecmp(statuses[i], p + 7, len) == 0) {
-                    for (size_t k = 0; k <= len && k < size; k++)
-                        out[k] = k < len ? (char)(statuses[i][k] - 32) : '\0';
-                    return 0;
-                }
-            }
-            return -1;
+    for (size_t i = 0; i < sizeof(statuses) / sizeof(statuses[0]); i++) {
+        if (strlen(statuses[i]) == value.len && strncasecmp(statuses[i], value.base, value.len) == 0) {
+            for (size_t k = 0; k <= value.len && k < size; k++)
+                out[k] = k < value.len ? (char)(statuses[i][k] - 32) : '\0';
+            return 0;
         }
-        p = item_end + 1;
     }
-    return 0;
+    return -1;
 }
 
 /* ---- GET /v1/admin/jobs ------------------------------------------------------------------------------------------ */

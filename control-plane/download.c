@@ -23,6 +23,7 @@
 #include "control.h"
 #include "hash.h"
 #include "log.h"
+#include "qs.h"
 #include "uploads.h"
 
 #define SIGNED_CACHE_SLOTS 1024
@@ -58,26 +59,6 @@ static pthread_mutex_t all_caches_lock = PTHREAD_MUTEX_INITIALIZER;
 
 /* ---- keys ---- */
 
-static int add_key_file(const char *id, const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    char pem[16384], err[256];
-    size_t len = f ? fread(pem, 1, sizeof(pem), f) : 0;
-    if (f != NULL)
-        fclose(f);
-    if (len == 0 || len == sizeof(pem)) {
-        fm_error("config: FM_CF_KEYS: cannot read %s", path);
-        return -1;
-    }
-    int rc = fm_cf_keys_add_pem(signing_keys, id, pem, len, err, sizeof(err));
-    OPENSSL_cleanse(pem, sizeof(pem));
-    if (rc != 0) {
-        fm_error("config: FM_CF_KEYS: key %s (%s): %s", id, path, err);
-        return -1;
-    }
-    return 0;
-}
-
 int fm_download_init(const fm_config_t *cfg)
 {
     size_t base_len = strlen(cfg->edge_public_base);
@@ -90,24 +71,7 @@ int fm_download_init(const fm_config_t *cfg)
     }
     if ((signing_keys = fm_cf_keys_new()) == NULL)
         return -1;
-    char *spec = strdup(cfg->cf_keys), *save = NULL;
-    int bad = spec == NULL;
-    for (char *item = spec ? strtok_r(spec, ",", &save) : NULL; item != NULL; item = strtok_r(NULL, ",", &save)) {
-        while (*item == ' ')
-            ++item;
-        char *eq = strchr(item, '=');
-        if (eq == NULL || eq == item) {
-            fm_error("config: FM_CF_KEYS: \"%s\" is not Key-Pair-Id=private.pem", item);
-            bad = 1;
-            continue;
-        }
-        *eq = '\0';
-        if (add_key_file(item, eq + 1) != 0)
-            bad = 1;
-        else if (signing_key_id[0] == '\0')
-            snprintf(signing_key_id, sizeof(signing_key_id), "%s", item);
-    }
-    free(spec);
+    int bad = fm_cf_keys_load(signing_keys, "FM_CF_KEYS", "Key-Pair-Id=private.pem", cfg->cf_keys, signing_key_id) != 0;
     /* The first key signs: make sure it can (a public PEM only verifies) before serving. */
     char *probe = NULL, err[256] = "";
     fm_cf_sign_req_t req = {.url = "http://fm.invalid/f/probe", .date_less_than = FM_CF_EPOCH_MAX};
@@ -178,24 +142,6 @@ static const char *sign_cached(fm_req_t *r, const char *resource, long long expi
 
 /* ---- parse ---- */
 
-/* Appends `s` percent-encoded per RFC 3986 (unreserved characters kept, and '/' when keep_slash). */
-static char *percent_encode(char *out, const char *s, int keep_slash)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    for (; *s; ++s) {
-        unsigned char c = (unsigned char)*s;
-        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.' ||
-            c == '_' || c == '~' || (keep_slash && c == '/')) {
-            *out++ = (char)c;
-        } else {
-            *out++ = '%';
-            *out++ = hex[c >> 4];
-            *out++ = hex[c & 15];
-        }
-    }
-    return out;
-}
-
 /* One of `choices` (NULL-terminated) equal to the len bytes at v, or NULL. */
 static const char *choose(const char *v, size_t len, const char *const *choices)
 {
@@ -213,16 +159,11 @@ static int parse_query(fm_req_t *r, download_query_t *q)
     static const char *const dispositions[] = {"inline", "attachment", NULL};
     static const char *const flags[] = {"0", "1", "false", "true", NULL};
     *q = (download_query_t){0};
-    h2o_req_t *req = r->req;
-    if (req->query_at == SIZE_MAX)
-        return 0;
-    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p)), *item_end = amp ? amp : end;
-        const char *eq = memchr(p, '=', (size_t)(item_end - p));
-        size_t name_len = eq ? (size_t)(eq - p) : (size_t)(item_end - p);
-        const char *v = eq ? eq + 1 : item_end;
-        size_t len = (size_t)(item_end - v);
+    /* Every item in turn, a repeat overriding (names compared raw; a bare name is an empty value). */
+    h2o_iovec_t rest = fm_req_query(r), name, value;
+    while (fm_qs_next(&rest, &name, &value)) {
+        const char *p = name.base, *v = value.base != NULL ? value.base : "";
+        size_t name_len = name.len, len = value.len;
         if (name_len == 7 && memcmp(p, "variant", 7) == 0) {
             if ((q->variant = choose(v, len, variants)) == NULL) {
                 fm_reply_error(r, 422, "invalid_variant", "variant must be thumb or preview");
@@ -248,7 +189,6 @@ static int parse_query(fm_req_t *r, download_query_t *q)
             }
             q->redirect = f == flags[1] || f == flags[3];
         }
-        p = item_end + 1;
     }
     if (q->format != NULL && q->variant == NULL) {
         fm_reply_error(r, 422, "invalid_format", "format applies to a variant: add variant=thumb or variant=preview");
@@ -336,9 +276,9 @@ static void on_file_row(fm_req_t *r, const cJSON *row, void *arg)
     if (resource == NULL)
         h2o_fatal("out of memory");
     p += sprintf(p, "%s/%s/", public_base, is_public ? "p" : "f");
-    p = percent_encode(p, key->valuestring, 1);
+    p = fm_pct_encode(p, key->valuestring, strlen(key->valuestring), FM_PCT_KEEP_SLASH);
     p += sprintf(p, "?file=%s&name=", file_id->valuestring);
-    p = percent_encode(p, filename, 0);
+    p = fm_pct_encode(p, filename, strlen(filename), 0);
     sprintf(p, "&disposition=%s", q->attachment ? "attachment" : "inline");
 
     const char *url = resource;

@@ -25,7 +25,9 @@
 
 #include "control.h"
 #include "log.h"
+#include "qs.h"
 #include "s3event.h"
+#include "uuid.h"
 
 #define MAX_RECORDS 100
 
@@ -184,15 +186,9 @@ static void on_head(void *data)
 /* Our keys are `incoming/` + a lowercase UUID; anything else in the bucket is not an upload of ours. */
 static int upload_id_of(const char *key, char out[37])
 {
-    static const char prefix[] = "incoming/";
-    if (strncmp(key, prefix, sizeof(prefix) - 1) != 0 || strlen(key) != sizeof(prefix) - 1 + 36)
+    const char *id = fm_incoming_key_id(key, strlen(key));
+    if (id == NULL)
         return 0;
-    const char *id = key + sizeof(prefix) - 1;
-    if (!fm_uuid_valid(id, 36))
-        return 0;
-    for (int i = 0; i < 36; ++i) /* keys are case-sensitive and ours are lowercase: "incoming/ABC…" is another object */
-        if (id[i] >= 'A' && id[i] <= 'F')
-            return 0;
     memcpy(out, id, 36);
     out[36] = '\0';
     return 1;
@@ -233,18 +229,8 @@ static h2o_iovec_t presented_secret(fm_req_t *r)
     h2o_iovec_t header = fm_req_header(r, "x-fm-events-secret");
     if (header.base != NULL)
         return header;
-    h2o_req_t *req = r->req;
-    if (req->query_at == SIZE_MAX)
-        return h2o_iovec_init(NULL, 0);
-    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    while (p < end) {
-        const char *amp = memchr(p, '&', end - p);
-        const char *item_end = amp ? amp : end;
-        if (item_end - p > 7 && memcmp(p, "secret=", 7) == 0)
-            return h2o_iovec_init(p + 7, item_end - p - 7);
-        p = item_end + 1;
-    }
-    return h2o_iovec_init(NULL, 0);
+    /* An empty ?secret= is passed over, as if absent: a later non-empty one counts. */
+    return fm_qs_raw(fm_req_query(r), "secret", FM_QS_SKIP_EMPTY, NULL);
 }
 
 void handle_events_s3(fm_req_t *r)

@@ -38,6 +38,7 @@
 #include "incoming_internal.h"
 #include "log.h"
 #include "metrics.h"
+#include "uuid.h"
 
 static void list_next(incoming_t *in);
 
@@ -49,18 +50,10 @@ int fm_incoming_stopping(incoming_t *in)
     return 1;
 }
 
-/* incoming/{uuid}, the uuid as PostgreSQL prints it (lower-case, 8-4-4-4-12). */
+/* incoming/{uuid}, the uuid as PostgreSQL prints it (lower-case: uuid.h's one case rule). */
 static int upload_key(const char *key)
 {
-    if (strncmp(key, PREFIX, PREFIX_LEN) != 0 || strlen(key) != KEY_LEN)
-        return 0;
-    const char *id = key + PREFIX_LEN;
-    for (int i = 0; i < 36; ++i) {
-        int dash = i == 8 || i == 13 || i == 18 || i == 23;
-        if (dash ? id[i] != '-' : !((id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f')))
-            return 0;
-    }
-    return 1;
+    return fm_incoming_key_id(key, strlen(key)) != NULL;
 }
 
 /* Someone else's object under incoming/ (a key we never make): never ours to delete; said once per key. */

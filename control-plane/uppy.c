@@ -20,54 +20,16 @@
 
 #include "control.h"
 #include "log.h"
+#include "qs.h"
 #include "uploads.h"
+#include "uuid.h"
 
-static int hex_value(char c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
-}
-
-/* Decodes application/x-www-form-urlencoded text ('+' is a space) into out; -1 if malformed or too long or NUL. */
-static int form_decode(const char *in, size_t len, char *out, size_t size)
-{
-    size_t n = 0;
-    for (size_t i = 0; i < len; ++i) {
-        char c = in[i];
-        if (c == '+') {
-            c = ' ';
-        } else if (c == '%') {
-            if (i + 2 >= len)
-                return -1;
-            int hi = hex_value(in[i + 1]), lo = hex_value(in[i + 2]);
-            if (hi < 0 || lo < 0)
-                return -1;
-            c = (char)(hi << 4 | lo);
-            i += 2;
-        }
-        if (c == '\0' || n + 1 >= size)
-            return -1;
-        out[n++] = c;
-    }
-    out[n] = '\0';
-    return 0;
-}
-
-/* The query parameter `name` (compared after decoding), decoded into out; 0 found, -1 absent or bad. */
+/* The query parameter `name` (compared after decoding), form-decoded ('+' is a space) into out; 0 found (empty
+ * included), -1 absent or bad (a bad escape, a NUL, too long). */
 static int query_param(fm_req_t *r, const char *name, char *out, size_t size)
 {
-    h2o_req_t *req = r->req;
-    if (req->query_at == SIZE_MAX)
-        return -1;
-    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
-    while (p < end) {
-        const char *amp = memchr(p, '&', end - p), *item_end = amp ? amp : end;
-        const char *eq = memchr(p, '=', item_end - p);
-        char key[64];
-        if (eq != NULL && form_decode(p, eq - p, key, sizeof(key)) == 0 && strcmp(key, name) == 0)
-            return form_decode(eq + 1, item_end - eq - 1, out, size);
-        p = item_end + 1;
-    }
-    return -1;
+    int rc = fm_qs_get(fm_req_query(r), name, FM_PCT_FORM, out, size, NULL);
+    return rc == FM_PCT_OK || rc == FM_QS_EMPTY ? 0 : -1;
 }
 
 /* ---- GET /v1/uppy/s3/params and POST /v1/uppy/s3/multipart: a new upload --------------------------------------- */
@@ -163,15 +125,15 @@ static void load_by_key(fm_req_t *r, const fm_principal_t *p, upload_loaded_fn n
 {
     upload_state_t *s = upload_state(r);
     s->uppy = 1;
-    static const char prefix[] = "incoming/";
+    const char *id = NULL;
     if (query_param(r, "key", s->uppy_key, sizeof(s->uppy_key)) != 0 ||
-        strncmp(s->uppy_key, prefix, sizeof(prefix) - 1) != 0) {
+        (id = fm_incoming_key_id(s->uppy_key, strlen(s->uppy_key))) == NULL) {
         fm_reply_error(r, 404, "upload_not_found", "no such upload");
         return;
     }
     /* load_upload() reads the upload id from params[0]; S3's uploadId stays in params[1] (see routes). */
     r->params[1] = r->params[0];
-    r->params[0] = h2o_iovec_init(s->uppy_key + sizeof(prefix) - 1, strlen(s->uppy_key) - (sizeof(prefix) - 1));
+    r->params[0] = h2o_iovec_init(id, 36);
     load_upload(r, p, next);
 }
 
@@ -179,7 +141,7 @@ static int s3_upload_id_matches(fm_req_t *r, upload_state_t *s)
 {
     char given[FM_S3_UPLOAD_ID_MAX];
     if (strcmp(s->method, "MULTIPART") != 0 ||
-        form_decode(r->params[1].base, r->params[1].len, given, sizeof(given)) != 0 ||
+        fm_pct_decode(r->params[1].base, r->params[1].len, given, sizeof(given), NULL, FM_PCT_FORM) != FM_PCT_OK ||
         strcmp(given, s->s3_upload_id) != 0) {
         fm_reply_error(r, 404, "upload_not_found", "no such multipart upload for this key");
         return 0;

@@ -18,6 +18,7 @@
 
 #include "edge.h"
 #include "log.h"
+#include "qs.h"
 #include "metrics.h"
 
 #define SEND_CHUNK (256 * 1024)
@@ -38,11 +39,10 @@ static char *content_disposition(h2o_mem_pool_t *pool, const char *type, h2o_iov
     for (size_t i = 0; i < raw.len; ++i) {
         unsigned char c = (unsigned char)raw.base[i];
         if (c == '%') {
-            int hi = i + 2 < raw.len ? fm_edge_hex_value(raw.base[i + 1]) : -1,
-                lo = i + 2 < raw.len ? fm_edge_hex_value(raw.base[i + 2]) : -1;
-            if (hi < 0 || lo < 0)
+            int byte = fm_pct_escape(raw.base + i, raw.len - i);
+            if (byte < 0)
                 return NULL;
-            c = (unsigned char)(hi * 16 + lo);
+            c = (unsigned char)byte;
             i += 2;
         }
         if (c < 0x20 || c == 0x7f)
@@ -212,7 +212,7 @@ static void add_cache_control(fm_req_t *r)
     const char *q = memchr(path.base, '?', path.len);
     if (q != NULL) {
         h2o_iovec_t expires =
-            fm_edge_query_param(h2o_iovec_init(q + 1, path.len - (size_t)(q + 1 - path.base)), "Expires");
+            fm_qs_raw(h2o_iovec_init(q + 1, path.len - (size_t)(q + 1 - path.base)), "Expires", 0, NULL);
         if (expires.base != NULL && expires.len < 20) {
             char text[24];
             memcpy(text, expires.base, expires.len);
@@ -340,7 +340,7 @@ int fm_edge_answer_plan(fm_req_t *r, const fm_edge_meta_t *meta, uint64_t *first
     if (h2o_memis(req->method.base, req->method.len, H2O_STRLIT("HEAD")) || not_modified(r, meta))
         return 0;
     h2o_iovec_t query = request_query(req);
-    h2o_iovec_t name = fm_edge_query_param(query, "name"), disposition = fm_edge_query_param(query, "disposition");
+    h2o_iovec_t name = fm_qs_raw(query, "name", 0, NULL), disposition = fm_qs_raw(query, "disposition", 0, NULL);
     if (disposition.base != NULL && !h2o_memis(disposition.base, disposition.len, H2O_STRLIT("inline")) &&
         !h2o_memis(disposition.base, disposition.len, H2O_STRLIT("attachment")))
         return 0;
@@ -412,7 +412,7 @@ int fm_edge_answer_headers(fm_req_t *r, const fm_edge_meta_t *meta, const char *
 
     /* Content-Disposition from the signed query: name=<percent-encoded UTF-8>, disposition=inline|attachment. */
     h2o_iovec_t query = request_query(req);
-    h2o_iovec_t name = fm_edge_query_param(query, "name"), disposition = fm_edge_query_param(query, "disposition");
+    h2o_iovec_t name = fm_qs_raw(query, "name", 0, NULL), disposition = fm_qs_raw(query, "disposition", 0, NULL);
     const char *type = "attachment";
     if (disposition.base != NULL) {
         if (h2o_memis(disposition.base, disposition.len, H2O_STRLIT("inline")))

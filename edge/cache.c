@@ -33,6 +33,7 @@
 #include "edge.h"
 #include "log.h"
 #include "metrics.h"
+#include "qs.h"
 #include "sigv4.h"
 
 struct fm_edge_blob {
@@ -91,7 +92,7 @@ static size_t bucket_of(const char *hex)
 {
     uint64_t h = 0;
     for (int i = 0; i < 16; ++i)
-        h = (h << 4) | (uint64_t)(hex[i] <= '9' ? hex[i] - '0' : hex[i] - 'a' + 10);
+        h = (h << 4) | (uint64_t)(fm_hex_digit(hex[i]) & 15);
     return (size_t)(h & (bucket_count - 1));
 }
 

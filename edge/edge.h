@@ -386,12 +386,6 @@ int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t);
 /** act and answer for an authorized request: a cache hit, or a coalesced origin fill (and render for a variant). */
 void fm_edge_serve_target(fm_req_t *r, const fm_edge_target_t *t);
 
-/** The value of a hex digit, or -1. */
-int fm_edge_hex_value(char c);
-
-/** The value of query parameter `name` in a raw query (still percent-encoded), or {NULL,0}. */
-h2o_iovec_t fm_edge_query_param(h2o_iovec_t query, const char *name);
-
 /** Frees the calling loop thread's verified-URL cache (thread_dispose). */
 void fm_edge_serve_thread_dispose(void);
 

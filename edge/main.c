@@ -54,36 +54,7 @@ static int load_keys(const char *spec)
 {
     if ((fm_edge.keys = fm_cf_keys_new()) == NULL)
         return -1;
-    char *copy = strdup(spec), *save = NULL;
-    if (copy == NULL)
-        return -1;
-    int bad = 0;
-    for (char *item = strtok_r(copy, ",", &save); item != NULL; item = strtok_r(NULL, ",", &save)) {
-        while (*item == ' ')
-            ++item;
-        char *eq = strchr(item, '=');
-        if (eq == NULL || eq == item) {
-            fprintf(stderr, "config: FM_EDGE_CF_PUBLIC_KEYS: \"%s\" is not Key-Pair-Id=path.pem\n", item);
-            bad = 1;
-            continue;
-        }
-        *eq = '\0';
-        const char *path = eq + 1;
-        FILE *f = fopen(path, "rb");
-        char pem[16384], err[256];
-        size_t len = f ? fread(pem, 1, sizeof(pem), f) : 0;
-        if (f != NULL)
-            fclose(f);
-        if (len == 0 || len == sizeof(pem)) {
-            fprintf(stderr, "config: FM_EDGE_CF_PUBLIC_KEYS: cannot read %s\n", path);
-            bad = 1;
-        } else if (fm_cf_keys_add_pem(fm_edge.keys, item, pem, len, err, sizeof(err)) != 0) {
-            fprintf(stderr, "config: FM_EDGE_CF_PUBLIC_KEYS: key %s (%s): %s\n", item, path, err);
-            bad = 1;
-        }
-    }
-    free(copy);
-    return bad ? -1 : 0;
+    return fm_cf_keys_load(fm_edge.keys, "FM_EDGE_CF_PUBLIC_KEYS", "Key-Pair-Id=path.pem", spec, NULL);
 }
 
 void fm_edge_metrics_init(void)
@@ -179,15 +150,16 @@ int main(int argc, char **argv)
         return 0;
     }
     static fm_config_t cfg;
+    fm_log_init("fm-edge", NULL); /* the service's name on the line below; the level once the config is read */
     if (fm_config_load(&cfg, FM_SVC_EDGE, stderr) != 0) {
-        fprintf(stderr, "fm-edge: fix the configuration above (see `fm-edge config`)\n");
+        fm_error("fm-edge: fix the configuration above (see `fm-edge config`)");
         return 2;
     }
     fm_log_init("fm-edge", cfg.log_level);
     fm_http_configure(&cfg);
     fm_edge.cfg = &cfg;
     if (load_keys(cfg.edge_cf_public_keys) != 0) {
-        fprintf(stderr, "fm-edge: fix FM_EDGE_CF_PUBLIC_KEYS (see `fm-edge config`)\n");
+        fm_error("fm-edge: fix FM_EDGE_CF_PUBLIC_KEYS (see `fm-edge config`)");
         fm_cf_keys_free(fm_edge.keys);
         return 2;
     }
@@ -202,7 +174,7 @@ int main(int argc, char **argv)
         snprintf(fm_edge.public_base, sizeof(fm_edge.public_base), "http://%s:%d", cfg.bind, (int)cfg.edge_http_port);
     }
     if (strncmp(fm_edge.public_base, "http://", 7) != 0 && strncmp(fm_edge.public_base, "https://", 8) != 0) {
-        fprintf(stderr, "config: FM_EDGE_PUBLIC_BASE must start with http:// or https://\n");
+        fm_error("config: FM_EDGE_PUBLIC_BASE must start with http:// or https://");
         fm_cf_keys_free(fm_edge.keys);
         return 2;
     }

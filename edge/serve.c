@@ -18,21 +18,11 @@
 
 #include "edge.h"
 #include "metrics.h"
+#include "qs.h"
 #include "sigv4.h"
 #include "uuid.h"
 
 /* ---- parse ---- */
-
-int fm_edge_hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 /* Bytes allowed raw in a key's path: RFC 3986 unreserved, sub-delims, ':' '@', and '/' between segments. */
 static int path_char_ok(unsigned char c)
@@ -53,11 +43,10 @@ static const char *decode_key(const char *raw, size_t raw_len, char *key, size_t
     for (size_t i = 0; i < raw_len; ++i) {
         unsigned char c = (unsigned char)raw[i];
         if (c == '%') {
-            int hi = i + 2 < raw_len ? fm_edge_hex_value(raw[i + 1]) : -1,
-                lo = i + 2 < raw_len ? fm_edge_hex_value(raw[i + 2]) : -1;
-            if (hi < 0 || lo < 0)
+            int byte = fm_pct_escape(raw + i, raw_len - i);
+            if (byte < 0)
                 return "bad percent-encoding in the path";
-            c = (unsigned char)(hi * 16 + lo);
+            c = (unsigned char)byte;
             if (c == '/' || c == '\\')
                 return "encoded '/' or '\\' in the path";
             if (c < 0x20 || c == 0x7f)
@@ -85,21 +74,6 @@ static const char *decode_key(const char *raw, size_t raw_len, char *key, size_t
     }
     *key_len = out;
     return NULL;
-}
-
-/* The value of query parameter `name` (raw, still percent-encoded), or {NULL,0}. */
-h2o_iovec_t fm_edge_query_param(h2o_iovec_t query, const char *name)
-{
-    size_t name_len = strlen(name);
-    const char *p = query.base, *end = query.base + query.len;
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *item_end = amp ? amp : end;
-        if ((size_t)(item_end - p) > name_len && memcmp(p, name, name_len) == 0 && p[name_len] == '=')
-            return h2o_iovec_init(p + name_len + 1, (size_t)(item_end - p) - name_len - 1);
-        p = item_end + 1;
-    }
-    return h2o_iovec_init(NULL, 0);
 }
 
 /* ---- fills ---- */
@@ -165,9 +139,9 @@ static __thread verified_t *verified;
 
 static long long canned_expires(h2o_iovec_t query)
 {
-    if (fm_edge_query_param(query, "Policy").base != NULL)
+    if (fm_qs_raw(query, "Policy", 0, NULL).base != NULL)
         return 0;
-    h2o_iovec_t expires = fm_edge_query_param(query, "Expires");
+    h2o_iovec_t expires = fm_qs_raw(query, "Expires", 0, NULL);
     if (expires.base == NULL || expires.len == 0 || expires.len > 12)
         return 0;
     long long value = 0;
@@ -196,11 +170,11 @@ void fm_edge_serve_thread_dispose(void)
 
 /* ---- variants ---- */
 
+/* The raw query, "" without one. */
 static h2o_iovec_t request_query(fm_req_t *r)
 {
-    h2o_iovec_t path = r->req->path;
-    const char *q = memchr(path.base, '?', path.len);
-    return q ? h2o_iovec_init(q + 1, path.len - (size_t)(q + 1 - path.base)) : h2o_iovec_init("", 0);
+    h2o_iovec_t query = fm_req_query(r);
+    return query.base != NULL ? query : h2o_iovec_init("", 0);
 }
 
 /* The request's variant again (a callback has only r; parsing is cheap and gives the same answer). */
@@ -312,7 +286,7 @@ int fm_edge_parse_target(fm_req_t *r, fm_edge_target_t *t)
         char *out;
     } ids[] = {{"file", t->file_id}, {"share", t->share_id}};
     for (size_t i = 0; i < sizeof(ids) / sizeof(ids[0]); ++i) {
-        h2o_iovec_t id = fm_edge_query_param(query, ids[i].name);
+        h2o_iovec_t id = fm_qs_raw(query, ids[i].name, 0, NULL);
         ids[i].out[0] = '\0';
         if (id.base == NULL)
             continue;

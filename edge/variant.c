@@ -21,6 +21,7 @@
 
 #include "edge.h"
 #include "log.h"
+#include "qs.h"
 
 /* ---- parse ---- */
 
@@ -39,27 +40,6 @@ static int parse_bounded(h2o_iovec_t value, int max, int *out)
         return -1;
     *out = n;
     return 0;
-}
-
-/* The value of `name` in a raw query; *count = how many times it appears (a repeat is ambiguous: refused). */
-static h2o_iovec_t param(h2o_iovec_t query, const char *name, int *count)
-{
-    size_t name_len = strlen(name);
-    h2o_iovec_t found = {NULL, 0};
-    *count = 0;
-    const char *p = query.base, *end = query.base + query.len;
-    while (p < end) {
-        const char *amp = memchr(p, '&', (size_t)(end - p));
-        const char *item_end = amp ? amp : end;
-        size_t item_len = (size_t)(item_end - p);
-        if (item_len >= name_len && memcmp(p, name, name_len) == 0 && (item_len == name_len || p[name_len] == '=')) {
-            if (++*count == 1)
-                found = item_len == name_len ? h2o_iovec_init("", 0)
-                                             : h2o_iovec_init(p + name_len + 1, item_len - name_len - 1);
-        }
-        p = item_end + 1;
-    }
-    return found;
 }
 
 /* Accept lists image/webp without q=0 (wildcards do not count). A token scan, enough for browsers. */
@@ -104,7 +84,7 @@ int fm_edge_variant_parse(h2o_iovec_t query, h2o_iovec_t accept, fm_edge_variant
     int present = 0;
     for (size_t i = 0; i < 5; ++i) {
         int count;
-        values[i] = param(query, names[i], &count);
+        values[i] = fm_qs_raw(query, names[i], FM_QS_BARE, &count); /* a repeat is ambiguous: refused */
         if (count > 1) {
             snprintf(reason, reason_size, "%s is given more than once", names[i]);
             return -1;

@@ -17,8 +17,7 @@
 #include "log.h"
 #include "queue.h"
 #include "server.h"
-
-#define INCOMING_PREFIX "incoming/"
+#include "uuid.h"
 
 /* ---- Lambda mode ---------------------------------------------------------------------------------------------------
  */
@@ -32,13 +31,14 @@ typedef struct {
 static int lambda_record(void *ud, const fm_s3event_record_t *record, size_t index, char *err, size_t err_size)
 {
     lambda_batch_t *b = ud;
-    size_t prefix = sizeof(INCOMING_PREFIX) - 1;
-    if (record->kind != FM_S3EVENT_CREATED || record->key_len != prefix + 36 ||
-        strncmp(record->key, INCOMING_PREFIX, prefix) != 0 || !fm_uuid_text_valid(record->key + prefix))
+    /* incoming/{lowercase uuid} only, as events.c and the reconciler read it: "incoming/ABC…" is another object,
+     * even though PostgreSQL would match its id to ours (uuid.h's one case rule). */
+    const char *upload_id = fm_incoming_key_id(record->key, record->key_len);
+    if (record->kind != FM_S3EVENT_CREATED || upload_id == NULL)
         return 0; /* not an upload of ours (variants/, quarantine/ …): nothing to do */
     char job_id[40];
-    int rc = fm_worker_job_of_upload(b->worker, record->key + prefix, record->size, record->etag, record->bucket,
-                                     job_id, sizeof(job_id));
+    int rc = fm_worker_job_of_upload(b->worker, upload_id, record->size, record->etag, record->bucket, job_id,
+                                     sizeof(job_id));
     if (rc < 0) {
         snprintf(err, err_size, "record %zu: PostgreSQL is unavailable", index);
         return -1;

@@ -337,3 +337,17 @@ def test_bad_keys_stop_the_service(controls, keys, spec, message):
     p = subprocess.run([str(BUILD_DIR / "fm-control")], env=env, capture_output=True, text=True, timeout=30)
     assert p.returncode == 2, p.stderr
     assert message in p.stderr, p.stderr
+
+
+def test_bad_public_keys_stop_the_edge_with_every_mistake_logged(edges, keys):
+    """fm-edge reads FM_EDGE_CF_PUBLIC_KEYS with the control plane's loader (common/cfkeys.c): every bad item is one
+    JSON log line naming the variable (not a bare fprintf), the good ones are still read, and the edge stops."""
+    env = edges.env(FM_EDGE_CF_PUBLIC_KEYS=f"no-equals-sign,{keys[0].id}={keys[0].public_path},"
+                                          "KMISSING=/nonexistent/key.pem")
+    p = subprocess.run([str(BUILD_DIR / "fm-edge")], env=env, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 2, p.stderr
+    errors = [json.loads(line) for line in p.stderr.splitlines() if line.startswith("{")]
+    errors = [e["msg"] for e in errors if e.get("level") == "error" and e.get("service") == "fm-edge"]
+    assert errors == ['config: FM_EDGE_CF_PUBLIC_KEYS: "no-equals-sign" is not Key-Pair-Id=path.pem',
+                      "config: FM_EDGE_CF_PUBLIC_KEYS: cannot read /nonexistent/key.pem",
+                      "fm-edge: fix FM_EDGE_CF_PUBLIC_KEYS (see `fm-edge config`)"], p.stderr

@@ -126,3 +126,21 @@ def test_missing_or_bad_meta_is_422(uppy, query):
 def test_requires_a_token(uppy):
     base, _, _ = uppy
     assert get(f"{base}/v1/uppy/s3/params?filename=x&type=text/plain").status_code == 401
+
+
+def test_upper_case_key_names_no_upload(uppy):
+    """?key= is our object key, incoming/ + a lowercase UUID (uuid.h's one case rule): S3 keys are case-sensitive, so
+    the upper-cased key names another object, not this upload, even though PostgreSQL's ::uuid would match it."""
+    base, auth, stack = uppy
+    c = post(f"{base}/v1/uppy/s3/multipart", headers=auth, json={
+        "filename": "case.bin", "type": "application/octet-stream", "metadata": {"size": 10 << 20, "sha256": "0" * 64}})
+    assert c.status_code == 200, c.text
+    key, route = c.json()["key"], f"{base}/v1/uppy/s3/multipart/{q(c.json()['uploadId'])}"
+    upper = "incoming/" + key[len("incoming/"):].upper()
+    assert upper != key
+    assert get(f"{route}?key={q(key)}", headers=auth).status_code == 200
+    for answer in (get(f"{route}?key={q(upper)}", headers=auth),
+                   get(f"{route}/1?key={q(upper)}", headers=auth),
+                   delete(f"{route}?key={q(upper)}", headers=auth)):
+        assert answer.status_code == 404 and answer.json()["error"]["code"] == "upload_not_found", answer.text
+    assert delete(f"{route}?key={q(key)}", headers=auth).status_code == 200

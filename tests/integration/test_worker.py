@@ -537,6 +537,12 @@ def test_lambda_mode_processes_the_s3_event_with_the_same_handler(fm, alice, poo
         proc = subprocess.Popen([str(BUILD_DIR / "fm-worker")], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     try:
+        # incoming/{UPPER-CASE id} is another object, not this upload (uuid.h's one case rule), though PostgreSQL's
+        # ::uuid would match the id: no job, nothing processed.
+        upper = {"Records": [aws_record(fm.bucket, "incoming/" + a["upload_id"].upper(), len(data))]}
+        answer = api.wait_answer(api.enqueue(upper), timeout=60)
+        assert answer.kind == "response" and answer.json() == {"processed": 0}, (answer.body, log_path.read_text())
+        assert fm.jobs_of_upload(a["upload_id"]) == []
         event = {"Records": [aws_record(fm.bucket, key_of(a["upload_id"]), len(data)),
                              aws_record(fm.bucket, "variants/not-an-upload.jpg", 10)]}
         rid = api.enqueue(event)
