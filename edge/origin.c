@@ -48,73 +48,9 @@
 #include "edge.h"
 #include "log.h"
 #include "metrics.h"
+#include "origin_internal.h"
 
-#define PROGRESS_STEP (256 * 1024) /* a fill wakes its parked streams every this many bytes (and at the end) */
-#define STREAM_CHUNK (256 * 1024)  /* a stream preads at most this much per h2o_send */
-
-typedef struct edge_thread {
-    h2o_multithread_receiver_t receiver;
-    fm_thread_t *thread;
-    size_t waiting;         /* waiters of this thread not yet freed (they may still get a message) */
-    size_t cut_pending;     /* streams cut at shutdown whose next proceed (h2o's turn) has not come */
-    h2o_linklist_t streams; /* waiters of this thread whose body is being streamed */
-} edge_thread_t;
-
-typedef struct fill fill_t;
-
-typedef enum { WAITER_WAITING, WAITER_STREAMING, WAITER_FINISHED } waiter_state_t;
-
-typedef struct waiter {
-    h2o_multithread_message_t message; /* first: the receiver hands it back by this link */
-    struct waiter *next;               /* in fill->waiters (under lock) */
-    fill_t *fill;                      /* a reference */
-    fm_req_t *r;
-    fm_edge_fill_cb cb;
-    fm_edge_stream_cb stream_cb; /* NULL: waits for the complete object */
-    edge_thread_t *et;
-    /* under lock */
-    int queued; /* the message is in et's queue */
-    int parked; /* a stream that caught up (and holds the turn to send): wake it at the next progress */
-    int listed; /* in fill->waiters */
-    /* on the loop thread only */
-    waiter_state_t state;
-    h2o_generator_t gen; /* while STREAMING */
-    h2o_req_t *req;      /* while STREAMING */
-    h2o_linklist_t stream_link;
-    int fd;
-    uint64_t offset, size;
-    char *buf; /* STREAM_CHUNK bytes from the request's pool */
-    int headers_sent;
-    int cut;              /* shutdown: end with an error at the next turn */
-    int direct;           /* answers its client with the object (fm_edge_origin_miss): passed through when too large */
-    int live;             /* under lock: its client still waits (counts in fill->live) */
-    struct waiter **slot; /* in the request's pool: cleared by whichever of the two goes first */
-} waiter_t;
-
-struct fill {
-    struct fill *next; /* in the table of fills in flight */
-    char hex[FM_EDGE_HEX_LEN + 1];
-    char key[FM_EDGE_CACHE_KEY_MAX + 1];
-    /* under lock */
-    waiter_t *waiters;
-    int purged;
-    int refs;                     /* the work until fill_done, and one per waiter */
-    int headers_known;            /* `head` is set: streams may start */
-    fm_edge_meta_t head;          /* the origin's object, as the streams announce it (immutable once known) */
-    int read_fd;                  /* read-only on the temp file; streams dup it (set with headers_known) */
-    uint64_t written;             /* bytes in the temp file, as last reported */
-    int done;                     /* the work finished: `result` and `stream_ok` are final */
-    int stream_ok;                /* the streamed bytes are the whole object `head` announced */
-    fm_edge_fill_result_t result; /* for waiters served from the cache; result.fd is the fill's, waiters dup it */
-    int stopping;                 /* abandoned: no waiter may join it any more */
-    atomic_int live;              /* waiters whose client still waits (changed under lock, read by the work) */
-    /* renders only */
-    int is_render;
-    fm_edge_variant_t variant;
-    int src_fd;
-    char src_etag[256];
-    char client[64]; /* who started it: counted against FM_EDGE_RENDERS_PER_CLIENT until fill_done */
-};
+#define STREAM_CHUNK (256 * 1024) /* a stream preads at most this much per h2o_send */
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static fill_t *fills;
@@ -473,24 +409,11 @@ size_t fm_edge_origin_inflight(void)
     return atomic_load(&fills_inflight);
 }
 
-/* ---- the fill (offload thread) ---- */
-
-typedef struct {
-    fill_t *fill;
-    int fd, read_fd; /* read_fd: handed to the streams with the headers (-1: no streaming) */
-    time_t stored_at;
-    int streamed; /* the headers were announced: streams may have started */
-    uint64_t written, reported;
-    long long size; /* Content-Length, -1 unknown */
-    int failed;
-    int abandoned; /* stopped: nobody waits and it is far from done */
-    int too_large; /* stopped at the headers: larger than the cache keeps */
-    fm_edge_meta_t head;
-} sink_t;
+/* ---- the fill (offload thread; its fetch and render are fill.c's) ---- */
 
 /* Under no lock: whether a fill nobody waits for should stop (docs/downloads.md "Abandoned fills"). It goes on when
  * what is left is small or at most what it already has: stopping would throw away more than finishing costs. */
-static int should_stop(fill_t *fill, uint64_t written, long long size)
+int fm_edge_fill_should_stop(fill_t *fill, uint64_t written, long long size)
 {
     if (atomic_load(&fill->live) > 0)
         return 0;
@@ -510,7 +433,7 @@ static int should_stop(fill_t *fill, uint64_t written, long long size)
 }
 
 /* Tells the fill's parked streams that more is written. */
-static void report_progress(fill_t *fill, uint64_t written)
+void fm_edge_fill_report_progress(fill_t *fill, uint64_t written)
 {
     pthread_mutex_lock(&lock);
     fill->written = written;
@@ -520,36 +443,8 @@ static void report_progress(fill_t *fill, uint64_t written)
     pthread_mutex_unlock(&lock);
 }
 
-static int write_to_file(void *ud, const void *data, size_t len)
-{
-    sink_t *sink = ud;
-    const char *p = data;
-    while (len > 0) {
-        ssize_t n = write(sink->fd, p, len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            sink->failed = errno ? errno : EIO;
-            return 1;
-        }
-        p += n;
-        len -= (size_t)n;
-        sink->written += (uint64_t)n;
-    }
-    if (should_stop(sink->fill, sink->written, sink->size)) {
-        sink->abandoned = 1;
-        return 1;
-    }
-    /* at the first bytes (first-byte latency), then every PROGRESS_STEP (not to flood the loops) */
-    if (sink->reported == 0 || sink->written - sink->reported >= PROGRESS_STEP) {
-        sink->reported = sink->written;
-        report_progress(sink->fill, sink->written);
-    }
-    return 0;
-}
-
 /* The origin's answer is known: the streaming waiters may answer their headers. */
-static void announce_headers(fill_t *fill, const fm_edge_meta_t *head, int read_fd)
+void fm_edge_fill_announce_headers(fill_t *fill, const fm_edge_meta_t *head, int read_fd)
 {
     pthread_mutex_lock(&lock);
     fill->head = *head;
@@ -561,126 +456,8 @@ static void announce_headers(fill_t *fill, const fm_edge_meta_t *head, int read_
     pthread_mutex_unlock(&lock);
 }
 
-/* The GET's answer is the object's (2xx): announced to the streams when its size is known (a Content-Length). */
-static int on_origin_headers(void *ud, const fm_s3_result_t *head)
-{
-    sink_t *sink = ud;
-    sink->size = head->content_length;
-    fm_edge_meta_t meta = {.size = (uint64_t)head->content_length, .stored_at = sink->stored_at};
-    snprintf(meta.key, sizeof(meta.key), "%s", sink->fill->key);
-    snprintf(meta.etag, sizeof(meta.etag), "%s", head->etag);
-    snprintf(meta.content_type, sizeof(meta.content_type), "%s", head->content_type);
-    if (head->content_length >= 0 && (uint64_t)head->content_length > fm_edge_cache_object_max()) {
-        sink->too_large = 1; /* not one byte more: every waiter is passed through (deliver) */
-        sink->head = meta;
-        return 1;
-    }
-    if (sink->read_fd == -1 || head->content_length < 0)
-        return 0; /* no streaming: the waiters get the published file */
-    announce_headers(sink->fill, &meta, sink->read_fd);
-    sink->read_fd = -1; /* the fill's now */
-    sink->streamed = 1;
-    return 0;
-}
-
-/* The origin GET into a temp file, published into the cache; streamed to the waiters that can take it as it comes.
- * Returns whether the bytes streamed are the whole object announced. */
-static int fetch_original(fill_t *fill, const char *tmp_path, fm_edge_fill_result_t *result)
-{
-    char err[256] = "";
-    fm_s3_t *s3 = fm_edge_thread_s3(err, sizeof(err));
-    sink_t sink = {.fill = fill, .fd = -1, .read_fd = -1, .size = -1};
-    if (s3 == NULL) {
-        fm_error("edge: S3 client: %s", err);
-        result->status = 503, result->code = "origin_unavailable";
-        return 0;
-    }
-    if ((sink.fd = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600)) == -1) {
-        fm_error("edge: cannot create %s: %s", tmp_path, strerror(errno));
-        result->status = 503, result->code = "cache_unavailable";
-        return 0;
-    }
-    sink.stored_at = time(NULL); /* Last-Modified: the same for the streamed answers and the later hits */
-    uint64_t started = fm_now_ns();
-    sink.read_fd = open(tmp_path, O_RDONLY | O_CLOEXEC); /* -1: no streaming, the waiters get the published file */
-
-    fm_s3_result_t res;
-    char object_key[FM_EDGE_KEY_MAX + 1];
-    fm_edge_object_key(fill->key, object_key, sizeof(object_key)); /* fill->key is a cache key (a file's partition) */
-    int rc = fm_s3_get_object_announced(s3, object_key, on_origin_headers, write_to_file, &sink, &res);
-    if (sink.read_fd != -1) /* never announced (an error answer, no Content-Length) */
-        close(sink.read_fd);
-    time_t stored_at = sink.stored_at;
-    int streamed = sink.streamed;
-    fm_metrics_observe("fm_edge_origin_seconds", NULL, (double)(fm_now_ns() - started) / 1e9);
-    int synced = rc == 0 && fdatasync(sink.fd) == 0;
-    close(sink.fd);
-    if (rc == 0 && synced && (res.content_length < 0 || (uint64_t)res.content_length == sink.written)) {
-        fm_edge_meta_t *meta = &result->meta;
-        snprintf(meta->key, sizeof(meta->key), "%s", fill->key);
-        meta->size = sink.written;
-        snprintf(meta->etag, sizeof(meta->etag), "%s", res.etag);
-        snprintf(meta->content_type, sizeof(meta->content_type), "%s", res.content_type);
-        meta->stored_at = stored_at;
-        if ((result->fd = fm_edge_cache_publish(fill->hex, tmp_path, meta)) == -1)
-            result->status = 503, result->code = "cache_unavailable";
-        fm_metrics_counter_add("fm_edge_origin_bytes_total", NULL, (double)sink.written);
-        return streamed && sink.written == fill->head.size;
-    }
-    unlink(tmp_path);
-    if (sink.too_large) {
-        result->too_large = 1;
-        result->meta = sink.head;
-        fm_metrics_counter_add("fm_edge_too_large_total", NULL, 1);
-        return 0;
-    }
-    if (sink.abandoned) {
-        result->status = 503, result->code = "abandoned";
-        fm_metrics_counter_add("fm_edge_fills_abandoned_total", NULL, 1);
-        return 0;
-    }
-    if (rc != 0 && (res.status == 404 || strcmp(res.code, "NoSuchKey") == 0))
-        result->status = 404, result->code = "not_found";
-    else if (sink.failed)
-        result->status = 503, result->code = "cache_unavailable";
-    else
-        result->status = 502, result->code = "origin_error";
-    if (result->status != 404)
-        fm_warn("edge: origin fill of %s failed: %s %s (%ld) %s", fill->key, res.code, res.message, res.status,
-                sink.failed ? strerror(sink.failed) : "");
-    fm_metrics_counter_add("fm_edge_origin_errors_total", NULL, 1);
-    return 0;
-}
-
-/* A variant rendered from the original open on fill->src_fd, published into the cache. Its ETag is derived from
- * the original's and the parameters, so it changes when the original is replaced. */
-static void render_variant(fill_t *fill, const char *tmp_path, fm_edge_fill_result_t *result)
-{
-    uint64_t started = fm_now_ns(), size = 0;
-    const char *content_type = NULL;
-    int rc = fm_edge_variant_render(&fill->variant, fill->src_fd, tmp_path, &size, &content_type, result);
-    close(fill->src_fd);
-    fill->src_fd = -1;
-    fm_metrics_observe("fm_edge_variant_seconds", NULL, (double)(fm_now_ns() - started) / 1e9);
-    if (rc != 0) {
-        unlink(tmp_path);
-        fm_metrics_counter_add("fm_edge_variant_errors_total", NULL, 1);
-        return;
-    }
-    fm_edge_meta_t *meta = &result->meta;
-    snprintf(meta->key, sizeof(meta->key), "%s", fill->key);
-    meta->size = size;
-    char tag_source[sizeof(fill->src_etag) + sizeof(fill->key)], tag_hex[FM_EDGE_HEX_LEN + 1];
-    int tag_len = snprintf(tag_source, sizeof(tag_source), "%s%s", fill->src_etag, fill->key);
-    fm_edge_cache_name(tag_source, (size_t)tag_len, tag_hex);
-    snprintf(meta->etag, sizeof(meta->etag), "\"v-%.32s\"", tag_hex);
-    snprintf(meta->content_type, sizeof(meta->content_type), "%s", content_type);
-    meta->stored_at = time(NULL);
-    if ((result->fd = fm_edge_cache_publish(fill->hex, tmp_path, meta)) == -1)
-        result->status = 503, result->code = "cache_unavailable";
-}
-
-/* The blocking part, on an offload thread: fetch or render into a temp file, publish, then wake every waiter. */
+/* The blocking part, on an offload thread: fetch or render into a temp file (fill.c), publish, then wake every
+ * waiter. */
 static void fill_work(void *data)
 {
     fill_t *fill = data;
@@ -689,13 +466,14 @@ static void fill_work(void *data)
     snprintf(suffix, sizeof(suffix), ".%ld.%u.tmp", (long)getpid(), atomic_fetch_add(&tmp_counter, 1));
     fm_edge_cache_path(fill->hex, suffix, tmp_path, sizeof(tmp_path));
     int stream_ok = 0;
-    if (should_stop(fill, 0, -1)) { /* every client left while it was queued: nothing to fetch or render for */
+    /* every client left while it was queued: nothing to fetch or render for */
+    if (fm_edge_fill_should_stop(fill, 0, -1)) {
         result.status = 503, result.code = "abandoned";
         fm_metrics_counter_add("fm_edge_fills_abandoned_total", NULL, 1);
     } else if (fill->is_render) {
-        render_variant(fill, tmp_path, &result);
+        fm_edge_fill_render(fill, tmp_path, &result);
     } else {
-        stream_ok = fetch_original(fill, tmp_path, &result);
+        stream_ok = fm_edge_fill_fetch(fill, tmp_path, &result);
     }
 
     /* Out of the table first: from here on a new request finds the published object (or misses afresh). Every
