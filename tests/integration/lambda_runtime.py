@@ -15,7 +15,10 @@ runtimes") with its state machine, not canned answers:
 Tests queue invocations with enqueue() and wait for the runtime's answer with wait_answer(). Handler threads are
 daemons and a blocked /next is released by stop(), so stopping never hangs.
 """
+import contextlib
 import json
+import secrets
+import subprocess
 import threading
 import time
 import uuid
@@ -241,3 +244,27 @@ class RuntimeHandler(BaseHTTPRequestHandler):
         error_type = self.headers.get("Lambda-Runtime-Function-Error-Type") if kind == "error" else None
         answer = Answer(kind, body, error_type, self.headers.get("Content-Type"))
         return self.send_json(*self.runtime.record(parts[2], answer))
+
+
+@contextlib.contextmanager
+def lambda_worker(pool, log_dir, name="lambda"):
+    """fm-worker in Lambda mode (AWS_LAMBDA_RUNTIME_API) against a fresh LambdaRuntime, with the settings of the
+    suite's worker `pool`. Yields (runtime, process, log path); at the end the process is killed if still running,
+    the runtime stopped, and -- when the block passed -- its log checked for sanitizer reports."""
+    from conftest import BUILD_DIR, SANITIZER_REPORT
+
+    api = LambdaRuntime()
+    env = pool.workers.controls.env(**pool.env(AWS_LAMBDA_RUNTIME_API=api.address))
+    log_path = log_dir / f"fm-worker-{name}-{secrets.token_hex(4)}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([str(BUILD_DIR / "fm-worker")], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        yield api, proc, log_path
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        api.stop()
+    text = log_path.read_text(errors="replace")
+    assert not SANITIZER_REPORT.search(text), text[-4000:]

@@ -520,23 +520,14 @@ def test_mark_verified_leaves_what_the_worker_leaves(fm, alice, worker):
 # --- Lambda mode -----------------------------------------------------------------------------------------------------------
 
 def test_lambda_mode_processes_the_s3_event_with_the_same_handler(fm, alice, pool, log_dir):
-    import subprocess
-
-    from conftest import BUILD_DIR, SANITIZER_REPORT
     from helpers_uploads import aws_record
-    from lambda_runtime import LambdaRuntime
+    from lambda_runtime import lambda_worker
 
     data = image_bytes("PNG", (640, 480))
     a = fm.start(alice, data, content_type="image/png")
     fm.shield_from_reconciler(a["upload_id"])  # only the Lambda event may make this job
     assert fm.put(a, data).status_code == 200
-    api = LambdaRuntime()
-    env = pool.workers.controls.env(**pool.env(AWS_LAMBDA_RUNTIME_API=api.address))
-    log_path = log_dir / f"fm-worker-lambda-{secrets.token_hex(4)}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(BUILD_DIR / "fm-worker")], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-    try:
+    with lambda_worker(pool, log_dir) as (api, proc, log_path):
         # incoming/{UPPER-CASE id} is another object, not this upload (uuid.h's one case rule), though PostgreSQL's
         # ::uuid would match the id: no job, nothing processed.
         upper = {"Records": [aws_record(fm.bucket, "incoming/" + a["upload_id"].upper(), len(data))]}
@@ -557,11 +548,6 @@ def test_lambda_mode_processes_the_s3_event_with_the_same_handler(fm, alice, poo
         answer = api.wait_answer(api.enqueue(event), timeout=60)
         assert answer.kind == "response", answer.body
         assert fm.job_row(job_id)["attempts"] == 1
-    finally:
-        proc.kill()
-        proc.wait()
-        api.stop()
-    assert not SANITIZER_REPORT.search(log_path.read_text(errors="replace")), log_path.read_text()[-4000:]
 
 
 def test_lambda_mode_stops_promptly_on_sigterm_while_it_waits_for_an_event(pool, log_dir):
@@ -569,16 +555,9 @@ def test_lambda_mode_stops_promptly_on_sigterm_while_it_waits_for_an_event(pool,
     exits 0, as in queue mode (before: the signal stayed blocked and the process had to be killed)."""
     import subprocess
 
-    from conftest import BUILD_DIR, SANITIZER_REPORT
-    from lambda_runtime import LambdaRuntime
+    from lambda_runtime import lambda_worker
 
-    api = LambdaRuntime()
-    env = pool.workers.controls.env(**pool.env(AWS_LAMBDA_RUNTIME_API=api.address))
-    log_path = log_dir / f"fm-worker-lambda-{secrets.token_hex(4)}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(BUILD_DIR / "fm-worker")], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-    try:
+    with lambda_worker(pool, log_dir) as (api, proc, log_path):
         api.wait_next_calls(1, timeout=60)  # initialised, waiting for an event that does not come
         proc.send_signal(signal.SIGTERM)
         try:
@@ -587,9 +566,3 @@ def test_lambda_mode_stops_promptly_on_sigterm_while_it_waits_for_an_event(pool,
             pytest.fail(f"still running 15 s after SIGTERM:\n{log_path.read_text(errors='replace')[-3000:]}")
         assert rc == 0, log_path.read_text(errors="replace")[-3000:]
         assert "stop signal" in log_path.read_text(errors="replace")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        api.stop()
-    assert not SANITIZER_REPORT.search(log_path.read_text(errors="replace")), log_path.read_text()[-4000:]

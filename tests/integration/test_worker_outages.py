@@ -541,11 +541,8 @@ def test_lambda_invocation_during_an_outage_uses_no_attempt_and_the_queue_finish
                                                                                        log_dir):
     """In Lambda mode a dependency's failure is counted like the queue worker's (no attempt used) and answered with an
     error, so Lambda retries; the job is also on jobs:delayed, which a queue-mode worker serves once clamd is back."""
-    import subprocess
-
-    from conftest import BUILD_DIR, SANITIZER_REPORT
     from helpers_uploads import aws_record
-    from lambda_runtime import LambdaRuntime
+    from lambda_runtime import lambda_worker
 
     stack = clamd_back
     if pool.current is not None and pool.current.proc.poll() is None:  # no queue worker until Lambda has answered
@@ -556,13 +553,7 @@ def test_lambda_invocation_during_an_outage_uses_no_attempt_and_the_queue_finish
     fm.shield_from_reconciler(a["upload_id"])  # only the Lambda event makes this job
     assert fm.put(a, data).status_code == 200
     stack.stop_clamd()
-    api = LambdaRuntime()
-    env = pool.workers.controls.env(**pool.env(AWS_LAMBDA_RUNTIME_API=api.address))
-    log_path = log_dir / f"fm-worker-lambda-outage-{secrets.token_hex(4)}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(BUILD_DIR / "fm-worker")], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL)
-    try:
+    with lambda_worker(pool, log_dir, "lambda-outage") as (api, _, _):
         answer = api.wait_answer(api.enqueue({"Records": [aws_record(fm.bucket, key_of(a["upload_id"]), len(data))]}),
                                  timeout=60)
         assert answer.kind == "error" and answer.error_type == "Files.ProcessingError", answer.body
@@ -572,11 +563,6 @@ def test_lambda_invocation_during_an_outage_uses_no_attempt_and_the_queue_finish
         assert job["transient_retries"] == 1 and b"waits for a dependency" in answer.body, (job, answer.body)
         assert "clamd unavailable" in job["last_error"], job
         assert fm.file_row(a["file_id"])["status"] == "UPLOADED"
-    finally:
-        proc.kill()
-        proc.wait()
-        api.stop()
-    assert not SANITIZER_REPORT.search(log_path.read_text(errors="replace")), log_path.read_text()[-4000:]
     assert fm.redis("ZSCORE", "jobs:delayed", job_id) is not None
     # Lambda's own two retries would meet clamd down too; the queue-mode worker keeps retrying from jobs:delayed
     queue_worker = pool.replace()
