@@ -84,8 +84,10 @@ int fm_pg_failed(fm_req_t *r, PGresult *res, const char *errstr);
 /** Answer 503 and return 1 when Redis failed; 0 when the reply is usable. */
 int fm_redis_failed(fm_req_t *r, redisReply *reply, const char *errstr);
 
-/** The calling offload thread's S3 client (made on first use from the configuration); NULL if it cannot be made.
- *  Only for work functions running on the offload pool. */
+/** The S3 client settings of this service (FM_S3_*) with the given timeouts (s3_client.c). */
+fm_s3_config_t fm_s3_config(long connect_timeout_ms, long timeout_ms);
+/** The calling offload thread's S3 client (s3_client.c; made on first use from the configuration); NULL if it cannot
+ *  be made. Only for work functions running on the offload pool. */
 fm_s3_t *fm_offload_s3(void);
 
 /** Adds a job to the stream (and records enqueued_at), then calls done(r); failures are logged, not answered:
@@ -184,8 +186,6 @@ void fm_download_free(void);
 
 /** Lifetime of a revocation mark fm:revoked:{id} (edge_index.c): the longest a download URL signed now can live. */
 long long fm_revocation_ttl_s(void);
-/** The S3 client settings of this service (FM_S3_*) with the given timeouts. */
-fm_s3_config_t fm_s3_config(long connect_timeout_ms, long timeout_ms);
 
 /* Route handlers, by file. */
 void handle_auth_register(fm_req_t *r);

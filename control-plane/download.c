@@ -292,7 +292,7 @@ static void on_file_row(fm_req_t *r, const cJSON *row, void *arg)
             fm_reply_error(r, 500, "internal_error", "the download URL could not be signed");
             return;
         }
-        iso8601(expires, expires_at);
+        fm_iso8601(expires, expires_at);
     }
 
     cJSON *body = cJSON_CreateObject();
