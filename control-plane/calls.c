@@ -5,22 +5,36 @@
 #include "control.h"
 #include "log.h"
 
-void fm_pg_call(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params)
+int fm_pg_call_with(fm_req_t *r, void *ctx, fm_pg_cb cb, const char *sql, int nparams, const char *const *params)
 {
     fm_req_hold(r);
-    if (fm_pg_query(fm_control_thread(r)->pg, cb, r, sql, nparams, params) != 0) {
+    if (fm_pg_query(fm_control_thread(r)->pg, cb, ctx, sql, nparams, params) != 0) {
         fm_req_resume(r); /* refused at once (shutting down): no callback will come */
-        fm_reply_unavailable(r, "the database");
+        return -1;
     }
+    return 0;
+}
+
+int fm_redis_call_with(fm_req_t *r, void *ctx, fm_redis_cb cb, int argc, const char **argv)
+{
+    fm_req_hold(r);
+    if (fm_redis_commandargv(fm_control_thread(r)->redis, cb, ctx, argc, argv, NULL) != 0) {
+        fm_req_resume(r);
+        return -1;
+    }
+    return 0;
+}
+
+void fm_pg_call(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params)
+{
+    if (fm_pg_call_with(r, r, cb, sql, nparams, params) != 0)
+        fm_reply_unavailable(r, "the database");
 }
 
 void fm_redis_call(fm_req_t *r, fm_redis_cb cb, int argc, const char **argv)
 {
-    fm_req_hold(r);
-    if (fm_redis_commandargv(fm_control_thread(r)->redis, cb, r, argc, argv, NULL) != 0) {
-        fm_req_resume(r);
+    if (fm_redis_call_with(r, r, cb, argc, argv) != 0)
         fm_reply_unavailable(r, "the session store");
-    }
 }
 
 void fm_redis_get_cached(fm_req_t *r, fm_redis_cb cb, const char *key)
