@@ -100,6 +100,22 @@ static long long choose_part_size(long long size)
 
 /* ---- POST /v1/uploads ----------------------------------------------------------------------------------------- */
 
+/* Adds "method": "PUT" and the presigned "url" of a single PUT to `body`; -1 (body deleted, 500 answered) if signing
+ * failed. Both answers' shapes (ours and Companion's) share these two fields. */
+static int add_put_url(fm_req_t *r, fm_upload_state_t *s, cJSON *body, long long ttl)
+{
+    char *url = fm_upload_presign(r, s->key, s->content_type, s->size, 0, NULL, ttl);
+    if (url == NULL) {
+        cJSON_Delete(body);
+        fm_reply_error(r, 500, "internal_error", "could not sign the upload URL");
+        return -1;
+    }
+    cJSON_AddStringToObject(body, "method", "PUT");
+    cJSON_AddStringToObject(body, "url", url);
+    free(url);
+    return 0;
+}
+
 /* Uppy's @uppy/aws-s3 (Companion's routes, uppy.c) expects other shapes for the same two answers. */
 static void answer_created_uppy(fm_req_t *r, fm_upload_state_t *s, long long ttl)
 {
@@ -108,21 +124,14 @@ static void answer_created_uppy(fm_req_t *r, fm_upload_state_t *s, long long ttl
         cJSON_AddStringToObject(body, "key", s->key);
         cJSON_AddStringToObject(body, "uploadId", s->s3_upload_id);
     } else {
-        char *url = fm_upload_presign(r, s->key, s->content_type, s->size, 0, NULL, ttl);
-        if (url == NULL) {
-            cJSON_Delete(body);
-            fm_reply_error(r, 500, "internal_error", "could not sign the upload URL");
+        if (add_put_url(r, s, body, ttl) != 0)
             return;
-        }
-        cJSON_AddStringToObject(body, "method", "PUT");
-        cJSON_AddStringToObject(body, "url", url);
         cJSON_AddObjectToObject(body, "fields");
         cJSON_AddStringToObject(cJSON_AddObjectToObject(body, "headers"), "Content-Type", s->content_type);
         cJSON_AddNumberToObject(body, "expires", (double)ttl);
         /* not Companion's, ignored by Uppy: lets the app follow the file (no complete call comes on this path) */
         cJSON_AddStringToObject(body, "file_id", s->file_id);
         cJSON_AddStringToObject(body, "upload_id", s->upload_id);
-        free(url);
     }
     fm_reply_json(r, 200, body);
 }
@@ -142,16 +151,9 @@ static void answer_created(fm_req_t *r, fm_upload_state_t *s)
     cJSON_AddBoolToObject(body, "deduplicated", 0);
     cJSON_AddStringToObject(body, "expires_at", expires);
     if (s->s3_upload_id[0] == '\0') {
-        char *url = fm_upload_presign(r, s->key, s->content_type, s->size, 0, NULL, ttl);
-        if (url == NULL) {
-            cJSON_Delete(body);
-            fm_reply_error(r, 500, "internal_error", "could not sign the upload URL");
+        if (add_put_url(r, s, body, ttl) != 0)
             return;
-        }
-        cJSON_AddStringToObject(body, "method", "PUT");
-        cJSON_AddStringToObject(body, "url", url);
         cJSON_AddStringToObject(cJSON_AddObjectToObject(body, "headers"), "Content-Type", s->content_type);
-        free(url);
     } else {
         cJSON_AddStringToObject(body, "method", "MULTIPART");
         cJSON *multipart = cJSON_AddObjectToObject(body, "multipart");
