@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "b64.h"
 #include "hash.h"
@@ -281,6 +282,14 @@ void fm_reply_raw(fm_req_t *r, int status, const char *content_type, const char 
     req->res.content_length = len;
     account(r);
     h2o_send_inline(req, body, len);
+}
+
+void fm_iso8601(long long t, char out[32])
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    strftime(out, 32, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
 void fm_reply_json(fm_req_t *r, int status, cJSON *body)

@@ -63,6 +63,9 @@ void fm_req_add_header(fm_req_t *r, const char *name, const char *value);
 /** Answers `body` (consumed, may be NULL for an empty object) as application/json. */
 void fm_reply_json(fm_req_t *r, int status, cJSON *body);
 
+/** Formats unix time t as the answers' timestamps read: 2026-01-02T03:04:05Z (UTC). */
+void fm_iso8601(long long t, char out[32]);
+
 /** Answers raw bytes with a content type. */
 void fm_reply_raw(fm_req_t *r, int status, const char *content_type, const char *body, size_t len);
 

@@ -2,27 +2,39 @@
  * Asynchronous calls made on behalf of a request (PostgreSQL, Redis, the offload pool), with the bookkeeping of
  * http.h: each holds the request, and each callback must start with `if (fm_req_resume(r) != 0) return;`.
  */
-#include <pthread.h>
-
 #include "control.h"
 #include "log.h"
 
-void fm_pg_call(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params)
+int fm_pg_call_with(fm_req_t *r, void *ctx, fm_pg_cb cb, const char *sql, int nparams, const char *const *params)
 {
     fm_req_hold(r);
-    if (fm_pg_query(fm_control_thread(r)->pg, cb, r, sql, nparams, params) != 0) {
+    if (fm_pg_query(fm_control_thread(r)->pg, cb, ctx, sql, nparams, params) != 0) {
         fm_req_resume(r); /* refused at once (shutting down): no callback will come */
-        fm_reply_unavailable(r, "the database");
+        return -1;
     }
+    return 0;
+}
+
+int fm_redis_call_with(fm_req_t *r, void *ctx, fm_redis_cb cb, int argc, const char **argv)
+{
+    fm_req_hold(r);
+    if (fm_redis_commandargv(fm_control_thread(r)->redis, cb, ctx, argc, argv, NULL) != 0) {
+        fm_req_resume(r);
+        return -1;
+    }
+    return 0;
+}
+
+void fm_pg_call(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params)
+{
+    if (fm_pg_call_with(r, r, cb, sql, nparams, params) != 0)
+        fm_reply_unavailable(r, "the database");
 }
 
 void fm_redis_call(fm_req_t *r, fm_redis_cb cb, int argc, const char **argv)
 {
-    fm_req_hold(r);
-    if (fm_redis_commandargv(fm_control_thread(r)->redis, cb, r, argc, argv, NULL) != 0) {
-        fm_req_resume(r);
+    if (fm_redis_call_with(r, r, cb, argc, argv) != 0)
         fm_reply_unavailable(r, "the session store");
-    }
 }
 
 void fm_redis_get_cached(fm_req_t *r, fm_redis_cb cb, const char *key)
@@ -85,50 +97,4 @@ int fm_redis_failed(fm_req_t *r, redisReply *reply, const char *errstr)
     fm_log(FM_LOG_WARN, r->request_id, "redis: %s", reply != NULL ? reply->str : errstr);
     fm_reply_unavailable(r, "the session store");
     return 1;
-}
-
-/* One S3 client per offload thread (fm_s3_t keeps one curl handle with its keep-alive connection and is not
- * thread-safe); freed by the key's destructor when the thread ends. */
-static pthread_key_t s3_key;
-static pthread_once_t s3_key_once = PTHREAD_ONCE_INIT;
-
-static void s3_free(void *s3)
-{
-    fm_s3_free(s3);
-}
-
-static void s3_key_make(void)
-{
-    pthread_key_create(&s3_key, s3_free);
-}
-
-fm_s3_t *fm_offload_s3(void)
-{
-    pthread_once(&s3_key_once, s3_key_make);
-    fm_s3_t *s3 = pthread_getspecific(s3_key);
-    if (s3 != NULL)
-        return s3;
-    fm_s3_config_t s3cfg = fm_s3_config(2000, 20000);
-    char err[160];
-    if ((s3 = fm_s3_new(&s3cfg, err, sizeof(err))) == NULL) {
-        fm_error("s3: cannot create a client: %s", err);
-        return NULL;
-    }
-    pthread_setspecific(s3_key, s3);
-    return s3;
-}
-
-fm_s3_config_t fm_s3_config(long connect_timeout_ms, long timeout_ms)
-{
-    const fm_config_t *cfg = &fm_control->config;
-    return (fm_s3_config_t){
-        .endpoint = cfg->s3_endpoint,
-        .region = cfg->s3_region,
-        .bucket = cfg->s3_bucket,
-        .access_key = cfg->s3_access_key,
-        .secret_key = cfg->s3_secret_key,
-        .session_token = cfg->s3_session_token,
-        .connect_timeout_ms = connect_timeout_ms,
-        .timeout_ms = timeout_ms,
-    };
 }

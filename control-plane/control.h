@@ -73,6 +73,11 @@ void fm_auth_require(fm_req_t *r, void (*next)(fm_req_t *r, const fm_principal_t
 /* Calls on behalf of a request (calls.c): each holds r; its callback starts with fm_req_resume(). */
 void fm_pg_call(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params);
 void fm_redis_call(fm_req_t *r, fm_redis_cb cb, int argc, const char **argv);
+/** The same with the caller's context: cb gets `ctx` (which must lead back to r, for the callback's fm_req_resume),
+ *  and a call refused at once (shutting down) returns -1 with r no longer held and nothing answered: what a refusal
+ *  means is the caller's (an answer, or carrying on as jobs.c does). 0 when the call is on its way. */
+int fm_pg_call_with(fm_req_t *r, void *ctx, fm_pg_cb cb, const char *sql, int nparams, const char *const *params);
+int fm_redis_call_with(fm_req_t *r, void *ctx, fm_redis_cb cb, int argc, const char **argv);
 /** GET `key`, answered from the thread's tracked copy when it holds one (then cb runs before this returns). */
 void fm_redis_get_cached(fm_req_t *r, fm_redis_cb cb, const char *key);
 /** Runs work(r) on the offload pool, then done(r) on r's loop; answers 503 naming `what` if the pool is full. */
@@ -84,8 +89,10 @@ int fm_pg_failed(fm_req_t *r, PGresult *res, const char *errstr);
 /** Answer 503 and return 1 when Redis failed; 0 when the reply is usable. */
 int fm_redis_failed(fm_req_t *r, redisReply *reply, const char *errstr);
 
-/** The calling offload thread's S3 client (made on first use from the configuration); NULL if it cannot be made.
- *  Only for work functions running on the offload pool. */
+/** The S3 client settings of this service (FM_S3_*) with the given timeouts (s3_client.c). */
+fm_s3_config_t fm_s3_config(long connect_timeout_ms, long timeout_ms);
+/** The calling offload thread's S3 client (s3_client.c; made on first use from the configuration); NULL if it cannot
+ *  be made. Only for work functions running on the offload pool. */
 fm_s3_t *fm_offload_s3(void);
 
 /** Adds a job to the stream (and records enqueued_at), then calls done(r); failures are logged, not answered:
@@ -184,8 +191,6 @@ void fm_download_free(void);
 
 /** Lifetime of a revocation mark fm:revoked:{id} (edge_index.c): the longest a download URL signed now can live. */
 long long fm_revocation_ttl_s(void);
-/** The S3 client settings of this service (FM_S3_*) with the given timeouts. */
-fm_s3_config_t fm_s3_config(long connect_timeout_ms, long timeout_ms);
 
 /* Route handlers, by file. */
 void handle_auth_register(fm_req_t *r);

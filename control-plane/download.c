@@ -258,7 +258,7 @@ static void on_file_row(fm_req_t *r, const cJSON *row, void *arg)
     const cJSON *file_id = cJSON_GetObjectItemCaseSensitive(row, "id");
     if (!cJSON_IsString(key) || key->valuestring[0] == '\0' || strlen(key->valuestring) > 1024 ||
         !cJSON_IsString(name) || !cJSON_IsString(file_id) || !fm_uuid_lower_valid(file_id->valuestring, 36)) {
-        fm_reply_error(r, 500, "internal", "the file's stored object is unknown");
+        fm_reply_error(r, 500, "internal_error", "the file's stored object is unknown");
         return;
     }
 
@@ -289,10 +289,10 @@ static void on_file_row(fm_req_t *r, const cJSON *row, void *arg)
         url = sign_cached(r, resource, expires);
         if (url == NULL) {
             free(resource);
-            fm_reply_error(r, 500, "internal", "the download URL could not be signed");
+            fm_reply_error(r, 500, "internal_error", "the download URL could not be signed");
             return;
         }
-        iso8601(expires, expires_at);
+        fm_iso8601(expires, expires_at);
     }
 
     cJSON *body = cJSON_CreateObject();

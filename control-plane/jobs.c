@@ -61,12 +61,10 @@ static void on_xadd(redisReply *reply, const char *errstr, void *data)
         return;
     }
     const char *params[] = {e->job_id};
-    fm_req_hold(e->r);
-    if (fm_pg_query(fm_control_thread(e->r)->pg, on_enqueued_recorded, e,
-                    "UPDATE jobs SET enqueued_at = now() WHERE id = $1::uuid AND enqueued_at IS NULL", 1, params) != 0) {
-        fm_req_resume(e->r);
-        enqueue_finish(e);
-    }
+    if (fm_pg_call_with(e->r, e, on_enqueued_recorded,
+                        "UPDATE jobs SET enqueued_at = now() WHERE id = $1::uuid AND enqueued_at IS NULL", 1,
+                        params) != 0)
+        enqueue_finish(e); /* refused at once (shutting down): the reconciler records it later */
 }
 
 void fm_jobs_enqueue(fm_req_t *r, const fm_job_ref_t *job, void (*done)(fm_req_t *r, void *arg), void *arg)
@@ -85,12 +83,8 @@ void fm_jobs_enqueue(fm_req_t *r, const fm_job_ref_t *job, void (*done)(fm_req_t
     const char *argv[] = {"XADD",      FM_JOBS_STREAM,  "MAXLEN",     "~",           "1000000",     "*",
                           "job_id",    job->job_id,     "type",       job->type,     "file_id",     job->file_id,
                           "upload_id", job->upload_id,  "request_id", r->request_id, "traceparent", traceparent};
-    fm_req_hold(r);
-    if (fm_redis_commandargv(fm_control_thread(r)->redis, on_xadd, e, (int)(sizeof(argv) / sizeof(argv[0])), argv,
-                             NULL) != 0) {
-        fm_req_resume(r);
-        enqueue_finish(e);
-    }
+    if (fm_redis_call_with(r, e, on_xadd, (int)(sizeof(argv) / sizeof(argv[0])), argv) != 0)
+        enqueue_finish(e); /* refused at once (shutting down): the reconciler adds it later */
 }
 
 static void on_group_created(redisReply *reply, const char *errstr, void *data)

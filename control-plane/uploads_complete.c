@@ -94,7 +94,7 @@ void fm_upload_mark(fm_req_t *r, const char *upload_id, long long size, const ch
 
 static void answer_completed(fm_req_t *r, const char *job_id)
 {
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     cJSON *body = cJSON_CreateObject();
     if (s->uppy) { /* Companion's answer: where the object is */
         char location[512];
@@ -116,7 +116,7 @@ static void answer_completed(fm_req_t *r, const char *job_id)
 static void delete_object_work(void *data)
 {
     fm_req_t *r = data;
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     fm_s3_t *s3 = fm_offload_s3();
     fm_s3_result_t res;
     if (s3 == NULL || fm_s3_delete_object(s3, s->key, &res) != 0)
@@ -129,14 +129,14 @@ static void on_mismatch_deleted(void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     fm_reply_error(r, 409, "size_mismatch", "the object holds %lld bytes, %lld were announced; the upload failed",
                    s->s3.content_length, s->size);
 }
 
 static void on_complete_marked(fm_req_t *r, const char *outcome, const char *job_id, const char *file_id)
 {
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     if (strcmp(outcome, "uploaded") == 0 || strcmp(outcome, "already") == 0) {
         answer_completed(r, job_id);
     } else if (strcmp(outcome, "size_mismatch") == 0) {
@@ -149,7 +149,7 @@ static void on_complete_marked(fm_req_t *r, const char *outcome, const char *job
 static void head_work(void *data)
 {
     fm_req_t *r = data;
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     fm_s3_t *s3 = fm_offload_s3();
     s->s3_ok = s3 != NULL && fm_s3_head_object(s3, s->key, &s->s3) == 0;
 }
@@ -159,7 +159,7 @@ static void head_work(void *data)
 static void complete_multipart_work(void *data)
 {
     fm_req_t *r = data;
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     fm_s3_t *s3 = fm_offload_s3();
     s->s3_ok = s3 != NULL && fm_s3_complete_multipart(s3, s->key, s->s3_upload_id, s->parts, s->part_count_given,
                                                       &s->s3) == 0;
@@ -173,7 +173,7 @@ static void on_object_checked(void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     if (!s->s3_ok) {
         const char *code = s->s3.code;
         if (s->s3.status == 404 || strcmp(code, "NotFound") == 0 || strcmp(code, "NoSuchKey") == 0 ||
@@ -198,7 +198,7 @@ static void on_object_checked(void *data)
 }
 
 /* Reads {"parts":[{"part_number","etag"}…]} (ascending, 1..part_count); answers and returns -1 if bad. */
-static int parse_parts(fm_req_t *r, upload_state_t *s)
+static int parse_parts(fm_req_t *r, fm_upload_state_t *s)
 {
     cJSON *body = fm_req_json_body(r, COMPLETE_BODY_MAX);
     if (body == NULL)
@@ -206,7 +206,7 @@ static int parse_parts(fm_req_t *r, upload_state_t *s)
     cJSON *parts = cJSON_GetObjectItemCaseSensitive(body, "parts"), *item;
     int count = cJSON_GetArraySize(parts), previous = 0;
     /* Parts sized by the client (Uppy): their number is known only now. */
-    int most = s->part_count > 0 ? s->part_count : MAX_PARTS;
+    int most = s->part_count > 0 ? s->part_count : FM_UPLOAD_MAX_PARTS;
     const char *number_field = s->uppy ? "PartNumber" : "part_number", *etag_field = s->uppy ? "ETag" : "etag";
     if (!cJSON_IsArray(parts) || count < 1 || count > most) {
         cJSON_Delete(body);
@@ -244,7 +244,7 @@ static int parse_parts(fm_req_t *r, upload_state_t *s)
     return 0;
 }
 
-void upload_complete_loaded(fm_req_t *r, upload_state_t *s)
+void fm_upload_complete_loaded(fm_req_t *r, fm_upload_state_t *s)
 {
     if (strcmp(s->status, "UPLOADED") == 0 || strcmp(s->status, "COMPLETED") == 0) {
         /* Idempotent: the same answer, the same job. */
@@ -266,7 +266,7 @@ void upload_complete_loaded(fm_req_t *r, upload_state_t *s)
 
 static void complete_authorized(fm_req_t *r, const fm_principal_t *p)
 {
-    load_upload(r, p, upload_complete_loaded);
+    fm_upload_load(r, p, fm_upload_complete_loaded);
 }
 
 void handle_upload_complete(fm_req_t *r)
@@ -278,7 +278,7 @@ void handle_upload_complete(fm_req_t *r)
 
 static void answer_aborted(fm_req_t *r)
 {
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     if (s->uppy)
         fm_reply_raw(r, 200, "application/json", "{}", 2); /* Companion answers an empty object */
     else
@@ -291,7 +291,7 @@ static void answer_aborted(fm_req_t *r)
 static void abort_work(void *data)
 {
     fm_req_t *r = data;
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     fm_s3_t *s3 = fm_offload_s3();
     if (s3 == NULL) {
         s->s3_ok = 0;
@@ -312,7 +312,7 @@ static void on_aborted(void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     if (!s->s3_ok)
         fm_log(FM_LOG_WARN, r->request_id, "s3: abort %s: %ld %s (the reconciler sweeps it later)", s->key,
                s->s3.status, s->s3.code);
@@ -330,12 +330,12 @@ static void on_abort_recorded(PGresult *res, const char *errstr, void *data)
         fm_reply_error(r, 409, "already_completed", "this upload was completed");
         return;
     }
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     fm_redis_command(fm_control_thread(r)->redis, ignore_reply, NULL, "DEL fm:file:{%s}", s->file_id);
     fm_offload_call(r, abort_work, on_aborted, "the object store");
 }
 
-void upload_abort_loaded(fm_req_t *r, upload_state_t *s)
+void fm_upload_abort_loaded(fm_req_t *r, fm_upload_state_t *s)
 {
     if (strcmp(s->status, "UPLOADED") == 0 || strcmp(s->status, "COMPLETED") == 0) {
         fm_reply_error(r, 409, "already_completed", "this upload was completed; delete the file instead");
@@ -357,7 +357,7 @@ void upload_abort_loaded(fm_req_t *r, upload_state_t *s)
 
 static void abort_authorized(fm_req_t *r, const fm_principal_t *p)
 {
-    load_upload(r, p, upload_abort_loaded);
+    fm_upload_load(r, p, fm_upload_abort_loaded);
 }
 
 void handle_upload_abort(fm_req_t *r)

@@ -1,13 +1,17 @@
 /*
- * POST /v1/uploads, up to the choice between a dedupe answer and a new upload (uploads.c makes the upload, signs and
- * answers; docs/uploads.md "Dedupe").
+ * POST /v1/uploads, whole (docs/uploads.md "Upload", "Dedupe"): the choice between a dedupe answer and a new upload,
+ * and the making of a new upload (S3 multipart first if needed, the record, the 201 with presigned URLs).
+ * fm_upload_validate and fm_upload_start are shared with Uppy's routes (uppy.c). Loop-thread only: the S3 call
+ * (CreateMultipartUpload) runs on the offload pool.
  *
- * authorize (bearer token; viewers cannot upload) → parse (the body, upload_validate) → act: the common case, a
+ * authorize (bearer token; viewers cannot upload) → parse (the body, fm_upload_validate) → act: the common case, a
  * single PUT outside any folder with records written behind, is one Redis script (records.c's probe: the owner's
  * dedupe index asked and the record stored together, or not stored when the backlog is at its bound: then the
  * record is written through to PostgreSQL); otherwise the index is asked first (HMGET) and PostgreSQL decides
  * whenever the index is missing, names the hash with another size, or a folder must be checked.
  */
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,9 +19,345 @@
 
 #include "control.h"
 #include "log.h"
+#include "names.h"
 #include "uploads.h"
 
 #define UPLOAD_BODY_MAX 16384
+#define MIN_PART_SIZE (8ll * 1024 * 1024)
+#define FIRST_PART_URLS 100
+
+/* ---- validation ----------------------------------------------------------------------------------------------- */
+
+/* A file name is shown and downloaded, never used as a path: no separators, NUL or control characters. */
+static int sha256_normalize(const char *in, char out[65])
+{
+    if (strlen(in) != 64)
+        return 0;
+    for (int i = 0; i < 64; ++i) {
+        char c = in[i];
+        if (c >= 'A' && c <= 'F')
+            c = (char)(c - 'A' + 'a');
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return 0;
+        out[i] = c;
+    }
+    out[64] = '\0';
+    return 1;
+}
+
+static int content_type_allowed(const char *type)
+{
+    const char *list = fm_control->config.allowed_content_types;
+    size_t len = strlen(type);
+    if (strcmp(list, "*") == 0)
+        return len > 0 && len < 128 && strchr(type, '/') != NULL;
+    for (const char *p = list; *p != '\0';) {
+        const char *comma = strchr(p, ',');
+        size_t item = comma ? (size_t)(comma - p) : strlen(p);
+        if (item == len && strncasecmp(p, type, len) == 0)
+            return 1;
+        p += item + (comma ? 1 : 0);
+    }
+    return 0;
+}
+
+/* A version 4 UUID: the upload id is ours, so the object key is known before the row exists. The random bytes come
+ * from OpenSSL's generator a few hundred at a time: one RAND_bytes call per id (its locks and checks) cost as much as
+ * the rest of the id. The digits are written by hand for the same reason (16 × %02x). */
+static void new_id(char out[37])
+{
+    static _Thread_local unsigned char pool[512];
+    static _Thread_local size_t left;
+    if (left < 16) {
+        if (RAND_bytes(pool, sizeof(pool)) != 1)
+            h2o_fatal("RAND_bytes failed");
+        left = sizeof(pool);
+    }
+    unsigned char b[16];
+    memcpy(b, pool + sizeof(pool) - left, sizeof(b));
+    OPENSSL_cleanse(pool + sizeof(pool) - left, sizeof(b)); /* each byte is handed out once */
+    left -= sizeof(b);
+    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
+    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
+    static const char hex[] = "0123456789abcdef";
+    char *p = out;
+    for (int i = 0; i < 16; ++i) {
+        if (i == 4 || i == 6 || i == 8 || i == 10)
+            *p++ = '-';
+        *p++ = hex[b[i] >> 4];
+        *p++ = hex[b[i] & 15];
+    }
+    *p = '\0';
+}
+
+/* S3: at most 10,000 parts of at least 5 MiB (the last may be smaller); a whole number of MiB keeps it simple. */
+static long long choose_part_size(long long size)
+{
+    long long mib = 1024 * 1024, needed = (size + FM_UPLOAD_MAX_PARTS - 1) / FM_UPLOAD_MAX_PARTS;
+    needed = (needed + mib - 1) / mib * mib;
+    return needed > MIN_PART_SIZE ? needed : MIN_PART_SIZE;
+}
+
+/* ---- POST /v1/uploads ----------------------------------------------------------------------------------------- */
+
+/* Adds "method": "PUT" and the presigned "url" of a single PUT to `body`; -1 (body deleted, 500 answered) if signing
+ * failed. Both answers' shapes (ours and Companion's) share these two fields. */
+static int add_put_url(fm_req_t *r, fm_upload_state_t *s, cJSON *body, long long ttl)
+{
+    char *url = fm_upload_presign(r, s->key, s->content_type, s->size, 0, NULL, ttl);
+    if (url == NULL) {
+        cJSON_Delete(body);
+        fm_reply_error(r, 500, "internal_error", "could not sign the upload URL");
+        return -1;
+    }
+    cJSON_AddStringToObject(body, "method", "PUT");
+    cJSON_AddStringToObject(body, "url", url);
+    free(url);
+    return 0;
+}
+
+/* Uppy's @uppy/aws-s3 (Companion's routes, uppy.c) expects other shapes for the same two answers. */
+static void answer_created_uppy(fm_req_t *r, fm_upload_state_t *s, long long ttl)
+{
+    cJSON *body = cJSON_CreateObject();
+    if (s->mode == FM_UPLOAD_MODE_CLIENT_PARTS) {
+        cJSON_AddStringToObject(body, "key", s->key);
+        cJSON_AddStringToObject(body, "uploadId", s->s3_upload_id);
+    } else {
+        if (add_put_url(r, s, body, ttl) != 0)
+            return;
+        cJSON_AddObjectToObject(body, "fields");
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(body, "headers"), "Content-Type", s->content_type);
+        cJSON_AddNumberToObject(body, "expires", (double)ttl);
+        /* not Companion's, ignored by Uppy: lets the app follow the file (no complete call comes on this path) */
+        cJSON_AddStringToObject(body, "file_id", s->file_id);
+        cJSON_AddStringToObject(body, "upload_id", s->upload_id);
+    }
+    fm_reply_json(r, 200, body);
+}
+
+static void answer_created(fm_req_t *r, fm_upload_state_t *s)
+{
+    long long ttl = fm_control->config.upload_url_ttl_s;
+    if (s->uppy) {
+        answer_created_uppy(r, s, ttl);
+        return;
+    }
+    char expires[32];
+    fm_iso8601((long long)time(NULL) + ttl, expires);
+    cJSON *body = cJSON_CreateObject();
+    cJSON_AddStringToObject(body, "upload_id", s->upload_id);
+    cJSON_AddStringToObject(body, "file_id", s->file_id);
+    cJSON_AddBoolToObject(body, "deduplicated", 0);
+    cJSON_AddStringToObject(body, "expires_at", expires);
+    if (s->s3_upload_id[0] == '\0') {
+        if (add_put_url(r, s, body, ttl) != 0)
+            return;
+        cJSON_AddStringToObject(cJSON_AddObjectToObject(body, "headers"), "Content-Type", s->content_type);
+    } else {
+        cJSON_AddStringToObject(body, "method", "MULTIPART");
+        cJSON *multipart = cJSON_AddObjectToObject(body, "multipart");
+        cJSON_AddNumberToObject(multipart, "part_size", (double)s->part_size);
+        cJSON_AddNumberToObject(multipart, "part_count", s->part_count);
+        int numbers[FIRST_PART_URLS];
+        size_t count = (size_t)(s->part_count < FIRST_PART_URLS ? s->part_count : FIRST_PART_URLS);
+        for (size_t i = 0; i < count; ++i)
+            numbers[i] = (int)i + 1;
+        if (fm_upload_add_part_urls(r, s, cJSON_AddArrayToObject(multipart, "parts"), numbers, count, ttl) != 0) {
+            cJSON_Delete(body);
+            return;
+        }
+    }
+    fm_reply_json(r, 201, body);
+}
+
+static void abort_orphan_work(void *data)
+{
+    fm_req_t *r = data;
+    fm_upload_state_t *s = r->state;
+    fm_s3_t *s3 = fm_offload_s3();
+    if (s3 != NULL)
+        fm_s3_abort_multipart(s3, s->key, s->s3_upload_id, &s->s3);
+}
+
+static void on_orphan_aborted(void *data)
+{
+    fm_req_t *r = data;
+    fm_req_resume(r);
+}
+
+static void on_upload_recorded(PGresult *res, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    fm_upload_state_t *s = r->state;
+    int failed = fm_pg_failed(r, res, errstr);
+    if (!failed && PQntuples(res) == 0) {
+        fm_reply_error(r, 404, "folder_not_found", "no folder %s of yours", s->folder);
+        failed = 1;
+    }
+    if (failed) {
+        /* Do not leave a multipart upload behind on S3 for a record that does not exist. */
+        if (s->s3_upload_id[0] != '\0') {
+            fm_req_hold(r);
+            if (fm_offload_run(r->thread->offload, abort_orphan_work, on_orphan_aborted, r) != 0)
+                fm_req_resume(r);
+        }
+        return;
+    }
+    snprintf(s->file_id, sizeof(s->file_id), "%s", PQgetvalue(res, 0, 0));
+    answer_created(r, s);
+}
+
+static void record_upload(fm_req_t *r, fm_upload_state_t *s)
+{
+    char size[24], part_size[24], part_count[16], ttl[24];
+    snprintf(size, sizeof(size), "%lld", s->size);
+    snprintf(part_size, sizeof(part_size), "%lld", s->part_size);
+    snprintf(part_count, sizeof(part_count), "%d", s->part_count);
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)fm_control->config.upload_url_ttl_s);
+    int multipart = s->s3_upload_id[0] != '\0';
+    const char *params[] = {s->principal->user_id, s->folder[0] ? s->folder : NULL, s->name, size, s->content_type,
+                            s->sha256, s->upload_id, multipart ? "MULTIPART" : "PUT",
+                            s->part_count > 0 ? part_size : NULL, s->part_count > 0 ? part_count : NULL, ttl,
+                            multipart ? s->s3_upload_id : NULL, s->key};
+    fm_pg_call(r, on_upload_recorded,
+               "WITH f AS ("
+               "  INSERT INTO files (owner_id, folder_id, name, size, content_type, claimed_sha256, status)"
+               "  SELECT $1::uuid, $2::uuid, $3, $4::bigint, $5, decode($6, 'hex'), 'PENDING_UPLOAD'"
+               "  WHERE $2::uuid IS NULL OR EXISTS (SELECT 1 FROM folders WHERE id = $2::uuid AND owner_id = $1::uuid)"
+               "  RETURNING id), "
+               "u AS ("
+               "  INSERT INTO uploads (id, file_id, owner_id, object_key, size, content_type, claimed_sha256, method,"
+               "                       part_size, part_count, expires_at, s3_upload_id)"
+               "  SELECT $7::uuid, f.id, $1::uuid, $13, $4::bigint, $5, decode($6, 'hex'), $8, $9::bigint,"
+               "         $10::integer, now() + make_interval(secs => $11::integer), $12 FROM f"
+               "  RETURNING file_id) "
+               "SELECT file_id FROM u",
+               13, params);
+}
+
+static void create_multipart_work(void *data)
+{
+    fm_req_t *r = data;
+    fm_upload_state_t *s = r->state;
+    fm_s3_t *s3 = fm_offload_s3();
+    s->s3_ok = s3 != NULL && fm_s3_create_multipart(s3, s->key, s->content_type, &s->s3) == 0;
+    if (s->s3_ok)
+        snprintf(s->s3_upload_id, sizeof(s->s3_upload_id), "%s", s->s3.upload_id);
+}
+
+static void on_multipart_created(void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    fm_upload_state_t *s = r->state;
+    if (!s->s3_ok) {
+        fm_log(FM_LOG_WARN, r->request_id, "s3: CreateMultipartUpload: %ld %s %s", s->s3.status, s->s3.code,
+               s->s3.message);
+        fm_reply_unavailable(r, "the object store");
+        return;
+    }
+    record_upload(r, s);
+}
+
+static void on_record_stored(fm_req_t *r, fm_record_outcome_t outcome)
+{
+    if (outcome != FM_RECORD_FULL) {
+        answer_created(r, r->state);
+        return;
+    }
+    /* The backlog of records only in Redis is at its bound: this one goes to PostgreSQL before the answer. */
+    if (fm_records_through(r))
+        record_upload(r, r->state);
+}
+
+static fm_record_t record_of(const fm_upload_state_t *s)
+{
+    return (fm_record_t){
+        .upload_id = s->upload_id,
+        .file_id = s->file_id,
+        .owner_id = s->principal->user_id,
+        .name = s->name,
+        .content_type = s->content_type,
+        .sha256 = s->sha256,
+        .object_key = s->key,
+        .size = s->size,
+        .expires_at = (long long)time(NULL) + fm_control->config.upload_url_ttl_s,
+    };
+}
+
+/* A single PUT outside any folder: the record is written behind (records.c), nothing waits for PostgreSQL, unless
+ * the backlog is at its bound. */
+static void record_upload_behind(fm_req_t *r, fm_upload_state_t *s)
+{
+    new_id(s->file_id);
+    fm_record_t rec = record_of(s);
+    fm_records_put(r, &rec, on_record_stored);
+}
+
+void fm_upload_start(fm_req_t *r, fm_upload_state_t *s)
+{
+    new_id(s->upload_id);
+    snprintf(s->key, sizeof(s->key), "incoming/%s", s->upload_id);
+    if (s->mode == FM_UPLOAD_MODE_CLIENT_PARTS) {
+        /* The client (Uppy) chooses its part size: part_size/part_count stay unknown (NULL) until complete. */
+        s->part_size = 0;
+        s->part_count = 0;
+        fm_offload_call(r, create_multipart_work, on_multipart_created, "the object store");
+    } else if (s->mode == FM_UPLOAD_MODE_AUTO && s->size > fm_control->config.multipart_threshold) {
+        s->part_size = choose_part_size(s->size);
+        s->part_count = (int)((s->size + s->part_size - 1) / s->part_size);
+        fm_offload_call(r, create_multipart_work, on_multipart_created, "the object store");
+    } else if (fm_control->config.record_flush_ms > 0 && s->folder[0] == '\0') {
+        record_upload_behind(r, s);
+    } else {
+        record_upload(r, s); /* a folder's ownership is PostgreSQL's to check */
+    }
+}
+
+int fm_upload_validate(fm_req_t *r, fm_upload_state_t *s, const char *name, double size, const char *type,
+                       const char *sha, const char *folder)
+{
+    fm_name_error_t name_error = fm_name_check(name, strlen(name)); /* common/names.h: the one rule for names */
+    if (name_error != FM_NAME_OK) {
+        fm_reply_error(r, 422, "invalid_name", "%s", fm_name_error_message(name_error));
+        return -1;
+    }
+    /* range first: converting an out-of-range double to an integer is undefined */
+    if (size > (double)fm_control->config.max_upload_bytes) {
+        fm_reply_error(r, 413, "too_large", "files may be at most %lld bytes",
+                       (long long)fm_control->config.max_upload_bytes);
+        return -1;
+    }
+    if (!(size >= 0) || size != (double)(long long)size) {
+        fm_reply_error(r, 422, "invalid_size", "size must be a whole number of bytes, 0 or more");
+        return -1;
+    }
+    if (!content_type_allowed(type)) {
+        fm_reply_error(r, 415, "content_type_not_allowed", "content type %.100s is not accepted here", type);
+        return -1;
+    }
+    if (!sha256_normalize(sha, s->sha256)) {
+        fm_reply_error(r, 422, "invalid_sha256", "sha256 must be 64 hexadecimal digits");
+        return -1;
+    }
+    if (folder != NULL) {
+        if (!fm_uuid_valid(folder, strlen(folder))) {
+            fm_reply_error(r, 422, "invalid_folder", "folder must be a folder id (UUID) or null");
+            return -1;
+        }
+        snprintf(s->folder, sizeof(s->folder), "%s", folder);
+    }
+    snprintf(s->name, sizeof(s->name), "%s", name);
+    snprintf(s->content_type, sizeof(s->content_type), "%s", type);
+    s->size = (long long)size;
+    return 0;
+}
+
+/* ---- the dedupe decision -------------------------------------------------------------------------------------- */
 
 /* Dedupe: a new file record on a blob this owner already holds, verified by a worker. PostgreSQL decides (the
  * Redis index only says whether asking is worthwhile), and the size must match the blob's. The blob row is only
@@ -30,9 +370,9 @@ static void on_dedupe_inserted(PGresult *res, const char *errstr, void *data)
         return;
     if (fm_pg_failed(r, res, errstr))
         return;
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     if (PQntuples(res) == 0) { /* the index was stale, or the size differs: upload the bytes */
-        upload_start(r, s);
+        fm_upload_start(r, s);
         return;
     }
     cJSON *body = cJSON_CreateObject();
@@ -42,11 +382,11 @@ static void on_dedupe_inserted(PGresult *res, const char *errstr, void *data)
     fm_reply_json(r, 200, body);
 }
 
-static void try_dedupe(fm_req_t *r, upload_state_t *s);
+static void try_dedupe(fm_req_t *r, fm_upload_state_t *s);
 
 static void on_dedupe_stored(fm_req_t *r, fm_record_outcome_t outcome)
 {
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     if (outcome == FM_RECORD_FULL_DEDUPE) { /* the backlog is at its bound: PostgreSQL decides now, as below */
         if (fm_records_through(r))
             try_dedupe(r, s);
@@ -61,9 +401,9 @@ static void on_dedupe_stored(fm_req_t *r, fm_record_outcome_t outcome)
 
 /* The index names this hash with this size: the new file is written behind, READY on the blob (records.c checks
  * again in PostgreSQL that the owner still holds it). */
-static void dedupe_behind(fm_req_t *r, upload_state_t *s)
+static void dedupe_behind(fm_req_t *r, fm_upload_state_t *s)
 {
-    upload_new_id(s->file_id);
+    new_id(s->file_id);
     fm_record_t rec = {
         .file_id = s->file_id,
         .owner_id = s->principal->user_id,
@@ -75,7 +415,7 @@ static void dedupe_behind(fm_req_t *r, upload_state_t *s)
     fm_records_put(r, &rec, on_dedupe_stored);
 }
 
-static void try_dedupe(fm_req_t *r, upload_state_t *s)
+static void try_dedupe(fm_req_t *r, fm_upload_state_t *s)
 {
     char size[24];
     snprintf(size, sizeof(size), "%lld", s->size);
@@ -101,11 +441,11 @@ static void on_dedupe_index_rebuilt(redisReply *reply, const char *errstr, void 
         return;
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
         fm_log(FM_LOG_WARN, r->request_id, "redis: dedupe index not rebuilt: %s", reply ? reply->str : errstr);
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     if (s->s3_ok) /* (reused as "the rebuilt index has our hash") */
         try_dedupe(r, s);
     else
-        upload_start(r, s);
+        fm_upload_start(r, s);
 }
 
 static void dedupe_key(char *out, size_t size, const char *owner)
@@ -121,7 +461,7 @@ static void on_verified_hashes(PGresult *res, const char *errstr, void *data)
         return;
     if (fm_pg_failed(r, res, errstr))
         return;
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     int rows = PQntuples(res);
     const char **argv = calloc((size_t)rows * 2 + 4, sizeof(char *));
     if (argv == NULL)
@@ -144,7 +484,7 @@ static void on_verified_hashes(PGresult *res, const char *errstr, void *data)
     free(argv);
 }
 
-static void rebuild_index(fm_req_t *r, upload_state_t *s)
+static void rebuild_index(fm_req_t *r, fm_upload_state_t *s)
 {
     const char *params[] = {s->principal->user_id};
     fm_pg_call(r, on_verified_hashes,
@@ -158,7 +498,7 @@ static void on_dedupe_index(redisReply *reply, const char *errstr, void *data)
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
         /* Redis cannot tell: PostgreSQL alone decides (one more query, no wrong answer). */
         fm_log(FM_LOG_WARN, r->request_id, "redis: dedupe index unavailable: %s",
@@ -176,7 +516,7 @@ static void on_dedupe_index(redisReply *reply, const char *errstr, void *data)
     } else if (have_hash) { /* another size, a folder to check, or no write-behind: PostgreSQL decides */
         try_dedupe(r, s);
     } else if (built) {
-        upload_start(r, s);
+        fm_upload_start(r, s);
     } else {
         rebuild_index(r, s);
     }
@@ -184,10 +524,10 @@ static void on_dedupe_index(redisReply *reply, const char *errstr, void *data)
 
 static void on_probed(fm_req_t *r, fm_record_outcome_t outcome)
 {
-    upload_state_t *s = r->state;
+    fm_upload_state_t *s = r->state;
     switch (outcome) {
     case FM_RECORD_UPLOAD:
-        upload_answer_created(r, s);
+        answer_created(r, s);
         break;
     case FM_RECORD_DEDUPE:
     case FM_RECORD_FULL_DEDUPE:
@@ -195,7 +535,7 @@ static void on_probed(fm_req_t *r, fm_record_outcome_t outcome)
         break;
     case FM_RECORD_FULL: /* the backlog is at its bound: the upload's rows go to PostgreSQL before the answer */
         if (fm_records_through(r))
-            upload_record_through(r, s);
+            record_upload(r, s);
         break;
     case FM_RECORD_OTHER_SIZE: /* PostgreSQL decides, as above; nothing was stored */
         try_dedupe(r, s);
@@ -208,17 +548,17 @@ static void on_probed(fm_req_t *r, fm_record_outcome_t outcome)
 
 /* The common case in one Redis round trip (records.c's probe script): a single PUT outside any folder, written
  * behind. The ids are made first; the script keeps the upload record, or a dedupe record, or nothing. */
-static void probe_and_record(fm_req_t *r, upload_state_t *s, const char *index_key)
+static void probe_and_record(fm_req_t *r, fm_upload_state_t *s, const char *index_key)
 {
-    upload_new_id(s->upload_id);
+    new_id(s->upload_id);
     snprintf(s->key, sizeof(s->key), "incoming/%s", s->upload_id);
-    upload_new_id(s->file_id);
-    fm_record_t rec = upload_record(s);
+    new_id(s->file_id);
+    fm_record_t rec = record_of(s);
     fm_records_put_or_dedupe(r, &rec, index_key, on_probed);
 }
 
 /* Reads and checks the body of POST /v1/uploads into s; answers and returns -1 on bad input. */
-static int parse_upload_request(fm_req_t *r, upload_state_t *s)
+static int parse_upload_request(fm_req_t *r, fm_upload_state_t *s)
 {
     cJSON *body = fm_req_json_body(r, UPLOAD_BODY_MAX);
     if (body == NULL)
@@ -240,7 +580,8 @@ static int parse_upload_request(fm_req_t *r, upload_state_t *s)
         fm_reply_error(r, 422, "invalid_folder", "folder must be a folder id (UUID) or null");
         goto done;
     }
-    rc = upload_validate(r, s, name, size->valuedouble, type, sha, cJSON_IsString(folder) ? folder->valuestring : NULL);
+    rc = fm_upload_validate(r, s, name, size->valuedouble, type, sha,
+                            cJSON_IsString(folder) ? folder->valuestring : NULL);
 done:
     cJSON_Delete(body);
     return rc;
@@ -248,7 +589,7 @@ done:
 
 static void upload_create_authorized(fm_req_t *r, const fm_principal_t *p)
 {
-    upload_state_t *s = upload_state(r);
+    fm_upload_state_t *s = fm_upload_state(r);
     s->principal = p;
     if (p->role == FM_JWT_ROLE_VIEWER) {
         fm_reply_error(r, 403, "forbidden", "viewers cannot upload");
@@ -258,7 +599,7 @@ static void upload_create_authorized(fm_req_t *r, const fm_principal_t *p)
         return;
     char key[80];
     dedupe_key(key, sizeof(key), p->user_id);
-    if (fm_control->config.record_flush_ms > 0 && s->folder[0] == '\0' && s->mode == UPLOAD_MODE_AUTO &&
+    if (fm_control->config.record_flush_ms > 0 && s->folder[0] == '\0' && s->mode == FM_UPLOAD_MODE_AUTO &&
         s->size <= fm_control->config.multipart_threshold) {
         probe_and_record(r, s, key);
         return;

@@ -34,7 +34,7 @@ static int query_param(fm_req_t *r, const char *name, char *out, size_t size)
 
 /* ---- GET /v1/uppy/s3/params and POST /v1/uppy/s3/multipart: a new upload --------------------------------------- */
 
-static void start_from_fields(fm_req_t *r, upload_state_t *s, const char *filename, const char *type,
+static void start_from_fields(fm_req_t *r, fm_upload_state_t *s, const char *filename, const char *type,
                               const char *size_text, const char *sha256)
 {
     char *end = NULL;
@@ -48,21 +48,21 @@ static void start_from_fields(fm_req_t *r, upload_state_t *s, const char *filena
         fm_reply_error(r, 422, "invalid_sha256", "put the file's sha256 into its Uppy meta and allowedMetaFields");
         return;
     }
-    if (upload_validate(r, s, filename, size, type, sha256, NULL) != 0)
+    if (fm_upload_validate(r, s, filename, size, type, sha256, NULL) != 0)
         return;
-    if (s->mode == UPLOAD_MODE_SINGLE && s->size > 5368709120LL) {
+    if (s->mode == FM_UPLOAD_MODE_SINGLE && s->size > 5368709120LL) {
         fm_reply_error(r, 413, "too_large", "a single PUT holds at most 5 GiB: use multipart");
         return;
     }
-    upload_start(r, s);
+    fm_upload_start(r, s);
 }
 
 static void params_authorized(fm_req_t *r, const fm_principal_t *p)
 {
-    upload_state_t *s = upload_state(r);
+    fm_upload_state_t *s = fm_upload_state(r);
     s->principal = p;
     s->uppy = 1;
-    s->mode = UPLOAD_MODE_SINGLE;
+    s->mode = FM_UPLOAD_MODE_SINGLE;
     if (p->role == FM_JWT_ROLE_VIEWER) {
         fm_reply_error(r, 403, "forbidden", "viewers cannot upload");
         return;
@@ -84,10 +84,10 @@ void handle_uppy_params(fm_req_t *r)
 
 static void multipart_create_authorized(fm_req_t *r, const fm_principal_t *p)
 {
-    upload_state_t *s = upload_state(r);
+    fm_upload_state_t *s = fm_upload_state(r);
     s->principal = p;
     s->uppy = 1;
-    s->mode = UPLOAD_MODE_CLIENT_PARTS;
+    s->mode = FM_UPLOAD_MODE_CLIENT_PARTS;
     if (p->role == FM_JWT_ROLE_VIEWER) {
         fm_reply_error(r, 403, "forbidden", "viewers cannot upload");
         return;
@@ -121,9 +121,9 @@ void handle_uppy_multipart_create(fm_req_t *r)
 /* ---- the routes on an existing multipart upload ---------------------------------------------------------------- */
 
 /* Finds our upload from ?key=incoming/{id}, then the loaded upload must carry S3's uploadId of the path. */
-static void load_by_key(fm_req_t *r, const fm_principal_t *p, upload_loaded_fn next)
+static void load_by_key(fm_req_t *r, const fm_principal_t *p, fm_upload_loaded_fn next)
 {
-    upload_state_t *s = upload_state(r);
+    fm_upload_state_t *s = fm_upload_state(r);
     s->uppy = 1;
     const char *id = NULL;
     if (query_param(r, "key", s->uppy_key, sizeof(s->uppy_key)) != 0 ||
@@ -131,13 +131,13 @@ static void load_by_key(fm_req_t *r, const fm_principal_t *p, upload_loaded_fn n
         fm_reply_error(r, 404, "upload_not_found", "no such upload");
         return;
     }
-    /* load_upload() reads the upload id from params[0]; S3's uploadId stays in params[1] (see routes). */
+    /* fm_upload_load() reads the upload id from params[0]; S3's uploadId stays in params[1] (see routes). */
     r->params[1] = r->params[0];
     r->params[0] = h2o_iovec_init(id, 36);
-    load_upload(r, p, next);
+    fm_upload_load(r, p, next);
 }
 
-static int s3_upload_id_matches(fm_req_t *r, upload_state_t *s)
+static int s3_upload_id_matches(fm_req_t *r, fm_upload_state_t *s)
 {
     char given[FM_S3_UPLOAD_ID_MAX];
     if (strcmp(s->method, "MULTIPART") != 0 ||
@@ -149,7 +149,7 @@ static int s3_upload_id_matches(fm_req_t *r, upload_state_t *s)
     return 1;
 }
 
-static void sign_part_loaded(fm_req_t *r, upload_state_t *s)
+static void sign_part_loaded(fm_req_t *r, fm_upload_state_t *s)
 {
     if (!s3_upload_id_matches(r, s))
         return;
@@ -168,14 +168,14 @@ static void sign_part_loaded(fm_req_t *r, upload_state_t *s)
         number[text.len] = '\0';
         char *end;
         long v = strtol(number, &end, 10);
-        part = *end == '\0' && v >= 1 && v <= MAX_PARTS ? (int)v : -1;
+        part = *end == '\0' && v >= 1 && v <= FM_UPLOAD_MAX_PARTS ? (int)v : -1;
     }
     if (part < 1) {
-        fm_reply_error(r, 422, "invalid_parts", "part numbers go from 1 to %d", MAX_PARTS);
+        fm_reply_error(r, 422, "invalid_parts", "part numbers go from 1 to %d", FM_UPLOAD_MAX_PARTS);
         return;
     }
     long long ttl = fm_control->config.upload_url_ttl_s;
-    char *url = upload_presign(r, s->key, NULL, -1, part, s->s3_upload_id, ttl); /* Uppy sizes its own parts */
+    char *url = fm_upload_presign(r, s->key, NULL, -1, part, s->s3_upload_id, ttl); /* Uppy sizes its own parts */
     if (url == NULL) {
         fm_reply_error(r, 500, "internal_error", "could not sign the part URL");
         return;
@@ -205,10 +205,10 @@ void handle_uppy_sign_part(fm_req_t *r)
     fm_auth_require(r, sign_part_authorized);
 }
 
-static void list_loaded(fm_req_t *r, upload_state_t *s)
+static void list_loaded(fm_req_t *r, fm_upload_state_t *s)
 {
     if (s3_upload_id_matches(r, s))
-        upload_list_parts_loaded(r, s);
+        fm_upload_list_parts_loaded(r, s);
 }
 
 static void list_authorized(fm_req_t *r, const fm_principal_t *p)
@@ -221,10 +221,10 @@ void handle_uppy_list_parts(fm_req_t *r)
     fm_auth_require(r, list_authorized);
 }
 
-static void complete_loaded(fm_req_t *r, upload_state_t *s)
+static void complete_loaded(fm_req_t *r, fm_upload_state_t *s)
 {
     if (s3_upload_id_matches(r, s))
-        upload_complete_loaded(r, s);
+        fm_upload_complete_loaded(r, s);
 }
 
 static void complete_authorized(fm_req_t *r, const fm_principal_t *p)
@@ -237,10 +237,10 @@ void handle_uppy_complete(fm_req_t *r)
     fm_auth_require(r, complete_authorized);
 }
 
-static void abort_loaded(fm_req_t *r, upload_state_t *s)
+static void abort_loaded(fm_req_t *r, fm_upload_state_t *s)
 {
     if (s3_upload_id_matches(r, s))
-        upload_abort_loaded(r, s);
+        fm_upload_abort_loaded(r, s);
 }
 
 static void abort_authorized(fm_req_t *r, const fm_principal_t *p)

@@ -1,4 +1,4 @@
-/* common/http.c: the HTTP/1 framing check (the request layer's part that runs without a server). */
+/* common/http.c: the HTTP/1 framing check and the answers' time format (the parts that run without a server). */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -57,6 +57,16 @@ static void test_incomplete_heads_are_not_judged(void **state)
                      FM_HTTP1_FRAMING_UNREADABLE);
 }
 
+/* fm_iso8601: the timestamps of the answers (expires_at of uploads and downloads) are UTC with a Z, seconds only */
+static void test_iso8601_is_utc_seconds(void **state)
+{
+    char out[32];
+    fm_iso8601(0, out);
+    assert_string_equal(out, "1970-01-01T00:00:00Z");
+    fm_iso8601(1767323045, out);
+    assert_string_equal(out, "2026-01-02T03:04:05Z");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -64,6 +74,7 @@ int main(void)
         cmocka_unit_test(test_conflicts_are_found),
         cmocka_unit_test(test_folded_lines_are_not_headers),
         cmocka_unit_test(test_incomplete_heads_are_not_judged),
+        cmocka_unit_test(test_iso8601_is_utc_seconds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
