@@ -34,7 +34,7 @@
 #include "purge.h"
 #include "rekey.h"
 #include "metrics.h"
-#include "queue.h"
+#include "process.h"
 
 /* One job's working state. */
 typedef struct {

@@ -15,7 +15,8 @@
  *   describe.c  step_describe   size, real type, image dimensions/orientation/EXIF, PDF pages → job->meta (JSON)
  *   variants.c  step_variants   libvips thumb/preview × JPEG/WebP → S3 variants/{sha256}/…
  *   text.c      step_text       plain text / PDF text for search, capped
- *   (register, ready: queue.c, in PostgreSQL and Redis)
+ *   (then the outcome -- blob stored and registered, file READY or QUARANTINED, the retry or the dead letter --
+ *   process.c, in S3, PostgreSQL and Redis; the worker handle and its connections: handle.h)
  */
 #ifndef FM_WORKER_H
 #define FM_WORKER_H
