@@ -23,10 +23,4 @@ typedef struct fm_entry {
  */
 fm_outcome_t fm_worker_process(fm_worker_t *w, const fm_entry_t *entry);
 
-/** The job of upload `upload_id` after its object `size` bytes (ETag `etag`) landed in `bucket` (Lambda mode):
- *  marks the upload UPLOADED if nobody did (schema 003 fm_upload_mark_uploaded). 0 with the job id, 1 when the
- *  upload has no job to run (unknown, aborted, size mismatch), -1 when PostgreSQL failed. */
-int fm_worker_job_of_upload(fm_worker_t *w, const char *upload_id, long long size, const char *etag, const char *bucket,
-                            char *job_id, size_t job_id_size);
-
 #endif /* FM_PROCESS_H */

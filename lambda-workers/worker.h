@@ -89,6 +89,14 @@ typedef int (*fm_variant_put_fn)(void *ud, const char *key, const char *content_
 fm_step_rc step_variants(fm_job_t *job, const fm_worker_limits_t *limits, fm_variant_put_fn put, void *ud);
 fm_step_rc step_text(fm_job_t *job, const fm_worker_limits_t *limits);
 
+/* step_variants' list as blobs.variants records it: {name: {format: {key, width, height, bytes}}} (malloc'd JSON). */
+char *fm_variants_json(const cJSON *list);
+
+/* Copies the refused bytes (the staged copy that was judged; the client's object when the refusal came before
+ * staging) to quarantine/{upload_id} and deletes them from incoming/ and staging/: out of every reader's reach, kept
+ * for an operator (stage.c). 0 (also when an earlier attempt moved them already), or -1 with the reason in `why`. */
+int fm_stage_quarantine(fm_s3_t *s3, const fm_worker_limits_t *limits, const fm_job_t *job, char *why, size_t why_size);
+
 /* libvips must be started once per process before step_describe/step_variants (VIPS_INIT); idempotent. */
 int fm_media_init(const char *argv0);
 
