@@ -89,6 +89,10 @@ typedef int (*fm_variant_put_fn)(void *ud, const char *key, const char *content_
 fm_step_rc step_variants(fm_job_t *job, const fm_worker_limits_t *limits, fm_variant_put_fn put, void *ud);
 fm_step_rc step_text(fm_job_t *job, const fm_worker_limits_t *limits);
 
+/* True when text is a SHA-256 as we store and compare it: 64 lowercase hex digits (verify.c). The one rule for the
+ * worker: step_verify lowers a claim before it checks it; cleanup.c refuses a payload hash in any other form. */
+int fm_sha256_hex_valid(const char *text);
+
 /* step_variants' list as blobs.variants records it: {name: {format: {key, width, height, bytes}}} (malloc'd JSON). */
 char *fm_variants_json(const cJSON *list);
 
