@@ -594,7 +594,7 @@ static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *rea
  */
 
 /* What a runner's answer means here: left (PostgreSQL failed: nothing committed, the entry stays pending; also any
- * answer the table does not list), done with an outcome, or a failed attempt (a dependency's fault, or the content's). */
+ * answer the table does not list), done with an outcome, or a failed attempt (a dependency's, or the content's). */
 typedef enum { RUN_LEFT = 0, RUN_DONE, RUN_RETRY, RUN_FAIL } run_rc;
 typedef struct {
     run_rc rc;
