@@ -3,7 +3,8 @@
  * layer of fm-worker. Every layer above uses it -- the stream loop and housekeeper (queue.c), one job (process.c),
  * the jobs' runners (cleanup.c, purge.c, rekey.c), Lambda mode (main.c, lambda.c) -- and it calls none of them:
  *
- *   main.c, lambda.c → queue.c → process.c → cleanup.c, purge.c, rekey.c, the steps (worker.h) → handle.c
+ *   main.c → queue.c → process.c → cleanup.c, purge.c, rekey.c, the steps (worker.h) → handle.c
+ *   (Lambda mode: main.c → process.c; lambda.c, the runtime API client, uses no worker)
  *
  * Each worker thread (or the Lambda handler) owns one fm_worker_t with its own blocking connections (hiredis sync,
  * libpq sync, an fm_s3_t), opened on first use and reopened after a failure. The stream's Redis keys are listed in

@@ -1,5 +1,5 @@
 /*
- * process: one job, start to end (queue.h fm_worker_process; DESIGN.md §4 "Processing (workers)"):
+ * process: one job, start to end (process.h fm_worker_process; DESIGN.md §4 "Processing (workers)"):
  *
  *   job_lock → job_load → (skip if done) → job_start → job_steps → one outcome:
  *     outcome_ready        staged bytes copied to blobs/{sha256} (unless a blob has them), blob registered (or found:
