@@ -21,16 +21,6 @@ static void rollback(fm_worker_t *w)
         PQclear(PQexec(w->pg, "ROLLBACK"));
 }
 
-static int is_sha256_hex(const char *s)
-{
-    if (strlen(s) != 64)
-        return 0;
-    for (int i = 0; i < 64; i++)
-        if (strchr("0123456789abcdef", s[i]) == NULL)
-            return 0;
-    return 1;
-}
-
 /* DELETE of one key; a key already gone is fine (S3 answers 204 anyway, some stores 404). 0, or -1 with `reason`. */
 static int delete_key(fm_worker_t *w, const char *key, char *reason, size_t reason_size)
 {
@@ -103,7 +93,7 @@ fm_cleanup_rc fm_cleanup_blob(fm_worker_t *w, const char *job_id, char *reason, 
     char sha256[65] = "";
     if (PQntuples(res) == 1)
         snprintf(sha256, sizeof(sha256), "%.64s", PQgetvalue(res, 0, 0));
-    int valid = PQntuples(res) == 1 && strlen(PQgetvalue(res, 0, 0)) == 64 && is_sha256_hex(sha256);
+    int valid = PQntuples(res) == 1 && strlen(PQgetvalue(res, 0, 0)) == 64 && fm_sha256_hex_valid(sha256);
     PQclear(res);
     if (!valid) { /* made by hand or by another version: nothing this job can name */
         fm_warn("cleanup: job %s has no valid payload.sha256; closed", job_id);

@@ -15,7 +15,7 @@
 
 #include <stddef.h>
 
-#include "queue.h"
+#include "handle.h"
 
 #define FM_CLEANUP_LOCK "fm:lock:cleanup"
 

@@ -22,6 +22,36 @@
 /* ---- Lambda mode ---------------------------------------------------------------------------------------------------
  */
 
+/* The job of upload `upload_id` after its object `size` bytes (ETag `etag`) landed in `bucket`: marks the upload
+ * UPLOADED if nobody did (schema 003 fm_upload_mark_uploaded). 0 with the job id, 1 when the upload has no job to run
+ * (unknown, aborted, size mismatch), -1 when PostgreSQL failed. */
+static int job_of_upload(fm_worker_t *w, const char *upload_id, long long size, const char *etag, const char *bucket,
+                         char *job_id, size_t job_id_size)
+{
+    char size_text[24];
+    snprintf(size_text, sizeof(size_text), "%lld", size);
+    const char *params[] = {upload_id, size >= 0 ? size_text : NULL, etag[0] ? etag : NULL, bucket};
+    /* The Lambda function takes the job itself: recorded as enqueued, so the control plane's reconciler does not
+     * put it on the stream as well. */
+    PGresult *res = fm_worker_sql(w,
+                                  "WITH m AS (SELECT outcome, job_id FROM fm_upload_mark_uploaded($1::uuid, $2::bigint,"
+                                  " $3, 'event', $4)), e AS (UPDATE jobs SET enqueued_at = coalesce(enqueued_at, now())"
+                                  " WHERE id = (SELECT job_id FROM m) RETURNING id) "
+                                  "SELECT outcome, coalesce(job_id::text, ''), (SELECT count(*) FROM e) FROM m",
+                                  4, params);
+    if (res == NULL)
+        return -1;
+    int rc = 1;
+    if (PQntuples(res) == 1 && PQgetvalue(res, 0, 1)[0] != '\0') {
+        snprintf(job_id, job_id_size, "%s", PQgetvalue(res, 0, 1));
+        rc = 0;
+    } else {
+        fm_warn("lambda: upload %s has no job to run (%s)", upload_id, PQntuples(res) ? PQgetvalue(res, 0, 0) : "?");
+    }
+    PQclear(res);
+    return rc;
+}
+
 typedef struct {
     fm_worker_t *worker;
     const char *request_id;
@@ -37,8 +67,7 @@ static int lambda_record(void *ud, const fm_s3event_record_t *record, size_t ind
     if (record->kind != FM_S3EVENT_CREATED || upload_id == NULL)
         return 0; /* not an upload of ours (variants/, quarantine/ …): nothing to do */
     char job_id[40];
-    int rc = fm_worker_job_of_upload(b->worker, upload_id, record->size, record->etag, record->bucket, job_id,
-                                     sizeof(job_id));
+    int rc = job_of_upload(b->worker, upload_id, record->size, record->etag, record->bucket, job_id, sizeof(job_id));
     if (rc < 0) {
         snprintf(err, err_size, "record %zu: PostgreSQL is unavailable", index);
         return -1;

@@ -1,5 +1,5 @@
 /*
- * process: one job, start to end (queue.h fm_worker_process; DESIGN.md §4 "Processing (workers)"):
+ * process: one job, start to end (process.h fm_worker_process; DESIGN.md §4 "Processing (workers)"):
  *
  *   job_lock → job_load → (skip if done) → job_start → job_steps → one outcome:
  *     outcome_ready        staged bytes copied to blobs/{sha256} (unless a blob has them), blob registered (or found:
@@ -16,10 +16,11 @@
  * (outcome "deferred"). PostgreSQL itself going away once a job's work is done does not even fail the attempt: the
  * worker keeps the job and waits for it (wait_for_postgresql), then records the outcome.
  *
- * A cleanup_blob job takes the same lock, load, start and failure path, and runs fm_cleanup_blob (cleanup.c) instead
- * of the steps: outcome deleted, kept (referenced again) or skipped (already gone). A purge_edge job does the same
- * with fm_purge_job (purge.c): outcome purged, or skipped when there is no edge to purge; an edge that refuses or is
- * down makes it a dependency's failed attempt, retried with backoff.
+ * A housekeeping job takes the same lock, load, start and failure path, and instead of the steps runs its module's
+ * function, found in one table (RUNNERS, "the housekeeping jobs" below): cleanup_blob fm_cleanup_blob (cleanup.c;
+ * outcome deleted, kept -- referenced again -- or skipped, already gone), purge_edge fm_purge_job (purge.c; outcome
+ * purged, or skipped when there is no edge to purge; an edge that refuses or is down makes it a dependency's failed
+ * attempt, retried with backoff), rekey_blob fm_rekey_blob (rekey.c; outcome moved, quarantined or skipped).
  *
  * PostgreSQL holds the truth and changes first; Redis (caches, dedupe index, notification) follows. A failure of
  * Redis, or of PostgreSQL before the job started, leaves the entry pending (outcome "left"): it is processed again
@@ -34,7 +35,7 @@
 #include "purge.h"
 #include "rekey.h"
 #include "metrics.h"
-#include "queue.h"
+#include "process.h"
 
 /* One job's working state. */
 typedef struct {
@@ -299,31 +300,6 @@ static int job_steps(fm_worker_t *w, job_ctx_t *c, fm_step_rc *rc)
 /* ---- outcomes ------------------------------------------------------------------------------------------------------
  */
 
-/* The steps' variant list as blobs.variants: {name: {format: {key, width, height, bytes}}}. */
-static char *variants_json(const cJSON *list)
-{
-    cJSON *out = cJSON_CreateObject();
-    const cJSON *v;
-    cJSON_ArrayForEach(v, list)
-    {
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(v, "name");
-        const cJSON *format = cJSON_GetObjectItemCaseSensitive(v, "format");
-        if (!cJSON_IsString(name) || !cJSON_IsString(format))
-            continue;
-        cJSON *by_name = cJSON_GetObjectItemCaseSensitive(out, name->valuestring);
-        if (by_name == NULL)
-            by_name = cJSON_AddObjectToObject(out, name->valuestring);
-        cJSON *entry = cJSON_Duplicate(v, 1);
-        cJSON_DeleteItemFromObjectCaseSensitive(entry, "name");
-        cJSON_DeleteItemFromObjectCaseSensitive(entry, "format");
-        cJSON_DeleteItemFromObjectCaseSensitive(by_name, format->valuestring);
-        cJSON_AddItemToObject(by_name, format->valuestring, entry);
-    }
-    char *json = cJSON_PrintUnformatted(out);
-    cJSON_Delete(out);
-    return json;
-}
-
 /* Deletes the variants this attempt wrote when no blob owns them (a refused or failed job must not leave them). */
 static void drop_orphan_variants(fm_worker_t *w, job_ctx_t *c)
 {
@@ -396,7 +372,7 @@ static fm_outcome_t outcome_ready(fm_worker_t *w, job_ctx_t *c)
     char size[24];
     snprintf(size, sizeof(size), "%lld", job->size);
     char *meta = job->meta ? cJSON_PrintUnformatted(job->meta) : NULL;
-    char *variants = variants_json(job->variants);
+    char *variants = fm_variants_json(job->variants);
     const char *params[] = {job->job_id, job->sha256, size, key, etag[0] ? etag : NULL, type, meta, variants, job->text};
     PGresult *res = fm_worker_sql(w,
                                   "SELECT out_created, out_key, coalesce(out_owner::text, ''),"
@@ -436,39 +412,11 @@ static fm_outcome_t outcome_ready(fm_worker_t *w, job_ctx_t *c)
     return FM_OUTCOME_READY;
 }
 
-/* Copies the refused bytes (the staged copy that was judged; the client's object when the refusal came before staging)
- * to quarantine/{upload_id} and deletes them from incoming/ and staging/: out of every reader's reach, kept for an
- * operator. 0, or -1 with the reason in `why`. */
-static int quarantine_object(fm_worker_t *w, const fm_job_t *job, char *why, size_t why_size)
-{
-    char dst[96];
-    snprintf(dst, sizeof(dst), "quarantine/%s", job->upload_id);
-    const char *src = job->staging_key[0] != '\0' ? job->staging_key : job->object_key;
-    fm_s3_copy_opts_t opts = {.part_bytes = w->limits.copy_part_bytes};
-    fm_s3_result_t res;
-    if (fm_s3_copy(w->s3, src, dst, &opts, &res) != 0) {
-        fm_s3_result_t head;
-        /* gone already: an earlier attempt moved it and stopped before recording the outcome */
-        if (!(res.status == 404 && fm_s3_head_object(w->s3, dst, &head) == 0)) {
-            snprintf(why, why_size, "quarantine copy to %s failed: %s (HTTP %ld)", dst, res.code, res.status);
-            return -1;
-        }
-    }
-    const char *keys[] = {job->object_key, job->staging_key};
-    for (size_t i = 0; i < 2; ++i) {
-        if (keys[i][0] != '\0' && fm_s3_delete_object(w->s3, keys[i], &res) != 0 && res.status != 404) {
-            snprintf(why, why_size, "delete of %.100s failed: %s (HTTP %ld)", keys[i], res.code, res.status);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 static fm_outcome_t outcome_quarantine(fm_worker_t *w, job_ctx_t *c)
 {
     fm_job_t *job = &c->job;
     char why[256];
-    if (quarantine_object(w, job, why, sizeof(why)) != 0) {
+    if (fm_stage_quarantine(w->s3, &w->limits, job, why, sizeof(why)) != 0) {
         /* Not marked: the refused bytes are still where readers could be pointed at them. Retry the move: the store's
          * fault, not the content's (c->content_fault stays 0). */
         LOG(FM_LOG_WARN, c, "jobs: %s: %s", job->job_id, why);
@@ -636,108 +584,111 @@ static fm_outcome_t outcome_failed(fm_worker_t *w, job_ctx_t *c, const char *rea
 /* ---- one job --------------------------------------------------------------------------------------------------------
  */
 
-/* A cleanup_blob job (cleanup.h): same lock, attempts, retries and dead letters as an upload's job. Its failures are
- * all a dependency's: S3 refusing a delete (retried with backoff), PostgreSQL going away (waited for, then the job --
- * one transaction, rolled back -- runs again at once). */
-static fm_outcome_t job_run_cleanup(fm_worker_t *w, job_ctx_t *c)
+/* ---- the housekeeping jobs: one runner, driven by a table ----------------------------------------------------------
+ *
+ * A cleanup_blob (cleanup.h), purge_edge (purge.h) or rekey_blob (rekey.h) job takes the same lock, attempts, retries
+ * and dead letters as an upload's job, and runs one function of its module instead of the steps. Its failures are a
+ * dependency's (S3 refusing a delete or a copy, an edge that is down, slow or misconfigured: retried with backoff, no
+ * attempt used), except an edge that refuses the request itself (FM_PURGE_FAIL), which would refuse it again: that
+ * counts. PostgreSQL going away is waited for, then the run (one transaction, rolled back) starts again at once.
+ */
+
+/* What a runner's answer means here: left (PostgreSQL failed: nothing committed, the entry stays pending; also any
+ * answer the table does not list), done with an outcome, or a failed attempt (a dependency's, or the content's). */
+typedef enum { RUN_LEFT = 0, RUN_DONE, RUN_RETRY, RUN_FAIL } run_rc;
+typedef struct {
+    run_rc rc;
+    fm_outcome_t outcome; /* of RUN_DONE */
+} run_result_t;
+
+typedef struct {
+    const char *type; /* jobs.type */
+    const char *step; /* the step label of its metrics and failures, and its logs' prefix */
+    int (*run)(fm_worker_t *w, const char *job_id, char *reason, size_t reason_size); /* the module's rc */
+    const run_result_t *results; /* indexed by the module's rc */
+    size_t nresults;
+    size_t reason_size;      /* the reason buffer its module has always had */
+    const char *lost_reason; /* why a job whose worker died on every attempt FAILED; NULL: not checked (a rekey's
+                              * attempts count as they always did) */
+} runner_t;
+
+static int run_cleanup(fm_worker_t *w, const char *job_id, char *reason, size_t reason_size)
 {
-    int was_running = strcmp(c->status, "RUNNING") == 0;
-    int started = job_start(w, c);
-    if (started != 0)
-        return started < 0 ? FM_OUTCOME_LEFT : FM_OUTCOME_SKIPPED;
-    c->failed_step = "cleanup";
-    if (was_running && c->attempts > w->cfg->job_max_attempts) {
-        c->attempts = (int)w->cfg->job_max_attempts;
-        c->content_fault = 1;
-        return outcome_failed(w, c, "the worker stopped while cleaning this blob, on every attempt");
-    }
-    char reason[256] = "";
-    uint64_t started_ms = fm_mono_ms();
-    fm_cleanup_rc rc;
-    while ((rc = fm_cleanup_blob(w, c->job.job_id, reason, sizeof(reason))) == FM_CLEANUP_LEFT && w->pg_unavailable &&
-           wait_for_postgresql(w, c) == 0)
-        ;
-    observe_step("cleanup", started_ms);
-    switch (rc) {
-    case FM_CLEANUP_DELETED:
-        return FM_OUTCOME_DELETED;
-    case FM_CLEANUP_KEPT:
-        return FM_OUTCOME_KEPT;
-    case FM_CLEANUP_GONE:
-        return FM_OUTCOME_SKIPPED;
-    case FM_CLEANUP_RETRY:
-        LOG(FM_LOG_WARN, c, "cleanup: job %s: %s", c->job.job_id, reason);
-        return outcome_failed(w, c, reason);
-    case FM_CLEANUP_LEFT:
-    default:
-        return FM_OUTCOME_LEFT;
-    }
+    return (int)fm_cleanup_blob(w, job_id, reason, reason_size);
 }
 
-/* A purge_edge job (purge.h): same lock, attempts, retries and dead letters as an upload's job. An edge that is down,
- * slow or misconfigured is a dependency's failure (retried with backoff, no attempt used); one that refuses the request
- * itself (FM_PURGE_FAIL) would refuse it again: that counts. */
-static fm_outcome_t job_run_purge(fm_worker_t *w, job_ctx_t *c)
+static int run_purge(fm_worker_t *w, const char *job_id, char *reason, size_t reason_size)
+{
+    return (int)fm_purge_job(w, job_id, reason, reason_size);
+}
+
+static int run_rekey(fm_worker_t *w, const char *job_id, char *reason, size_t reason_size)
+{
+    return (int)fm_rekey_blob(w, job_id, reason, reason_size);
+}
+
+static const run_result_t CLEANUP_RESULTS[] = {
+    [FM_CLEANUP_DELETED] = {RUN_DONE, FM_OUTCOME_DELETED}, [FM_CLEANUP_KEPT] = {RUN_DONE, FM_OUTCOME_KEPT},
+    [FM_CLEANUP_GONE] = {RUN_DONE, FM_OUTCOME_SKIPPED},    [FM_CLEANUP_RETRY] = {RUN_RETRY, FM_OUTCOME_LEFT},
+    [FM_CLEANUP_LEFT] = {RUN_LEFT, FM_OUTCOME_LEFT}};
+static const run_result_t PURGE_RESULTS[] = {
+    [FM_PURGE_DONE] = {RUN_DONE, FM_OUTCOME_PURGED},   [FM_PURGE_NO_EDGES] = {RUN_DONE, FM_OUTCOME_SKIPPED},
+    [FM_PURGE_RETRY] = {RUN_RETRY, FM_OUTCOME_LEFT},  [FM_PURGE_LEFT] = {RUN_LEFT, FM_OUTCOME_LEFT},
+    [FM_PURGE_FAIL] = {RUN_FAIL, FM_OUTCOME_LEFT}};
+static const run_result_t REKEY_RESULTS[] = {
+    [FM_REKEY_MOVED] = {RUN_DONE, FM_OUTCOME_MOVED}, [FM_REKEY_REPLACED] = {RUN_DONE, FM_OUTCOME_QUARANTINED},
+    [FM_REKEY_GONE] = {RUN_DONE, FM_OUTCOME_SKIPPED}, [FM_REKEY_RETRY] = {RUN_RETRY, FM_OUTCOME_LEFT},
+    [FM_REKEY_LEFT] = {RUN_LEFT, FM_OUTCOME_LEFT}};
+
+#define RESULTS(a) a, sizeof(a) / sizeof(a[0])
+static const runner_t RUNNERS[] = {
+    {"cleanup_blob", "cleanup", run_cleanup, RESULTS(CLEANUP_RESULTS), 256,
+     "the worker stopped while cleaning this blob, on every attempt"},
+    {"purge_edge", "purge", run_purge, RESULTS(PURGE_RESULTS), 256,
+     "the worker stopped while purging the edges, on every attempt"},
+    {"rekey_blob", "rekey", run_rekey, RESULTS(REKEY_RESULTS), 512, NULL},
+};
+
+static const runner_t *runner_of(const char *type)
+{
+    for (size_t i = 0; i < sizeof(RUNNERS) / sizeof(RUNNERS[0]); i++)
+        if (strcmp(RUNNERS[i].type, type) == 0)
+            return &RUNNERS[i];
+    return NULL;
+}
+
+static fm_outcome_t job_run_housekeeping(fm_worker_t *w, job_ctx_t *c, const runner_t *r)
 {
     int was_running = strcmp(c->status, "RUNNING") == 0;
     int started = job_start(w, c);
     if (started != 0)
         return started < 0 ? FM_OUTCOME_LEFT : FM_OUTCOME_SKIPPED;
-    c->failed_step = "purge";
-    if (was_running && c->attempts > w->cfg->job_max_attempts) {
+    c->failed_step = r->step;
+    if (r->lost_reason != NULL && was_running && c->attempts > w->cfg->job_max_attempts) {
         c->attempts = (int)w->cfg->job_max_attempts;
         c->content_fault = 1;
-        return outcome_failed(w, c, "the worker stopped while purging the edges, on every attempt");
+        return outcome_failed(w, c, r->lost_reason);
     }
-    char reason[256] = "";
+    char reason[512] = "";
+    run_result_t res;
     uint64_t started_ms = fm_mono_ms();
-    fm_purge_rc rc;
-    while ((rc = fm_purge_job(w, c->job.job_id, reason, sizeof(reason))) == FM_PURGE_LEFT && w->pg_unavailable &&
-           wait_for_postgresql(w, c) == 0)
-        ;
-    observe_step("purge", started_ms);
-    switch (rc) {
-    case FM_PURGE_DONE:
-        return FM_OUTCOME_PURGED;
-    case FM_PURGE_NO_EDGES:
-        return FM_OUTCOME_SKIPPED;
-    case FM_PURGE_FAIL:
+    for (;;) {
+        int rc = r->run(w, c->job.job_id, reason, r->reason_size);
+        res = rc >= 0 && (size_t)rc < r->nresults ? r->results[rc] : (run_result_t){RUN_LEFT, FM_OUTCOME_LEFT};
+        if (res.rc != RUN_LEFT || !w->pg_unavailable || wait_for_postgresql(w, c) != 0)
+            break;
+    }
+    observe_step(r->step, started_ms);
+    switch (res.rc) {
+    case RUN_DONE:
+        return res.outcome;
+    case RUN_FAIL:
         c->content_fault = 1;
         /* fall through */
-    case FM_PURGE_RETRY:
-        LOG(FM_LOG_WARN, c, "purge: job %s: %s", c->job.job_id, reason);
+    case RUN_RETRY:
+        LOG(FM_LOG_WARN, c, "%s: job %s: %s", r->step, c->job.job_id, reason);
         return outcome_failed(w, c, reason);
-    case FM_PURGE_LEFT:
-    default:
-        return FM_OUTCOME_LEFT;
-    }
-}
-
-/* A rekey_blob job (rekey.h): the same lock, attempts and retries; an S3 failure is a dependency's. */
-static fm_outcome_t job_run_rekey(fm_worker_t *w, job_ctx_t *c)
-{
-    int started = job_start(w, c);
-    if (started != 0)
-        return started < 0 ? FM_OUTCOME_LEFT : FM_OUTCOME_SKIPPED;
-    c->failed_step = "rekey";
-    char reason[512] = "";
-    uint64_t started_ms = fm_mono_ms();
-    fm_rekey_rc rc;
-    while ((rc = fm_rekey_blob(w, c->job.job_id, reason, sizeof(reason))) == FM_REKEY_LEFT && w->pg_unavailable &&
-           wait_for_postgresql(w, c) == 0)
-        ;
-    observe_step("rekey", started_ms);
-    switch (rc) {
-    case FM_REKEY_MOVED:
-        return FM_OUTCOME_MOVED;
-    case FM_REKEY_REPLACED:
-        return FM_OUTCOME_QUARANTINED;
-    case FM_REKEY_GONE:
-        return FM_OUTCOME_SKIPPED;
-    case FM_REKEY_RETRY:
-        LOG(FM_LOG_WARN, c, "rekey: job %s: %s", c->job.job_id, reason);
-        return outcome_failed(w, c, reason);
-    case FM_REKEY_LEFT:
+    case RUN_LEFT:
     default:
         return FM_OUTCOME_LEFT;
     }
@@ -754,12 +705,9 @@ static fm_outcome_t job_run(fm_worker_t *w, job_ctx_t *c)
     }
     if (strcmp(c->status, "DONE") == 0 || strcmp(c->status, "FAILED") == 0 || strcmp(c->status, "DEAD") == 0)
         return FM_OUTCOME_SKIPPED; /* a duplicate delivery, or an entry whose acknowledgement was lost */
-    if (strcmp(c->type, "cleanup_blob") == 0)
-        return job_run_cleanup(w, c);
-    if (strcmp(c->type, "purge_edge") == 0)
-        return job_run_purge(w, c);
-    if (strcmp(c->type, "rekey_blob") == 0)
-        return job_run_rekey(w, c);
+    const runner_t *runner = runner_of(c->type);
+    if (runner != NULL)
+        return job_run_housekeeping(w, c, runner);
     if (strcmp(c->type, "process_upload") != 0) {
         LOG(FM_LOG_WARN, c, "jobs: %s has type %s, which this worker does not run; left QUEUED", c->entry->job_id,
             c->type);
@@ -839,33 +787,4 @@ fm_outcome_t fm_worker_process(fm_worker_t *w, const fm_entry_t *entry)
         fm_metrics_counter_add("fm_worker_jobs_total", labels, 1);
     }
     return outcome;
-}
-
-/* ---- Lambda mode: from an S3 record to the job ------------------------------------------------------------------- */
-
-int fm_worker_job_of_upload(fm_worker_t *w, const char *upload_id, long long size, const char *etag, const char *bucket,
-                            char *job_id, size_t job_id_size)
-{
-    char size_text[24];
-    snprintf(size_text, sizeof(size_text), "%lld", size);
-    const char *params[] = {upload_id, size >= 0 ? size_text : NULL, etag[0] ? etag : NULL, bucket};
-    /* The Lambda function takes the job itself: recorded as enqueued, so the control plane's reconciler does not
-     * put it on the stream as well. */
-    PGresult *res = fm_worker_sql(w,
-                                  "WITH m AS (SELECT outcome, job_id FROM fm_upload_mark_uploaded($1::uuid, $2::bigint,"
-                                  " $3, 'event', $4)), e AS (UPDATE jobs SET enqueued_at = coalesce(enqueued_at, now())"
-                                  " WHERE id = (SELECT job_id FROM m) RETURNING id) "
-                                  "SELECT outcome, coalesce(job_id::text, ''), (SELECT count(*) FROM e) FROM m",
-                                  4, params);
-    if (res == NULL)
-        return -1;
-    int rc = 1;
-    if (PQntuples(res) == 1 && PQgetvalue(res, 0, 1)[0] != '\0') {
-        snprintf(job_id, job_id_size, "%s", PQgetvalue(res, 0, 1));
-        rc = 0;
-    } else {
-        fm_warn("lambda: upload %s has no job to run (%s)", upload_id, PQntuples(res) ? PQgetvalue(res, 0, 0) : "?");
-    }
-    PQclear(res);
-    return rc;
 }

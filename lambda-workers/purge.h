@@ -12,7 +12,7 @@
 #include <cjson/cJSON.h>
 #include <stddef.h>
 
-#include "queue.h"
+#include "handle.h"
 
 /* Per edge: connecting, and the whole request. A purge is small; an edge that takes longer is treated as down. */
 #define FM_PURGE_CONNECT_TIMEOUT_MS 2000

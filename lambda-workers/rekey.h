@@ -17,7 +17,7 @@
 
 #include <stddef.h>
 
-#include "queue.h"
+#include "handle.h"
 
 #define FM_REKEY_LOCK "fm:lock:rekey"
 

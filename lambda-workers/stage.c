@@ -63,3 +63,29 @@ fm_step_rc step_stage(fm_job_t *job, fm_s3_t *s3, const fm_worker_limits_t *limi
     job->reason[0] = '\0';
     return FM_STEP_OK;
 }
+
+/* worker.h: the refused bytes out of every reader's reach (outcome_quarantine, process.c). */
+int fm_stage_quarantine(fm_s3_t *s3, const fm_worker_limits_t *limits, const fm_job_t *job, char *why, size_t why_size)
+{
+    char dst[96];
+    snprintf(dst, sizeof(dst), "quarantine/%s", job->upload_id);
+    const char *src = job->staging_key[0] != '\0' ? job->staging_key : job->object_key;
+    fm_s3_copy_opts_t opts = {.part_bytes = limits->copy_part_bytes};
+    fm_s3_result_t res;
+    if (fm_s3_copy(s3, src, dst, &opts, &res) != 0) {
+        fm_s3_result_t head;
+        /* gone already: an earlier attempt moved it and stopped before recording the outcome */
+        if (!(res.status == 404 && fm_s3_head_object(s3, dst, &head) == 0)) {
+            snprintf(why, why_size, "quarantine copy to %s failed: %s (HTTP %ld)", dst, res.code, res.status);
+            return -1;
+        }
+    }
+    const char *keys[] = {job->object_key, job->staging_key};
+    for (size_t i = 0; i < 2; ++i) {
+        if (keys[i][0] != '\0' && fm_s3_delete_object(s3, keys[i], &res) != 0 && res.status != 404) {
+            snprintf(why, why_size, "delete of %.100s failed: %s (HTTP %ld)", keys[i], res.code, res.status);
+            return -1;
+        }
+    }
+    return 0;
+}

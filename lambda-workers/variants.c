@@ -262,3 +262,28 @@ fm_step_rc step_variants(fm_job_t *job, const fm_worker_limits_t *limits, fm_var
     }
     return FM_STEP_OK;
 }
+
+/* worker.h; what outcome_ready (process.c) records as blobs.variants. */
+char *fm_variants_json(const cJSON *list)
+{
+    cJSON *out = cJSON_CreateObject();
+    const cJSON *v;
+    cJSON_ArrayForEach(v, list)
+    {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(v, "name");
+        const cJSON *format = cJSON_GetObjectItemCaseSensitive(v, "format");
+        if (!cJSON_IsString(name) || !cJSON_IsString(format))
+            continue;
+        cJSON *by_name = cJSON_GetObjectItemCaseSensitive(out, name->valuestring);
+        if (by_name == NULL)
+            by_name = cJSON_AddObjectToObject(out, name->valuestring);
+        cJSON *entry = cJSON_Duplicate(v, 1);
+        cJSON_DeleteItemFromObjectCaseSensitive(entry, "name");
+        cJSON_DeleteItemFromObjectCaseSensitive(entry, "format");
+        cJSON_DeleteItemFromObjectCaseSensitive(by_name, format->valuestring);
+        cJSON_AddItemToObject(by_name, format->valuestring, entry);
+    }
+    char *json = cJSON_PrintUnformatted(out);
+    cJSON_Delete(out);
+    return json;
+}

@@ -15,7 +15,8 @@
  *   describe.c  step_describe   size, real type, image dimensions/orientation/EXIF, PDF pages → job->meta (JSON)
  *   variants.c  step_variants   libvips thumb/preview × JPEG/WebP → S3 variants/{sha256}/…
  *   text.c      step_text       plain text / PDF text for search, capped
- *   (register, ready: queue.c, in PostgreSQL and Redis)
+ *   (then the outcome -- blob stored and registered, file READY or QUARANTINED, the retry or the dead letter --
+ *   process.c, in S3, PostgreSQL and Redis; the worker handle and its connections: handle.h)
  */
 #ifndef FM_WORKER_H
 #define FM_WORKER_H
@@ -87,6 +88,18 @@ fm_step_rc step_describe(fm_job_t *job, const fm_worker_limits_t *limits);
 typedef int (*fm_variant_put_fn)(void *ud, const char *key, const char *content_type, const void *data, size_t len);
 fm_step_rc step_variants(fm_job_t *job, const fm_worker_limits_t *limits, fm_variant_put_fn put, void *ud);
 fm_step_rc step_text(fm_job_t *job, const fm_worker_limits_t *limits);
+
+/* True when text is a SHA-256 as we store and compare it: 64 lowercase hex digits (verify.c). The one rule for the
+ * worker: step_verify lowers a claim before it checks it; cleanup.c refuses a payload hash in any other form. */
+int fm_sha256_hex_valid(const char *text);
+
+/* step_variants' list as blobs.variants records it: {name: {format: {key, width, height, bytes}}} (malloc'd JSON). */
+char *fm_variants_json(const cJSON *list);
+
+/* Copies the refused bytes (the staged copy that was judged; the client's object when the refusal came before
+ * staging) to quarantine/{upload_id} and deletes them from incoming/ and staging/: out of every reader's reach, kept
+ * for an operator (stage.c). 0 (also when an earlier attempt moved them already), or -1 with the reason in `why`. */
+int fm_stage_quarantine(fm_s3_t *s3, const fm_worker_limits_t *limits, const fm_job_t *job, char *why, size_t why_size);
 
 /* libvips must be started once per process before step_describe/step_variants (VIPS_INIT); idempotent. */
 int fm_media_init(const char *argv0);
