@@ -8,6 +8,7 @@
  * The calls are in s3_calls.c, the XML they read and write in s3_xml.c; s3_internal.h is what the three share.
  */
 #include "s3.h"
+#include "config.h"
 #include "s3_internal.h"
 
 #include "sigv4.h"
@@ -388,4 +389,18 @@ int fm_s3_perform(fm_s3_t *s3, const char *method, const char *key, const fm_sig
     }
     fm_s3_read_error_document(s3, res);
     return -1;
+}
+
+fm_s3_config_t fm_s3_config_from(const struct fm_config *cfg, long connect_timeout_ms, long timeout_ms)
+{
+    return (fm_s3_config_t){
+        .endpoint = cfg->s3_endpoint,
+        .region = cfg->s3_region,
+        .bucket = cfg->s3_bucket,
+        .access_key = cfg->s3_access_key,
+        .secret_key = cfg->s3_secret_key,
+        .session_token = cfg->s3_session_token,
+        .connect_timeout_ms = connect_timeout_ms,
+        .timeout_ms = timeout_ms,
+    };
 }

@@ -38,6 +38,11 @@ typedef struct fm_s3_config {
     long timeout_ms;
 } fm_s3_config_t;
 
+struct fm_config;
+/** The bucket and credentials of a service's configuration (FM_S3_*), with these timeouts (0: the defaults above).
+ * The strings stay the configuration's. */
+fm_s3_config_t fm_s3_config_from(const struct fm_config *cfg, long connect_timeout_ms, long timeout_ms);
+
 /** A client: configuration, signer and one reusable curl handle. Opaque. */
 typedef struct fm_s3 fm_s3_t;
 

@@ -41,15 +41,5 @@ fm_s3_t *fm_offload_s3(void)
 
 fm_s3_config_t fm_s3_config(long connect_timeout_ms, long timeout_ms)
 {
-    const fm_config_t *cfg = &fm_control->config;
-    return (fm_s3_config_t){
-        .endpoint = cfg->s3_endpoint,
-        .region = cfg->s3_region,
-        .bucket = cfg->s3_bucket,
-        .access_key = cfg->s3_access_key,
-        .secret_key = cfg->s3_secret_key,
-        .session_token = cfg->s3_session_token,
-        .connect_timeout_ms = connect_timeout_ms,
-        .timeout_ms = timeout_ms,
-    };
+    return fm_s3_config_from(&fm_control->config, connect_timeout_ms, timeout_ms);
 }

@@ -178,14 +178,7 @@ int main(int argc, char **argv)
         fm_cf_keys_free(fm_edge.keys);
         return 2;
     }
-    fm_edge.s3 = (fm_s3_config_t){
-        .endpoint = cfg.s3_endpoint,
-        .region = cfg.s3_region,
-        .bucket = cfg.s3_bucket,
-        .access_key = cfg.s3_access_key,
-        .secret_key = cfg.s3_secret_key,
-        .session_token = cfg.s3_session_token,
-    };
+    fm_edge.s3 = fm_s3_config_from(&cfg, 0, 0);
     fm_server_block_stop_signals(); /* before libvips starts its worker threads */
     if (fm_s3_global_init() != 0 || fm_edge_variant_init(argv[0]) != 0 ||
         fm_edge_cache_open(cfg.edge_cache_dir, (uint64_t)cfg.edge_cache_max_bytes, (uint64_t)cfg.edge_memory_bytes,

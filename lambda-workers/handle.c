@@ -70,16 +70,8 @@ fm_worker_t *fm_worker_new(const fm_config_t *cfg, const char *consumer, int ind
         .preview_px = (int)cfg->preview_px,
         .copy_part_bytes = cfg->s3_copy_part_bytes,
     };
-    fm_s3_config_t s3c = {
-        .endpoint = cfg->s3_endpoint,
-        .region = cfg->s3_region,
-        .bucket = cfg->s3_bucket,
-        .access_key = cfg->s3_access_key,
-        .secret_key = cfg->s3_secret_key,
-        .session_token = cfg->s3_session_token,
-        .connect_timeout_ms = 3000,
-        .timeout_ms = 60000, /* small calls (PUT of a variant, copy); the streamed GET has no whole-request cap */
-    };
+    /* 60 s: small calls (PUT of a variant, copy); the streamed GET has no whole-request cap */
+    fm_s3_config_t s3c = fm_s3_config_from(cfg, 3000, 60000);
     if ((w->s3 = fm_s3_new(&s3c, err, err_size)) == NULL) {
         fm_worker_free(w);
         return NULL;
