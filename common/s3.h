@@ -1,8 +1,8 @@
 /*
  * s3: a small blocking S3 client on libcurl for the calls the servers make themselves (bucket check, object
- * HEAD/PUT/DELETE/copy, listing a prefix, multipart uploads: create, list parts, complete, abort). File bytes from users never pass
- * through it on their way in: they go to S3 with presigned URLs (sigv4.h). The worker reads them back with the
- * streamed GET (fm_s3_get_object), which never holds an object in memory.
+ * HEAD/PUT/DELETE/copy, listing a prefix, multipart uploads: create, list parts, complete, abort). File bytes from
+ * users never pass through it on their way in: they go to S3 with presigned URLs (sigv4.h). The worker reads them
+ * back with the streamed GET (fm_s3_get_object), which never holds an object in memory.
  *
  * BLOCKING: every call waits for the network (up to the configured timeouts). Call it from an offload pool
  * thread (offload.h), never from an event-loop thread (DESIGN.md §3).
