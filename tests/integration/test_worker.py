@@ -23,7 +23,7 @@ import requests
 from PIL import Image
 
 from conftest import unique_email
-from helpers_fm import login, redis_cmd, redis_url, register, wait_for
+from helpers_fm import login, metric, redis_cmd, redis_url, register, wait_for
 from helpers_uploads import EVENTS_SECRET, MIB, Fm, User, key_of, notifications_off, sha256_hex
 
 WORKER_DB = 9
@@ -335,9 +335,11 @@ def test_corrupt_jpeg_fails_after_three_attempts_then_admin_retry_works(fm, alic
     assert mine[0]["file_id"] == a["file_id"] and mine[0]["upload_id"] == a["upload_id"]
     assert fm.redis("ZSCORE", "jobs:delayed", job_id) is None
     assert fm.get_bytes(key_of(a["upload_id"])) == corrupt  # kept for the retry
-    text = metrics(worker)
-    assert 'fm_worker_jobs_total{type="process_upload",outcome="failed"}' in text
-    assert "fm_worker_retries_total" in text and "fm_worker_dead_letters_total" in text
+    # the outcome is counted once the job is recorded, acknowledged and unlocked: a moment after the status
+    assert wait_for(lambda: metric(worker.url, "fm_worker_jobs_total", type="process_upload", outcome="failed") >= 1,
+                    10), metrics(worker)
+    assert metric(worker.url, "fm_worker_retries_total") >= 2
+    assert metric(worker.url, "fm_worker_dead_letters_total") >= 1
 
     # admin routes: members are refused, the failed job is listed
     r = fm.call(bob, "GET", "/v1/admin/jobs?status=failed")
@@ -396,7 +398,7 @@ def test_duplicate_delivery_is_processed_once(fm, alice, worker, stack):
         assert job["status"] == "DONE" and job["attempts"] == 1, job
         ready = [m for m in sub.messages if m.get("file_id") == a["file_id"] and m.get("status") == "READY"]
         assert len(ready) == 1, sub.messages
-        assert 'outcome="skipped"' in metrics(worker)
+        assert wait_for(lambda: metric(worker.url, "fm_worker_jobs_total", outcome="skipped") >= 1, 10), metrics(worker)
     finally:
         sub.close()
 
