@@ -47,7 +47,7 @@ typedef struct fm_config {
     int64_t download_url_ttl_s;
     /* dependencies */
     char database_url[1024];
-    int64_t pg_pool_size, pg_timeout_ms;
+    int64_t pg_pool_size, pg_timeout_ms, pg_prepared;
     char redis_url[512];
     int64_t redis_pool_size, redis_timeout_ms, redis_cache_max_age_ms;
     char s3_endpoint[256], s3_region[64], s3_bucket[64];

@@ -2,6 +2,8 @@
 #include "pg.h"
 
 #include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -11,6 +13,12 @@
 static const uint64_t backoff_ms[BACKOFF_STEPS] = {100, 200, 400, 800, 1600, 2000};
 #define CONNECT_TIMEOUT_MIN_MS 1000
 #define MAX_PARAMS 65535 /* the protocol's Bind message counts parameters in 16 bits */
+/* Statements a pool prepares (fm_pg_query_prepared), at most: one bit each per connection. Past it, unnamed. */
+#define PREPARED_MAX 64
+/* A prepared statement the server no longer takes as it is: "cached plan must not change result type" (a migration
+ * changed a table under it) or "prepared statement does not exist" (a pooler gave us another server session). */
+#define STALE_PLAN_SQLSTATE "0A000"
+#define NO_STATEMENT_SQLSTATE "26000"
 
 typedef enum { CONN_DOWN, CONN_CONNECTING, CONN_IDLE, CONN_BUSY } conn_state_t;
 
@@ -24,6 +32,9 @@ typedef struct pg_conn {
     int write_armed; /* an h2o_socket_notify_write is pending: it is one-shot and cannot be cancelled */
     int flushing;    /* PQflush returned 1: part of the query is still in libpq's output buffer */
     int recycling;   /* reopening after a query timeout: the server was fine a moment ago, so keep queueing */
+    int preparing;   /* the query's statement is being prepared: its execution is sent once that result is in */
+    uint64_t prepared;    /* bit i: the pool's statement i is prepared on this connection (as generation `names`) */
+    unsigned names;       /* statement names are fm{names}_{i}: a stale set is left behind under the old names */
     pg_query_t *query;
     PGresult *result; /* kept while draining PQgetResult until it returns NULL */
     unsigned backoff_step;
@@ -39,6 +50,7 @@ struct pg_query {
     h2o_linklist_t link; /* in `waiting` or `failing` */
     h2o_timeout_entry_t deadline;
     int nparams;
+    int statement; /* the pool's prepared statement (index), or -1: an unnamed statement, parsed and planned anew */
     char **params; /* sql and params live in the same allocation as the query */
     char *sql;
 };
@@ -60,6 +72,9 @@ struct fm_pg {
     h2o_timeout_t connect_timeout;
     h2o_timeout_t backoff[BACKOFF_STEPS];
     int shutting_down;
+    int unprepared;                          /* fm_pg_set_prepared(pg, 0): every query unnamed */
+    const char *statements[PREPARED_MAX];    /* fm_pg_query_prepared's statements, by the caller's constant text */
+    size_t statement_count;
 };
 
 static void conn_start(pg_conn_t *c);
@@ -195,6 +210,8 @@ static void conn_close(pg_conn_t *c)
     }
     c->state = CONN_DOWN;
     c->flushing = 0;
+    c->preparing = 0;
+    c->prepared = 0; /* a new session prepares anew */
     if (h2o_timeout_is_linked(&c->timer))
         h2o_timeout_unlink(&c->timer);
 }
@@ -312,20 +329,46 @@ static int flush_query(pg_conn_t *c)
     return 0;
 }
 
-static void send_query(pg_conn_t *c, pg_query_t *q)
+static void statement_name(const pg_conn_t *c, int statement, char name[32])
+{
+    snprintf(name, 32, "fm%u_%d", c->names, statement);
+}
+
+/* Sends the query's next message: its statement's preparation (the first time on this connection), else its
+ * execution. 0 once libpq took it, -1 if nothing reached the server. */
+static int send_command(pg_conn_t *c, pg_query_t *q)
+{
+    const char *const *params = (const char *const *)q->params;
+    if (q->statement < 0)
+        return PQsendQueryParams(c->pgconn, q->sql, q->nparams, NULL, params, NULL, NULL, 0) ? 0 : -1;
+    char name[32];
+    statement_name(c, q->statement, name);
+    if (!(c->prepared & (UINT64_C(1) << q->statement))) {
+        c->preparing = 1;
+        return PQsendPrepare(c->pgconn, name, q->sql, q->nparams, NULL) ? 0 : -1;
+    }
+    c->preparing = 0;
+    return PQsendQueryPrepared(c->pgconn, name, q->nparams, params, NULL, NULL, 0) ? 0 : -1;
+}
+
+/* Nothing reached the server: the query goes back in front of the queue for another connection. */
+static void send_failed(pg_conn_t *c, pg_query_t *q)
 {
     fm_pg_t *pg = c->owner;
+    c->query = NULL;
+    q->conn = NULL;
+    h2o_linklist_insert(pg->waiting.next, &q->link);
+    ++pg->waiting_count;
+    conn_lost(c, PQerrorMessage(c->pgconn));
+}
 
+static void send_query(pg_conn_t *c, pg_query_t *q)
+{
     c->query = q;
     q->conn = c;
     c->state = CONN_BUSY;
-    if (!PQsendQueryParams(c->pgconn, q->sql, q->nparams, NULL, (const char *const *)q->params, NULL, NULL, 0)) {
-        /* nothing reached the server: put the query back in front for another connection */
-        c->query = NULL;
-        q->conn = NULL;
-        h2o_linklist_insert(pg->waiting.next, &q->link);
-        ++pg->waiting_count;
-        conn_lost(c, PQerrorMessage(c->pgconn));
+    if (send_command(c, q) != 0) {
+        send_failed(c, q);
         return;
     }
     flush_query(c);
@@ -358,6 +401,16 @@ static void finish_query(pg_conn_t *c)
     q->conn = NULL;
     if (h2o_timeout_is_linked(&q->deadline))
         h2o_timeout_unlink(&q->deadline);
+    if (q->statement >= 0 && res != NULL && PQresultStatus(res) == PGRES_FATAL_ERROR) {
+        const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        if (state != NULL && (strcmp(state, STALE_PLAN_SQLSTATE) == 0 || strcmp(state, NO_STATEMENT_SQLSTATE) == 0)) {
+            /* this answer stands; the next queries prepare their statements again, under new names */
+            fm_warn("pg: prepared statements of a connection are stale (%s), preparing them again", state);
+            c->prepared = 0;
+            ++c->names;
+        }
+    }
+    c->preparing = 0;
     /* A FATAL from a terminating server (e.g. 57P01) is not the query's answer: report the broken connection. */
     if (res == NULL || PQstatus(c->pgconn) == CONNECTION_BAD) {
         PQclear(res);
@@ -377,6 +430,17 @@ static void collect_results(pg_conn_t *c)
     while (!PQisBusy(c->pgconn)) {
         PGresult *res = PQgetResult(c->pgconn);
         if (res == NULL) {
+            if (c->preparing && c->result != NULL && PQresultStatus(c->result) == PGRES_COMMAND_OK) {
+                /* prepared: now the execution (a failed preparation is the query's answer, as its error) */
+                PQclear(c->result);
+                c->result = NULL;
+                c->prepared |= UINT64_C(1) << c->query->statement;
+                if (send_command(c, c->query) != 0)
+                    send_failed(c, c->query);
+                else
+                    flush_query(c);
+                return;
+            }
             finish_query(c);
             return;
         }
@@ -473,6 +537,7 @@ static pg_query_t *query_new(fm_pg_t *pg, fm_pg_cb cb, void *data, const char *s
     q->data = data;
     q->deadline.cb = on_deadline;
     q->nparams = nparams;
+    q->statement = -1;
     q->params = (char **)(q + 1);
     char *p = (char *)(q->params + nparams);
     q->sql = memcpy(p, sql, sql_len);
@@ -489,13 +554,15 @@ static pg_query_t *query_new(fm_pg_t *pg, fm_pg_cb cb, void *data, const char *s
     return q;
 }
 
-int fm_pg_query(fm_pg_t *pg, fm_pg_cb cb, void *data, const char *sql, int nparams, const char *const *params)
+static int query_submit(fm_pg_t *pg, fm_pg_cb cb, void *data, const char *sql, int nparams, const char *const *params,
+                        int statement)
 {
     if (pg == NULL || cb == NULL || sql == NULL || nparams < 0 || nparams > MAX_PARAMS ||
         (nparams > 0 && params == NULL) || pg->shutting_down)
         return -1;
 
     pg_query_t *q = query_new(pg, cb, data, sql, nparams, params);
+    q->statement = statement;
     if (available(pg) == 0) {
         fail_later(pg, q, "pg unavailable");
         return 0;
@@ -510,6 +577,33 @@ int fm_pg_query(fm_pg_t *pg, fm_pg_cb cb, void *data, const char *sql, int npara
     ++pg->waiting_count;
     pump(pg);
     return 0;
+}
+
+int fm_pg_query(fm_pg_t *pg, fm_pg_cb cb, void *data, const char *sql, int nparams, const char *const *params)
+{
+    return query_submit(pg, cb, data, sql, nparams, params, -1);
+}
+
+int fm_pg_query_prepared(fm_pg_t *pg, fm_pg_cb cb, void *data, const char *sql, int nparams, const char *const *params)
+{
+    int statement = -1;
+    if (pg != NULL && !pg->unprepared) {
+        /* the caller's constant text is the statement's identity: a pointer comparison per known statement */
+        for (size_t i = 0; i < pg->statement_count && statement < 0; ++i)
+            if (pg->statements[i] == sql)
+                statement = (int)i;
+        if (statement < 0 && pg->statement_count < PREPARED_MAX && sql != NULL) {
+            pg->statements[pg->statement_count] = sql;
+            statement = (int)pg->statement_count++;
+        }
+    }
+    return query_submit(pg, cb, data, sql, nparams, params, statement);
+}
+
+void fm_pg_set_prepared(fm_pg_t *pg, int on)
+{
+    if (pg != NULL)
+        pg->unprepared = !on;
 }
 
 /* --- pool -------------------------------------------------------------------------------------------------------- */

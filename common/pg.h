@@ -45,6 +45,20 @@ fm_pg_t *fm_pg_create(h2o_loop_t *loop, const char *conninfo, size_t pool_size, 
  */
 int fm_pg_query(fm_pg_t *pg, fm_pg_cb cb, void *data, const char *sql, int nparams, const char *const *params);
 
+/**
+ * The same for a statement run often: `sql` must be a constant string (its address is the statement's identity, so
+ * it must not be reused for another text). Each connection prepares it once (one more round trip, the first time),
+ * then only binds and executes it: no parse, and after five runs PostgreSQL's generic plan unless custom plans are
+ * cheaper (plan_cache_mode). A pool prepares at most 64 statements; the others run as fm_pg_query. A statement the
+ * server no longer takes as it is (a migration changed its result, or a pooler switched sessions) fails that once,
+ * then is prepared again. Behind a transaction-mode pooler without protocol-level prepared statements (PgBouncer
+ * before 1.21), turn it off with fm_pg_set_prepared(pg, 0).
+ */
+int fm_pg_query_prepared(fm_pg_t *pg, fm_pg_cb cb, void *data, const char *sql, int nparams, const char *const *params);
+
+/** 0: fm_pg_query_prepared runs every statement unnamed, as fm_pg_query (FM_PG_PREPARED=0). Default 1. */
+void fm_pg_set_prepared(fm_pg_t *pg, int on);
+
 /** Number of connections up (idle or running a query), for /metrics and /readyz. */
 size_t fm_pg_connected(fm_pg_t *pg);
 

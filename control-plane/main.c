@@ -72,6 +72,7 @@ static int thread_init(fm_thread_t *thread)
     }
     ct->pg = fm_pg_create(thread->loop, cfg->database_url, (size_t)cfg->pg_pool_size,
                           (uint64_t)cfg->pg_timeout_ms);
+    fm_pg_set_prepared(ct->pg, (int)cfg->pg_prepared);
     ct->signer = fm_sigv4_new(cfg->s3_access_key, cfg->s3_secret_key, cfg->s3_session_token, cfg->s3_region, "s3");
     ct->tokens = fm_jwt_memo_new();
     OPENSSL_cleanse(password, sizeof(password));

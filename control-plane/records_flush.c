@@ -275,7 +275,7 @@ static void insert_alone(batch_t *b)
     fm_records_text_add(&json, b->recs[b->alone].json, strlen(b->recs[b->alone].json));
     fm_records_text_add(&json, "]", 1);
     const char *params[] = {json.base};
-    int rc = fm_pg_query(flusher_pg(b->f), on_alone_inserted, b, fm_records_insert_sql, 1, params);
+    int rc = fm_pg_query_prepared(flusher_pg(b->f), on_alone_inserted, b, fm_records_insert_sql, 1, params);
     free(json.base);
     if (rc != 0)
         release_batch(b, "pg shutting down");
@@ -333,7 +333,7 @@ static void on_batch_taken(redisReply *reply, const char *errstr, void *data)
         return;
     }
     const char *params[] = {json.base};
-    int rc = fm_pg_query(flusher_pg(f), on_batch_inserted, b, fm_records_insert_sql, 1, params);
+    int rc = fm_pg_query_prepared(flusher_pg(f), on_batch_inserted, b, fm_records_insert_sql, 1, params);
     free(json.base);
     if (rc != 0)
         release_batch(b, "pg shutting down");

@@ -10,8 +10,6 @@
  * record is written through to PostgreSQL); otherwise the index is asked first (HMGET) and PostgreSQL decides
  * whenever the index is missing, names the hash with another size, or a folder must be checked.
  */
-#include <openssl/crypto.h>
-#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,35 +57,6 @@ static int content_type_allowed(const char *type)
         p += item + (comma ? 1 : 0);
     }
     return 0;
-}
-
-/* A version 4 UUID: the upload id is ours, so the object key is known before the row exists. The random bytes come
- * from OpenSSL's generator a few hundred at a time: one RAND_bytes call per id (its locks and checks) cost as much as
- * the rest of the id. The digits are written by hand for the same reason (16 × %02x). */
-static void new_id(char out[37])
-{
-    static _Thread_local unsigned char pool[512];
-    static _Thread_local size_t left;
-    if (left < 16) {
-        if (RAND_bytes(pool, sizeof(pool)) != 1)
-            h2o_fatal("RAND_bytes failed");
-        left = sizeof(pool);
-    }
-    unsigned char b[16];
-    memcpy(b, pool + sizeof(pool) - left, sizeof(b));
-    OPENSSL_cleanse(pool + sizeof(pool) - left, sizeof(b)); /* each byte is handed out once */
-    left -= sizeof(b);
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    static const char hex[] = "0123456789abcdef";
-    char *p = out;
-    for (int i = 0; i < 16; ++i) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            *p++ = '-';
-        *p++ = hex[b[i] >> 4];
-        *p++ = hex[b[i] & 15];
-    }
-    *p = '\0';
 }
 
 /* S3: at most 10,000 parts of at least 5 MiB (the last may be smaller); a whole number of MiB keeps it simple. */
@@ -293,14 +262,14 @@ static fm_record_t record_of(const fm_upload_state_t *s)
  * the backlog is at its bound. */
 static void record_upload_behind(fm_req_t *r, fm_upload_state_t *s)
 {
-    new_id(s->file_id);
+    fm_uuid_new(s->file_id);
     fm_record_t rec = record_of(s);
     fm_records_put(r, &rec, on_record_stored);
 }
 
 void fm_upload_start(fm_req_t *r, fm_upload_state_t *s)
 {
-    new_id(s->upload_id);
+    fm_uuid_new(s->upload_id);
     snprintf(s->key, sizeof(s->key), "incoming/%s", s->upload_id);
     if (s->mode == FM_UPLOAD_MODE_CLIENT_PARTS) {
         /* The client (Uppy) chooses its part size: part_size/part_count stay unknown (NULL) until complete. */
@@ -403,7 +372,7 @@ static void on_dedupe_stored(fm_req_t *r, fm_record_outcome_t outcome)
  * again in PostgreSQL that the owner still holds it). */
 static void dedupe_behind(fm_req_t *r, fm_upload_state_t *s)
 {
-    new_id(s->file_id);
+    fm_uuid_new(s->file_id);
     fm_record_t rec = {
         .file_id = s->file_id,
         .owner_id = s->principal->user_id,
@@ -550,9 +519,9 @@ static void on_probed(fm_req_t *r, fm_record_outcome_t outcome)
  * behind. The ids are made first; the script keeps the upload record, or a dedupe record, or nothing. */
 static void probe_and_record(fm_req_t *r, fm_upload_state_t *s, const char *index_key)
 {
-    new_id(s->upload_id);
+    fm_uuid_new(s->upload_id);
     snprintf(s->key, sizeof(s->key), "incoming/%s", s->upload_id);
-    new_id(s->file_id);
+    fm_uuid_new(s->file_id);
     fm_record_t rec = record_of(s);
     fm_records_put_or_dedupe(r, &rec, index_key, on_probed);
 }

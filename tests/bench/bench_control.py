@@ -40,6 +40,7 @@ import requests
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
+from helpers_fm import redis_cmd  # noqa: E402
 from stackfixture import free_ports, start_stack  # noqa: E402
 
 WRK_LUA = Path(__file__).resolve().parent / "wrk_me.lua"
@@ -174,6 +175,47 @@ def run_wrk(url, duration, token, connections=64, threads=2, body=None, random_s
         "p50_ms": j["p50_us"] / 1000, "p99_ms": j["p99_us"] / 1000, "max_ms": j["max_us"] / 1000,
         "errors": errors, "proto": "http/1.1",
     }
+
+
+def redis_commandstats(stack):
+    """{command: (calls, usec)} of the stack's Redis (INFO commandstats)."""
+    text = redis_cmd(stack, 0, "INFO", "commandstats")
+    text = text.decode() if isinstance(text, bytes) else text
+    out = {}
+    for m in re.finditer(r"^cmdstat_([\w|]+):calls=(\d+),usec=(\d+)", text, re.M):
+        out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return out
+
+
+def redis_per_request(before, after, requests_done):
+    """[(command, calls per request, µs per request)], the most expensive first."""
+    rows = []
+    for cmd, (calls, usec) in after.items():
+        c0, u0 = before.get(cmd, (0, 0))
+        if calls > c0 and requests_done:
+            rows.append((cmd, ((calls - c0) / requests_done, (usec - u0) / requests_done)))
+    rows.sort(key=lambda x: -x[1][1])
+    return [r for r in rows if r[1][1] >= 0.05]
+
+
+def start_perf(folder, name):
+    """perf record of the whole machine (every process of the request's path) until stop_perf."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    out = Path(folder) / f"{name}.data"
+    proc = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "499", "-o", str(out)], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return proc
+
+
+def stop_perf(proc):
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def percentile(sorted_values, q):
@@ -788,6 +830,19 @@ def render(meta, rows, servers, logins, hash_ms, notes, first_answers=()):
             f"per login: the rate one core fully given to fm-control would sustain. "
             f"fm-control RSS after the logins: {fmt(logins['rss'])} MiB (HWM {fmt(logins['hwm'])} MiB).")
         add("")
+    stats = [r for r in rows if r.get("redis_stats")]
+    if stats:
+        add("### Redis commands per request (INFO commandstats over the load, ÷ requests answered)")
+        add("")
+        add("What each answered request cost Redis, the commands a script runs counted inside it, the flushers' "
+            "included: calls per request and µs per request (Redis's own timing of each command).")
+        add("")
+        add("| tool | protocol | endpoint | command: calls, µs per request |")
+        add("|---|---|---|---|")
+        for r in stats:
+            cells = ", ".join(f"{c} {n:.2f} × {us:.1f} µs" for c, (n, us) in r["redis_stats"])
+            add(f"| {r['tool']} | {r['label']} | {ENDPOINTS[r['ep']]['name']} | {cells} |")
+        add("")
     if notes:
         add("### Problems seen")
         add("")
@@ -818,10 +873,22 @@ def main():
     ap.add_argument("--upload-threads", default="2",
                     help="FM_THREADS values (of --threads) that also load POST /v1/uploads; '' for none (default 2)")
     ap.add_argument("--out", help="also write the Markdown report to this file")
+    ap.add_argument("--endpoints", default="",
+                    help="load only these endpoints (comma-separated of healthz, me, presign, dedupe, file, "
+                         "download; /healthz is always loaded first, as the reference); default all")
+    ap.add_argument("--h1-only", action="store_true", help="only the wrk HTTP/1.1 runs (no h2load)")
+    ap.add_argument("--perf", metavar="DIR",
+                    help="record each load with `perf record -a -g` (whole machine: fm-control, PostgreSQL, Redis, "
+                         "the load tool) into DIR/<protocol>-<endpoint>.data, for `perf report --sort comm,dso,sym`")
     args = ap.parse_args()
     if not 1 <= args.duration <= 120:
         ap.error("--duration must be 1..120 s")
     thread_values = [int(x) for x in args.threads.split(",") if x.strip()]
+    only = {x.strip() for x in args.endpoints.split(",") if x.strip()}
+    if only - set(ENDPOINTS):
+        ap.error(f"--endpoints: unknown {sorted(only - set(ENDPOINTS))}")
+    if args.perf and shutil.which("perf") is None:
+        ap.error("--perf: perf is not installed")
     upload_threads = [int(x) for x in args.upload_threads.split(",") if x.strip() and int(x) in thread_values]
     binary = Path(args.binary)
     for tool in ("wrk", "h2load", "openssl"):
@@ -916,6 +983,8 @@ def main():
                 upload_fail = {}
                 if threads in upload_threads:
                     endpoints += ["presign", "dedupe", "file", "download"]
+                if only:
+                    endpoints = [k for k in endpoints if k == "healthz" or k in only]
                     # The first answer of each kind, by hand, before any load of it.
                     for kind, body in (("presign", upload_body("bench-first.txt", secrets.token_hex(32))),
                                        ("dedupe", dedupe_body)):
@@ -945,8 +1014,8 @@ def main():
                         notes.append(f"FM_THREADS={threads}: warm-up wrk {ep['name']} ({secs} s) had errors "
                                      f"{w['errors']}")
 
-                plan = [("wrk", "h1", ctl.base)] + [("h2load", "h2c", ctl.base)]
-                if ctl.tls_base:
+                plan = [("wrk", "h1", ctl.base)] + ([] if args.h1_only else [("h2load", "h2c", ctl.base)])
+                if ctl.tls_base and not args.h1_only:
                     plan.append(("h2load", "h2tls", ctl.tls_base))
                 for tool, label, base in plan:
                     ref = None
@@ -964,7 +1033,9 @@ def main():
                             continue
                         log(f"FM_THREADS={threads}: {tool} {label} {ep['name']} for {args.duration} s")
                         before = upload_counts(db, user_id, dedupe_sha) if ep.get("upload") else None
+                        rstats = redis_commandstats(st) if ep.get("upload") else None
                         win = CpuWindow(ctl.pid, stack_pids).start()
+                        perf = start_perf(args.perf, f"{label}-{key}") if args.perf else None
                         try:
                             if tool == "wrk":
                                 res = run_wrk(base + ep["path"], args.duration, tok, body=wrk_bodies.get(key),
@@ -973,12 +1044,14 @@ def main():
                                 res = run_h2load(base + ep["path"], args.duration, tok, workdir,
                                                  body_file=h2_body_files.get(key))
                         except (RuntimeError, subprocess.TimeoutExpired) as e:
+                            stop_perf(perf)
                             row["failure"] = str(e).splitlines()[0][:200]
                             notes.append(f"FM_THREADS={threads} {tool} {label} {ep['name']}: {e}")
                             rows.append(row)
                             continue
                         row.update(res)
                         row["cpu"] = win.stop()
+                        stop_perf(perf)
                         row["rss"], row["hwm"] = mem_status(ctl.pid)
                         row["invalid"] = []
                         if not ctl.alive():
@@ -995,6 +1068,8 @@ def main():
                             row["flush_s"], after = wait_rows_written(db, st.env, user_id, dedupe_sha, key, before,
                                                                       res["requests"])
                             row["written"], problems = check_rows_written(key, before, after, res["requests"])
+                            row["redis_stats"] = redis_per_request(rstats, redis_commandstats(st),
+                                                                   res["requests"])
                             for pr in problems:
                                 notes.append(f"FM_THREADS={threads} {tool} {label} {ep['name']}: {pr}")
                             row["invalid"] += problems

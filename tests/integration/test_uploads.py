@@ -27,7 +27,7 @@ from helpers_uploads import (MIB, PART_SIZE, THRESHOLD, TTL_REDIS_DB, Fm, botoco
 
 GIB = 1024 * MIB
 MAX_UPLOAD = 50 * GIB  # FM_MAX_UPLOAD_BYTES default
-UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
+UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +72,9 @@ def test_single_put_end_to_end(fm, alice):
     endpoint = fm.stack.env["FM_S3_ENDPOINT"].rstrip("/")
     assert a["url"].startswith(f"{endpoint}/{fm.bucket}/{key}?"), a["url"]
     assert before + 900 - 5 <= parse_time(a["expires_at"]) <= time.time() + 900 + 5  # FM_UPLOAD_URL_TTL_S
-    assert re.match(UUID_RE, a["upload_id"]), a  # server-made, random (version 4): keys cannot be guessed
-    uuid.UUID(a["file_id"])
+    # server-made, version 7: the time in ms, then 74 random bits (keys cannot be guessed), ordered by creation
+    assert re.match(UUID_RE, a["upload_id"]) and re.match(UUID_RE, a["file_id"]), a
+    assert abs(int(a["upload_id"].replace("-", "")[:12], 16) / 1000 - time.time()) < 60, a
 
     f = fm.file(alice, a["file_id"])
     assert f.status_code == 200 and f.json()["status"] == "PENDING_UPLOAD", f.text

@@ -477,6 +477,71 @@ static void test_server_restart(void **state)
     destroy_pool();
 }
 
+/* fm_pg_query_prepared: prepared once per connection, then only executed; a bad statement answers its error and the
+ * connection goes on; a statement a migration made stale fails once and is prepared again; off, nothing is prepared. */
+static const char prep_double[] = "SELECT $1::int * 2, (SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'fm%')";
+static const char prep_bad[] = "SELEC $1";
+static const char prep_star[] = "SELECT * FROM prep_t";
+static const char prep_off[] = "SELECT 7, (SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'fm%')";
+
+#define QUERY_PREPARED(pg, res, sql, nparams, params)                                                                  \
+    do {                                                                                                               \
+        assert_int_equal(fm_pg_query_prepared((pg), on_result, (res), (sql), (nparams), (params)), 0);                 \
+        assert_int_equal((res)->called, 0);                                                                            \
+    } while (0)
+
+static void test_prepared_statements(void **state)
+{
+    fm_pg_t *pg = pool_up(1, 2000);
+    result_t *first = slot(), *second = slot(), *bad = slot(), *after_bad = slot(), *create = slot(),
+             *star = slot(), *alter = slot(), *stale = slot(), *again = slot(), *off = slot();
+    const char *p21[] = {"21"}, *p5[] = {"5"};
+
+    QUERY_PREPARED(pg, first, prep_double, 1, p21);
+    QUERY_PREPARED(pg, second, prep_double, 1, p5);
+    QUERY_PREPARED(pg, bad, prep_bad, 1, p5);
+    QUERY_PREPARED(pg, after_bad, prep_double, 1, p21);
+    assert_true(RUN_UNTIL(after_bad->called, 2000));
+    ANSWERED_ONCE(first);
+    assert_string_equal(first->value, "42");
+    assert_string_equal(first->value2, "1"); /* prepared (as fm0_0) before it ran */
+    ANSWERED_ONCE(second);
+    assert_string_equal(second->value, "10");
+    assert_string_equal(second->value2, "1"); /* not prepared twice */
+    ANSWERED_ONCE(bad);
+    assert_int_equal(bad->status, PGRES_FATAL_ERROR);
+    assert_string_equal(bad->sqlstate, "42601");
+    ANSWERED_ONCE(after_bad);
+    assert_string_equal(after_bad->value, "42");
+    assert_string_equal(after_bad->value2, "1");
+
+    QUERY(pg, create, "CREATE TEMP TABLE prep_t AS SELECT 1 AS a", 0, NULL);
+    QUERY_PREPARED(pg, star, prep_star, 0, NULL);
+    QUERY(pg, alter, "ALTER TABLE prep_t ADD COLUMN b int DEFAULT 5", 0, NULL);
+    QUERY_PREPARED(pg, stale, prep_star, 0, NULL);
+    QUERY_PREPARED(pg, again, prep_star, 0, NULL);
+    assert_true(RUN_UNTIL(again->called, 2000));
+    assert_int_equal(create->status, PGRES_COMMAND_OK);
+    assert_string_equal(star->value, "1");
+    assert_string_equal(star->value2, "");
+    assert_int_equal(alter->status, PGRES_COMMAND_OK);
+    ANSWERED_ONCE(stale);
+    assert_string_equal(stale->sqlstate, "0A000"); /* cached plan must not change result type */
+    ANSWERED_ONCE(again);
+    assert_int_equal(again->status, PGRES_TUPLES_OK);
+    assert_string_equal(again->value, "1");
+    assert_string_equal(again->value2, "5");
+
+    fm_pg_set_prepared(pg, 0);
+    QUERY_PREPARED(pg, off, prep_off, 0, NULL);
+    assert_true(RUN_UNTIL(off->called, 2000));
+    ANSWERED_ONCE(off);
+    assert_string_equal(off->value, "7");
+    assert_string_equal(off->value2, "3"); /* fm0_0, fm0_2 before the stale set, fm1_2 after: no new one */
+    assert_int_equal(fm_pg_connected(pg), 1);
+    destroy_pool();
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -488,6 +553,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_timeout_then_next_query_works, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_unavailable_and_destroy, test_setup, test_teardown),
         cmocka_unit_test_setup_teardown(test_server_restart, test_setup, test_teardown),
+        cmocka_unit_test_setup_teardown(test_prepared_statements, test_setup, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -3,7 +3,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
@@ -57,10 +59,37 @@ static void test_other_keys_are_not_uploads(void **state)
     assert_int_equal(FM_INCOMING_KEY_LEN, 45);
 }
 
+/* Version 7 (RFC 9562 §5.7): lowercase, version and variant bits set, the ms timestamp of now in the first 48 bits,
+ * ids made later sort after, and the random part differs each time. */
+static void test_new_ids_are_time_ordered_v7(void **state)
+{
+    char a[37], b[37], c[37];
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    unsigned long long before = (unsigned long long)ts.tv_sec * 1000 + (unsigned long long)ts.tv_nsec / 1000000;
+    fm_uuid_new(a);
+    fm_uuid_new(b);
+    nanosleep(&(struct timespec){0, 2 * 1000 * 1000}, NULL);
+    fm_uuid_new(c);
+    assert_true(fm_uuid_lower_valid(a, strlen(a)));
+    assert_int_equal(a[14], '7');
+    assert_true(strchr("89ab", a[19]) != NULL);
+    char ms_hex[13];
+    memcpy(ms_hex, a, 8);
+    memcpy(ms_hex + 8, a + 9, 4);
+    ms_hex[12] = '\0';
+    unsigned long long ms = strtoull(ms_hex, NULL, 16);
+    assert_true(ms >= before && ms <= before + 1000);
+    assert_true(strcmp(a, b) != 0);
+    assert_true(strcmp(a + 14, b + 14) != 0); /* the random part, not only the clock */
+    assert_true(strcmp(c, a) > 0 && strcmp(c, b) > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_uuid_forms),
+        cmocka_unit_test(test_new_ids_are_time_ordered_v7),
         cmocka_unit_test(test_upper_case_incoming_key_is_refused),
         cmocka_unit_test(test_other_keys_are_not_uploads),
     };
