@@ -3,8 +3,9 @@
 //   FM_TEST_BASE_URL=http://127.0.0.1:PORT node --test tests/browser/upload.test.mjs
 //
 // FM_TEST_BASE_URL is an fm-control serving web/ (FM_WEB_DIR) whose S3 bucket's CORS rules allow that origin, with
-// an fm-worker processing its jobs; tests/integration/test_browser_upload.py starts both and runs this file. Screenshots (one at the
-// end, one per failing test) go to FM_TEST_ARTIFACTS (default: a new temporary folder); their paths are printed.
+// an fm-worker processing its jobs; tests/integration/test_browser_upload.py starts both and runs this file.
+// Screenshots (one at the end, one per failing test) go to FM_TEST_ARTIFACTS (default: a new temporary folder);
+// their paths are printed.
 // FM_CHROMIUM overrides the browser (default /usr/bin/chromium).
 //
 // What it does, through the page as a person would: registers a fresh user, uploads a small (300 KiB) and a
