@@ -2,16 +2,19 @@
 //
 //   FM_TEST_BASE_URL=http://127.0.0.1:PORT node --test tests/browser/upload.test.mjs
 //
-// FM_TEST_BASE_URL is an fm-control serving web/ (FM_WEB_DIR) whose S3 bucket's CORS rules allow that origin;
-// tests/integration/test_browser_upload.py starts such an instance and runs this file. Screenshots (one at the
-// end, one per failing test) go to FM_TEST_ARTIFACTS (default: a new temporary folder); their paths are printed.
+// FM_TEST_BASE_URL is an fm-control serving web/ (FM_WEB_DIR) whose S3 bucket's CORS rules allow that origin, with
+// an fm-worker processing its jobs; tests/integration/test_browser_upload.py starts both and runs this file.
+// Screenshots (one at the end, one per failing test) go to FM_TEST_ARTIFACTS (default: a new temporary folder);
+// their paths are printed.
 // FM_CHROMIUM overrides the browser (default /usr/bin/chromium).
 //
 // What it does, through the page as a person would: registers a fresh user, uploads a small (300 KiB) and a
-// large (105 MiB: multipart) file of random bytes with the file input, waits for status UPLOADED, checks the
-// SHA-256 the page computed against Node's crypto (and the incremental web/sha256.js against crypto.subtle),
-// then uploads the small file again after its access token was spoiled (the page must refresh it once), and
-// resumes a multipart upload after its tab was closed.
+// large (105 MiB: multipart) file of random bytes with the file input, waits for status UPLOADED (or later), checks
+// the SHA-256 the page computed against Node's crypto (and the incremental web/sha256.js against crypto.subtle),
+// uploads another file after its access token was spoiled (the page must refresh it once), resumes a multipart
+// upload after its tab was closed, and, once the worker has made the small file READY, chooses it again and gets
+// the server's dedupe answer (no bytes move). Each later test that needs a fresh upload uses bytes of its own, so a
+// blob the worker verified meanwhile never turns it into a dedupe hit.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -25,7 +28,9 @@ const CHROMIUM = process.env.FM_CHROMIUM || '/usr/bin/chromium';
 const ARTIFACTS = process.env.FM_TEST_ARTIFACTS || fs.mkdtempSync(path.join(os.tmpdir(), 'fm-browser-artifacts-'));
 const UPLOAD_TIMEOUT_MS = Number(process.env.FM_TEST_UPLOAD_TIMEOUT_MS || 5 * 60 * 1000);
 const MiB = 1024 * 1024;
-// Statuses that mean "the bytes arrived": UPLOADED today; once workers run, a file may have moved on already.
+// How long the worker may take to make a 300 KiB file READY (its queue may hold two 105 MiB files before it).
+const READY_TIMEOUT_MS = Number(process.env.FM_TEST_READY_TIMEOUT_MS || 3 * 60 * 1000);
+// Statuses that mean "the bytes arrived": UPLOADED, or later (the worker may have processed the file already).
 const ARRIVED = ['UPLOADED', 'PROCESSING', 'READY'];
 // The flags of shared/notes/browser-tests.md (headless is added by playwright-core).
 const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -33,6 +38,7 @@ const CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-
 
 let workDir, context, page;
 const files = {}; // name → {path, size, sha256}
+let firstSmallId = null; // the file id of small.bin's first (PUT) upload
 const pageErrors = [];
 const email = `browser-${crypto.randomBytes(6).toString('hex')}@example.test`;
 const password = `pw-${crypto.randomBytes(12).toString('hex')}`;
@@ -134,8 +140,11 @@ before(async () => {
   console.log(`artifacts: ${ARTIFACTS}`);
   workDir = fs.mkdtempSync(path.join(os.tmpdir(), 'fm-browser-'));
   writeRandomFile('small.bin', 300 * 1024);
+  writeRandomFile('refreshed.bin', 300 * 1024);
   writeRandomFile('large.bin', 105 * MiB);
   writeRandomFile('resumed.bin', 105 * MiB);
+  writeRandomFile('cancelled.bin', 105 * MiB);
+  writeRandomFile('retried.bin', 105 * MiB);
   context = await chromium.launchPersistentContext(path.join(workDir, 'profile'), {
     executablePath: CHROMIUM,
     headless: true,
@@ -222,6 +231,7 @@ pageTest('a small and a 105 MiB file go straight to S3 and reach UPLOADED', asyn
 
   assert.equal(small.fileName, 'small.bin');
   assertArrived(small, files['small.bin'], 'PUT');
+  firstSmallId = small.fileId;
   assert.equal(large.fileName, 'large.bin');
   assertArrived(large, files['large.bin'], 'MULTIPART');
   assert.ok(partCalls.length >= 1, 'the page asked for more part URLs');
@@ -252,8 +262,9 @@ pageTest("the page's SHA-256 equals Node's crypto for the generated files", asyn
   assert.equal(incremental, files['large.bin'].sha256);
 });
 
-pageTest('the small file again, with a spoiled access token: refreshed once, a normal upload', async () => {
-  // Dedupe needs a VERIFIED blob (the worker's job), so this is a second ordinary upload, not "deduplicated".
+pageTest('a new file with a spoiled access token: refreshed once, a normal upload', async () => {
+  // Bytes no blob holds yet: the answer is a PUT whatever the worker has done meanwhile (dedupe is tested below).
+  const file = files['refreshed.bin'];
   const refreshes = [];
   page.on('request', (r) => { if (r.url().endsWith('/v1/auth/refresh')) refreshes.push(r); });
   await page.evaluate(() => {
@@ -264,14 +275,12 @@ pageTest('the small file again, with a spoiled access token: refreshed once, a n
   await page.reload();
   await page.waitForSelector('body[data-ready="true"]');
   await page.waitForSelector('#upload-section', { state: 'visible' });
-  await page.setInputFiles('#file-input', files['small.bin'].path);
+  await page.setInputFiles('#file-input', file.path);
   const again = await waitForUpload(1); // a reloaded page numbers from 1 again
   assert.equal(refreshes.length, 1, 'one POST /v1/auth/refresh');
-  assert.equal(again.fileName, 'small.bin');
-  assert.equal(again.sha256, files['small.bin'].sha256);
-  assert.ok(['PUT', 'DEDUPLICATED'].includes(again.method), again.method);
-  if (again.method === 'PUT') assertArrived(again, files['small.bin'], 'PUT');
-  else assert.equal(again.state, 'done');
+  assert.equal(again.fileName, 'refreshed.bin');
+  assert.equal(again.sha256, file.sha256);
+  assertArrived(again, file, 'PUT');
   const saved = await page.evaluate(() => JSON.parse(sessionStorage.getItem('fm.auth')).access);
   assert.notEqual(saved, 'spoiled.access.token');
 });
@@ -350,37 +359,66 @@ pageTest("the API's error message is shown (a content type the server refuses)",
   assert.match(item.statusText, /\(request [0-9a-f]+\)\.$/);
 });
 
-pageTest('a deduplicated answer moves no bytes (answer simulated: no blob is VERIFIED without workers)', async () => {
-  // Take a real file id of this user, and answer POST /v1/uploads the way the contract says a dedupe hit does.
-  const existing = await page.$eval('.upload-item[data-file-name="resumed.bin"]', (el) => el.dataset.fileId);
-  await page.route((url) => url.pathname === '/v1/uploads', (route) => route.fulfill({
-    status: 200, json: { file_id: existing, deduplicated: true, status: 'READY' } }));
-  const puts = [];
+/** Polls GET /v1/files/{id} until its status is `want`; fails at once on a final status that is not it. */
+async function waitForStatus(fileId, want, timeout) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    const record = await apiGet(page, `/v1/files/${fileId}`);
+    if (record.status === want) return record;
+    assert.ok(!['FAILED', 'QUARANTINED'].includes(record.status), `file ${fileId}: ${JSON.stringify(record)}`);
+    assert.ok(Date.now() < deadline, `file ${fileId} is still ${record.status}, not ${want}, after ${timeout} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+}
+
+pageTest('the small file again once the worker made it READY: deduplicated by the server, no bytes move', async () => {
+  // The stack's fm-worker verifies small.bin's first upload (its blob enters the owner's dedupe index); only then
+  // does the same owner's POST /v1/uploads with that sha256 answer "deduplicated" (docs/uploads.md).
+  assert.ok(firstSmallId, "small.bin's first upload has a file id");
+  await waitForStatus(firstSmallId, 'READY', READY_TIMEOUT_MS);
+  const puts = [], answers = [];
   const onRequest = (r) => { if (r.method() === 'PUT') puts.push(r.url()); };
+  const onResponse = (r) => {
+    if (r.request().method() === 'POST' && new URL(r.url()).pathname === '/v1/uploads') answers.push(r);
+  };
   page.on('request', onRequest);
+  page.on('response', onResponse);
   try {
     const seq = await choose(files['small.bin'].path);
     const item = await waitForUpload(seq, 60_000);
+    assert.equal(answers.length, 1, 'one POST /v1/uploads');
+    assert.equal(answers[0].status(), 200);
+    const answer = await answers[0].json();
+    assert.equal(answer.deduplicated, true, JSON.stringify(answer));
+    assert.equal(answer.status, 'READY');
+    assert.equal(answer.url, undefined, 'no upload URL is handed out');
+    assert.equal(answer.file_id, item.fileId);
+    assert.notEqual(item.fileId, firstSmallId, 'a new file record');
     assert.equal(item.state, 'done', item.statusText);
     assert.equal(item.method, 'DEDUPLICATED');
     assert.equal(item.deduplicated, 'true');
-    assert.equal(item.fileId, existing);
-    assert.match(item.statusText, /^Deduplicated: /);
-    assert.ok(ARRIVED.includes(item.status), item.status); // from GET /v1/files/{id}, the real record
+    assert.equal(item.status, 'READY');
+    assert.match(item.statusText, /^Deduplicated: READY\b/);
+    assert.equal(item.sha256, files['small.bin'].sha256);
     assert.deepEqual(puts, []);
+    const record = await apiGet(page, `/v1/files/${item.fileId}`); // the real record of the new file
+    assert.equal(record.status, 'READY');
+    assert.equal(record.sha256, files['small.bin'].sha256);
+    assert.equal(record.size, files['small.bin'].size);
+    assert.equal(record.name, 'small.bin');
   } finally {
     page.off('request', onRequest);
-    await page.unrouteAll({ behavior: 'wait' });
+    page.off('response', onResponse);
   }
 });
 
 pageTest('Cancel stops a multipart upload and aborts it on the server', async () => {
-  const seq = await choose(files['large.bin'].path);
+  const seq = await choose(files['cancelled.bin'].path); // bytes of its own: never a dedupe hit
   await page.waitForSelector(`#upload-${seq}[data-state="uploading"][data-sent]:not([data-sent="0"])`,
     { timeout: UPLOAD_TIMEOUT_MS, state: 'attached' });
   const deleted = page.waitForResponse(
     (r) => r.request().method() === 'DELETE' && /\/v1\/uploads\/[^/]+$/.test(r.url()), { timeout: 30_000 });
-  await page.getByRole('button', { name: 'Cancel the upload of large.bin' }).click();
+  await page.getByRole('button', { name: 'Cancel the upload of cancelled.bin' }).click();
   assert.equal((await deleted).status(), 204);
   await page.waitForSelector(`#upload-${seq} .upload-status:text-is("Cancelled.")`, { timeout: 30_000 });
   const item = await waitForUpload(seq, 60_000);
@@ -401,16 +439,16 @@ pageTest('a part failing 4 times fails the upload; choosing the file again resum
     attempts++;
     return route.abort('connectionreset');
   });
-  const seq = await choose(files['large.bin'].path);
+  const seq = await choose(files['retried.bin'].path); // bytes of its own: never a dedupe hit
   const failed = await waitForUpload(seq);
   await page.unrouteAll({ behavior: 'wait' });
   assert.equal(failed.state, 'error');
   assert.equal(attempts, 4, 'one try and 3 retries');
   assert.match(failed.statusText, /could not be reached.*Choose the file again to resume\.$/);
 
-  const again = await choose(files['large.bin'].path);
+  const again = await choose(files['retried.bin'].path);
   const resumed = await waitForUpload(again);
   assert.equal(resumed.uploadId, failed.uploadId);
   assert.ok(Number(resumed.resumedParts) >= 1, `resumed parts: ${resumed.resumedParts}`);
-  assertArrived(resumed, files['large.bin'], 'MULTIPART');
+  assertArrived(resumed, files['retried.bin'], 'MULTIPART');
 });

@@ -105,6 +105,10 @@ def test_concurrent_registrations_make_only_the_admin_email_admin(controls, stac
 
 
 def test_concurrent_registrations_of_one_email(base):
+    """Eight registrations of one address in two spellings, all at once: exactly one account, every other answer
+    409 email_taken. Which spelling wins is not required to vary: it is the one outcome the race has (one account,
+    the address compared case-insensitively), and the losers' answer after a committed account is tested alone by
+    test_duplicate_email_is_refused_case_insensitively."""
     email = unique_email("same")
     spellings = [email, email.upper()] * 4
     with ThreadPoolExecutor(len(spellings)) as pool:

@@ -1,5 +1,9 @@
 """The web client end to end in a real browser: tests/browser/upload.test.mjs (Node's test runner, playwright-core,
-Debian's Chromium) against an fm-control of its own that serves web/ and whose bucket CORS allows its origin.
+Debian's Chromium) against an fm-control of its own that serves web/ and whose bucket CORS allows its origin, and a
+real fm-worker (clamd is part of the stack) sharing that instance's own Redis database (BROWSER_REDIS_DB): `complete`
+puts each upload's job on that database's stream, the worker makes the file READY and adds its blob to the owner's
+dedupe index there, so choosing the same file again gets the server's real dedupe answer. No other module's
+instance uses that database, so the worker takes only this module's jobs.
 
 Skipped only with FM_BROWSER_TESTS=0. A missing Chromium, Node or playwright-core is a failure (infra/setup
 installs them), not a skip. Screenshots and the runner's output land in <log folder>/browser-<build folder>/
@@ -13,11 +17,13 @@ from pathlib import Path
 import pytest
 
 from conftest import BUILD_DIR
+from helpers_fm import redis_url
 from stackfixture import free_ports
 
 REPO = Path(__file__).resolve().parents[2]
 BROWSER_DIR = REPO / "tests" / "browser"
 CHROMIUM = os.environ.get("FM_CHROMIUM", "/usr/bin/chromium")
+BROWSER_REDIS_DB = 59  # this module's fm-control and fm-worker (job stream, dedupe index); 47+ is free
 
 pytestmark = pytest.mark.skipif(os.environ.get("FM_BROWSER_TESTS") == "0", reason="FM_BROWSER_TESTS=0")
 
@@ -35,7 +41,7 @@ def allow_origin(stack, origin):
     stack.prepare_s3(web_origin=",".join(origins))
 
 
-def test_browser_upload(controls, stack, log_dir, request):
+def test_browser_upload(controls, workers, stack, log_dir, request):
     assert Path(CHROMIUM).is_file(), f"{CHROMIUM} is missing: run infra/setup (Debian packages chromium, chromium-driver)"
     node = shutil.which("node")
     assert node, "node is missing: run infra/setup"
@@ -45,8 +51,11 @@ def test_browser_upload(controls, stack, log_dir, request):
     port = free_ports(1)[0]
     origin = f"http://127.0.0.1:{port}"
     allow_origin(stack, origin)
-    control = controls.start(FM_HTTP_PORT=port, FM_WEB_DIR=str(REPO / "web"))
+    redis_db = redis_url(stack, BROWSER_REDIS_DB)
+    control = controls.start(FM_HTTP_PORT=port, FM_WEB_DIR=str(REPO / "web"), FM_REDIS_URL=redis_db)
     request.addfinalizer(lambda: controls.stop(control))
+    worker = workers.start(FM_REDIS_URL=redis_db, FM_WORKER_THREADS=2)
+    request.addfinalizer(lambda: workers.stop(worker))
 
     artifacts = Path(log_dir) / f"browser-{BUILD_DIR.name}"
     artifacts.mkdir(parents=True, exist_ok=True)
@@ -59,9 +68,11 @@ def test_browser_upload(controls, stack, log_dir, request):
     except subprocess.TimeoutExpired as e:
         out = e.output.decode(errors="replace") if isinstance(e.output, bytes) else (e.output or "")
         pytest.fail(f"the browser test did not finish in {e.timeout} s:\n{out}\n"
-                    f"screenshots: {artifacts}\nfm-control log: {control.log_path}")
+                    f"screenshots: {artifacts}\nfm-control log: {control.log_path}\n"
+                    f"fm-worker log: {worker.log_path}")
     (artifacts / "upload.test.log").write_text(p.stdout)
     assert p.returncode == 0, (f"node --test upload.test.mjs failed ({p.returncode}):\n{p.stdout}\n"
                                f"screenshots: {artifacts}\nfm-control log ({control.log_path}), last lines:\n"
-                               f"{control.log_text()[-4000:]}")
+                               f"{control.log_text()[-4000:]}\nfm-worker log ({worker.log_path}), last lines:\n"
+                               f"{worker.log_text()[-3000:]}")
     print(p.stdout)

@@ -159,6 +159,10 @@ def test_missing_object_is_404(edge, signer, s3):
 
 
 def test_concurrent_cold_requests_make_one_origin_fetch(stack, s3, edge, signer):
+    """20 requests for one cold object at once: one origin fetch, every answer whole. Each other request joins the
+    fill or comes after it (a hit); both are not required to occur here, as the split depends on timing alone:
+    joining is provoked without timing by test_concurrent_cold_requests_all_stream_from_one_origin_fetch (its
+    origin holds the body until every request is in), and hits by every test that asks twice."""
     key, body = put_object(stack, s3, 10 * 1000 * 1000)
     url = sign(signer, edge, key)
     expected = hashlib.sha256(body).hexdigest()

@@ -157,27 +157,44 @@ def test_a_batch_of_aws_and_rgw_shaped_records(fm, user):
     assert r.json() == summary(records=3, duplicates=2, ignored=1)
 
 
+def race(calls, lead=None):
+    """Sends `calls` ({name: function making one request}) and returns {name: response}. With no `lead` all are
+    released together from a barrier, so which one the server takes first is up to its threads; with `lead` named,
+    that call is answered first and the others are then released together: the lead's outcome is certain, the
+    rest still race each other."""
+    out = {}
+    if lead is not None:
+        out[lead] = calls[lead]()
+    rest = {name: call for name, call in calls.items() if name != lead}
+    barrier = threading.Barrier(len(rest))
+
+    def send(name, call):
+        barrier.wait()
+        out[name] = call()
+
+    threads = [threading.Thread(target=send, args=item) for item in rest.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(out) == set(calls), f"a request raised instead of answering: {sorted(set(calls) - set(out))}"
+    return out
+
+
 def test_event_and_complete_racing_make_one_job(fm, user):
-    """Two deliveries of the event and the client's `complete`, all at once, many times: one job every time."""
-    rounds = 12
-    pending = [put_pending(fm, user, random_bytes(100 + i)) for i in range(rounds)]
-    winners = {}
-    for a, data in pending:
+    """Two deliveries of the event and the client's `complete`, all at once, many times: one job every time.
+
+    Either side may be first to mark the upload (`completed_by`), and the invariant is checked for whichever was.
+    Which one wins a round released together is up to the server's threads and cannot be steered, so besides those
+    rounds, some give one side a head start (answered before the others go, which still race each other) and the
+    test requires that both outcomes were seen: the checks of each side's win have really run."""
+    leads = [None] * 10 + ["event1", "complete"] * 2
+    pending = [put_pending(fm, user, random_bytes(100 + i)) for i in range(len(leads))]
+    winners, together = {}, {}
+    for (a, data), lead in zip(pending, leads):
         body = event_for(fm, a, data)
-        barrier = threading.Barrier(3)
-        out = {}
-
-        def send(name, call):
-            barrier.wait()
-            out[name] = call()
-
-        threads = [threading.Thread(target=send, args=("event1", lambda: post_event(fm.base, body))),
-                   threading.Thread(target=send, args=("event2", lambda: post_event(fm.base, body))),
-                   threading.Thread(target=send, args=("complete", lambda: fm.complete(user, a["upload_id"])))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        out = race({"event1": lambda: post_event(fm.base, body), "event2": lambda: post_event(fm.base, body),
+                    "complete": lambda: fm.complete(user, a["upload_id"])}, lead)
         assert out["complete"].status_code == 200, out["complete"].text
         events = [out["event1"].json(), out["event2"].json()]
         assert all(e["failed"] == 0 and e["ignored"] == 0 and e["records"] == 1 for e in events), events
@@ -187,8 +204,13 @@ def test_event_and_complete_racing_make_one_job(fm, user):
         assert out["complete"].json()["job_id"] == job_id
         by = fm.upload_row(a["upload_id"])["completed_by"]
         assert (by == "event") == (enqueued == 1), (by, events)
+        if lead is not None:
+            assert by == ("event" if lead == "event1" else "complete"), (lead, by, events)
+        else:
+            together[by] = together.get(by, 0) + 1
         winners[by] = winners.get(by, 0) + 1
-    print("first to mark the upload:", winners)
+    print("first to mark the upload:", winners, "of which released together:", together)
+    assert set(winners) == {"event", "complete"}, winners
 
 
 def test_events_not_for_our_uploads_are_ignored(fm, user):
@@ -483,26 +505,22 @@ def test_object_of_a_size_mismatch_is_deleted(fm, user, found_by):
 @pytest.mark.parametrize("rival", ["event", "complete"])
 def test_abort_racing_never_loses_a_committed_upload(fm, user, rival):
     """Abort against an event or `complete`, at once, many times. Whoever wins, the end is consistent: ABORTED
-    (204, no job, no object) or UPLOADED (409 to the abort, one job, the object still in the bucket)."""
-    outcomes, lost = {}, []
-    for _ in range(10):
+    (204, no job, no object) or UPLOADED (409 to the abort, one job, the object still in the bucket).
+
+    Which side wins a round released together cannot be steered (the server's threads decide), so some rounds give
+    one side a head start (answered before the other goes), alternating, and the test requires both ends to have
+    been seen: the checks of either end have really run."""
+    outcomes, together, lost = {}, {}, []
+    for lead in [None] * 10 + ["abort", rival] * 2:
         a, data = put_pending(fm, user)
         body = event_for(fm, a, data)
-        barrier = threading.Barrier(2)
-        out = {}
-
-        def send(name, call):
-            barrier.wait()
-            out[name] = call()
-
         other = (lambda: post_event(fm.base, body)) if rival == "event" else (lambda: fm.complete(user, a["upload_id"]))
-        threads = [threading.Thread(target=send, args=(rival, other)),
-                   threading.Thread(target=send, args=("abort", lambda: fm.abort(user, a["upload_id"])))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        out = race({rival: other, "abort": lambda: fm.abort(user, a["upload_id"])}, lead)
         status = fm.upload_row(a["upload_id"])["status"]
+        if lead is not None:
+            assert status == ("ABORTED" if lead == "abort" else "UPLOADED"), (lead, status, out["abort"].text)
+        else:
+            together[status] = together.get(status, 0) + 1
         outcomes[(status, out["abort"].status_code)] = outcomes.get((status, out["abort"].status_code), 0) + 1
         if status == "ABORTED":
             assert out["abort"].status_code == 204
@@ -515,5 +533,6 @@ def test_abort_racing_never_loses_a_committed_upload(fm, user, rival):
             assert_one_job(fm, a)
             if fm.head(key_of(a["upload_id"])) is None:
                 lost.append(a["upload_id"])
-    print(rival, outcomes, "lost:", len(lost))
-    assert not lost, f"{len(lost)} of 10 committed uploads lost their object ({outcomes})"
+    print(rival, outcomes, "released together:", together, "lost:", len(lost))
+    assert not lost, f"{len(lost)} committed uploads lost their object ({outcomes})"
+    assert {status for status, _ in outcomes} == {"ABORTED", "UPLOADED"}, outcomes
