@@ -556,15 +556,15 @@ static void on_me_loaded(PGresult *res, const char *errstr, void *data)
     fm_reply_json(r, 200, body);
 }
 
+static const char me_sql[] = "SELECT id, email, role, display_name, "
+                             "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), quota_bytes, "
+                             "used_bytes, disabled_at IS NOT NULL "
+                             "FROM users WHERE id = $1";
+
 static void me_authorized(fm_req_t *r, const fm_principal_t *p)
 {
     const char *params[] = {p->user_id};
-    fm_pg_call(r, on_me_loaded,
-            "SELECT id, email, role, display_name, "
-            "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), quota_bytes, used_bytes, "
-            "disabled_at IS NOT NULL "
-            "FROM users WHERE id = $1",
-            1, params);
+    fm_pg_call_prepared(r, on_me_loaded, me_sql, 1, params);
 }
 
 void handle_me(fm_req_t *r)

@@ -31,6 +31,15 @@ void fm_pg_call(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const ch
         fm_reply_unavailable(r, "the database");
 }
 
+void fm_pg_call_prepared(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params)
+{
+    fm_req_hold(r);
+    if (fm_pg_query_prepared(fm_control_thread(r)->pg, cb, r, sql, nparams, params) != 0) {
+        fm_req_resume(r);
+        fm_reply_unavailable(r, "the database");
+    }
+}
+
 void fm_redis_call(fm_req_t *r, fm_redis_cb cb, int argc, const char **argv)
 {
     if (fm_redis_call_with(r, r, cb, argc, argv) != 0)
