@@ -265,7 +265,8 @@ void handle_auth_register(fm_req_t *r)
 
 /* ---- POST /v1/auth/login -------------------------------------------------------------------------------- */
 
-static void on_login_session_cached(redisReply *reply, const char *errstr, void *data)
+/* After a login or a refresh: the session is cached, and the tokens answered. */
+static void on_session_cached(redisReply *reply, const char *errstr, void *data)
 {
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
@@ -286,7 +287,7 @@ static void on_session_created(PGresult *res, const char *errstr, void *data)
     auth_state_t *s = r->state;
     copy_field(s->session_id, sizeof(s->session_id), res, 0, 0);
     s->session_expires_at = atoll(PQgetvalue(res, 0, 1));
-    session_cache_set(r, on_login_session_cached, s->session_id, s->user_id, s->role, fm_control->config.refresh_ttl_s);
+    session_cache_set(r, on_session_cached, s->session_id, s->user_id, s->role, fm_control->config.refresh_ttl_s);
 }
 
 static void verify_password_work(void *data)
@@ -394,16 +395,6 @@ void handle_auth_login(fm_req_t *r)
 
 /* ---- POST /v1/auth/refresh ------------------------------------------------------------------------------ */
 
-static void on_refresh_cached(redisReply *reply, const char *errstr, void *data)
-{
-    fm_req_t *r = data;
-    if (fm_req_resume(r) != 0)
-        return;
-    if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
-        fm_log(FM_LOG_WARN, r->request_id, "redis: session not cached: %s", reply ? reply->str : errstr);
-    answer_tokens(r, r->state, 200);
-}
-
 static void on_reuse_revoked(redisReply *reply, const char *errstr, void *data)
 {
     fm_req_t *r = data;
@@ -431,7 +422,7 @@ static void on_refresh_rotated(PGresult *res, const char *errstr, void *data)
     copy_field(s->email, sizeof(s->email), res, 0, 4);
     s->session_expires_at = PQgetisnull(res, 0, 5) ? 0 : atoll(PQgetvalue(res, 0, 5));
     if (strcmp(outcome, "ok") == 0) {
-        session_cache_set(r, on_refresh_cached, s->session_id, s->user_id, s->role,
+        session_cache_set(r, on_session_cached, s->session_id, s->user_id, s->role,
                           s->session_expires_at - (long long)time(NULL));
     } else if (strcmp(outcome, "reused") == 0) {
         fm_log(FM_LOG_WARN, r->request_id, "refresh token reuse: session %s revoked", s->session_id);
