@@ -163,7 +163,8 @@ static void row_loaded(fm_req_t *r, PGresult *res, const char *errstr, int may_c
     const char *json = PQgetvalue(res, 0, 0);
     if (may_cache && !*cached) {
         const char *argv[] = {"SET", s->key, json, "EX", CACHE_TTL_S};
-        fm_redis_call(r, on_cache_filled, 5, argv);
+        /* not fm_redis_call: a fill refused at once only goes uncached, the row is still answered below */
+        fm_redis_call_with(r, r, on_cache_filled, 5, argv);
         *cached = 1;
     }
     answer_row(r, parse_row(s->key, json, (size_t)PQgetlength(res, 0, 0)));
@@ -239,7 +240,7 @@ static void load_row(fm_req_t *r, void *arg)
         read_state_t *loading = (*slot)->state;
         if (strcmp(loading->key, s->key) == 0) {
             if (may_join(r)) {
-                fm_req_hold(r); /* resumed by on_loaded of the request it waits for */
+                fm_req_hold(r); /* not a call: resumed by on_loaded of the request whose load it waits for */
                 if (loading->last_waiter != NULL)
                     ((read_state_t *)loading->last_waiter->state)->next_waiter = r;
                 else
@@ -259,13 +260,10 @@ static void load_row(fm_req_t *r, void *arg)
     }
     /* Not fm_pg_call: a refused query must also leave the slot, and no one can have joined it yet. */
     const char *params[] = {s->id};
-    fm_req_hold(r);
-    if (fm_pg_query(fm_control_thread(r)->pg, on_loaded, r, strcmp(s->kind, "file") == 0 ? file_sql : job_sql, 1,
-                    params) != 0) {
+    if (fm_pg_call_with(r, r, on_loaded, strcmp(s->kind, "file") == 0 ? file_sql : job_sql, 1, params) != 0) {
         if (s->slot != NULL)
             *s->slot = NULL;
         s->slot = NULL;
-        fm_req_resume(r);
         fm_reply_unavailable(r, "the database");
     }
 }

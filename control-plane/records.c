@@ -174,6 +174,8 @@ typedef struct {
 /* What the scripts answer, in the order of fm_record_outcome_t. */
 static const char *const outcomes[] = {"upload", "dedupe", "other", "unbuilt", "full_upload", "full_dedupe"};
 
+static void put_send(put_t *p);
+
 static void on_put(redisReply *reply, const char *errstr, void *data)
 {
     put_t *p = data;
@@ -187,12 +189,7 @@ static void on_put(redisReply *reply, const char *errstr, void *data)
         p->retried = 1;
         p->argv[0] = "EVAL";
         p->argv[1] = p->script;
-        fm_req_hold(r);
-        if (fm_redis_commandargv(fm_control_thread(r)->redis, on_put, p, p->argc, p->argv, NULL) != 0) {
-            fm_req_resume(r);
-            free(p);
-            fm_reply_unavailable(r, "the session store");
-        }
+        put_send(p);
         return;
     }
     fm_records_done_fn done = p->done;
@@ -211,9 +208,7 @@ static void on_put(redisReply *reply, const char *errstr, void *data)
 static void put_send(put_t *p)
 {
     fm_req_t *r = p->r;
-    fm_req_hold(r);
-    if (fm_redis_commandargv(fm_control_thread(r)->redis, on_put, p, p->argc, p->argv, NULL) != 0) {
-        fm_req_resume(r);
+    if (fm_redis_call_with(r, p, on_put, p->argc, p->argv) != 0) {
         free(p);
         fm_reply_unavailable(r, "the session store");
     }
@@ -449,11 +444,9 @@ static void on_ensure_read(redisReply *reply, const char *errstr, void *data)
     if (fm_records_file_id(reply) != NULL)
         snprintf(e->file_key, sizeof(e->file_key), "fm:recf:{%s}", fm_records_file_id(reply));
     const char *params[] = {json.base};
-    fm_req_hold(e->r);
-    int rc = fm_pg_query(fm_control_thread(e->r)->pg, on_ensure_inserted, e, fm_records_insert_sql, 1, params);
+    int rc = fm_pg_call_with(e->r, e, on_ensure_inserted, fm_records_insert_sql, 1, params);
     free(json.base);
     if (rc != 0) {
-        fm_req_resume(e->r);
         fm_reply_unavailable(e->r, "the database");
         ensure_fail(e);
     }
@@ -473,9 +466,7 @@ void fm_records_ensure(fm_req_t *r, const char *record_id, fm_records_next_fn ne
     e->arg = arg;
     snprintf(e->key, sizeof(e->key), "fm:rec:{%s}", record_id);
     const char *argv[2 + RECORD_FIELD_COUNT] = {"HMGET", e->key, RECORD_FIELDS};
-    fm_req_hold(r);
-    if (fm_redis_commandargv(fm_control_thread(r)->redis, on_ensure_read, e, 2 + RECORD_FIELD_COUNT, argv, NULL) != 0) {
-        fm_req_resume(r);
+    if (fm_redis_call_with(r, e, on_ensure_read, 2 + RECORD_FIELD_COUNT, argv) != 0) {
         fm_reply_unavailable(r, "the session store");
         ensure_fail(e);
     }
@@ -515,9 +506,7 @@ int fm_records_retry_file(fm_req_t *r, const char *file_id, int *checked, fm_rec
     char key[64];
     snprintf(key, sizeof(key), "fm:recf:{%s}", file_id);
     const char *argv[] = {"GET", key};
-    fm_req_hold(r);
-    if (fm_redis_commandargv(fm_control_thread(r)->redis, on_file_record, l, 2, argv, NULL) != 0) {
-        fm_req_resume(r);
+    if (fm_redis_call_with(r, l, on_file_record, 2, argv) != 0) {
         free(l);
         fm_reply_unavailable(r, "the session store");
     }

@@ -79,12 +79,10 @@ void fm_upload_mark(fm_req_t *r, const char *upload_id, long long size, const ch
     char size_text[24];
     snprintf(size_text, sizeof(size_text), "%lld", size);
     const char *params[] = {upload_id, size >= 0 ? size_text : NULL, etag, by, fm_control->config.s3_bucket};
-    fm_req_hold(r);
-    if (fm_pg_query(fm_control_thread(r)->pg, on_marked, m,
-                    "SELECT outcome, coalesce(job_id::text, ''), coalesce(file_id::text, '') "
-                    "FROM fm_upload_mark_uploaded($1::uuid, $2::bigint, $3, $4, $5)",
-                    5, params) != 0) {
-        fm_req_resume(r);
+    if (fm_pg_call_with(r, m, on_marked,
+                        "SELECT outcome, coalesce(job_id::text, ''), coalesce(file_id::text, '') "
+                        "FROM fm_upload_mark_uploaded($1::uuid, $2::bigint, $3, $4, $5)",
+                        5, params) != 0) {
         free(m);
         fm_reply_unavailable(r, "the database");
     }

@@ -346,10 +346,8 @@ static int invoke_once(runtime_t *rt, fm_lambda_handler_fn handler, void *ud)
     invocation_headers_t headers = {0};
     long status = 0;
     int rc = stop_pending() ? 1 : get_next(rt, &event, &headers, &status);
-    if (rc != 0) {
-        rc = rc == 1 ? 1 : -1;
+    if (rc != 0) /* 1: a stop signal, -1: the runtime API unreachable; fm_lambda_run tells them apart */
         goto out;
-    }
     rc = -1;
     if (status != 200) {
         fm_error("lambda: GET /invocation/next answered %ld: %.300s", status, event.data != NULL ? event.data : "");
