@@ -69,7 +69,7 @@ static const var_t vars[] = {
     STR("FM_S3_PUBLIC_ENDPOINT", FM_SVC_CONTROL, "", 0, s3_public_endpoint, "S3 endpoint as clients reach it, in presigned URLs (default FM_S3_ENDPOINT)"),
     SECRET("FM_DATABASE_URL", FM_SVC_CONTROL | FM_SVC_WORKER, NULL, 1, database_url, "libpq connection string of PostgreSQL"),
     INT("FM_PG_POOL_SIZE", FM_SVC_CONTROL | FM_SVC_WORKER, "4", 1, 64, pg_pool_size, "PostgreSQL connections per event-loop thread"),
-    INT("FM_PG_PREPARED", FM_SVC_CONTROL, "1", 0, 1, pg_prepared, "1 = the hot statements (the records' batch insert, the user and file reads) are prepared once per connection; 0 = every statement unnamed (behind PgBouncer < 1.21 in transaction mode)"),
+    INT("FM_PG_PREPARED", FM_SVC_CONTROL, "1", 0, 1, pg_prepared, "1 = the hot statements (the records' batch insert; the user, session, file and upload reads) are prepared once per connection; 0 = every statement unnamed (behind PgBouncer < 1.21 in transaction mode)"),
     INT("FM_PG_TIMEOUT_MS", FM_SVC_CONTROL | FM_SVC_WORKER, "5000", 10, 600000, pg_timeout_ms, "Per-query timeout (503 after it)"),
     SECRET("FM_REDIS_URL", FM_SVC_ALL, NULL, 1, redis_url, "redis://[:password@]host:port[/db]"),
     INT("FM_REDIS_POOL_SIZE", FM_SVC_ALL, "2", 1, 64, redis_pool_size, "Redis connections per event-loop thread"),

@@ -631,7 +631,7 @@ static void on_session_checked(redisReply *reply, const char *errstr, void *data
     if (reply->type == REDIS_REPLY_NIL) {
         /* Not cached (expired from Redis, or Redis lost its data): PostgreSQL decides and the cache is refilled. */
         const char *params[] = {check->principal.session_id};
-        fm_pg_call(r, on_session_loaded,
+        fm_pg_call_prepared(r, on_session_loaded,
                 "SELECT s.user_id, u.role, GREATEST(1, extract(epoch FROM s.expires_at - now())::bigint) "
                 "FROM sessions s JOIN users u ON u.id = s.user_id "
                 "WHERE s.id = $1::uuid AND s.revoked_at IS NULL AND s.expires_at > now() AND u.disabled_at IS NULL",

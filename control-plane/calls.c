@@ -5,14 +5,28 @@
 #include "control.h"
 #include "log.h"
 
-int fm_pg_call_with(fm_req_t *r, void *ctx, fm_pg_cb cb, const char *sql, int nparams, const char *const *params)
+static int pg_call(fm_req_t *r, void *ctx, fm_pg_cb cb, const char *sql, int nparams, const char *const *params,
+                   int prepared)
 {
+    fm_pg_t *pg = fm_control_thread(r)->pg;
     fm_req_hold(r);
-    if (fm_pg_query(fm_control_thread(r)->pg, cb, ctx, sql, nparams, params) != 0) {
+    if ((prepared ? fm_pg_query_prepared(pg, cb, ctx, sql, nparams, params)
+                  : fm_pg_query(pg, cb, ctx, sql, nparams, params)) != 0) {
         fm_req_resume(r); /* refused at once (shutting down): no callback will come */
         return -1;
     }
     return 0;
+}
+
+int fm_pg_call_with(fm_req_t *r, void *ctx, fm_pg_cb cb, const char *sql, int nparams, const char *const *params)
+{
+    return pg_call(r, ctx, cb, sql, nparams, params, 0);
+}
+
+int fm_pg_call_prepared_with(fm_req_t *r, void *ctx, fm_pg_cb cb, const char *sql, int nparams,
+                             const char *const *params)
+{
+    return pg_call(r, ctx, cb, sql, nparams, params, 1);
 }
 
 int fm_redis_call_with(fm_req_t *r, void *ctx, fm_redis_cb cb, int argc, const char **argv)
@@ -33,11 +47,8 @@ void fm_pg_call(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const ch
 
 void fm_pg_call_prepared(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params)
 {
-    fm_req_hold(r);
-    if (fm_pg_query_prepared(fm_control_thread(r)->pg, cb, r, sql, nparams, params) != 0) {
-        fm_req_resume(r);
+    if (pg_call(r, r, cb, sql, nparams, params, 1) != 0)
         fm_reply_unavailable(r, "the database");
-    }
 }
 
 void fm_redis_call(fm_req_t *r, fm_redis_cb cb, int argc, const char **argv)

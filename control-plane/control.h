@@ -73,13 +73,17 @@ void fm_auth_require(fm_req_t *r, void (*next)(fm_req_t *r, const fm_principal_t
 /* Calls on behalf of a request (calls.c): each holds r; its callback starts with fm_req_resume(). */
 void fm_pg_call(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params);
 void fm_redis_call(fm_req_t *r, fm_redis_cb cb, int argc, const char **argv);
-/** fm_pg_call for a hot statement: `sql` a constant string, prepared once per connection (fm_pg_query_prepared). */
+/** fm_pg_call for a hot statement: `sql` a string literal or a static constant (its address is its identity),
+ *  prepared once per connection (fm_pg_query_prepared). */
 void fm_pg_call_prepared(fm_req_t *r, fm_pg_cb cb, const char *sql, int nparams, const char *const *params);
 /** The same with the caller's context: cb gets `ctx` (which must lead back to r, for the callback's fm_req_resume),
  *  and a call refused at once (shutting down) returns -1 with r no longer held and nothing answered: what a refusal
  *  means is the caller's (an answer, or carrying on as jobs.c does). 0 when the call is on its way. */
 int fm_pg_call_with(fm_req_t *r, void *ctx, fm_pg_cb cb, const char *sql, int nparams, const char *const *params);
 int fm_redis_call_with(fm_req_t *r, void *ctx, fm_redis_cb cb, int argc, const char **argv);
+/** fm_pg_call_with for a hot statement (as fm_pg_call_prepared). */
+int fm_pg_call_prepared_with(fm_req_t *r, void *ctx, fm_pg_cb cb, const char *sql, int nparams,
+                             const char *const *params);
 /** GET `key`, answered from the thread's tracked copy when it holds one (then cb runs before this returns). */
 void fm_redis_get_cached(fm_req_t *r, fm_redis_cb cb, const char *key);
 /** Runs work(r) on the offload pool, then done(r) on r's loop; answers 503 naming `what` if the pool is full. */

@@ -260,7 +260,7 @@ static void load_row(fm_req_t *r, void *arg)
     }
     /* Not fm_pg_call: a refused query must also leave the slot, and no one can have joined it yet. */
     const char *params[] = {s->id};
-    if (fm_pg_call_with(r, r, on_loaded, strcmp(s->kind, "file") == 0 ? file_sql : job_sql, 1, params) != 0) {
+    if (fm_pg_call_prepared_with(r, r, on_loaded, strcmp(s->kind, "file") == 0 ? file_sql : job_sql, 1, params) != 0) {
         if (s->slot != NULL)
             *s->slot = NULL;
         s->slot = NULL;

@@ -444,7 +444,7 @@ static void on_ensure_read(redisReply *reply, const char *errstr, void *data)
     if (fm_records_file_id(reply) != NULL)
         snprintf(e->file_key, sizeof(e->file_key), "fm:recf:{%s}", fm_records_file_id(reply));
     const char *params[] = {json.base};
-    int rc = fm_pg_call_with(e->r, e, on_ensure_inserted, fm_records_insert_sql, 1, params);
+    int rc = fm_pg_call_prepared_with(e->r, e, on_ensure_inserted, fm_records_insert_sql, 1, params);
     free(json.base);
     if (rc != 0) {
         fm_reply_unavailable(e->r, "the database");

@@ -152,7 +152,7 @@ static void load_upload_row(fm_req_t *r, void *arg)
 {
     fm_upload_state_t *s = r->state;
     const char *params[] = {s->upload_id, s->principal->user_id};
-    fm_pg_call(r, on_upload_loaded,
+    fm_pg_call_prepared(r, on_upload_loaded,
                "SELECT id, file_id, object_key, size, content_type, method, coalesce(s3_upload_id, ''),"
                " coalesce(part_size, 0), coalesce(part_count, 0), status "
                "FROM uploads WHERE id = $1::uuid AND owner_id = $2::uuid",
