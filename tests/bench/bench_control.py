@@ -198,6 +198,9 @@ def redis_per_request(before, after, requests_done):
     return [r for r in rows if r[1][1] >= 0.05]
 
 
+PRESIGN_TARGET = 0.35  # DESIGN.md §8 (revised): POST /v1/uploads ÷ /healthz, HTTP/1.1, same run
+
+
 def start_perf(folder, name):
     """perf record of the whole machine (every process of the request's path) until stop_perf."""
     Path(folder).mkdir(parents=True, exist_ok=True)
@@ -741,13 +744,14 @@ def render(meta, rows, servers, logins, hash_ms, notes, first_answers=()):
     if up:
         add("#### `POST /v1/uploads` against DESIGN.md §8")
         add("")
-        add("§8: HTTP/1.1 keep-alive, 64 connections: ≥ 60 % of the same server's `/healthz` req/s in the same run, "
-            "p99 ≤ 10 ms; HTTP/2 ≥ the HTTP/1.1 figure. The first answer of each kind, checked before any load:")
+        add("§8 (revised): the presign over HTTP/1.1 keep-alive, 64 connections: ≥ 35 % of the same server's "
+            "`/healthz` req/s in the same run, p99 ≤ 10 ms; HTTP/2 ≥ the HTTP/1.1 figure (the dedupe hit is held to "
+            "the same bar here). The first answer of each kind, checked before any load:")
         add("")
         for f in first_answers:
             add(f"- FM_THREADS={f['threads']}, {f['kind']}: {'ok' if f['ok'] else '**WRONG**'} — {f['desc']}")
         add("")
-        add("| FM_THREADS | tool | protocol | case | req/s | ÷ `/healthz` (≥ 60 %) | p99 ms (≤ 10) | "
+        add("| FM_THREADS | tool | protocol | case | req/s | ÷ `/healthz` (≥ 35 %) | p99 ms (≤ 10) | "
             "÷ HTTP/1.1 (≥ 100 %) | rows written: files / uploads (answered) | in PostgreSQL after, s | verdict |")
         add("|---|---|---|---|---:|---:|---:|---:|---|---:|---|")
         for r in up:
@@ -761,7 +765,7 @@ def render(meta, rows, servers, logins, hash_ms, notes, first_answers=()):
             vs_h1 = r["rps"] / h1["rps"] if h1 and r["label"] != "h1" else None
             checks = []
             if ratio is not None:
-                checks.append("≥ 60 % " + ("met" if ratio >= 0.6 else "not met"))
+                checks.append("≥ 35 % " + ("met" if ratio >= PRESIGN_TARGET else "not met"))
             if r["label"] == "h1":
                 checks.append("p99 " + ("met" if r["p99_ms"] <= 10 else "not met"))
             if vs_h1 is not None:
