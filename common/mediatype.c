@@ -13,15 +13,16 @@ static int is_tchar(unsigned char c)
            (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
-/* Anything but visible ASCII, SP and HTAB: C0 controls (NUL, CR, LF…), DEL and every byte >= 0x80. */
+/* Anything but visible ASCII and SP: C0 controls (NUL, CR, LF, and HTAB too, see mediatype.h), DEL and every byte
+ * >= 0x80. */
 static int is_refused_byte(unsigned char c)
 {
-    return (c < 0x20 && c != '\t') || c >= 0x7f;
+    return c < 0x20 || c >= 0x7f;
 }
 
 static int is_ows(unsigned char c)
 {
-    return c == ' ' || c == '\t';
+    return c == ' ';
 }
 
 /* The end of the token at s[i..len). */
@@ -55,7 +56,7 @@ static fm_media_type_error_t parameter(const unsigned char *s, size_t len, size_
                 return FM_MEDIA_TYPE_UNTERMINATED;
             if (s[i] == '"')
                 break;
-            if (s[i] == '\\' && ++i >= len) /* quoted-pair: any HTAB/SP/VCHAR (controls were refused up front) */
+            if (s[i] == '\\' && ++i >= len) /* quoted-pair: any SP/VCHAR (the rest was refused up front) */
                 return FM_MEDIA_TYPE_UNTERMINATED;
         }
         *at = i + 1;
@@ -124,7 +125,7 @@ const char *fm_media_type_error_message(fm_media_type_error_t error)
     case FM_MEDIA_TYPE_TOO_LONG:
         return "the content type is longer than 127 bytes";
     case FM_MEDIA_TYPE_CONTROL:
-        return "the content type may hold only visible ASCII, spaces and tabs";
+        return "the content type may hold only visible ASCII and spaces";
     case FM_MEDIA_TYPE_BAD_TYPE:
         return "the content type must start with type/subtype";
     case FM_MEDIA_TYPE_BAD_SUBTYPE:

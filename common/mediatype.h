@@ -10,8 +10,10 @@
  *
  * Stricter than the RFC where a value we sign and store as sent gains nothing from leniency: no blank before the
  * type or after the last parameter, no empty parameter ("text/plain;"), no obs-text (bytes >= 0x80, whose meaning
- * depends on the client's header encoding), at most FM_MEDIA_TYPE_MAX_BYTES bytes and FM_MEDIA_TYPE_MAX_PARAMS
- * parameters. Matching is on the essence ("type/subtype", lower-cased: both are case-insensitive); parameters
+ * depends on the client's header encoding), no HTAB at all (OWS is SP only: Ceph RGW canonicalises a tab in a signed
+ * header otherwise than SigV4 signers do, so a PUT signed for "text/plain;\tcharset=utf-8" is refused with
+ * SignatureDoesNotMatch although the client sends exactly that header: measured against the stack's RGW), at most
+ * FM_MEDIA_TYPE_MAX_BYTES bytes and FM_MEDIA_TYPE_MAX_PARAMS parameters. Matching is on the essence ("type/subtype", lower-cased: both are case-insensitive); parameters
  * never change what a type is.
  *
  * Pure functions over bytes, no allocation, no global state: safe on any thread.
@@ -31,7 +33,7 @@ typedef enum fm_media_type_error {
     FM_MEDIA_TYPE_OK = 0,
     FM_MEDIA_TYPE_EMPTY,          /**< zero bytes */
     FM_MEDIA_TYPE_TOO_LONG,       /**< more than FM_MEDIA_TYPE_MAX_BYTES bytes */
-    FM_MEDIA_TYPE_CONTROL,        /**< a control character (NUL, CR, LF, DEL…) or a byte >= 0x80 */
+    FM_MEDIA_TYPE_CONTROL,        /**< a control character (NUL, CR, LF, HTAB, DEL…) or a byte >= 0x80 */
     FM_MEDIA_TYPE_BAD_TYPE,       /**< the type is not a token, or no "/" follows it */
     FM_MEDIA_TYPE_BAD_SUBTYPE,    /**< the subtype is not a token */
     FM_MEDIA_TYPE_BAD_PARAMETER,  /**< a parameter name is not a token, or has no "=" */

@@ -35,6 +35,7 @@ WITH_PARAMS = [
     'text/plain; charset="utf-8"',
     'application/json; profile="https://example.com/a; b=c"',
     'text/markdown; variant=GFM; x="say \\"hi\\""',
+    "text/plain  ;   charset=utf-8",
 ]
 
 
@@ -153,6 +154,7 @@ MALFORMED = [
     ("text/plain; x=\"a\u0001\"", 'text/plain; x="a"'),                      # a control character
     ("text/plain; charset=utf-8\r\nX-Amz-Acl: public-read", "text/plain; charset=utf-8"),  # header injection
     ("text/plain; x=\"caf\u00e9\"", 'text/plain; x="cafe"'),                 # non-ASCII
+    ("text/plain;\tcharset=utf-8", "text/plain; charset=utf-8"),             # a tab (RGW would refuse the PUT)
     ("text/plain;", "text/plain;a=b"),                                        # an empty parameter
     ("text/plain; charset=utf-8 ", "text/plain; charset=utf-8"),              # trailing blanks
     ("/plain; charset=utf-8", "text/plain; charset=utf-8"),                   # empty type

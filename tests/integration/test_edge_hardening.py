@@ -123,8 +123,8 @@ def test_active_types_are_never_served_as_live_documents(stack, s3, edge, signer
 # Content-Type on commas and keeps the last type it can parse. Before, the edge read only up to the first ';' or blank.
 TYPE_LISTS = [
     "text/plain; charset=utf-8, text/html", "text/plain ,text/html", "image/png;x=y,text/html",
-    'text/plain; charset="utf-8", text/html', "text/plain\t,text/html", "video/mp4; codecs=avc1,text/html",
-    'text/plain; x="a,text/html"', "text/plain;", "text/plain; charset",
+    'text/plain; charset="utf-8", text/html', "video/mp4; codecs=avc1,text/html", 'text/plain; x="a,text/html"',
+    "text/plain;", 'text/plain; x="unterminated',
 ]
 
 

@@ -56,7 +56,7 @@ static void test_parameters_and_blanks(void **state)
     expect_essence("text/plain; charset=utf-8", "text/plain", 4, 1);
     expect_essence("text/plain;charset=utf-8", "text/plain", 4, 1);
     expect_essence("text/plain ;charset=utf-8", "text/plain", 4, 1);
-    expect_essence("text/html \t;\t charset=utf-8", "text/html", 4, 1);
+    expect_essence("text/html  ;  charset=utf-8", "text/html", 4, 1);
     expect_essence("TEXT/HTML ;x=y", "text/html", 4, 1);
     expect_essence("multipart/form-data; boundary=----abc123", "multipart/form-data", 9, 1);
     expect_essence("text/plain; charset=utf-8; format=flowed; delsp=yes", "text/plain", 4, 3);
@@ -70,7 +70,6 @@ static void test_quoted_strings(void **state)
     expect_essence("text/plain; x=\"a; b=c, d\"", "text/plain", 4, 1);
     expect_essence("text/plain; x=\"say \\\"hi\\\"\"; y=z", "text/plain", 4, 2);
     expect_essence("text/plain; x=\"back\\\\slash\"", "text/plain", 4, 1);
-    expect_essence("text/plain; x=\"tab\there\"", "text/plain", 4, 1);
     expect_essence("text/plain; x=\"\\a\"", "text/plain", 4, 1); /* a quoted-pair may escape any VCHAR */
 }
 
@@ -127,6 +126,9 @@ static void test_controls_and_non_ascii_are_refused(void **state)
     CHECK_TYPE("text/pl\x7f" "ain", FM_MEDIA_TYPE_CONTROL);
     CHECK_TYPE("text/plain; x=\"caf\xc3\xa9\"", FM_MEDIA_TYPE_CONTROL);
     CHECK_TYPE("text/plain; x=\"\\\x01\"", FM_MEDIA_TYPE_CONTROL);
+    /* no HTAB, not even as OWS (RFC 9110 allows it): RGW and SigV4 signers canonicalise it differently */
+    CHECK_TYPE("text/plain;\tcharset=utf-8", FM_MEDIA_TYPE_CONTROL);
+    CHECK_TYPE("text/plain; x=\"a\tb\"", FM_MEDIA_TYPE_CONTROL);
 }
 
 static void test_bounds(void **state)
