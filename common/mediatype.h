@@ -5,7 +5,8 @@
  *   media-type = type "/" subtype *( OWS ";" OWS parameter )
  *   parameter  = token "=" ( token / quoted-string )             (RFC 9110 §5.6.6, without its empty `[ parameter ]`)
  *   token      = 1*tchar   tchar = "!#$%&'*+-.^_`|~", DIGIT, ALPHA
- *   quoted-string = DQUOTE *( qdtext / "\" ( HTAB / SP / VCHAR ) ) DQUOTE   qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E
+ *   quoted-string = DQUOTE *( qdtext / "\" ( HTAB / SP / VCHAR ) ) DQUOTE
+ *   qdtext     = HTAB / SP / %x21 / %x23-5B / %x5D-7E
  *   OWS        = *( SP / HTAB )
  *
  * Stricter than the RFC where a value we sign and store as sent gains nothing from leniency: no blank before the
@@ -13,8 +14,8 @@
  * depends on the client's header encoding), no HTAB at all (OWS is SP only: Ceph RGW canonicalises a tab in a signed
  * header otherwise than SigV4 signers do, so a PUT signed for "text/plain;\tcharset=utf-8" is refused with
  * SignatureDoesNotMatch although the client sends exactly that header: measured against the stack's RGW), at most
- * FM_MEDIA_TYPE_MAX_BYTES bytes and FM_MEDIA_TYPE_MAX_PARAMS parameters. Matching is on the essence ("type/subtype", lower-cased: both are case-insensitive); parameters
- * never change what a type is.
+ * FM_MEDIA_TYPE_MAX_BYTES bytes and FM_MEDIA_TYPE_MAX_PARAMS parameters. Matching is on the essence ("type/subtype",
+ * lower-cased: both are case-insensitive); parameters never change what a type is.
  *
  * Pure functions over bytes, no allocation, no global state: safe on any thread.
  */

@@ -123,7 +123,9 @@ static void test_controls_and_non_ascii_are_refused(void **state)
     CHECK_TYPE("text/plain\r\nX-Evil: 1", FM_MEDIA_TYPE_CONTROL);
     CHECK_TYPE("text/plain; x=\"a\nb\"", FM_MEDIA_TYPE_CONTROL);
     CHECK_TYPE("text/plain\0; x=y", FM_MEDIA_TYPE_CONTROL);
-    CHECK_TYPE("text/pl\x7f" "ain", FM_MEDIA_TYPE_CONTROL);
+    CHECK_TYPE("text/pl\x7f"
+               "ain",
+               FM_MEDIA_TYPE_CONTROL);
     CHECK_TYPE("text/plain; x=\"caf\xc3\xa9\"", FM_MEDIA_TYPE_CONTROL);
     CHECK_TYPE("text/plain; x=\"\\\x01\"", FM_MEDIA_TYPE_CONTROL);
     /* no HTAB, not even as OWS (RFC 9110 allows it): RGW and SigV4 signers canonicalise it differently */
