@@ -63,7 +63,7 @@ static const var_t vars[] = {
     INT("FM_RECORD_BACKLOG_MS", FM_SVC_CONTROL, "1000", 1, 3600000, record_backlog_ms, "Oldest age of a record held only in Redis; past it POST /v1/uploads writes through as above"),
     INT("FM_RECONCILE_INTERVAL_S", FM_SVC_CONTROL, "30", 1, 86400, reconcile_interval_s, "How often the reconciler runs: lists incoming/ (up to 10,000 keys a round) to find uploads whose event was lost and objects to delete, expires abandoned uploads"),
     INT("FM_TRASH_RETENTION_S", FM_SVC_CONTROL, "2592000", 1, 315360000, trash_retention_s, "A deleted file stays restorable in the trash this long (30 days); then the reconciler deletes its row, and its blob once no file references it"),
-    STR("FM_ALLOWED_CONTENT_TYPES", FM_SVC_CONTROL, FM_DEFAULT_CONTENT_TYPES, 1, allowed_content_types, "Content types accepted for uploads, comma-separated; * = any"),
+    STR("FM_ALLOWED_CONTENT_TYPES", FM_SVC_CONTROL, FM_DEFAULT_CONTENT_TYPES, 1, allowed_content_types, "Content types accepted for uploads (their type/subtype: parameters such as charset are allowed and kept), comma-separated; * = any"),
     STR("FM_CF_KEYS", FM_SVC_CONTROL, "", 0, cf_keys, "CloudFront key pairs that sign download URLs: Key-Pair-Id=private.pem, comma-separated; the first signs (rotation: put the new one first once fm-edge trusts it); empty = GET /v1/files/{id}/download answers 503 downloads_disabled"),
     INT("FM_DOWNLOAD_URL_TTL_S", FM_SVC_CONTROL, "300", 1, 604800, download_url_ttl_s, "Lifetime of signed download URLs (at most 7 days)"),
     STR("FM_S3_PUBLIC_ENDPOINT", FM_SVC_CONTROL, "", 0, s3_public_endpoint, "S3 endpoint as clients reach it, in presigned URLs (default FM_S3_ENDPOINT)"),

@@ -17,6 +17,7 @@
 
 #include "control.h"
 #include "log.h"
+#include "mediatype.h"
 #include "names.h"
 #include "uploads.h"
 
@@ -43,16 +44,18 @@ static int sha256_normalize(const char *in, char out[65])
     return 1;
 }
 
-static int content_type_allowed(const char *type)
+/* Matched on the essence (type/subtype, case-insensitive, common/mediatype.h): "text/plain; charset=utf-8" is a
+ * text/plain. The value itself is kept as sent: it is signed into the PUT and S3 stores it (docs/decisions.md). */
+static int content_type_allowed(const fm_media_type_t *type)
 {
     const char *list = fm_control->config.allowed_content_types;
-    size_t len = strlen(type);
+    size_t len = strlen(type->essence);
     if (strcmp(list, "*") == 0)
-        return len > 0 && len < 128 && strchr(type, '/') != NULL;
+        return 1;
     for (const char *p = list; *p != '\0';) {
         const char *comma = strchr(p, ',');
         size_t item = comma ? (size_t)(comma - p) : strlen(p);
-        if (item == len && strncasecmp(p, type, len) == 0)
+        if (item == len && strncasecmp(p, type->essence, len) == 0)
             return 1;
         p += item + (comma ? 1 : 0);
     }
@@ -305,8 +308,16 @@ int fm_upload_validate(fm_req_t *r, fm_upload_state_t *s, const char *name, doub
         fm_reply_error(r, 422, "invalid_size", "size must be a whole number of bytes, 0 or more");
         return -1;
     }
-    if (!content_type_allowed(type)) {
-        fm_reply_error(r, 415, "content_type_not_allowed", "content type %.100s is not accepted here", type);
+    /* 415 for a malformed value too, as before parameters were read: either way the type is not one we take */
+    fm_media_type_t media_type;
+    fm_media_type_error_t type_error = fm_media_type_parse(type, strlen(type), &media_type);
+    if (type_error != FM_MEDIA_TYPE_OK) {
+        fm_reply_error(r, 415, "content_type_not_allowed", "%s", fm_media_type_error_message(type_error));
+        return -1;
+    }
+    if (!content_type_allowed(&media_type)) {
+        fm_reply_error(r, 415, "content_type_not_allowed", "content type %.100s is not accepted here",
+                       media_type.essence);
         return -1;
     }
     if (!sha256_normalize(sha, s->sha256)) {

@@ -18,6 +18,7 @@
 
 #include "edge.h"
 #include "log.h"
+#include "mediatype.h"
 #include "qs.h"
 #include "metrics.h"
 
@@ -247,23 +248,6 @@ static const char csp_media[] = "default-src 'none'; media-src 'self'; style-src
 
 typedef enum { TYPE_ACTIVE, TYPE_PASSIVE, TYPE_MEDIA } type_class_t;
 
-/* The media type of a Content-Type value (before parameters), lower-cased into `out`; "" if it does not fit. */
-static void media_type(const char *value, char *out, size_t size)
-{
-    while (*value == ' ' || *value == '\t')
-        ++value;
-    size_t len = 0;
-    for (; value[len] != '\0' && value[len] != ';' && value[len] != ' ' && value[len] != '\t'; ++len) {
-        if (len + 1 >= size) {
-            out[0] = '\0';
-            return;
-        }
-        char c = value[len];
-        out[len] = c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c;
-    }
-    out[len] = '\0';
-}
-
 /* An allowlist, not a list of dangerous types: a type nobody thought of (text/xsl, application/vnd.…+xml,
  * multipart/x-mixed-replace, a malformed "image/png, text/html") is an attachment. */
 static type_class_t classify(const char *content_type)
@@ -283,20 +267,18 @@ static type_class_t classify(const char *content_type)
         "text/plain",
         "application/pdf",
     };
-    char type[128];
-    media_type(content_type, type, sizeof(type));
+    /* One valid media type (common/mediatype.h) or the worst case: a browser reads a Content-Type as a comma-separated
+     * list and takes the LAST type it can parse (Fetch "extract a MIME type"), so "text/plain; charset=utf-8,
+     * text/html" renders as HTML; a comma even inside a quoted parameter is not worth the risk of a reader that
+     * splits first. Parameters never make a type passive: "TEXT/HTML ;charset=utf-8" is text/html. */
+    char type[FM_MEDIA_TYPE_MAX_BYTES + 1];
+    if (strchr(content_type, ',') != NULL || fm_media_type_essence(content_type, type, sizeof(type)) != 0)
+        return TYPE_ACTIVE;
     for (size_t i = 0; i < sizeof(passive) / sizeof(passive[0]); ++i)
         if (strcmp(type, passive[i]) == 0)
             return TYPE_PASSIVE;
-    if (strncmp(type, "audio/", 6) == 0 || strncmp(type, "video/", 6) == 0) {
-        const char *sub = type + 6;
-        if (*sub == '\0')
-            return TYPE_ACTIVE;
-        for (; *sub != '\0'; ++sub) /* a token: "video/mp4,text/html" is not one */
-            if (!((*sub >= 'a' && *sub <= 'z') || (*sub >= '0' && *sub <= '9') || strchr("!#$%&'*+-.^_`|~", *sub)))
-                return TYPE_ACTIVE;
+    if (strncmp(type, "audio/", 6) == 0 || strncmp(type, "video/", 6) == 0) /* the subtype is a token (parsed) */
         return TYPE_MEDIA;
-    }
     return TYPE_ACTIVE;
 }
 

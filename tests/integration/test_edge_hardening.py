@@ -119,6 +119,26 @@ def test_active_types_are_never_served_as_live_documents(stack, s3, edge, signer
         key = put(stack, s3, SVG_XSS, content_type)  # a cold object again for the next query
 
 
+# What a browser reads as HTML although the value starts with a passive type: Fetch's "extract a MIME type" splits a
+# Content-Type on commas and keeps the last type it can parse. Before, the edge read only up to the first ';' or blank.
+TYPE_LISTS = [
+    "text/plain; charset=utf-8, text/html", "text/plain ,text/html", "image/png;x=y,text/html",
+    'text/plain; charset="utf-8", text/html', "video/mp4; codecs=avc1,text/html", 'text/plain; x="a,text/html"',
+    "text/plain;", 'text/plain; x="unterminated',
+]
+
+
+@pytest.mark.parametrize("content_type", TYPE_LISTS)
+def test_a_content_type_that_is_not_one_media_type_is_active(stack, s3, edge, signer, content_type):
+    """Anything but one valid media type (common/mediatype.h), parameters and all, is served as the worst case."""
+    key = put(stack, s3, SVG_XSS, content_type)
+    url = sign(signer, edge, key, query="disposition=inline&name=a.txt")
+    for attempt in ("cold", "hit"):
+        r = requests.get(url, timeout=30)
+        assert_not_live(r, (content_type, attempt))
+        assert r.content == SVG_XSS
+
+
 def test_public_urls_cannot_turn_an_svg_inline(stack, s3, edge):
     """/p/ URLs are unsigned: anyone can write disposition=inline. The served type decides, not the URL."""
     key = put(stack, s3, SVG_XSS, "image/svg+xml")

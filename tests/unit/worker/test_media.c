@@ -596,6 +596,9 @@ static void test_sniff_refuses_disguised_content(void **state)
     expect_sniff("page.jpg", html, sizeof(html) - 1, "image/jpeg", FM_STEP_QUARANTINE, "text/html",
                  "declared image/jpeg but the bytes are text/html");
     expect_sniff("page.bin", html, sizeof(html) - 1, "application/octet-stream", FM_STEP_QUARANTINE, "text/html", NULL);
+    /* HTML only declared as text (then served as the text/html it is): never as itself, parameters or not */
+    expect_sniff("page.html", html, sizeof(html) - 1, "text/html; charset=utf-8", FM_STEP_QUARANTINE, "text/html", NULL);
+    expect_sniff("page.png", html, sizeof(html) - 1, "image/png;charset=utf-8", FM_STEP_QUARANTINE, "text/html", NULL);
     expect_sniff("tool.pdf", python, sizeof(python) - 1, "application/pdf", FM_STEP_QUARANTINE, "text/x-script.python",
                  "declared application/pdf but the bytes are text/x-script.python");
     /* source code kept as text is text */
@@ -636,6 +639,11 @@ static void test_sniff_accepts_matching_content(void **state)
     expect_sniff("doc.pdf", NULL, 0, "", FM_STEP_OK, "application/pdf", NULL);
     expect_sniff("notes.txt", text, sizeof(text) - 1, "text/plain; charset=utf-8", FM_STEP_OK, "text/plain", NULL);
     expect_sniff("notes.txt", NULL, 0, "text/markdown", FM_STEP_OK, "text/plain", NULL);
+    /* parameters never change the family: the declared type/subtype is compared (issue 11 item 8) */
+    expect_sniff("notes.txt", NULL, 0, "TEXT/Plain ;charset=\"utf-8\"; format=flowed", FM_STEP_OK, "text/plain", NULL);
+    expect_sniff("big.jpg", NULL, 0, "Image/JPEG; q=1", FM_STEP_OK, "image/jpeg", NULL);
+    expect_sniff("notes.txt", NULL, 0, "application/pdf; charset=utf-8", FM_STEP_QUARANTINE, "text/plain",
+                 "declared application/pdf but the bytes are text/plain");
     expect_sniff("data.json", json, sizeof(json) - 1, "application/json", FM_STEP_OK, "application/json", NULL);
     expect_sniff("data.json", NULL, 0, "text/plain", FM_STEP_OK, "application/json", NULL);
     expect_sniff("table.csv", csv, sizeof(csv) - 1, "text/csv", FM_STEP_OK, "text/csv", NULL);
