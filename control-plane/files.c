@@ -61,25 +61,30 @@ static const char *const internal_fields[] = {"owner_id", "visibility", "storage
  * describe.c size is page 1 in points, not pixels: its variants give the pixel size). docs/decisions.md "Metadata in
  * the API".
  */
+/* one SQL fragment per line, as the query reads */
+/* clang-format off */
 #define EXIF_TEXT_MAX "64"
 #define NUMBER_SQL(field) "CASE jsonb_typeof(b.metadata->'" field "') WHEN 'number' THEN b.metadata->'" field "' END"
+#define IMAGE_NUMBER_SQL(field) "CASE WHEN b.content_type LIKE 'image/%' THEN " NUMBER_SQL(field) " END"
 #define EXIF_TEXT_SQL(field)                                                                                           \
     "CASE jsonb_typeof(b.metadata->'exif'->'" field "') WHEN 'string' THEN nullif(left(regexp_replace("                \
     "b.metadata->'exif'->>'" field "', '[[:cntrl:]]', '', 'g'), " EXIF_TEXT_MAX "), '') END"
+#define EXIF_DATETIME_SQL "b.metadata->'exif'->>'datetime'"
 #define METADATA_SQL                                                                                                   \
     "jsonb_strip_nulls(jsonb_build_object("                                                                            \
     " 'detected_type', b.content_type,"                                                                                \
-    " 'width', CASE WHEN b.content_type LIKE 'image/%' THEN " NUMBER_SQL("width") " END,"                             \
-    " 'height', CASE WHEN b.content_type LIKE 'image/%' THEN " NUMBER_SQL("height") " END,"                           \
-    " 'orientation', CASE WHEN b.content_type LIKE 'image/%' THEN " NUMBER_SQL("orientation") " END,"                 \
+    " 'width', " IMAGE_NUMBER_SQL("width") ","                                                                         \
+    " 'height', " IMAGE_NUMBER_SQL("height") ","                                                                       \
+    " 'orientation', " IMAGE_NUMBER_SQL("orientation") ","                                                             \
     " 'page_count', " NUMBER_SQL("pages") ","                                                                          \
     " 'duration', " NUMBER_SQL("duration") ","                                                                         \
     " 'encrypted', CASE WHEN b.metadata->'encrypted' = 'true' THEN true END,"                                          \
-    " 'camera', nullif(jsonb_strip_nulls(jsonb_build_object('make', " EXIF_TEXT_SQL("make") ","                       \
-    "   'model', " EXIF_TEXT_SQL("model") ")), '{}'),"                                                                 \
-    " 'taken_at', CASE WHEN jsonb_typeof(b.metadata->'exif'->'datetime') = 'string' AND b.metadata->'exif'->>'datetime'" \
-    "   ~ '^\\d{4}:(0[1-9]|1[0-2]):(0[1-9]|[12]\\d|3[01]) ([01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d$'"                           \
-    "   THEN regexp_replace(b.metadata->'exif'->>'datetime', '^(\\d{4}):(\\d\\d):(\\d\\d) ', '\\1-\\2-\\3T') END))"
+    " 'camera', nullif(jsonb_strip_nulls(jsonb_build_object("                                                          \
+    "   'make', " EXIF_TEXT_SQL("make") ", 'model', " EXIF_TEXT_SQL("model") ")), '{}'),"                              \
+    " 'taken_at', CASE WHEN jsonb_typeof(b.metadata->'exif'->'datetime') = 'string' AND " EXIF_DATETIME_SQL            \
+    "   ~ '^\\d{4}:(0[1-9]|1[0-2]):(0[1-9]|[12]\\d|3[01]) ([01]\\d|2[0-3]):[0-5]\\d:[0-5]\\d$'"                       \
+    "   THEN regexp_replace(" EXIF_DATETIME_SQL ", '^(\\d{4}):(\\d\\d):(\\d\\d) ', '\\1-\\2-\\3T') END))"
+/* clang-format on */
 
 static const char file_sql[] =
     "SELECT json_build_object('id', f.id, 'name', f.name, 'size', f.size, 'content_type', f.content_type,"
@@ -125,7 +130,7 @@ static _Thread_local parsed_row_t parsed_rows[PARSED_SLOTS];
 /* A variant's name or format as the worker wrote it, if it is one short word: [a-z0-9_-]{1,VARIANT_WORD_MAX}. */
 static int plain_word(const char *s)
 {
-    size_t len = strlen(s);
+    size_t len = s != NULL ? strlen(s) : 0;
     if (len == 0 || len > VARIANT_WORD_MAX)
         return 0;
     for (size_t i = 0; i < len; ++i)
@@ -145,6 +150,8 @@ static cJSON *shown_variants(const cJSON *stored)
     cJSON *list = cJSON_CreateArray();
     const cJSON *by_format, *entry;
     int count = 0;
+    if (!cJSON_IsObject(stored))
+        return list;
     cJSON_ArrayForEach(by_format, stored)
     {
         if (!cJSON_IsObject(by_format) || !plain_word(by_format->string))
@@ -236,7 +243,8 @@ static const parsed_row_t *parse_row(const char *key, const char *text, size_t l
 /* A GPS position as describe.c stores it, copied by field and range: {"lat", "lon"} in decimal degrees, or NULL. */
 static cJSON *shown_gps(const cJSON *stored)
 {
-    const cJSON *lat = cJSON_GetObjectItemCaseSensitive(stored, "lat"), *lon = cJSON_GetObjectItemCaseSensitive(stored, "lon");
+    const cJSON *lat = cJSON_GetObjectItemCaseSensitive(stored, "lat"),
+                *lon = cJSON_GetObjectItemCaseSensitive(stored, "lon");
     if (!cJSON_IsNumber(lat) || !cJSON_IsNumber(lon) || !(lat->valuedouble >= -90 && lat->valuedouble <= 90) ||
         !(lon->valuedouble >= -180 && lon->valuedouble <= 180))
         return NULL;
