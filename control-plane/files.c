@@ -4,7 +4,9 @@
  * key (uploads_complete.c, events.c, the worker); the TTL bounds what a lost delete can cost.
  * Only the owner sees a row; anyone else gets the same 404 as for a missing id.
  * A file's row also carries what the download route needs (visibility, the blob's storage_key and variants,
- * fm_file_row); GET /v1/files/{id} strips those internal fields, like the owner's id.
+ * fm_file_row); GET /v1/files/{id} strips those internal fields, like the owner's id, and shows `metadata` (an
+ * allow-list of blobs.metadata built in the row's SQL) and `variants` (what exists, without keys; fm_file_answer).
+ * The GPS position is never in the row: the owner's ?include=gps reads it for that request only (gps_sql).
  * Misses of one key on one thread share one PostgreSQL load (docs/decisions.md "Row loads are coalesced"): when the
  * key expires under load, its readers must not all queue a query at once.
  */
