@@ -180,6 +180,12 @@ void fm_reconcile_stop(reconcile_t *rc);
  */
 void fm_file_row(fm_req_t *r, const fm_principal_t *p, const char *id, size_t id_len,
                  void (*next)(fm_req_t *r, const cJSON *row, void *arg), void *arg);
+/**
+ * GET /v1/files/{id}'s answer built from a file row of fm_file_row (borrowed): the row without its internal fields,
+ * `metadata` ({} until READY) and `variants` (what exists of the blob's stored variants, [{name, format, width,
+ * height, size}], never their keys; [] until READY). Never GPS. The caller owns the result.
+ */
+cJSON *fm_file_answer(const cJSON *row);
 /** Frees what files.c keeps for the calling event-loop thread (its parsed rows); at the thread's end. */
 void fm_files_thread_dispose(void);
 /** Describes files.c's metrics (exposed at 0 from the start); once, before the threads start. */

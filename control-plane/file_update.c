@@ -83,11 +83,11 @@ static int parse_update(fm_req_t *r, update_t *u)
 /* GET /v1/files/{id}'s answer, plus the visibility just set (GET keeps it among its internal fields). */
 static void answer_row(fm_req_t *r, const cJSON *row, void *arg)
 {
-    static const char *const internal_fields[] = {"owner_id", "storage_key", "variants"};
     (void)arg;
-    cJSON *shown = cJSON_Duplicate(row, 1); /* the row is borrowed */
-    for (size_t i = 0; i < sizeof(internal_fields) / sizeof(internal_fields[0]); ++i)
-        cJSON_DeleteItemFromObjectCaseSensitive(shown, internal_fields[i]);
+    cJSON *shown = fm_file_answer(row); /* the row is borrowed */
+    const cJSON *visibility = cJSON_GetObjectItemCaseSensitive(row, "visibility");
+    if (cJSON_IsString(visibility))
+        cJSON_AddStringToObject(shown, "visibility", visibility->valuestring);
     fm_reply_json(r, 200, shown);
 }
 
