@@ -190,6 +190,8 @@ cJSON *fm_file_answer(const cJSON *row);
 void fm_files_thread_dispose(void);
 /** Describes files.c's metrics (exposed at 0 from the start); once, before the threads start. */
 void fm_files_describe_metrics(void);
+/** The owner's files or folders changed (tree.c): drops every cached listing page of the owner, fire and forget. */
+void fm_tree_changed(fm_control_thread_t *thread, const char *owner_id);
 /** A file or job id from the path, as the caches key it (lowercase) into `out`; answers 404 "no such {kind}" and
  *  returns -1 when it is no UUID. */
 int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char out[37]);
