@@ -541,6 +541,7 @@ static void on_me_loaded(PGresult *res, const char *errstr, void *data)
     cJSON_AddStringToObject(body, "created_at", PQgetvalue(res, 0, 4));
     cJSON_AddNumberToObject(body, "quota_bytes", atof(PQgetvalue(res, 0, 5)));
     cJSON_AddNumberToObject(body, "used_bytes", atof(PQgetvalue(res, 0, 6)));
+    cJSON_AddNumberToObject(body, "reserved_bytes", atof(PQgetvalue(res, 0, 8)));
     cJSON_AddStringToObject(body, "auth", p->source == FM_JWT_SOURCE_EXTERNAL ? "external" : "password");
     if (p->session_id[0] != '\0')
         cJSON_AddStringToObject(body, "session_id", p->session_id);
@@ -549,7 +550,7 @@ static void on_me_loaded(PGresult *res, const char *errstr, void *data)
 
 static const char me_sql[] = "SELECT id, email, role, display_name, "
                              "to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), quota_bytes, "
-                             "used_bytes, disabled_at IS NOT NULL "
+                             "used_bytes, disabled_at IS NOT NULL, reserved_bytes "
                              "FROM users WHERE id = $1";
 
 static void me_authorized(fm_req_t *r, const fm_principal_t *p)
