@@ -100,3 +100,12 @@ UPDATE users u SET used_bytes = t.used, reserved_bytes = t.reserved
 FROM (SELECT owner_id, sum(fm_used_part(status, size))::bigint AS used,
              sum(fm_reserved_part(status, size))::bigint AS reserved FROM files GROUP BY owner_id) t
 WHERE u.id = t.owner_id;
+
+-- The check of every path that charges an owner in PostgreSQL (a write-through upload, an upload into a folder, a
+-- multipart upload, a copy): whether used + reserved + p_extra fits the quota, with the owner's row locked until
+-- the caller's transaction ends, so two such charges of one owner run one after the other and cannot both pass.
+-- p_extra is the new row's size plus what Redis holds of the owner's records written behind (control-plane/quota.c).
+CREATE FUNCTION fm_quota_fits(p_owner uuid, p_extra bigint) RETURNS boolean
+LANGUAGE sql AS $$
+    SELECT used_bytes + reserved_bytes + p_extra <= quota_bytes FROM users WHERE id = p_owner FOR NO KEY UPDATE
+$$;
