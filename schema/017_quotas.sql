@@ -109,3 +109,15 @@ CREATE FUNCTION fm_quota_fits(p_owner uuid, p_extra bigint) RETURNS boolean
 LANGUAGE sql AS $$
     SELECT used_bytes + reserved_bytes + p_extra <= quota_bytes FROM users WHERE id = p_owner FOR NO KEY UPDATE
 $$;
+
+-- fm_quota_fits as a guard inside a statement: true, or the statement fails with SQLSTATE FMQ01, which the routes
+-- answer 413 quota_exceeded (control-plane/quota.c). An owner that no longer exists passes: the insert then fails
+-- on its own foreign key.
+CREATE FUNCTION fm_quota_take(p_owner uuid, p_size bigint) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF fm_quota_fits(p_owner, p_size) IS FALSE THEN
+        RAISE EXCEPTION 'the quota of % would be passed by % bytes', p_owner, p_size USING ERRCODE = 'FMQ01';
+    END IF;
+    RETURN true;
+END $$;
