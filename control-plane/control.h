@@ -226,6 +226,7 @@ void handle_file_get(fm_req_t *r);
 void handle_job_get(fm_req_t *r);
 void handle_file_download(fm_req_t *r);
 void handle_file_update(fm_req_t *r);
+void handle_file_copy(fm_req_t *r);
 void handle_file_delete(fm_req_t *r);
 void handle_file_restore(fm_req_t *r);
 void handle_admin_jobs(fm_req_t *r);

@@ -44,6 +44,7 @@ CREATE FUNCTION fm_records_insert(p_records json, OUT files_inserted bigint, OUT
 LANGUAGE plpgsql AS $$
 DECLARE
     rec jsonb;
+    asked text;
     f bigint;
     u bigint;
     tries integer;
@@ -63,6 +64,7 @@ BEGIN
     uploads_inserted := 0;
     FOR rec IN SELECT value FROM jsonb_array_elements(p_records::jsonb) LOOP
         tries := 0;
+        asked := rec->>'name';
         LOOP
             BEGIN
                 SELECT s.files_inserted, s.uploads_inserted INTO f, u
@@ -72,13 +74,15 @@ BEGIN
                 EXIT;
             EXCEPTION WHEN unique_violation THEN
                 GET STACKED DIAGNOSTICS violated = CONSTRAINT_NAME;
-                -- another transaction may take the free name between fm_free_name and the insert: ask again, boundedly
+                -- Another transaction (a batch of another flusher) may hold the free name uncommitted: once it
+                -- committed, ask again for the name the client asked for ("a (2).txt", never "a (1) (1).txt"),
+                -- boundedly.
                 IF violated IS DISTINCT FROM 'entry_names_pkey' OR tries >= 16 THEN
                     RAISE;
                 END IF;
                 tries := tries + 1;
                 -- records written behind have no folder (a folder upload is written through): the parent is the root
-                rec := jsonb_set(rec, '{name}', to_jsonb(fm_free_name((rec->>'owner')::uuid, NULL, rec->>'name')));
+                rec := jsonb_set(rec, '{name}', to_jsonb(fm_free_name((rec->>'owner')::uuid, NULL, asked)));
             END;
         END LOOP;
     END LOOP;
