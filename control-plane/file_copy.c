@@ -74,8 +74,8 @@ static int parse_copy(fm_req_t *r, copy_t *c)
     const char *on_conflict = NULL;
     for (cJSON *item = body->child; item != NULL && rc == 0; item = item->next) {
         if (strcmp(item->string, "name") == 0) {
-            fm_name_error_t error = cJSON_IsString(item) ? fm_name_check(item->valuestring, strlen(item->valuestring))
-                                                         : FM_NAME_OK;
+            fm_name_error_t error =
+                cJSON_IsString(item) ? fm_name_check(item->valuestring, strlen(item->valuestring)) : FM_NAME_OK;
             if (!cJSON_IsString(item)) {
                 fm_reply_error(r, 422, "invalid_field", "name must be a string");
                 rc = -1;
@@ -151,8 +151,9 @@ static void on_copied(PGresult *res, const char *errstr, void *data)
             run_copy(r, NULL);
             return;
         }
-        fm_reply_error(r, 409, "name_taken", "that name is already taken in that folder (on_conflict: \"rename\" "
-                                             "numbers it)");
+        fm_reply_error(r, 409, "name_taken",
+                       "that name is already taken in that folder (on_conflict: \"rename\" "
+                       "numbers it)");
         return;
     }
     if (fm_pg_failed(r, res, errstr))
@@ -179,9 +180,13 @@ static void run_copy(fm_req_t *r, void *arg)
 {
     (void)arg;
     copy_t *c = r->state;
-    const char *params[] = {c->id,           c->principal->user_id, c->move ? "move" : "stay",
-                            c->folder[0] ? c->folder : NULL, c->name[0] ? c->name : NULL,
-                            c->rename ? "rename" : "fail", c->copy_id};
+    const char *params[] = {c->id,
+                            c->principal->user_id,
+                            c->move ? "move" : "stay",
+                            c->folder[0] ? c->folder : NULL,
+                            c->name[0] ? c->name : NULL,
+                            c->rename ? "rename" : "fail",
+                            c->copy_id};
     fm_pg_call(r, on_copied, copy_sql, 7, params);
 }
 

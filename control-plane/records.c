@@ -48,6 +48,7 @@
 static const char *const record_fields[] = {RECORD_FIELDS};
 #define RECORD_FIELD_COUNT (sizeof(record_fields) / sizeof(record_fields[0]))
 #define FILE_ID_FIELD 2
+#define OWNER_FIELD 3
 
 /* The bound, shared by both request scripts: `now` (ms, Redis's clock) and full(pending, flushing, max, age_ms),
  * true when the backlog already holds `max` records or its oldest is `age_ms` old. */
@@ -348,13 +349,19 @@ const char *fm_records_file_id(const redisReply *reply)
     return reply->element[FILE_ID_FIELD]->len <= 36 ? reply->element[FILE_ID_FIELD]->str : NULL;
 }
 
+const char *fm_records_owner_id(const redisReply *reply)
+{
+    const redisReply *owner = reply->element[OWNER_FIELD];
+    return owner->type == REDIS_REPLY_STRING && owner->len <= 36 ? owner->str : NULL;
+}
+
 /* ---- fm_records_ensure: the one record a request needs, now ---------------------------------------------------- */
 
 typedef struct {
     fm_req_t *r;
     fm_records_next_fn next;
     void *arg;
-    char key[64], file_key[64];
+    char key[64], file_key[64], owner[37];
 } ensure_t;
 
 static int ensure_resume(ensure_t *e)
@@ -395,6 +402,8 @@ static void on_ensure_inserted(PGresult *res, const char *errstr, void *data)
      * the id from the backlog). */
     const char *argv[] = {"DEL", e->key, e->file_key};
     fm_redis_commandargv(fm_control_thread(e->r)->redis, fm_records_ignore_reply, NULL, e->file_key[0] ? 3 : 2, argv, NULL);
+    if (e->owner[0] != '\0') /* a new file in PostgreSQL: the owner's listings show it now */
+        fm_tree_changed(fm_control_thread(e->r), e->owner);
     ensure_finish(e);
 }
 
@@ -417,6 +426,8 @@ static void on_ensure_read(redisReply *reply, const char *errstr, void *data)
     fm_records_text_add(&json, "]", 1);
     if (fm_records_file_id(reply) != NULL)
         snprintf(e->file_key, sizeof(e->file_key), "fm:recf:{%s}", fm_records_file_id(reply));
+    if (fm_records_owner_id(reply) != NULL)
+        snprintf(e->owner, sizeof(e->owner), "%s", fm_records_owner_id(reply));
     const char *params[] = {json.base};
     int rc = fm_pg_call_prepared_with(e->r, e, on_ensure_inserted, fm_records_insert_sql, 1, params);
     free(json.base);

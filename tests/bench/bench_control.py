@@ -314,7 +314,8 @@ class Control:
         return self.proc.poll() is None
 
     def log_tail(self, n=20):
-        self.logfile.flush()
+        if not self.logfile.closed:  # after stop() too: the tail is what a failure report shows
+            self.logfile.flush()
         try:
             return "\n".join(self.logpath.read_text(errors="replace").splitlines()[-n:])
         except OSError:

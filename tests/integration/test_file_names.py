@@ -115,6 +115,7 @@ def test_upload_rename_written_behind_lands_with_a_free_name(fm):
     clashing records were set aside)."""
     user = fm.user("nm-behind")
     assert fm.post(user, "same.bin").status_code == 201  # a live file of that name, in PostgreSQL
+    generation = int(fm.redis("GET", f"fm:tgen:{{{user.id}}}") or 0)
     with flushers_held(fm, user):  # the records wait in Redis, and then go in one batch
         answers = [fm.post(user, "same.bin", on_conflict="rename") for _ in range(30)]
         for a in answers:
@@ -124,6 +125,8 @@ def test_upload_rename_written_behind_lands_with_a_free_name(fm):
     for a in answers:
         fm.wait_recorded(a.json()["file_id"])
     assert sorted(fm.names(user)) == sorted(["same.bin"] + [f"same ({i}).bin" for i in range(1, 31)])
+    # the flush told the owner's listings (fm_tree_changed) that new files are there
+    assert wait_for(lambda: int(fm.redis("GET", f"fm:tgen:{{{user.id}}}") or 0) > generation, timeout=5)
     assert fm.sql(f"SELECT count(*) FROM uploads WHERE owner_id = '{user.id}'") == "31"
     assert fm.redis("EXISTS", *[f"fm:rec:refused:{{{a.json()['upload_id']}}}" for a in answers]) == 0
     # what GET /v1/files/{id} shows is the settled name
