@@ -192,6 +192,9 @@ void fm_files_thread_dispose(void);
 void fm_files_describe_metrics(void);
 /** The owner's files or folders changed (tree.c): drops every cached listing page of the owner, fire and forget. */
 void fm_tree_changed(fm_control_thread_t *thread, const char *owner_id);
+/** True when PostgreSQL refused a statement because a name is taken among the live siblings (tree.c): SQLSTATE 23505
+ *  on entry_names_pkey (schema/012_tree.sql), which the routes answer 409 name_taken or retry under a free name. */
+int fm_pg_name_taken(const PGresult *res);
 /** A file or job id from the path, as the caches key it (lowercase) into `out`; answers 404 "no such {kind}" and
  *  returns -1 when it is no UUID. */
 int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char out[37]);
@@ -223,6 +226,7 @@ void handle_file_get(fm_req_t *r);
 void handle_job_get(fm_req_t *r);
 void handle_file_download(fm_req_t *r);
 void handle_file_update(fm_req_t *r);
+void handle_file_copy(fm_req_t *r);
 void handle_file_delete(fm_req_t *r);
 void handle_file_restore(fm_req_t *r);
 void handle_admin_jobs(fm_req_t *r);

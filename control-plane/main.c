@@ -34,6 +34,7 @@ static const fm_route_t routes[] = {
     {"PATCH", "/v1/files/{id}", handle_file_update},
     {"DELETE", "/v1/files/{id}", handle_file_delete},
     {"POST", "/v1/files/{id}/restore", handle_file_restore},
+    {"POST", "/v1/files/{id}/copy", handle_file_copy},
     {"GET", "/v1/files/{id}/download", handle_file_download},
     {"GET", "/v1/jobs/{id}", handle_job_get},
     {"GET", "/v1/admin/jobs", handle_admin_jobs},

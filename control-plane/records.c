@@ -48,6 +48,7 @@
 static const char *const record_fields[] = {RECORD_FIELDS};
 #define RECORD_FIELD_COUNT (sizeof(record_fields) / sizeof(record_fields[0]))
 #define FILE_ID_FIELD 2
+#define OWNER_FIELD 3
 
 /* The bound, shared by both request scripts: `now` (ms, Redis's clock) and full(pending, flushing, max, age_ms),
  * true when the backlog already holds `max` records or its oldest is `age_ms` old. */
@@ -94,37 +95,11 @@ static const char probe_script[] = BOUND_LUA "local h = redis.call('HMGET', KEYS
                                              "return kind\n";
 static char probe_script_sha[41];
 
-/* One statement inserts a batch, given as a JSON array of records (every value a JSON string). A record whose owner
- * is gone is dropped; a dedupe whose blob the owner no longer holds becomes a FAILED file (the Redis index was stale)
- * rather than a lost one. */
-const char fm_records_insert_sql[] =
-    "WITH r AS ("
-    "  SELECT t.* FROM json_to_recordset($1::json) AS t(kind text, upload_id uuid, file_id uuid, owner uuid,"
-    "    name text, size bigint, type text, sha256 text, key text, expires bigint, created bigint)"
-    "  WHERE EXISTS (SELECT 1 FROM users u WHERE u.id = t.owner)), "
-    /* which (owner, blob) pairs of the batch's dedupes still hold: once per pair, not once per row */
-    "held AS ("
-    "  SELECT DISTINCT r.owner, b.sha256, b.size FROM r JOIN blobs b ON b.sha256 = decode(r.sha256, 'hex') AND b.size = r.size"
-    "  WHERE r.kind = 'dedupe' AND EXISTS (SELECT 1 FROM files o WHERE o.owner_id = r.owner"
-    "    AND o.blob_sha256 = b.sha256 AND o.status = 'READY' AND o.deleted_at IS NULL)), "
-    "f AS ("
-    "  INSERT INTO files (id, owner_id, name, size, content_type, claimed_sha256, blob_sha256, status,"
-    "                     status_reason, created_at, updated_at)"
-    "  SELECT r.file_id, r.owner, r.name, r.size, r.type, decode(r.sha256, 'hex'), b.sha256,"
-    "    (CASE WHEN r.kind = 'upload' THEN 'PENDING_UPLOAD' WHEN b.sha256 IS NOT NULL THEN 'READY'"
-    "          ELSE 'FAILED' END)::file_status,"
-    "    CASE WHEN r.kind = 'dedupe' AND b.sha256 IS NULL THEN 'the deduplicated content is no longer stored' END,"
-    "    to_timestamp(r.created / 1000.0), to_timestamp(r.created / 1000.0)"
-    "  FROM r LEFT JOIN held b ON r.kind = 'dedupe' AND b.owner = r.owner AND b.sha256 = decode(r.sha256, 'hex')"
-    "    AND b.size = r.size"
-    "  ON CONFLICT (id) DO NOTHING RETURNING id), "
-    "u AS ("
-    "  INSERT INTO uploads (id, file_id, owner_id, object_key, size, content_type, claimed_sha256, method,"
-    "                       expires_at, created_at)"
-    "  SELECT r.upload_id, r.file_id, r.owner, r.key, r.size, r.type, decode(r.sha256, 'hex'), 'PUT',"
-    "    to_timestamp(r.expires), to_timestamp(r.created / 1000.0)"
-    "  FROM r WHERE r.kind = 'upload' ON CONFLICT (id) DO NOTHING RETURNING id) "
-    "SELECT (SELECT count(*) FROM f), (SELECT count(*) FROM u)";
+/* One statement inserts a batch, given as a JSON array of records (every value a JSON string): schema/015_names.sql.
+ * A record whose owner is gone is dropped; a dedupe whose blob the owner no longer holds becomes a FAILED file (the
+ * Redis index was stale) rather than a lost one; a name already taken (only on_conflict=rename records are written
+ * behind) takes fm_free_name's, so a name never fails a batch. */
+const char fm_records_insert_sql[] = "SELECT files_inserted, uploads_inserted FROM fm_records_insert($1::json)";
 
 void fm_records_ignore_reply(redisReply *reply, const char *errstr, void *data)
 {
@@ -374,13 +349,19 @@ const char *fm_records_file_id(const redisReply *reply)
     return reply->element[FILE_ID_FIELD]->len <= 36 ? reply->element[FILE_ID_FIELD]->str : NULL;
 }
 
+const char *fm_records_owner_id(const redisReply *reply)
+{
+    const redisReply *owner = reply->element[OWNER_FIELD];
+    return owner->type == REDIS_REPLY_STRING && owner->len <= 36 ? owner->str : NULL;
+}
+
 /* ---- fm_records_ensure: the one record a request needs, now ---------------------------------------------------- */
 
 typedef struct {
     fm_req_t *r;
     fm_records_next_fn next;
     void *arg;
-    char key[64], file_key[64];
+    char key[64], file_key[64], owner[37];
 } ensure_t;
 
 static int ensure_resume(ensure_t *e)
@@ -421,6 +402,8 @@ static void on_ensure_inserted(PGresult *res, const char *errstr, void *data)
      * the id from the backlog). */
     const char *argv[] = {"DEL", e->key, e->file_key};
     fm_redis_commandargv(fm_control_thread(e->r)->redis, fm_records_ignore_reply, NULL, e->file_key[0] ? 3 : 2, argv, NULL);
+    if (e->owner[0] != '\0') /* a new file in PostgreSQL: the owner's listings show it now */
+        fm_tree_changed(fm_control_thread(e->r), e->owner);
     ensure_finish(e);
 }
 
@@ -443,6 +426,8 @@ static void on_ensure_read(redisReply *reply, const char *errstr, void *data)
     fm_records_text_add(&json, "]", 1);
     if (fm_records_file_id(reply) != NULL)
         snprintf(e->file_key, sizeof(e->file_key), "fm:recf:{%s}", fm_records_file_id(reply));
+    if (fm_records_owner_id(reply) != NULL)
+        snprintf(e->owner, sizeof(e->owner), "%s", fm_records_owner_id(reply));
     const char *params[] = {json.base};
     int rc = fm_pg_call_prepared_with(e->r, e, on_ensure_inserted, fm_records_insert_sql, 1, params);
     free(json.base);

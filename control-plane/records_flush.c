@@ -62,6 +62,7 @@ static const char take_script[] =
  * in by fm_records_ensure, or expired). */
 typedef struct {
     char *id, *file_id, *json; /* file_id and json NULL: the record was gone */
+    char *owner_id;            /* for fm_tree_changed once the record is in PostgreSQL; NULL when gone */
     int aside;                 /* PostgreSQL refused it on its own: kept as fm:rec:refused:{id} */
 } batch_record_t;
 
@@ -102,6 +103,7 @@ static void batch_end(batch_t *b)
         free(b->recs[i].id);
         free(b->recs[i].file_id);
         free(b->recs[i].json);
+        free(b->recs[i].owner_id);
     }
     free(b->recs);
     b->recs = NULL;
@@ -143,6 +145,16 @@ static void forget_batch(batch_t *b)
     }
     for (int i = 0; i < nkeys; ++i)
         del[ndel++] = keys[i];
+    /* New files in PostgreSQL: their owners' listings show them now (fm_tree_changed: one INCR per owner of the
+     * batch; a batch is usually one or a few owners, so consecutive repeats are skipped). */
+    const char *last_owner = NULL;
+    for (size_t i = 0; i < b->count; ++i) {
+        const char *owner = b->recs[i].owner_id;
+        if (owner != NULL && !b->recs[i].aside && (last_owner == NULL || strcmp(owner, last_owner) != 0))
+            fm_tree_changed((fm_control_thread_t *)b->f->thread->data, owner);
+        if (owner != NULL)
+            last_owner = owner;
+    }
     fm_redis_t *redis = flusher_redis(b->f);
     if (ndel > 1)
         fm_redis_commandargv(redis, fm_records_ignore_reply, NULL, ndel, del, NULL);
@@ -315,8 +327,10 @@ static void on_batch_taken(redisReply *reply, const char *errstr, void *data)
         size_t at = json.len + (b->read > 0); /* after the comma */
         if (fm_records_json_add(&json, records->element[i])) {
             const char *file_id = fm_records_file_id(records->element[i]);
+            const char *owner_id = fm_records_owner_id(records->element[i]);
             if ((rec->json = strndup(json.base + at, json.len - at)) == NULL ||
-                (file_id != NULL && (rec->file_id = strdup(file_id)) == NULL))
+                (file_id != NULL && (rec->file_id = strdup(file_id)) == NULL) ||
+                (owner_id != NULL && (rec->owner_id = strdup(owner_id)) == NULL))
                 h2o_fatal("out of memory");
             b->read++;
         }

@@ -32,6 +32,9 @@ int fm_records_json_add(fm_records_text_t *t, const redisReply *reply);
 /** The file id of a record read by fm_records_json_add (which checked it is there), or NULL. */
 const char *fm_records_file_id(const redisReply *reply);
 
+/** The owner id of a record read by fm_records_json_add, or NULL (for fm_tree_changed once it is in PostgreSQL). */
+const char *fm_records_owner_id(const redisReply *reply);
+
 /** One statement inserting a batch, $1 the JSON array of records; idempotent (ON CONFLICT DO NOTHING). */
 extern const char fm_records_insert_sql[];
 

@@ -7,10 +7,22 @@
  * fm_tree_changed after PostgreSQL committed, as it DELs fm:file:{id}: fire and forget on the thread's Redis pool.
  * A lost INCR leaves a listing at most its cache TTL old.
  */
+#include <string.h>
+
 #include "control.h"
 
 static void ignore_reply(redisReply *reply, const char *errstr, void *data)
 {
+}
+
+int fm_pg_name_taken(const PGresult *res)
+{
+    if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR)
+        return 0;
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    const char *constraint = PQresultErrorField(res, PG_DIAG_CONSTRAINT_NAME);
+    return state != NULL && strcmp(state, "23505") == 0 && constraint != NULL &&
+           strcmp(constraint, "entry_names_pkey") == 0;
 }
 
 void fm_tree_changed(fm_control_thread_t *thread, const char *owner_id)

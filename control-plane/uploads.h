@@ -34,6 +34,11 @@ struct fm_upload_state {
     fm_upload_loaded_fn loaded;
     fm_upload_mode_t mode;
     int uppy; /* answer in Companion's shapes (uppy.c) */
+    /* on_conflict (docs/uploads.md): 0 = fail, the default: the row goes to PostgreSQL before the answer (409
+     * name_taken); 1 = rename: written behind where it can be, the name settled when the row lands */
+    int rename;
+    int name_tries;   /* write-through inserts that met a name taken meanwhile (rename retries a few times) */
+    int name_settled; /* s->name is the file's name in PostgreSQL: the answer says it */
     char uppy_key[80];
 };
 
@@ -64,6 +69,9 @@ void fm_upload_list_parts_loaded(fm_req_t *r, fm_upload_state_t *s);
 /** Checks the fields of a new upload and copies them into s; answers 4xx and returns -1 when one is bad. */
 int fm_upload_validate(fm_req_t *r, fm_upload_state_t *s, const char *name, double size, const char *type,
                        const char *sha, const char *folder);
+
+/** Reads on_conflict ("fail" | "rename"; NULL = fail) into s; answers 422 invalid_field and returns -1 otherwise. */
+int fm_upload_on_conflict(fm_req_t *r, fm_upload_state_t *s, const char *value);
 
 /** Creates the upload (S3 multipart first if needed), records it, and answers 201 (or Uppy's shape). */
 void fm_upload_start(fm_req_t *r, fm_upload_state_t *s);

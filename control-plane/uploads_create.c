@@ -121,6 +121,8 @@ static void answer_created(fm_req_t *r, fm_upload_state_t *s)
     cJSON_AddStringToObject(body, "upload_id", s->upload_id);
     cJSON_AddStringToObject(body, "file_id", s->file_id);
     cJSON_AddBoolToObject(body, "deduplicated", 0);
+    if (s->name_settled)
+        cJSON_AddStringToObject(body, "name", s->name);
     cJSON_AddStringToObject(body, "expires_at", expires);
     if (s->s3_upload_id[0] == '\0') {
         if (add_put_url(r, s, body, ttl) != 0)
@@ -158,13 +160,37 @@ static void on_orphan_aborted(void *data)
     fm_req_resume(r);
 }
 
+static void record_upload(fm_req_t *r, fm_upload_state_t *s);
+
+/* A write-through insert met a name taken among the live siblings: with rename, fm_free_name chose a name another
+ * request took meanwhile, so it asks again (a few times); with fail, 409. Returns 1 when it handled `res`. */
+#define NAME_TRIES_MAX 4
+static int name_taken(fm_req_t *r, fm_upload_state_t *s, PGresult *res, void (*again)(fm_req_t *, fm_upload_state_t *),
+                      int *failed)
+{
+    if (!fm_pg_name_taken(res))
+        return 0;
+    if (s->rename && ++s->name_tries < NAME_TRIES_MAX) {
+        again(r, s);
+        return 1;
+    }
+    fm_reply_error(r, 409, "name_taken", "a file or folder named %s is already there (on_conflict: \"rename\" numbers it)",
+                   s->name);
+    *failed = 1;
+    return 0;
+}
+
 static void on_upload_recorded(PGresult *res, const char *errstr, void *data)
 {
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
     fm_upload_state_t *s = r->state;
-    int failed = fm_pg_failed(r, res, errstr);
+    int failed = 0;
+    if (name_taken(r, s, res, record_upload, &failed))
+        return;
+    if (!failed)
+        failed = fm_pg_failed(r, res, errstr);
     if (!failed && PQntuples(res) == 0) {
         fm_reply_error(r, 404, "folder_not_found", "no folder %s of yours", s->folder);
         failed = 1;
@@ -179,6 +205,9 @@ static void on_upload_recorded(PGresult *res, const char *errstr, void *data)
         return;
     }
     snprintf(s->file_id, sizeof(s->file_id), "%s", PQgetvalue(res, 0, 0));
+    snprintf(s->name, sizeof(s->name), "%s", PQgetvalue(res, 0, 1));
+    s->name_settled = 1;
+    fm_tree_changed(fm_control_thread(r), s->principal->user_id);
     answer_created(r, s);
 }
 
@@ -193,21 +222,25 @@ static void record_upload(fm_req_t *r, fm_upload_state_t *s)
     const char *params[] = {s->principal->user_id, s->folder[0] ? s->folder : NULL, s->name, size, s->content_type,
                             s->sha256, s->upload_id, multipart ? "MULTIPART" : "PUT",
                             s->part_count > 0 ? part_size : NULL, s->part_count > 0 ? part_count : NULL, ttl,
-                            multipart ? s->s3_upload_id : NULL, s->key};
+                            multipart ? s->s3_upload_id : NULL, s->key, s->rename ? "rename" : "fail"};
+    /* A folder in the trash takes no upload (404 folder_not_found, as someone else's). With rename the name is
+     * fm_free_name's (schema/012_tree.sql); the entry_names trigger still refuses one taken meanwhile (23505). */
     fm_pg_call(r, on_upload_recorded,
                "WITH f AS ("
                "  INSERT INTO files (owner_id, folder_id, name, size, content_type, claimed_sha256, status)"
-               "  SELECT $1::uuid, $2::uuid, $3, $4::bigint, $5, decode($6, 'hex'), 'PENDING_UPLOAD'"
-               "  WHERE $2::uuid IS NULL OR EXISTS (SELECT 1 FROM folders WHERE id = $2::uuid AND owner_id = $1::uuid)"
-               "  RETURNING id), "
+               "  SELECT $1::uuid, $2::uuid, CASE WHEN $14 = 'rename' THEN fm_free_name($1::uuid, $2::uuid, $3) ELSE $3 END,"
+               "         $4::bigint, $5, decode($6, 'hex'), 'PENDING_UPLOAD'"
+               "  WHERE $2::uuid IS NULL OR EXISTS (SELECT 1 FROM folders WHERE id = $2::uuid AND owner_id = $1::uuid"
+               "                                    AND deleted_at IS NULL)"
+               "  RETURNING id, name), "
                "u AS ("
                "  INSERT INTO uploads (id, file_id, owner_id, object_key, size, content_type, claimed_sha256, method,"
                "                       part_size, part_count, expires_at, s3_upload_id)"
                "  SELECT $7::uuid, f.id, $1::uuid, $13, $4::bigint, $5, decode($6, 'hex'), $8, $9::bigint,"
                "         $10::integer, now() + make_interval(secs => $11::integer), $12 FROM f"
                "  RETURNING file_id) "
-               "SELECT file_id FROM u",
-               13, params);
+               "SELECT u.file_id, f.name FROM u JOIN f ON f.id = u.file_id",
+               14, params);
 }
 
 static void create_multipart_work(void *data)
@@ -283,7 +316,7 @@ void fm_upload_start(fm_req_t *r, fm_upload_state_t *s)
         s->part_size = choose_part_size(s->size);
         s->part_count = (int)((s->size + s->part_size - 1) / s->part_size);
         fm_offload_call(r, create_multipart_work, on_multipart_created, "the object store");
-    } else if (fm_control->config.record_flush_ms > 0 && s->folder[0] == '\0') {
+    } else if (fm_control->config.record_flush_ms > 0 && s->folder[0] == '\0' && s->rename) {
         record_upload_behind(r, s);
     } else {
         record_upload(r, s); /* a folder's ownership is PostgreSQL's to check */
@@ -337,32 +370,50 @@ int fm_upload_validate(fm_req_t *r, fm_upload_state_t *s, const char *name, doub
     return 0;
 }
 
+int fm_upload_on_conflict(fm_req_t *r, fm_upload_state_t *s, const char *value)
+{
+    if (value == NULL || strcmp(value, "fail") == 0) {
+        s->rename = 0;
+    } else if (strcmp(value, "rename") == 0) {
+        s->rename = 1;
+    } else {
+        fm_reply_error(r, 422, "invalid_field", "on_conflict must be \"fail\" or \"rename\"");
+        return -1;
+    }
+    return 0;
+}
+
 /* ---- the dedupe decision -------------------------------------------------------------------------------------- */
 
 /* Dedupe: a new file record on a blob this owner already holds, verified by a worker. PostgreSQL decides (the
  * Redis index only says whether asking is worthwhile), and the size must match the blob's. The blob row is only
  * read, not updated: a popular blob must not serialise every dedupe on its row lock (blobs.ref_count is kept by the
  * cleanup jobs, which count the files that point at a blob). */
+static void try_dedupe(fm_req_t *r, fm_upload_state_t *s);
+
 static void on_dedupe_inserted(PGresult *res, const char *errstr, void *data)
 {
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
+    fm_upload_state_t *s = r->state;
+    int failed = 0;
+    if (name_taken(r, s, res, try_dedupe, &failed) || failed)
+        return;
     if (fm_pg_failed(r, res, errstr))
         return;
-    fm_upload_state_t *s = r->state;
     if (PQntuples(res) == 0) { /* the index was stale, or the size differs: upload the bytes */
         fm_upload_start(r, s);
         return;
     }
+    fm_tree_changed(fm_control_thread(r), s->principal->user_id);
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "file_id", PQgetvalue(res, 0, 0));
+    cJSON_AddStringToObject(body, "name", PQgetvalue(res, 0, 1));
     cJSON_AddBoolToObject(body, "deduplicated", 1);
     cJSON_AddStringToObject(body, "status", "READY");
     fm_reply_json(r, 200, body);
 }
-
-static void try_dedupe(fm_req_t *r, fm_upload_state_t *s);
 
 static void on_dedupe_stored(fm_req_t *r, fm_record_outcome_t outcome)
 {
@@ -400,18 +451,21 @@ static void try_dedupe(fm_req_t *r, fm_upload_state_t *s)
     char size[24];
     snprintf(size, sizeof(size), "%lld", s->size);
     const char *params[] = {s->principal->user_id, s->folder[0] ? s->folder : NULL, s->name, size, s->content_type,
-                            s->sha256};
+                            s->sha256, s->rename ? "rename" : "fail"};
+    /* No row (a folder not the caller's live one, or no blob): fm_upload_start decides, answering 404 for the folder. */
     fm_pg_call(r, on_dedupe_inserted,
                "WITH b AS ("
                "  SELECT sha256 FROM blobs"
                "  WHERE sha256 = decode($6, 'hex') AND size = $4::bigint AND EXISTS ("
                "    SELECT 1 FROM files WHERE owner_id = $1::uuid AND blob_sha256 = decode($6, 'hex')"
                "    AND status = 'READY' AND deleted_at IS NULL)"
-               "  AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM folders WHERE id = $2::uuid AND owner_id = $1::uuid))) "
+               "  AND ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM folders WHERE id = $2::uuid AND owner_id = $1::uuid"
+               "                                   AND deleted_at IS NULL))) "
                "INSERT INTO files (owner_id, folder_id, name, size, content_type, claimed_sha256, blob_sha256, status)"
-               "  SELECT $1::uuid, $2::uuid, $3, $4::bigint, $5, b.sha256, b.sha256, 'READY' FROM b "
-               "RETURNING id",
-               6, params);
+               "  SELECT $1::uuid, $2::uuid, CASE WHEN $7 = 'rename' THEN fm_free_name($1::uuid, $2::uuid, $3) ELSE $3 END,"
+               "         $4::bigint, $5, b.sha256, b.sha256, 'READY' FROM b "
+               "RETURNING id, name",
+               7, params);
 }
 
 static void on_dedupe_index_rebuilt(redisReply *reply, const char *errstr, void *data)
@@ -491,7 +545,8 @@ static void on_dedupe_index(redisReply *reply, const char *errstr, void *data)
     int built = reply->element[1]->type == REDIS_REPLY_STRING;
     char size[24];
     snprintf(size, sizeof(size), "%lld", s->size);
-    if (have_hash && strcmp(hash->str, size) == 0 && fm_control->config.record_flush_ms > 0 && s->folder[0] == '\0') {
+    if (have_hash && strcmp(hash->str, size) == 0 && fm_control->config.record_flush_ms > 0 && s->folder[0] == '\0' &&
+        s->rename) {
         dedupe_behind(r, s);
     } else if (have_hash) { /* another size, a folder to check, or no write-behind: PostgreSQL decides */
         try_dedupe(r, s);
@@ -560,6 +615,13 @@ static int parse_upload_request(fm_req_t *r, fm_upload_state_t *s)
         fm_reply_error(r, 422, "invalid_folder", "folder must be a folder id (UUID) or null");
         goto done;
     }
+    cJSON *on_conflict = cJSON_GetObjectItemCaseSensitive(body, "on_conflict");
+    if (on_conflict != NULL && !cJSON_IsString(on_conflict)) {
+        fm_reply_error(r, 422, "invalid_field", "on_conflict must be \"fail\" or \"rename\"");
+        goto done;
+    }
+    if (fm_upload_on_conflict(r, s, on_conflict != NULL ? on_conflict->valuestring : NULL) != 0)
+        goto done;
     rc = fm_upload_validate(r, s, name, size->valuedouble, type, sha,
                             cJSON_IsString(folder) ? folder->valuestring : NULL);
 done:
@@ -579,8 +641,9 @@ static void upload_create_authorized(fm_req_t *r, const fm_principal_t *p)
         return;
     char key[80];
     dedupe_key(key, sizeof(key), p->user_id);
+    /* Written behind only with on_conflict=rename: with fail the name must be checked before the answer. */
     if (fm_control->config.record_flush_ms > 0 && s->folder[0] == '\0' && s->mode == FM_UPLOAD_MODE_AUTO &&
-        s->size <= fm_control->config.multipart_threshold) {
+        s->size <= fm_control->config.multipart_threshold && s->rename) {
         probe_and_record(r, s, key);
         return;
     }

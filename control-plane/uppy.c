@@ -74,6 +74,10 @@ static void params_authorized(fm_req_t *r, const fm_principal_t *p)
     }
     int have_size = query_param(r, "metadata[size]", size, sizeof(size)) == 0;
     int have_sha = query_param(r, "metadata[sha256]", sha256, sizeof(sha256)) == 0;
+    char on_conflict[16]; /* docs/uploads.md: Uppy's meta may carry it (allowedMetaFields), as size and sha256 */
+    int have_on_conflict = query_param(r, "metadata[on_conflict]", on_conflict, sizeof(on_conflict)) == 0;
+    if (fm_upload_on_conflict(r, s, have_on_conflict ? on_conflict : NULL) != 0)
+        return;
     start_from_fields(r, s, filename, type, have_size ? size : NULL, have_sha ? sha256 : NULL);
 }
 
@@ -103,6 +107,11 @@ static void multipart_create_authorized(fm_req_t *r, const fm_principal_t *p)
     }
     cJSON *meta = cJSON_GetObjectItemCaseSensitive(body, "metadata");
     cJSON *size = cJSON_GetObjectItemCaseSensitive(meta, "size"), *sha = cJSON_GetObjectItemCaseSensitive(meta, "sha256");
+    cJSON *on_conflict = cJSON_GetObjectItemCaseSensitive(meta, "on_conflict");
+    if (fm_upload_on_conflict(r, s, cJSON_IsString(on_conflict) ? on_conflict->valuestring : NULL) != 0) {
+        cJSON_Delete(body);
+        return;
+    }
     char size_text[32];
     if (cJSON_IsNumber(size))
         snprintf(size_text, sizeof(size_text), "%.0f", size->valuedouble);

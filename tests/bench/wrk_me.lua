@@ -5,6 +5,9 @@
 --                    each request gets its own body: the "@SHA256@" in FM_BENCH_BODY is replaced by 64 fresh random
 --                    hex digits (math.random, seeded per wrk thread from FM_BENCH_SEED), so that every
 --                    `POST /v1/uploads` claims a new hash and takes the presign path, never the dedupe one.
+--   "@NAME@" in FM_BENCH_BODY (either mode) is replaced by 16 fresh random hex digits per request, so that every
+--                    upload has a name of its own: names are unique among siblings (on_conflict, docs/uploads.md),
+--                    and a load of one name would measure the numbering of copies, not the presign.
 -- At the end it prints one machine-readable line: FM_BENCH_JSON {...} with the request count, every error class and
 -- exact latency percentiles in microseconds (wrk's own --latency table rounds them).
 local token = os.getenv("FM_BENCH_TOKEN")
@@ -19,7 +22,9 @@ if body ~= nil and body ~= "" then
   wrk.headers["Content-Type"] = "application/json"
 end
 
-if os.getenv("FM_BENCH_RANDOM_SHA256") == "1" then
+local has_name = body ~= nil and body:find("@NAME@", 1, true) ~= nil
+local random_sha = os.getenv("FM_BENCH_RANDOM_SHA256") == "1"
+if random_sha or has_name then
   local threads = 0
   function setup(thread)
     threads = threads + 1
@@ -33,17 +38,27 @@ if os.getenv("FM_BENCH_RANDOM_SHA256") == "1" then
     for _ = 1, 10 do math.random() end
   end
 
-  local hex, fmt, rand, concat = {}, string.format, math.random, table.concat
+  local hex, name_hex, fmt, rand, concat = {}, {}, string.format, math.random, table.concat
   local prefix, suffix = body:match("^(.-)@SHA256@(.*)$")
-  if prefix == nil then
+  if random_sha and prefix == nil then
     error("FM_BENCH_RANDOM_SHA256=1 needs @SHA256@ in FM_BENCH_BODY")
   end
 
   function request()
-    for i = 1, 16 do
-      hex[i] = fmt("%04x", rand(0, 65535))
+    local b = body
+    if random_sha then
+      for i = 1, 16 do
+        hex[i] = fmt("%04x", rand(0, 65535))
+      end
+      b = prefix .. concat(hex) .. suffix
     end
-    return wrk.format(nil, nil, nil, prefix .. concat(hex) .. suffix)
+    if has_name then
+      for i = 1, 4 do
+        name_hex[i] = fmt("%04x", rand(0, 65535))
+      end
+      b = b:gsub("@NAME@", concat(name_hex), 1)
+    end
+    return wrk.format(nil, nil, nil, b)
   end
 end
 

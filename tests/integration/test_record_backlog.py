@@ -60,11 +60,13 @@ class BacklogFm(Fm):
         ids = ",".join(f"'{f}'" for f in file_ids)
         return int(self.sql(f"SELECT count(*) FROM files WHERE id IN ({ids})"))
 
-    def post_upload(self, user, name="backlog.bin"):
+    def post_upload(self, user, name=None):
+        # on_conflict=rename: the write-behind path these tests bound (the default, fail, writes every record
+        # through); distinct names: a clash is test_file_names.py's
         data = random_bytes(64)
         return self.call(user, "POST", "/v1/uploads", json={
-            "name": name, "size": len(data), "content_type": "application/octet-stream",
-            "sha256": secrets.token_hex(32)})
+            "name": name or f"backlog-{secrets.token_hex(6)}.bin", "size": len(data),
+            "content_type": "application/octet-stream", "sha256": secrets.token_hex(32), "on_conflict": "rename"})
 
     def ready_user(self, prefix):
         """A user whose session is cached and whose dedupe index is built (its first upload reads PostgreSQL's
@@ -253,8 +255,9 @@ def test_flusher_drains_a_large_backlog_in_few_rounds(controls, stack):
                 codes = []
                 for _ in range(n):
                     r = s.post(fm.base + "/v1/uploads", timeout=30, json={
-                        "name": "drain.bin", "size": 10, "content_type": "application/octet-stream",
-                        "sha256": secrets.token_hex(32)})
+                        "name": f"drain-{secrets.token_hex(8)}.bin", "size": 10,
+                        "content_type": "application/octet-stream", "sha256": secrets.token_hex(32),
+                        "on_conflict": "rename"})
                     codes.append(r.status_code)
                 return codes
             with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -262,7 +265,7 @@ def test_flusher_drains_a_large_backlog_in_few_rounds(controls, stack):
             assert codes == [201] * total, {c: codes.count(c) for c in set(codes)}
             assert fm.backlog()[0] == total
         assert wait_for(lambda: fm.backlog()[0] == 0, timeout=600, interval=0.5), fm.backlog()
-        assert int(fm.sql(f"SELECT count(*) FROM files WHERE owner_id = '{user.id}' AND name = 'drain.bin'")) == total
+        assert int(fm.sql(f"SELECT count(*) FROM files WHERE owner_id = '{user.id}' AND name LIKE 'drain-%'")) == total
         assert fm.metric("fm_records_flushed_total") - flushed == total
         used = fm.metric("fm_records_flush_batches_total") - rounds
         assert 0 < used <= total // 1000 + 2 * 2, used

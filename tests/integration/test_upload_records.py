@@ -152,7 +152,8 @@ def test_records_survive_a_postgresql_restart(stack, fm):
         deadline = time.monotonic() + 10
         while len(answers) < 3 and time.monotonic() < deadline:
             r = fm.call(user, "POST", "/v1/uploads", json={"name": "x.bin", "size": 5, "sha256": "cd" * 32,
-                                                         "content_type": "application/octet-stream"})
+                                                         "content_type": "application/octet-stream",
+                                                         "on_conflict": "rename"})
             assert r.status_code == 201, r.text
             answers.append(r.json())
     finally:
