@@ -2,13 +2,16 @@
 -- POST /v1/folders, GET/PATCH/DELETE /v1/folders/{id}, POST /v1/folders/{id}/restore. Each route is one call of a
 -- function below, so every check and change of a route happens in one transaction.
 --
--- Lock order (every function that changes the tree): folder rows first, always through fm_folder_lock_chain, which
--- locks a set of folders in one statement sorted by id; then file rows (UPDATE); then blob rows sorted by sha256
--- (FOR NO KEY UPDATE, as fm_file_trash: file, then blob). A create locks its parent's chain (the parent and its
--- ancestors) FOR SHARE; a move locks the moved folder, the target and the target's ancestors FOR UPDATE; a trash or
--- restore locks the folder FOR UPDATE. So any two changes that could together make a cycle, lose an update or leave a
--- stale ancestors array share a locked row and run one after the other, and each re-reads what it locked (a chain
--- that changed before the lock was granted is locked again).
+-- Lock order (every function that changes the tree): folder rows first, always a whole set in one statement sorted by
+-- id (fm_folder_lock_chain), so any two callers take the rows they share in the same order and never wait for each
+-- other in a circle; then file rows (UPDATE); then blob rows sorted by sha256 (FOR NO KEY UPDATE, as fm_file_trash:
+-- file, then blob). The sets: a create locks its parent's chain (the parent and its ancestors) FOR SHARE; a move, a
+-- trash and a restore lock the folder's subtree (the folder and every folder below it) and, for a move or a
+-- restore, the target's chain, FOR NO KEY UPDATE (fm_folder_lock_tree). So any two changes that could together make a cycle,
+-- lose an update or leave a stale ancestors array share a locked row and run one after the other, and each re-reads
+-- what it locked (a set that changed before the lock was granted is locked again). A function that could still meet
+-- a deadlock (a set that changed under it, another writer's order) runs its body again, up to twice: the
+-- subtransaction's rollback releases what it had locked.
 
 -- The one permission rule of the folder routes: the folder `p_folder` as `p_owner` may act on it (live or in the
 -- trash: the caller looks at deleted_at), or no row. Today: its owner. Sharing (issue 12: a grant on the folder or an
@@ -18,7 +21,7 @@ LANGUAGE sql STABLE AS $$
     SELECT * FROM folders WHERE id = p_folder AND owner_id = p_owner
 $$;
 
--- Locks the folders `p_ids` in id order (FOR UPDATE, or FOR SHARE when p_share). The sort below the locking step
+-- Locks the folders `p_ids` in id order (FOR NO KEY UPDATE, or FOR SHARE when p_share). The sort below the locking step
 -- makes the order the same for every caller, so two callers never wait for each other in a circle.
 CREATE FUNCTION fm_folder_lock_chain(p_ids uuid[], p_share boolean) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -26,7 +29,9 @@ BEGIN
     IF p_share THEN
         PERFORM 1 FROM (SELECT id FROM folders WHERE id = ANY (p_ids) ORDER BY id FOR SHARE) l;
     ELSE
-        PERFORM 1 FROM (SELECT id FROM folders WHERE id = ANY (p_ids) ORDER BY id FOR UPDATE) l;
+        -- NO KEY UPDATE: what the UPDATEs that follow take anyway; the foreign-key checks of files being inserted
+        -- into these folders (KEY SHARE) need not wait for it
+        PERFORM 1 FROM (SELECT id FROM folders WHERE id = ANY (p_ids) ORDER BY id FOR NO KEY UPDATE) l;
     END IF;
 END $$;
 
@@ -77,47 +82,84 @@ BEGIN
     END LOOP;
 END $$;
 
+-- Locks FOR NO KEY UPDATE, in one sorted statement, the subtree of the owner's folder p_folder (itself and every folder below
+-- it, live or trashed) and, when p_target is not NULL, p_target and its ancestors. Once p_folder is held nothing can
+-- enter or leave the subtree (a create holds its parent's chain, which would include p_folder; a move holds the
+-- subtree it moves and its target's chain), so one re-read tells whether the set locked is the whole set.
+CREATE FUNCTION fm_folder_lock_tree(p_owner uuid, p_folder uuid, p_target uuid) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    locked uuid[] := '{}';
+    wanted uuid[];
+BEGIN
+    LOOP
+        SELECT array_agg(id) INTO wanted FROM (
+            SELECT id FROM folders WHERE id = p_folder AND owner_id = p_owner
+            UNION
+            SELECT id FROM folders WHERE ancestors @> ARRAY[p_folder] AND owner_id = p_owner
+            UNION
+            SELECT unnest(ancestors || id) FROM folders WHERE id = p_target AND owner_id = p_owner) s;
+        IF wanted IS NULL OR locked @> wanted THEN
+            RETURN;
+        END IF;
+        PERFORM fm_folder_lock_chain(wanted, false);
+        locked := locked || wanted;
+    END LOOP;
+END $$;
+
 -- POST /v1/folders. outcome: 'created' (out_folder its JSON), 'parent_not_found', 'too_deep', 'full', 'name_taken'.
 CREATE FUNCTION fm_folder_create(p_owner uuid, p_parent uuid, p_name text, p_rename boolean, p_entries_max integer)
 RETURNS TABLE (outcome text, out_folder json)
 LANGUAGE plpgsql AS $$
 DECLARE
-    chain uuid[] := '{}';
+    chain uuid[];
     new_id uuid;
     chosen text := p_name;
+    tries integer := 0;
 BEGIN
-    IF p_parent IS NOT NULL THEN
-        chain := fm_folder_lock_parent(p_owner, p_parent, true, '{}');
-        IF chain IS NULL THEN
-            RETURN QUERY SELECT 'parent_not_found', NULL::json;
-            RETURN;
-        END IF;
-        chain := chain || p_parent;
-    END IF;
-    IF cardinality(chain) >= 32 THEN -- folders_depth: at most 32 folders above a folder
-        RETURN QUERY SELECT 'too_deep', NULL::json;
-        RETURN;
-    END IF;
-    IF fm_folder_full(p_owner, p_parent, p_entries_max) THEN
-        RETURN QUERY SELECT 'full', NULL::json;
-        RETURN;
-    END IF;
     LOOP
-        IF p_rename THEN
-            chosen := fm_free_name(p_owner, p_parent, p_name);
-        END IF;
         BEGIN
-            INSERT INTO folders (owner_id, parent_id, name, ancestors) VALUES (p_owner, p_parent, chosen, chain)
-                RETURNING id INTO new_id;
-            EXIT;
-        EXCEPTION WHEN unique_violation THEN -- entry_names_pkey: a live sibling holds the name
-            IF NOT p_rename THEN
-                RETURN QUERY SELECT 'name_taken', NULL::json;
+            chain := '{}';
+            IF p_parent IS NOT NULL THEN
+                chain := fm_folder_lock_parent(p_owner, p_parent, true, '{}');
+                IF chain IS NULL THEN
+                    RETURN QUERY SELECT 'parent_not_found', NULL::json;
+                    RETURN;
+                END IF;
+                chain := chain || p_parent;
+            END IF;
+            IF cardinality(chain) >= 32 THEN -- folders_depth: at most 31 folders above a folder
+                RETURN QUERY SELECT 'too_deep', NULL::json;
                 RETURN;
-            END IF; -- a sibling took fm_free_name's choice meanwhile: choose again
+            END IF;
+            IF fm_folder_full(p_owner, p_parent, p_entries_max) THEN
+                RETURN QUERY SELECT 'full', NULL::json;
+                RETURN;
+            END IF;
+            LOOP
+                IF p_rename THEN
+                    chosen := fm_free_name(p_owner, p_parent, p_name);
+                END IF;
+                BEGIN
+                    INSERT INTO folders (owner_id, parent_id, name, ancestors) VALUES (p_owner, p_parent, chosen, chain)
+                        RETURNING id INTO new_id;
+                    EXIT;
+                EXCEPTION WHEN unique_violation THEN -- entry_names_pkey: a live sibling holds the name
+                    IF NOT p_rename THEN
+                        RETURN QUERY SELECT 'name_taken', NULL::json;
+                        RETURN;
+                    END IF; -- a sibling took fm_free_name's choice meanwhile: choose again
+                END;
+            END LOOP;
+            RETURN QUERY SELECT 'created', fm_folder_json(new_id);
+            RETURN;
+        EXCEPTION WHEN deadlock_detected THEN
+            tries := tries + 1;
+            IF tries > 2 THEN
+                RAISE;
+            END IF;
         END;
     END LOOP;
-    RETURN QUERY SELECT 'created', fm_folder_json(new_id);
 END $$;
 
 -- GET /v1/folders/{id}: the owner's live folder, or no row.
@@ -154,19 +196,23 @@ BEGIN
                 RETURN QUERY SELECT 'not_found', NULL::json;
                 RETURN;
             END IF;
+            target_chain := '{}';
             IF p_move AND p_parent IS NOT NULL THEN
                 IF p_parent = p_folder THEN
                     RETURN QUERY SELECT 'cycle', NULL::json;
                     RETURN;
                 END IF;
-                target_chain := fm_folder_lock_parent(p_owner, p_parent, false, ARRAY[p_folder]);
-                IF target_chain IS NULL THEN
+                PERFORM fm_folder_lock_tree(p_owner, p_folder, p_parent);
+                SELECT ancestors || id INTO target_chain FROM fm_folder_for(p_owner, p_parent)
+                    WHERE deleted_at IS NULL;
+                IF NOT FOUND THEN
                     RETURN QUERY SELECT 'parent_not_found', NULL::json;
                     RETURN;
                 END IF;
-                target_chain := target_chain || p_parent;
+            ELSIF p_move THEN
+                PERFORM fm_folder_lock_tree(p_owner, p_folder, NULL);
             ELSE
-                PERFORM fm_folder_lock_chain(ARRAY[p_folder], false);
+                PERFORM fm_folder_lock_chain(ARRAY[p_folder], false); -- a rename changes the folder's row only
             END IF;
             -- re-read what is locked
             SELECT * INTO f FROM fm_folder_for(p_owner, p_folder) WHERE deleted_at IS NULL;
@@ -263,7 +309,7 @@ BEGIN
         RETURN QUERY SELECT 'not_found', NULL::uuid, NULL::text, NULL::jsonb, NULL::boolean, NULL::uuid;
         RETURN;
     END IF;
-    PERFORM fm_folder_lock_chain(ARRAY[p_folder], false);
+    PERFORM fm_folder_lock_tree(p_owner, p_folder, NULL);
     SELECT * INTO f FROM fm_folder_for(p_owner, p_folder);
     was_live := f.deleted_at IS NULL;
     IF was_live THEN
@@ -334,13 +380,10 @@ BEGIN
         RETURN QUERY SELECT 'not_found', NULL::json, NULL::uuid, NULL::text, NULL::jsonb, NULL::boolean, NULL::bigint;
         RETURN;
     END IF;
-    -- the parent's chain FOR SHARE (it must not move or go to the trash while the subtree comes back under it),
-    -- then the folder
-    IF f.parent_id IS NOT NULL THEN
-        parent_chain := fm_folder_lock_parent(p_owner, f.parent_id, true, '{}');
-    END IF;
-    PERFORM fm_folder_lock_chain(ARRAY[p_folder], false);
+    -- the subtree and the parent's chain (it must not move or go to the trash while the subtree comes back under it)
+    PERFORM fm_folder_lock_tree(p_owner, p_folder, f.parent_id);
     SELECT * INTO f FROM fm_folder_for(p_owner, p_folder);
+    SELECT ancestors INTO parent_chain FROM fm_folder_for(p_owner, f.parent_id) WHERE deleted_at IS NULL;
     IF f.deleted_at IS NULL THEN
         RETURN QUERY SELECT 'not_deleted', fm_folder_json(f.id), NULL::uuid, NULL::text, NULL::jsonb, NULL::boolean,
                             NULL::bigint;

@@ -451,3 +451,40 @@ def test_crossing_moves_never_make_a_cycle(fm, alice):
         if len(seen) == 2 and round_ >= 10:
             break
     assert seen == {(200, 409), (409, 200)}, seen
+
+
+def test_creates_racing_a_move_of_an_ancestor_keep_paths_right(fm, alice):
+    """A folder created under a folder whose ancestor is moved at that moment: its path must follow the move (the
+    create holds its parent's chain, so the move's rewrite sees the new row or the create sees the moved chain)."""
+    left, right = fm.mkdir(alice, "left"), fm.mkdir(alice, "right")
+    for round_ in range(20):
+        # a fresh subtree each round: MOVE_MAX bounds what one move may take
+        mover = fm.mkdir(alice, f"mover{round_}", left["id"])
+        deep = fm.mkdir(alice, "deep", fm.mkdir(alice, "mid", mover["id"])["id"])
+        target = right
+        r1, r2 = race(lambda: fm.patch(alice, mover["id"], {"parent_id": target["id"]}),
+                      lambda: fm.call(alice, "POST", "/v1/folders", json={"name": f"new{round_}",
+                                                                          "parent_id": deep["id"]}))
+        assert r1.status_code == 200 and r2.status_code == 201, (r1.text, r2.text)
+        assert_tree_consistent(fm.folder_rows(alice))
+        assert fm.get(alice, r2.json()["id"]).json()["path"][0]["id"] == target["id"]
+
+
+def test_creates_racing_a_trash_of_an_ancestor_leave_no_live_orphan(fm, alice):
+    """A folder created under a subtree while the subtree goes to the trash: either the create is refused (404) or
+    the new folder went to the trash with the rest; never a live folder under a trashed one."""
+    seen = set()
+    for round_ in range(20):
+        top = fm.mkdir(alice, f"top{round_}")
+        mid = fm.mkdir(alice, "mid", top["id"])
+        r1, r2 = race(lambda: fm.rmdir(alice, top["id"]),
+                      lambda: fm.call(alice, "POST", "/v1/folders", json={"name": "late", "parent_id": mid["id"]}))
+        assert r1.status_code == 204, r1.text
+        assert r2.status_code in (201, 404), r2.text
+        seen.add(r2.status_code)
+        if r2.status_code == 201:
+            row = fm.folder_rows(alice)[r2.json()["id"]]
+            assert row[3] and row[4] == top["id"], row  # trashed with the subtree
+        assert fm.sql(f"SELECT count(*) FROM folders c JOIN folders p ON p.id = c.parent_id"
+                      f" WHERE c.owner_id = '{alice.id}' AND c.deleted_at IS NULL AND p.deleted_at IS NOT NULL") == "0"
+    assert seen, seen
