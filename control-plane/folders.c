@@ -328,7 +328,8 @@ static int dedupe_listed(const command_t *c, const char *sha256, int stride)
     return 0;
 }
 
-/* Columns: outcome, file, sha256, keys, owner_holds, purge_job. */
+/* Columns: outcome, file, sha256, keys, owner_holds, purge_job; a file's row (file set) or a blob's (file "", sha256
+ * set), as fm_folder_trash returns them. */
 static int plan_trash(fm_req_t *r, folder_t *f, PGresult *res)
 {
     int rows = PQntuples(res);
@@ -337,17 +338,17 @@ static int plan_trash(fm_req_t *r, folder_t *f, PGresult *res)
         h2o_fatal("out of memory");
     for (int i = 0; i < rows; ++i) {
         const char *file_id = PQgetvalue(res, i, 1), *sha256 = PQgetvalue(res, i, 2);
-        if (file_id[0] == '\0')
-            continue; /* the summary row */
-        add_file(r, f, file_id);
-        if (sha256[0] != '\0') {
-            if (add_public_members(f, file_id, PQgetvalue(res, i, 3)) != 0)
+        if (file_id[0] != '\0') {
+            add_file(r, f, file_id);
+            if (sha256[0] != '\0' && add_public_members(f, file_id, PQgetvalue(res, i, 3)) != 0)
                 return -1;
-            if (strcmp(PQgetvalue(res, i, 4), "t") != 0 && !dedupe_listed(&f->commands[CMD_DEDUPE], sha256, 1))
+        } else if (sha256[0] != '\0') {
+            /* without a live READY file on the blob the owner no longer holds it: uploads must not dedupe onto it */
+            if (strcmp(PQgetvalue(res, i, 4), "t") != 0)
                 word(&f->commands[CMD_DEDUPE], sha256);
+            if (PQgetvalue(res, i, 5)[0] != '\0')
+                snprintf(f->jobs[f->job_count++], sizeof(f->jobs[0]), "%s", PQgetvalue(res, i, 5));
         }
-        if (PQgetvalue(res, i, 5)[0] != '\0')
-            snprintf(f->jobs[f->job_count++], sizeof(f->jobs[0]), "%s", PQgetvalue(res, i, 5));
     }
     return 0;
 }
