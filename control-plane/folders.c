@@ -159,8 +159,7 @@ static int parse_body(fm_req_t *r, folder_t *f)
         else if (strcmp(item->string, "parent_id") == 0)
             rc = parse_parent(r, f, item);
         else if (strcmp(item->string, "on_conflict") != 0) {
-            fm_reply_error(r, 422, "invalid_field", "unknown field %.64s (name, parent_id, on_conflict)",
-                           item->string);
+            fm_reply_error(r, 422, "invalid_field", "unknown field %.64s (name, parent_id, on_conflict)", item->string);
             rc = -1;
         }
     }
@@ -489,8 +488,9 @@ static void run_statement(fm_req_t *r)
         return;
     }
     case OP_UPDATE: {
-        const char *params[] = {owner,  f->id,  f->has_name ? f->name : NULL, f->has_parent ? "true" : "false",
-                                parent, rename, move_max,                    entries_max};
+        const char *params[] = {
+            owner,    f->id,      f->has_name ? f->name : NULL, f->has_parent ? "true" : "false", parent, rename,
+            move_max, entries_max};
         fm_pg_call(r, on_statement, update_sql, 8, params);
         return;
     }

@@ -7,10 +7,10 @@
 -- other in a circle; then file rows (UPDATE); then blob rows sorted by sha256 (FOR NO KEY UPDATE, as fm_file_trash:
 -- file, then blob). The sets: a create locks its parent's chain (the parent and its ancestors) FOR SHARE; a move, a
 -- trash and a restore lock the folder's subtree (the folder and every folder below it) and, for a move or a
--- restore, the target's chain, FOR NO KEY UPDATE (fm_folder_lock_tree). So any two changes that could together make a cycle,
--- lose an update or leave a stale ancestors array share a locked row and run one after the other, and each re-reads
--- what it locked (a set that changed before the lock was granted is locked again). A function that could still meet
--- a deadlock (a set that changed under it, another writer's order) runs its body again, up to twice: the
+-- restore, the target's chain, FOR NO KEY UPDATE (fm_folder_lock_tree). So any two changes that could together make
+-- a cycle, lose an update or leave a stale ancestors array share a locked row and run one after the other, and each
+-- re-reads what it locked (a set that changed before the lock was granted is locked again). A function that could
+-- still meet a deadlock (a set that changed under it, another writer's order) runs its body again, up to twice: the
 -- subtransaction's rollback releases what it had locked.
 
 -- The one permission rule of the folder routes: the folder `p_folder` as `p_owner` may act on it (live or in the
@@ -82,8 +82,8 @@ BEGIN
     END LOOP;
 END $$;
 
--- Locks FOR NO KEY UPDATE, in one sorted statement, the subtree of the owner's folder p_folder (itself and every folder below
--- it, live or trashed) and, when p_target is not NULL, p_target and its ancestors. Once p_folder is held nothing can
+-- Locks FOR NO KEY UPDATE, in one sorted statement, the subtree of the owner's folder p_folder (itself and every
+-- folder below it, live or trashed) and, when p_target is not NULL, p_target and its ancestors. Once p_folder is held nothing can
 -- enter or leave the subtree (a create holds its parent's chain, which would include p_folder; a move holds the
 -- subtree it moves and its target's chain), so one re-read tells whether the set locked is the whole set.
 CREATE FUNCTION fm_folder_lock_tree(p_owner uuid, p_folder uuid, p_target uuid) RETURNS void
