@@ -488,3 +488,22 @@ def test_creates_racing_a_trash_of_an_ancestor_leave_no_live_orphan(fm, alice):
         assert fm.sql(f"SELECT count(*) FROM folders c JOIN folders p ON p.id = c.parent_id"
                       f" WHERE c.owner_id = '{alice.id}' AND c.deleted_at IS NULL AND p.deleted_at IS NOT NULL") == "0"
     assert seen, seen
+
+
+def test_trashed_descendants_count_in_a_moves_depth(fm, alice):
+    """A subtree in the trash stays in the tree: a move that would put it past the depth bound is refused, so its
+    restore under its parent can never pass the bound (schema 012's CHECK would make it a 500)."""
+    parent = fm.mkdir(alice, "parent")
+    f = fm.mkdir(alice, "f", parent["id"])
+    kid = fm.mkdir(alice, "kid", f["id"])
+    assert fm.rmdir(alice, f["id"]).status_code == 204
+    chain = None
+    for depth in range(30):
+        chain = fm.mkdir(alice, f"c{depth}", chain and chain["id"])
+    # parent at depth 30 would put f at 31 and kid at 32
+    assert_error(fm.patch(alice, parent["id"], {"parent_id": chain["id"]}), 422, "folder_too_deep")
+    assert fm.patch(alice, parent["id"], {"parent_id": chain["path"][-1]["id"]}).status_code == 200
+    r = fm.restore(alice, f["id"])
+    assert r.status_code == 200 and r.json()["parent_id"] == parent["id"], r.text
+    assert len(fm.get(alice, kid["id"]).json()["path"]) == 31
+    assert_tree_consistent(fm.folder_rows(alice))
