@@ -318,15 +318,6 @@ static void add_file(fm_req_t *r, folder_t *f, const char *file_id)
     fm_rcache_forget(fm_control_thread(r)->rcache, key);
 }
 
-/* The dedupe index's hash once per blob (the rows come sorted by nothing: look back). */
-static int dedupe_listed(const command_t *c, const char *sha256, int stride)
-{
-    for (int i = c->base; i < c->count; i += stride)
-        if (strcmp(c->words[i], sha256) == 0)
-            return 1;
-    return 0;
-}
-
 /* Columns: outcome, file, sha256, keys, owner_holds, purge_job; a file's row (file set) or a blob's (file "", sha256
  * set), as fm_folder_trash returns them. */
 static int plan_trash(fm_req_t *r, folder_t *f, PGresult *res)
@@ -352,19 +343,18 @@ static int plan_trash(fm_req_t *r, folder_t *f, PGresult *res)
     return 0;
 }
 
-/* Columns: outcome, folder, file, sha256, keys, public, ready_size. */
+/* Columns: outcome, folder, file, sha256, keys, public, ready_size; a file's row (file set), a blob's (file "",
+ * sha256 and ready_size set) or the folder's, as fm_folder_restore returns them. */
 static int plan_restore(fm_req_t *r, folder_t *f, PGresult *res)
 {
     begin_commands(f, 0);
     for (int i = 0; i < PQntuples(res); ++i) {
-        const char *file_id = PQgetvalue(res, i, 2), *sha256 = PQgetvalue(res, i, 3);
-        if (file_id[0] == '\0')
-            continue;
-        add_file(r, f, file_id);
-        if (strcmp(PQgetvalue(res, i, 5), "t") == 0 && add_public_members(f, file_id, PQgetvalue(res, i, 4)) != 0)
-            return -1;
-        const char *size = PQgetvalue(res, i, 6);
-        if (size[0] != '\0' && !dedupe_listed(&f->commands[CMD_DEDUPE], sha256, 2)) {
+        const char *file_id = PQgetvalue(res, i, 2), *sha256 = PQgetvalue(res, i, 3), *size = PQgetvalue(res, i, 6);
+        if (file_id[0] != '\0') {
+            add_file(r, f, file_id);
+            if (strcmp(PQgetvalue(res, i, 5), "t") == 0 && add_public_members(f, file_id, PQgetvalue(res, i, 4)) != 0)
+                return -1;
+        } else if (sha256[0] != '\0' && size[0] != '\0') {
             word(&f->commands[CMD_DEDUPE], sha256);
             word(&f->commands[CMD_DEDUPE], size);
         }

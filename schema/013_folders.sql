@@ -358,8 +358,9 @@ END $$;
 
 -- POST /v1/folders/{id}/restore: brings back exactly the rows whose trashed_with is the folder. The folder goes back
 -- under its parent when that parent is live (under fm_free_name's name if a live sibling took its name meanwhile),
--- else at the root (ancestors of the whole subtree rewritten as a move does). outcome 'restored' (out_folder, then
--- one row per file brought back with a blob: keys, whether the file is public and READY, the blob's size when READY),
+-- else at the root (ancestors of the whole subtree rewritten as a move does). outcome 'restored' (out_folder; one row
+-- per file brought back: its blob's keys, whether the file is public and READY; one row per blob a READY file came
+-- back on, out_file NULL: its size),
 -- 'not_deleted' (a live folder), 'expired' (trashed longer than p_retention_s), 'not_found' (not the owner's, or
 -- trashed with an ancestor: restore that one).
 CREATE FUNCTION fm_folder_restore(p_owner uuid, p_folder uuid, p_retention_s integer)
@@ -419,14 +420,21 @@ BEGIN
                     WHERE b.sha256 IN (SELECT blob_sha256 FROM files WHERE trashed_with = p_folder
                                        AND blob_sha256 IS NOT NULL)
                     ORDER BY b.sha256 FOR NO KEY UPDATE) l;
+    -- one row per file (every file: a file without a blob has a revocation mark and a cached row too) and one per
+    -- blob a READY file came back on (its size for the owner's dedupe index): never the two sets joined (see
+    -- fm_folder_trash)
     RETURN QUERY
     WITH back AS (
         UPDATE files t SET deleted_at = NULL, trashed_with = NULL, updated_at = now(), version = t.version + 1
         WHERE t.trashed_with = p_folder AND t.owner_id = p_owner
         RETURNING t.id, t.blob_sha256, t.visibility, t.status)
-    SELECT 'restored', NULL::json, k.id, encode(b.sha256, 'hex'), fm_blob_keys(b.storage_key, b.variants),
-           k.visibility = 'public' AND k.status = 'READY', CASE WHEN k.status = 'READY' THEN b.size END
-    FROM back k JOIN blobs b ON b.sha256 = k.blob_sha256;
+    SELECT 'restored', NULL::json, k.id, encode(b.sha256, 'hex'),
+           CASE WHEN b.sha256 IS NOT NULL THEN fm_blob_keys(b.storage_key, b.variants) END,
+           b.sha256 IS NOT NULL AND k.visibility = 'public' AND k.status = 'READY', NULL::bigint
+    FROM back k LEFT JOIN blobs b ON b.sha256 = k.blob_sha256
+    UNION ALL
+    SELECT 'restored', NULL::json, NULL::uuid, encode(b.sha256, 'hex'), NULL::jsonb, false, b.size
+    FROM blobs b WHERE b.sha256 IN (SELECT blob_sha256 FROM back WHERE status = 'READY');
     RETURN QUERY SELECT 'restored', fm_folder_json(p_folder), NULL::uuid, NULL::text, NULL::jsonb, NULL::boolean,
                         NULL::bigint;
 END $$;

@@ -507,3 +507,18 @@ def test_trashed_descendants_count_in_a_moves_depth(fm, alice):
     assert r.status_code == 200 and r.json()["parent_id"] == parent["id"], r.text
     assert len(fm.get(alice, kid["id"]).json()["path"]) == 31
     assert_tree_consistent(fm.folder_rows(alice))
+
+
+def test_restore_clears_the_marks_of_files_without_a_blob(fm, alice):
+    """A file not verified yet (no blob) goes to the trash with its folder and gets a revocation mark like any other;
+    the restore must drop it (and the cached row) too, not only those of files with a blob."""
+    a = fm.mkdir(alice, "A")
+    pending, _ = fm.file_in(alice, a["id"])  # UPLOADED, no blob
+    ready, data = fm.file_in(alice, a["id"], ready=True)
+    assert fm.file_row(pending)["blob"] is None
+    assert fm.rmdir(alice, a["id"]).status_code == 204
+    assert fm.redis("EXISTS", f"fm:revoked:{{{pending}}}") == 1 and fm.redis("EXISTS", f"fm:revoked:{{{ready}}}") == 1
+    assert fm.restore(alice, a["id"]).status_code == 200
+    assert fm.redis("EXISTS", f"fm:revoked:{{{pending}}}") == 0 and fm.redis("EXISTS", f"fm:revoked:{{{ready}}}") == 0
+    assert fm.file(alice, pending).status_code == 200
+    assert fm.redis("HGET", f"fm:dedupe:{{{alice.id}}}", sha256_hex(data)) == str(len(data))
