@@ -40,6 +40,9 @@ typedef struct fm_config {
     int64_t record_flush_ms;
     int64_t record_backlog_max, record_backlog_ms; /* control-plane/records.c: the bound of the write-behind backlog */
     int64_t trash_retention_s; /* control-plane/file_delete.c, reconcile.c: deleted files stay restorable this long */
+    int64_t folder_entries_max; /* control-plane/folders.c: live entries per folder */
+    int64_t folder_move_max;    /* control-plane/folders.c: descendant folders a move rewrites */
+    int64_t folder_trash_max;   /* control-plane/folders.c: entries a folder trash takes */
     char allowed_content_types[2048];
     char s3_public_endpoint[256];
     /* downloads (control-plane/download.c, docs/downloads.md "Download URLs") */

@@ -94,6 +94,11 @@ def resources(fm, user):
     res["file_id"] = done["file_id"]
     res["job_id"] = fm.sql(f"SELECT id FROM jobs WHERE upload_id = '{done['upload_id']}'")
     assert res["job_id"], done
+    # a folder (made in PostgreSQL: a viewer may not create one) and one in the trash, for the folder routes
+    res["folder_id"] = fm.sql(f"INSERT INTO folders (owner_id, name) VALUES ('{user.id}', 'mx-folder') RETURNING id")
+    res["trashed_folder_id"] = fm.sql(f"INSERT INTO folders (owner_id, name, deleted_at) VALUES ('{user.id}', "
+                                      f"'mx-trashed', now()) RETURNING id")
+    fm.sql(f"UPDATE folders SET trashed_with = id WHERE id = '{res['trashed_folder_id']}'")
     return res
 
 
@@ -160,6 +165,11 @@ ROUTE_CALLS = {
     ("POST", "/v1/files/{id}/restore"): (lambda res: f"/v1/files/{res['file_id']}/restore", None),
     ("POST", "/v1/files/{id}/copy"): (lambda res: f"/v1/files/{res['file_id']}/copy", {"name": "copy.bin"}),
     ("GET", "/v1/files/{id}/download"): (lambda res: f"/v1/files/{res['file_id']}/download", None),
+    ("POST", "/v1/folders"): (lambda res: "/v1/folders", {"name": "mx-new"}),
+    ("GET", "/v1/folders/{id}"): (lambda res: f"/v1/folders/{res['folder_id']}", None),
+    ("PATCH", "/v1/folders/{id}"): (lambda res: f"/v1/folders/{res['folder_id']}", {"name": "mx-renamed"}),
+    ("DELETE", "/v1/folders/{id}"): (lambda res: f"/v1/folders/{res['folder_id']}", None),
+    ("POST", "/v1/folders/{id}/restore"): (lambda res: f"/v1/folders/{res['trashed_folder_id']}/restore", None),
     ("GET", "/v1/jobs/{id}"): (lambda res: f"/v1/jobs/{res['job_id']}", None),
     ("GET", "/v1/admin/jobs"): (lambda res: "/v1/admin/jobs?status=failed", None),
     ("POST", "/v1/admin/jobs/{id}/retry"): (lambda res: f"/v1/admin/jobs/{res['job_id']}/retry", None),
@@ -343,6 +353,49 @@ ROWS = {
                         lambda c: call(c, ("GET", "/v1/files/{id}/download"), c.a, c.ra,
                                        path=f"/v1/files/{c.ra['file_id']}/download?variant=huge"),
                         "an unknown variant")]},
+    ("POST", "/v1/folders"): {
+        **AUTH, "narrow_role": E(403, "forbidden"),
+        "other_account": E(404, "folder_not_found",
+                           lambda c: call(c, ("POST", "/v1/folders"), c.a, c.ra,
+                                          body={"name": "mx-new", "parent_id": c.rb["folder_id"]}),
+                           "a folder under B's folder"),
+        "bad_input": [bad_json(("POST", "/v1/folders")),
+                      wrong_types(("POST", "/v1/folders"), {"name": 5}, "invalid_name"),
+                      wrong_types(("POST", "/v1/folders"), {"name": "a/b"}, "invalid_name"),
+                      wrong_types(("POST", "/v1/folders"), {"name": "x", "parent_id": "nope"}),
+                      E(422, "invalid_on_conflict",
+                        lambda c: c.fm.call(c.a, "POST", "/v1/folders?on_conflict=merge", json={"name": "x"}),
+                        "an unknown on_conflict")]},
+    ("GET", "/v1/folders/{id}"): {
+        **AUTH, "other_account": other("folder_not_found"), "narrow_role": ANY_ROLE,
+        "bad_input": [malformed_id(("GET", "/v1/folders/{id}"), "/v1/folders/not-a-uuid", "folder_not_found"),
+                      E(404, "folder_not_found",
+                        lambda c: call(c, ("GET", "/v1/folders/{id}"), c.a, c.ra,
+                                       path=f"/v1/folders/{c.ra['trashed_folder_id']}"), "a folder in the trash")]},
+    ("PATCH", "/v1/folders/{id}"): {
+        **AUTH, "other_account": [other("folder_not_found"),
+                                  E(404, "folder_not_found",
+                                    lambda c: call(c, ("PATCH", "/v1/folders/{id}"), c.a, c.ra,
+                                                   body={"parent_id": c.rb["folder_id"]}), "into B's folder")],
+        "narrow_role": ANY_ROLE,
+        "bad_input": [bad_json(("PATCH", "/v1/folders/{id}")),
+                      wrong_types(("PATCH", "/v1/folders/{id}"), {"name": "\u202etxt.exe"}, "invalid_name"),
+                      wrong_types(("PATCH", "/v1/folders/{id}"), {"parent_id": 1}),
+                      wrong_types(("PATCH", "/v1/folders/{id}"), {}),
+                      E(409, "folder_cycle",
+                        lambda c: call(c, ("PATCH", "/v1/folders/{id}"), c.a, c.ra,
+                                       body={"parent_id": c.ra["folder_id"]}), "into itself"),
+                      malformed_id(("PATCH", "/v1/folders/{id}"), "/v1/folders/x", "folder_not_found")]},
+    ("DELETE", "/v1/folders/{id}"): {
+        **AUTH, "other_account": other("folder_not_found"), "narrow_role": ANY_ROLE,
+        "bad_input": [malformed_id(("DELETE", "/v1/folders/{id}"), "/v1/folders/1%27%20OR%201=1", "folder_not_found")]},
+    ("POST", "/v1/folders/{id}/restore"): {
+        **AUTH, "other_account": other("folder_not_found"), "narrow_role": ANY_ROLE,
+        "bad_input": [malformed_id(("POST", "/v1/folders/{id}/restore"), "/v1/folders/x/restore",
+                                   "folder_not_found"),
+                      E(409, "not_deleted",
+                        lambda c: call(c, ("POST", "/v1/folders/{id}/restore"), c.a, c.ra,
+                                       path=f"/v1/folders/{c.ra['folder_id']}/restore"), "a live folder")]},
     ("GET", "/v1/jobs/{id}"): {
         **AUTH, "other_account": other("not_found"), "narrow_role": ANY_ROLE,
         "bad_input": [malformed_id(("GET", "/v1/jobs/{id}"), "/v1/jobs/x", "not_found")]},
@@ -472,6 +525,8 @@ def test_refused_requests_left_the_other_account_alone(ctx):
     f = fm.file(b, rb["file_id"])
     assert f.status_code == 200 and f.json().get("visibility", "private") == "private", f.text
     assert fm.file_row(rb["file_id"])["deleted_at"] is None
+    assert fm.call(b, "GET", f"/v1/folders/{rb['folder_id']}").json()["name"] == "mx-folder"
+    assert fm.sql(f"SELECT count(*) FROM folders WHERE owner_id = '{ctx.a.id}' AND name = 'mx-new'") == "0"
 
 
 def test_a_viewer_gets_no_part_urls(ctx):
