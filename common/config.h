@@ -40,6 +40,7 @@ typedef struct fm_config {
     int64_t record_flush_ms;
     int64_t record_backlog_max, record_backlog_ms; /* control-plane/records.c: the bound of the write-behind backlog */
     int64_t trash_retention_s; /* control-plane/file_delete.c, reconcile.c: deleted files stay restorable this long */
+    int64_t delta_retention_s; /* control-plane/delta.c, reconcile.c: changes kept for GET /v1/files/delta */
     char allowed_content_types[2048];
     char s3_public_endpoint[256];
     /* downloads (control-plane/download.c, docs/downloads.md "Download URLs") */
