@@ -33,8 +33,6 @@
 /* Jobs put on the stream by the request; the reconciler enqueues the rest (jobs with enqueued_at NULL). */
 #define ENQUEUE_MAX 64
 #define DEL_KEYS_PER_CALL 256
-#define NO_CURSOR_US "9223372036854775807"
-#define NO_CURSOR_ID "ffffffff-ffff-ffff-ffff-ffffffffffff"
 
 typedef struct {
     const fm_principal_t *principal;
@@ -145,7 +143,7 @@ static void list_authorized(fm_req_t *r, const fm_principal_t *p)
         fm_reply_error(r, 422, "invalid_limit", "limit must be an integer from 1 to %d", LIMIT_MAX);
         return;
     }
-    char after_us[24] = NO_CURSOR_US, after_id[37] = NO_CURSOR_ID;
+    char after_us[24] = "", after_id[37] = ""; /* none: the first page (NULL) */
     char text[FM_CURSOR_TEXT_MAX];
     int rc = fm_qs_get(fm_req_query(r), "cursor", 0, text, sizeof(text), NULL);
     if (rc != FM_QS_ABSENT) {
@@ -171,7 +169,7 @@ static void list_authorized(fm_req_t *r, const fm_principal_t *p)
     char limit[16], retention[24];
     snprintf(limit, sizeof(limit), "%d", t->limit);
     snprintf(retention, sizeof(retention), "%lld", (long long)fm_control->config.trash_retention_s);
-    const char *params[] = {p->user_id, after_us, after_id, limit, retention};
+    const char *params[] = {p->user_id, after_us[0] ? after_us : NULL, after_id[0] ? after_id : NULL, limit, retention};
     fm_pg_call(r, on_listed,
                "SELECT kind, id, name, size, parent, deleted_us, deleted_at, purge_at"
                " FROM fm_trash_list($1::uuid, $2::bigint, $3::uuid, $4::integer, $5::integer)",

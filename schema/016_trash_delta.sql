@@ -174,21 +174,23 @@ BEGIN
 END $$;
 
 -- GET /v1/trash: one page, newest deleted first, after the keyset (p_after_us microseconds since the epoch, p_after_id)
--- of the last item of the previous page. p_limit + 1 rows: one more tells that a next page exists.
+-- of the last item of the previous page (both NULL: the first page). p_limit + 1 rows: one more tells that a next
+-- page exists.
 CREATE FUNCTION fm_trash_list(p_owner uuid, p_after_us bigint, p_after_id uuid, p_limit integer, p_retention_s integer)
 RETURNS TABLE (kind text, id uuid, name text, size bigint, parent uuid, deleted_us bigint, deleted_at text,
                purge_at text)
 LANGUAGE sql STABLE AS $$
-    WITH k AS (SELECT timestamptz 'epoch' + p_after_us * interval '1 microsecond' AS at),
+    WITH k AS (SELECT coalesce(timestamptz 'epoch' + p_after_us * interval '1 microsecond', 'infinity') AS at,
+                      coalesce(p_after_id, 'ffffffff-ffff-ffff-ffff-ffffffffffff') AS id),
     items AS (
         (SELECT 'file' AS kind, f.id, f.name, f.size, f.folder_id AS parent, f.deleted_at
          FROM files f, k WHERE f.owner_id = p_owner AND f.deleted_at IS NOT NULL AND f.trashed_with IS NULL
-           AND (f.deleted_at, f.id) < (k.at, p_after_id)
+           AND (f.deleted_at, f.id) < (k.at, k.id)
          ORDER BY f.deleted_at DESC, f.id DESC LIMIT p_limit + 1)
         UNION ALL
         (SELECT 'folder', d.id, d.name, NULL::bigint, d.parent_id, d.deleted_at
          FROM folders d, k WHERE d.owner_id = p_owner AND d.deleted_at IS NOT NULL AND d.trashed_with IS NULL
-           AND (d.deleted_at, d.id) < (k.at, p_after_id)
+           AND (d.deleted_at, d.id) < (k.at, k.id)
          ORDER BY d.deleted_at DESC, d.id DESC LIMIT p_limit + 1))
     SELECT kind, id, name, size, parent, (extract(epoch FROM deleted_at) * 1000000)::bigint,
            to_char(deleted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
