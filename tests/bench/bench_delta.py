@@ -6,8 +6,8 @@ log"): what its triggers cost the write-behind batch insert, and the plan of the
    over arrays), --runs times each, median and p90 in ms, with
    - no change-log trigger (the schema before 016: the triggers disabled),
    - the statement-level triggers as shipped (one INSERT ... SELECT from the transition table per statement),
-   - a row-level trigger doing the same (one INSERT per row), for comparison.
-   Each run's rows are deleted again outside the timing.
+   - a row-level trigger doing the same (one INSERT per row), for comparison,
+   interleaved run after run in a rotating order; each run's rows are deleted again outside the timing.
 2. 1,000,000 change-log rows for one owner (and 200,000 for 20 others), then EXPLAIN (ANALYZE, BUFFERS) of the
    feed's page query (fm_delta's, with the index order (owner_id, xid, seq)) for a cursor in the middle, and the
    time of fm_delta itself over a page of 1,000.
@@ -37,36 +37,56 @@ def psql(args, db, sql, quiet=True):
     return r.stdout.strip() + ("\n" + r.stderr.strip() if r.stderr.strip() and not quiet else "")
 
 
+# The three cases interleaved in a rotating order, run after run (the machine is shared and noisy: blocks of one
+# case would each meet another load), in one transaction; each run's rows deleted again outside the timing.
 INSERT_TIMING = """
-DO $$
-DECLARE
-    t0 timestamptz;
-    ms double precision[] := '{}';
-BEGIN
-    FOR i IN 1..%(runs)s LOOP
-        t0 := clock_timestamp();
-        INSERT INTO files (owner_id, name, size, content_type, claimed_sha256, status)
-            SELECT o, n, s, 'text/plain', h, 'PENDING_UPLOAD'
-            FROM unnest((SELECT array_agg('%(owner)s'::uuid) FROM generate_series(1, 1000)),
-                        (SELECT array_agg('bench-' || i || '-' || g) FROM generate_series(1, 1000) g),
-                        (SELECT array_agg(g::bigint) FROM generate_series(1, 1000) g),
-                        (SELECT array_agg(sha256((i * 100000 + g)::text::bytea)) FROM generate_series(1, 1000) g))
-                 AS x(o, n, s, h);
-        ms := ms || extract(epoch FROM clock_timestamp() - t0) * 1000;
-        DELETE FROM files WHERE owner_id = '%(owner)s';
-    END LOOP;
-    RAISE NOTICE 'RESULT %%|%%', (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY m) FROM unnest(ms) m),
-                                 (SELECT percentile_cont(0.9) WITHIN GROUP (ORDER BY m) FROM unnest(ms) m);
-END $$;
-"""
-
-ROW_TRIGGER = """
 CREATE FUNCTION bench_changes_row() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO tree_changes (owner_id, kind, entry_id, op) VALUES (NEW.owner_id, 'file', NEW.id, 'created');
     RETURN NULL;
 END $$;
 CREATE TRIGGER bench_files_changes_row AFTER INSERT ON files FOR EACH ROW EXECUTE FUNCTION bench_changes_row();
+DO $$
+DECLARE
+    t0 timestamptz;
+    ms double precision[];
+    cases text[] := ARRAY['none', 'statement', 'row'];
+    c integer;
+    r double precision[];
+BEGIN
+    ms := array_fill(0::double precision, ARRAY[3, %(runs)s]);
+    FOR i IN 1..%(runs)s LOOP
+        FOR k IN 0..2 LOOP
+            c := (i + k) %% 3 + 1;
+            EXECUTE format('ALTER TABLE files %%s TRIGGER files_changes_ins',
+                           CASE WHEN c = 2 THEN 'ENABLE' ELSE 'DISABLE' END);
+            EXECUTE format('ALTER TABLE files %%s TRIGGER bench_files_changes_row',
+                           CASE WHEN c = 3 THEN 'ENABLE' ELSE 'DISABLE' END);
+            t0 := clock_timestamp();
+            INSERT INTO files (owner_id, name, size, content_type, claimed_sha256, status)
+                SELECT o, n, s, 'text/plain', h, 'PENDING_UPLOAD'
+                FROM unnest((SELECT array_agg('%(owner)s'::uuid) FROM generate_series(1, 1000)),
+                            (SELECT array_agg('bench-' || i || '-' || g) FROM generate_series(1, 1000) g),
+                            (SELECT array_agg(g::bigint) FROM generate_series(1, 1000) g),
+                            (SELECT array_agg(sha256((i * 100000 + g)::text::bytea)) FROM generate_series(1, 1000) g))
+                     AS x(o, n, s, h);
+            ms[c][i] := extract(epoch FROM clock_timestamp() - t0) * 1000;
+            ALTER TABLE files DISABLE TRIGGER files_changes_del;
+            DELETE FROM files WHERE owner_id = '%(owner)s';
+            ALTER TABLE files ENABLE TRIGGER files_changes_del;
+            DELETE FROM tree_changes;
+        END LOOP;
+    END LOOP;
+    FOR c IN 1..3 LOOP
+        r := ARRAY(SELECT ms[c][j] FROM generate_series(1, %(runs)s) j);
+        RAISE NOTICE 'RESULT %%|%%|%%', cases[c],
+            (SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY m) FROM unnest(r) m),
+            (SELECT percentile_cont(0.9) WITHIN GROUP (ORDER BY m) FROM unnest(r) m);
+    END LOOP;
+END $$;
+ALTER TABLE files ENABLE TRIGGER files_changes_ins;
+DROP TRIGGER bench_files_changes_row ON files;
+DROP FUNCTION bench_changes_row();
 """
 
 
@@ -74,11 +94,10 @@ def timing(args, db, runs):
     out = subprocess.run(["psql", "-X", "-v", "ON_ERROR_STOP=1", *shlex.split(args), "-d", db, "-q"],
                          input=INSERT_TIMING % {"runs": runs, "owner": OWNER}, capture_output=True, text=True,
                          timeout=3600)
-    line = [ln for ln in out.stderr.splitlines() if "RESULT" in ln]
-    if out.returncode != 0 or not line:
+    lines = [ln.split("RESULT ", 1)[1].split("|") for ln in out.stderr.splitlines() if "RESULT" in ln]
+    if out.returncode != 0 or len(lines) != 3:
         sys.exit(f"timing failed: {out.stderr}")
-    p50, p90 = line[0].split("RESULT ", 1)[1].split("|")
-    return float(p50), float(p90)
+    return {c: (float(p50), float(p90)) for c, p50, p90 in lines}
 
 
 def main():
@@ -98,20 +117,12 @@ def main():
 
     print("## 1. One INSERT of 1,000 file rows (ms; median / p90)\n")
     print("| change log | median | p90 |\n|---|---|---|")
-    trig = ["files_changes_ins", "files_changes_upd", "files_changes_del"]
-    psql(a.psql, a.db, "".join(f"ALTER TABLE files DISABLE TRIGGER {t};" for t in trig))
-    none = timing(a.psql, a.db, a.runs)
-    print(f"| none (before schema 016) | {none[0]:.1f} | {none[1]:.1f} |")
-    psql(a.psql, a.db, "".join(f"ALTER TABLE files ENABLE TRIGGER {t};" for t in trig))
-    stmt = timing(a.psql, a.db, a.runs)
-    print(f"| statement-level triggers (shipped) | {stmt[0]:.1f} | {stmt[1]:.1f} |")
-    psql(a.psql, a.db, "ALTER TABLE files DISABLE TRIGGER files_changes_ins;" + ROW_TRIGGER)
-    row = timing(a.psql, a.db, a.runs)
-    print(f"| a row-level trigger instead | {row[0]:.1f} | {row[1]:.1f} |")
-    psql(a.psql, a.db, "DROP TRIGGER bench_files_changes_row ON files; ALTER TABLE files ENABLE TRIGGER "
-                       "files_changes_ins; TRUNCATE tree_changes;")
-    print(f"\nstatement-level: +{(stmt[0] / none[0] - 1) * 100:.0f} % over none; row-level: "
-          f"+{(row[0] / none[0] - 1) * 100:.0f} %\n")
+    t = timing(a.psql, a.db, a.runs)
+    for case, what in (("none", "none (before schema 016)"), ("statement", "statement-level triggers (shipped)"),
+                       ("row", "a row-level trigger instead")):
+        print(f"| {what} | {t[case][0]:.1f} | {t[case][1]:.1f} |")
+    print(f"\nstatement-level: {(t['statement'][0] / t['none'][0] - 1) * 100:+.0f} % over none; row-level: "
+          f"{(t['row'][0] / t['none'][0] - 1) * 100:+.0f} %\n")
 
     print(f"## 2. The feed's query on a log of {a.log_rows:,} rows for one owner (+200,000 for 20 others)\n")
     # the rows as finished transactions made them: their xids spread over the ids below the horizon (a scratch
