@@ -35,8 +35,8 @@ static int tag_of(const void *secret, size_t secret_len, const char *scope, cons
     return 0;
 }
 
-int fm_cursor_sign(const void *secret, size_t secret_len, const char *scope, const void *payload, size_t len,
-                   char *out, size_t out_size)
+int fm_cursor_sign(const void *secret, size_t secret_len, const char *scope, const void *payload, size_t len, char *out,
+                   size_t out_size)
 {
     uint8_t raw[RAW_MAX];
     if (len > FM_CURSOR_PAYLOAD_MAX)

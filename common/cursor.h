@@ -26,8 +26,8 @@
  * Writes the cursor of `payload` (len ≤ FM_CURSOR_PAYLOAD_MAX bytes) for `scope` (NUL-terminated, < 256 bytes),
  * signed with `secret` (secret_len bytes), NUL-terminated into `out`. Returns 0, or -1 if a size is out of bounds.
  */
-int fm_cursor_sign(const void *secret, size_t secret_len, const char *scope, const void *payload, size_t len,
-                   char *out, size_t out_size);
+int fm_cursor_sign(const void *secret, size_t secret_len, const char *scope, const void *payload, size_t len, char *out,
+                   size_t out_size);
 
 /**
  * Checks `text` (text_len bytes, need not be NUL-terminated) as a cursor of `scope` signed with `secret` and copies

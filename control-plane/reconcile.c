@@ -34,7 +34,6 @@
 #include "reconcile_internal.h"
 
 #define EXPIRE_BATCH 2000   /* single-PUT uploads expired per statement: short, well within FM_PG_TIMEOUT_MS */
-#define DELTA_PRUNE_BATCH 50000 /* change-log rows deleted per round: one indexed DELETE, well under a second */
 #define EXPIRE_STATEMENTS 5 /* statements per round at most: 10,000 uploads a round */
 
 static void step_start(reconcile_t *rc);
@@ -376,6 +375,9 @@ static void expire_multipart(reconcile_t *rc)
                 1, params);
 }
 
+/* Change-log rows deleted per round: one indexed DELETE, well under a second. */
+#define DELTA_PRUNE_BATCH 50000
+
 static void on_delta_pruned(PGresult *res, const char *errstr, void *data)
 {
     (void)data;
@@ -391,8 +393,7 @@ static void prune_delta(reconcile_t *rc)
     snprintf(retention, sizeof(retention), "%lld", (long long)fm_control->config.delta_retention_s);
     snprintf(limit, sizeof(limit), "%d", DELTA_PRUNE_BATCH);
     const char *params[] = {retention, limit};
-    fm_pg_query(ct(rc)->pg, on_delta_pruned, NULL, "SELECT fm_tree_changes_prune($1::integer, $2::integer)", 2,
-                params);
+    fm_pg_query(ct(rc)->pg, on_delta_pruned, NULL, "SELECT fm_tree_changes_prune($1::integer, $2::integer)", 2, params);
 }
 
 static void on_lock(redisReply *reply, const char *errstr, void *data)

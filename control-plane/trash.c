@@ -153,8 +153,8 @@ static void list_authorized(fm_req_t *r, const fm_principal_t *p)
         cursor_scope(p, scope, sizeof(scope));
         const fm_config_t *cfg = &fm_control->config;
         if (rc != FM_PCT_OK ||
-            fm_cursor_open(cfg->jwt_secret, strlen(cfg->jwt_secret), scope, text, strlen(text), keyset,
-                           sizeof(keyset), &len) != 0 ||
+            fm_cursor_open(cfg->jwt_secret, strlen(cfg->jwt_secret), scope, text, strlen(text), keyset, sizeof(keyset),
+                           &len) != 0 ||
             len != KEYSET_LEN || !fm_uuid_valid((const char *)keyset + 8, 36)) {
             fm_reply_error(r, 400, "invalid_cursor", "the cursor is not one this server gave you");
             return;
@@ -181,11 +181,10 @@ void handle_trash_list(fm_req_t *r)
     fm_auth_require(r, list_authorized);
 }
 
-/* ---- DELETE /v1/trash/{id}, DELETE /v1/trash ---------------------------------------------------------------------- */
+/* ---- DELETE /v1/trash/{id}, DELETE /v1/trash ----------------------------------------------------------------------
+ */
 
-static void ignore_reply(redisReply *reply, const char *errstr, void *data)
-{
-}
+static void ignore_reply(redisReply *reply, const char *errstr, void *data) {}
 
 static void purge_answer(fm_req_t *r, void *arg)
 {
@@ -271,8 +270,8 @@ static void on_purged(PGresult *res, const char *errstr, void *data)
             fm_reply_error(r, 404, "not_found", "no such entry in the trash");
         return;
     }
-    fm_log(FM_LOG_INFO, r->request_id, "trash: %s purged %d file(s); %d cleanup job(s)",
-           t->empty ? "emptying" : t->id, t->files_purged, t->job_count);
+    fm_log(FM_LOG_INFO, r->request_id, "trash: %s purged %d file(s); %d cleanup job(s)", t->empty ? "emptying" : t->id,
+           t->files_purged, t->job_count);
     forget_files(r, res);
     enqueue_next(r, NULL);
 }
