@@ -43,6 +43,7 @@ typedef struct fm_config {
     int64_t folder_entries_max; /* control-plane/folders.c: live entries per folder */
     int64_t folder_move_max;    /* control-plane/folders.c: descendant folders a move rewrites */
     int64_t folder_trash_max;   /* control-plane/folders.c: entries a folder trash takes */
+    int64_t delta_retention_s; /* control-plane/delta.c, reconcile.c: changes kept for GET /v1/files/delta */
     char allowed_content_types[2048];
     char s3_public_endpoint[256];
     /* downloads (control-plane/download.c, docs/downloads.md "Download URLs") */

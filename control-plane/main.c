@@ -30,6 +30,7 @@ static const fm_route_t routes[] = {
     {"POST", "/v1/uploads/{id}/complete", handle_upload_complete},
     {"DELETE", "/v1/uploads/{id}", handle_upload_abort},
     {"POST", "/v1/events/s3", handle_events_s3},
+    {"GET", "/v1/files/delta", handle_files_delta}, /* before /v1/files/{id}: the first match wins */
     {"GET", "/v1/files/{id}", handle_file_get},
     {"PATCH", "/v1/files/{id}", handle_file_update},
     {"DELETE", "/v1/files/{id}", handle_file_delete},
@@ -41,6 +42,9 @@ static const fm_route_t routes[] = {
     {"PATCH", "/v1/folders/{id}", handle_folder_update},
     {"DELETE", "/v1/folders/{id}", handle_folder_delete},
     {"POST", "/v1/folders/{id}/restore", handle_folder_restore},
+    {"GET", "/v1/trash", handle_trash_list},
+    {"DELETE", "/v1/trash", handle_trash_empty},
+    {"DELETE", "/v1/trash/{id}", handle_trash_purge},
     {"GET", "/v1/jobs/{id}", handle_job_get},
     {"GET", "/v1/admin/jobs", handle_admin_jobs},
     {"POST", "/v1/admin/jobs/{id}/retry", handle_admin_job_retry},

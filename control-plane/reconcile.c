@@ -15,7 +15,10 @@
  *      abort route's S3 call may have failed);
  *   5. deletes the rows of files trashed (file_delete.c) longer than FM_TRASH_RETENTION_S, except while an upload
  *      of theirs still needs steps 3 or 4, and puts on the stream a cleanup_blob job for each blob left without any
- *      file (schema/006_trash.sql fm_trash_purge; the worker deletes the object, its variants and the edges' copies).
+ *      file (schema/006_trash.sql fm_trash_purge; the worker deletes the object, its variants and the edges' copies),
+ *      then the trashed folders past it that hold nothing any more (schema/016_trash_delta.sql).
+ * Besides, each round deletes at most DELTA_PRUNE_BATCH changes older than FM_DELTA_RETENTION_S from the log of
+ * GET /v1/files/delta (delta.c; schema 016 fm_tree_changes_prune), alongside the steps.
  * Each step's work per round is bounded (BATCH rows; step 2: 10 pages; step 3: 5 x 2,000 rows), so one round stays
  * short whatever the backlog. Besides, at start and with each round, it rebuilds what fm-edge reads from Redis
  * (edge_index.c: the set fm:public and the revocation marks) from PostgreSQL when Redis lost them.
@@ -372,6 +375,27 @@ static void expire_multipart(reconcile_t *rc)
                 1, params);
 }
 
+/* Change-log rows deleted per round: one indexed DELETE, well under a second. */
+#define DELTA_PRUNE_BATCH 50000
+
+static void on_delta_pruned(PGresult *res, const char *errstr, void *data)
+{
+    (void)data;
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK)
+        fm_warn("reconcile: pruning the change log failed: %s", res ? PQresultErrorMessage(res) : errstr);
+    else if (atoi(PQgetvalue(res, 0, 0)) > 0)
+        fm_info("reconcile: %s change(s) older than FM_DELTA_RETENTION_S deleted", PQgetvalue(res, 0, 0));
+}
+
+static void prune_delta(reconcile_t *rc)
+{
+    char retention[24], limit[16];
+    snprintf(retention, sizeof(retention), "%lld", (long long)fm_control->config.delta_retention_s);
+    snprintf(limit, sizeof(limit), "%d", DELTA_PRUNE_BATCH);
+    const char *params[] = {retention, limit};
+    fm_pg_query(ct(rc)->pg, on_delta_pruned, NULL, "SELECT fm_tree_changes_prune($1::integer, $2::integer)", 2, params);
+}
+
 static void on_lock(redisReply *reply, const char *errstr, void *data)
 {
     reconcile_t *rc = data;
@@ -381,6 +405,7 @@ static void on_lock(redisReply *reply, const char *errstr, void *data)
     }
     fm_jobs_ensure_group(ct(rc)->redis);
     fm_edge_index_check(rc);
+    prune_delta(rc);
     rc->step = STEP_JOBS;
     step_start(rc);
 }

@@ -171,6 +171,10 @@ ROUTE_CALLS = {
     ("DELETE", "/v1/folders/{id}"): (lambda res: f"/v1/folders/{res['folder_id']}", None),
     ("POST", "/v1/folders/{id}/restore"): (lambda res: f"/v1/folders/{res['trashed_folder_id']}/restore", None),
     ("GET", "/v1/jobs/{id}"): (lambda res: f"/v1/jobs/{res['job_id']}", None),
+    ("GET", "/v1/trash"): (lambda res: "/v1/trash", None),
+    ("DELETE", "/v1/trash"): (lambda res: "/v1/trash", None),
+    ("DELETE", "/v1/trash/{id}"): (lambda res: f"/v1/trash/{res['file_id']}", None),
+    ("GET", "/v1/files/delta"): (lambda res: "/v1/files/delta", None),
     ("GET", "/v1/admin/jobs"): (lambda res: "/v1/admin/jobs?status=failed", None),
     ("POST", "/v1/admin/jobs/{id}/retry"): (lambda res: f"/v1/admin/jobs/{res['job_id']}/retry", None),
     ("GET", "/v1/uppy/s3/params"): (lambda res: "/v1/uppy/s3/params?filename=a.bin&type=text%2Fplain"
@@ -229,6 +233,32 @@ NO_RESOURCE = NA("the route names no resource: it acts on the caller's own accou
 ANY_ROLE = NA("every role may do this to its own resources (a viewer reads, aborts and deletes what it owns)")
 PUBLIC = {"no_token": NA("public route: no token is needed"), "expired_token": NA("public route"),
           "garbage_token": NA("public route")}
+
+def trashed_file(c, user):
+    """A file of `user` in the trash (its upload aborted long ago: nothing keeps it from a purge)."""
+    a = c.fm.start(user, random_bytes(64))
+    c.fm.sql(f"UPDATE uploads SET status = 'ABORTED', created_at = now() - interval '2 days' "
+             f"WHERE id = '{a['upload_id']}'")
+    assert c.fm.call(user, "DELETE", f"/v1/files/{a['file_id']}").status_code == 204
+    return a["file_id"]
+
+
+def purge_of_others(c):
+    """A's purge of B's trashed file: 404, the row stays, and B's own purge of it works."""
+    theirs = trashed_file(c, c.b)
+    r = c.fm.call(c.a, "DELETE", f"/v1/trash/{theirs}")
+    assert c.fm.sql(f"SELECT count(*) FROM files WHERE id = '{theirs}'") == "1"
+    assert c.fm.call(c.b, "DELETE", f"/v1/trash/{theirs}").status_code == 204
+    return r
+
+
+def trash_cursor_of(c, user):
+    trashed_file(c, user)
+    trashed_file(c, user)
+    cursor = c.fm.call(user, "GET", "/v1/trash?limit=1").json()["next_cursor"]
+    assert cursor
+    return cursor
+
 
 U = "/v1/uppy/s3/multipart"
 ROWS = {
@@ -399,6 +429,33 @@ ROWS = {
     ("GET", "/v1/jobs/{id}"): {
         **AUTH, "other_account": other("not_found"), "narrow_role": ANY_ROLE,
         "bad_input": [malformed_id(("GET", "/v1/jobs/{id}"), "/v1/jobs/x", "not_found")]},
+    ("GET", "/v1/trash"): {
+        **AUTH, "narrow_role": ANY_ROLE,
+        "other_account": E(400, "invalid_cursor",
+                           lambda c: c.fm.call(c.a, "GET", f"/v1/trash?cursor={trash_cursor_of(c, c.b)}"),
+                           "B's trash cursor sent by A"),
+        "bad_input": [E(422, "invalid_limit", lambda c: c.fm.call(c.a, "GET", "/v1/trash?limit=0"), "limit 0"),
+                      E(422, "invalid_limit", lambda c: c.fm.call(c.a, "GET", "/v1/trash?limit=201"), "limit 201"),
+                      E(400, "invalid_cursor", lambda c: c.fm.call(c.a, "GET", "/v1/trash?cursor=garbage"),
+                        "a cursor this server never gave")]},
+    ("DELETE", "/v1/trash"): {**AUTH, "other_account": NO_RESOURCE, "narrow_role": ANY_ROLE,
+                              "bad_input": NA("takes no input")},
+    ("DELETE", "/v1/trash/{id}"): {
+        **AUTH, "narrow_role": ANY_ROLE,
+        "other_account": E(404, "not_found", purge_of_others, "A purges B's trashed file"),
+        "bad_input": [malformed_id(("DELETE", "/v1/trash/{id}"), "/v1/trash/not-a-uuid", "not_found"),
+                      E(404, "not_found", lambda c: c.fm.call(c.a, "DELETE", f"/v1/trash/{c.ra['file_id']}"),
+                        "a live file: not in the trash")]},
+    ("GET", "/v1/files/delta"): {
+        **AUTH, "narrow_role": ANY_ROLE,
+        "other_account": E(400, "invalid_cursor",
+                           lambda c: c.fm.call(c.a, "GET", "/v1/files/delta?cursor="
+                                               + c.fm.call(c.b, "GET", "/v1/files/delta").json()["cursor"]),
+                           "B's delta cursor sent by A"),
+        "bad_input": [E(400, "invalid_cursor", lambda c: c.fm.call(c.a, "GET", "/v1/files/delta?cursor=AAAA"),
+                        "a cursor this server never gave"),
+                      E(422, "invalid_limit", lambda c: c.fm.call(c.a, "GET", "/v1/files/delta?limit=1001"),
+                        "limit above 1,000")]},
     ("GET", "/v1/admin/jobs"): {
         **AUTH, "other_account": NA("admins see every account's jobs; others are refused (narrow_role)"),
         "narrow_role": E(403, "forbidden"),
