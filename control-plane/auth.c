@@ -19,6 +19,7 @@
 #include "control.h"
 #include "email.h"
 #include "limits.h"
+#include "quota.h"
 #include "log.h"
 
 #define AUTH_BODY_MAX 16384
@@ -274,6 +275,8 @@ static void on_session_cached(redisReply *reply, const char *errstr, void *data)
     /* The session is in PostgreSQL already; a cache miss later rebuilds the key, so a failure here is only logged. */
     if (reply == NULL || reply->type == REDIS_REPLY_ERROR)
         fm_log(FM_LOG_WARN, r->request_id, "redis: session not cached: %s", reply ? reply->str : errstr);
+    /* The owner's quota copy (quota.h) made or rewritten now, so that the first uploads of the session find it. */
+    fm_quota_refresh(fm_control_thread(r), ((auth_state_t *)r->state)->user_id);
     answer_tokens(r, r->state, 200);
 }
 

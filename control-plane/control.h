@@ -128,18 +128,23 @@ int fm_records_init(void);
 /** What a record script did: stored the upload record, stored a dedupe record (READY on the owner's blob, same file
  *  id) instead, stored nothing because the index names the hash with another size or is not built, or stored nothing
  *  because the backlog of records only in Redis is at its bound (FM_RECORD_BACKLOG_MAX / _MS): the caller then
- *  writes the upload (FULL) or the dedupe (FULL_DEDUPE) through to PostgreSQL, after fm_records_through(). */
+ *  writes the upload (FULL) or the dedupe (FULL_DEDUPE) through to PostgreSQL, after fm_records_through(); or
+ *  stored nothing because the owner's quota copy (quota.h) is missing or says the size does not fit: PostgreSQL
+ *  decides, the caller writes the upload (QUOTA) or the dedupe (QUOTA_DEDUPE) through, which checks the quota. */
 typedef enum {
     FM_RECORD_UPLOAD,
     FM_RECORD_DEDUPE,
     FM_RECORD_OTHER_SIZE,
     FM_RECORD_INDEX_MISSING,
     FM_RECORD_FULL,
-    FM_RECORD_FULL_DEDUPE
+    FM_RECORD_FULL_DEDUPE,
+    FM_RECORD_QUOTA,
+    FM_RECORD_QUOTA_DEDUPE
 } fm_record_outcome_t;
 typedef void (*fm_records_done_fn)(fm_req_t *r, fm_record_outcome_t outcome);
 /** Stores the record in Redis (atomically, with its place in the backlog) unless the backlog is at its bound, then
- *  calls done(r, UPLOAD / DEDUPE, or FULL / FULL_DEDUPE: nothing stored); answers 503 itself when Redis fails. */
+ *  calls done(r, UPLOAD / DEDUPE, or FULL / FULL_DEDUPE / QUOTA / QUOTA_DEDUPE: nothing stored); answers 503 itself
+ *  when Redis fails. */
 void fm_records_put(fm_req_t *r, const fm_record_t *rec, fm_records_done_fn done);
 /** POST /v1/uploads in one Redis round trip: asks the owner's dedupe index `index_key` for upload->sha256 and
  *  stores the record that follows from the answer in the same script (within the backlog's bound); answers 503

@@ -12,8 +12,8 @@
  * caller's, the name fm_free_name's with rename; a taken name is 23505 on entry_names_pkey, 409 name_taken with
  * fail) → answer (201, the new file as GET /v1/files/{id} answers it). Loop-thread only.
  *
- * Quota (issue 11 item 6) is not counted here yet: a copy counts against the owner's quota, and its reservation
- * belongs in `act`, before the insert.
+ * Quota (issue 11 item 6, quota.c): a copy counts its whole size; the insert itself checks it (fm_quota_take, the
+ * owner's row locked), so a copy past the quota is 413 quota_exceeded and nothing is inserted.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +22,7 @@
 #include "control.h"
 #include "log.h"
 #include "names.h"
+#include "quota.h"
 #include "qs.h"
 
 #define COPY_BODY_MAX 4096
@@ -60,7 +61,8 @@ static const char copy_sql[] =
     "  SELECT $7::uuid, $2::uuid, p.dest_folder,"
     "    CASE WHEN $6::text = 'rename' THEN fm_free_name($2::uuid, p.dest_folder, p.dest_name) ELSE p.dest_name END,"
     "    p.size, p.content_type, p.claimed_sha256, p.blob_sha256, 'READY'"
-    "  FROM place p WHERE p.folder_ok AND p.status = 'READY' AND p.blob_sha256 IS NOT NULL RETURNING id)"
+    "  FROM place p WHERE p.folder_ok AND p.status = 'READY' AND p.blob_sha256 IS NOT NULL"
+    "    AND fm_quota_take($2::uuid, p.size) RETURNING id)"
     "SELECT p.status, p.folder_ok, (SELECT id FROM copied) FROM place p";
 
 /* ---- parse ---- */
@@ -146,6 +148,12 @@ static void on_copied(PGresult *res, const char *errstr, void *data)
     if (fm_req_resume(r) != 0)
         return;
     copy_t *c = r->state;
+    if (fm_pg_quota_exceeded(res)) { /* the statement was undone whole: no copy */
+        fm_reply_error(r, 413, "quota_exceeded",
+                       "a copy counts its whole size against your quota, and it would pass it (GET /v1/me)");
+        fm_quota_refresh(fm_control_thread(r), c->principal->user_id);
+        return;
+    }
     if (fm_pg_name_taken(res)) { /* the statement was undone whole: no copy */
         if (c->rename && ++c->name_tries < NAME_TRIES_MAX) {
             run_copy(r, NULL);
@@ -173,6 +181,7 @@ static void on_copied(PGresult *res, const char *errstr, void *data)
         return;
     }
     fm_tree_changed(fm_control_thread(r), c->principal->user_id);
+    fm_quota_refresh(fm_control_thread(r), c->principal->user_id);
     answer(r);
 }
 

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "control.h"
+#include "log.h"
 #include "quota.h"
 
 void fm_quota_key(char *out, size_t size, const char *owner_id)
@@ -86,20 +87,240 @@ void fm_quota_refresh(fm_control_thread_t *thread, const char *owner_id)
         free(f);
 }
 
-/* Moves a flushed batch's bytes of one owner from p to b, only on a copy that exists: a copy made after the records
- * were stored has p = 0 and must not go below it. */
-static const char flushed_script[] = "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
-                                     "  redis.call('HINCRBY', KEYS[1], 'p', -tonumber(ARGV[1]))\n"
-                                     "  redis.call('HINCRBY', KEYS[1], 'b', tonumber(ARGV[1]) * tonumber(ARGV[2]))\n"
-                                     "  if tonumber(redis.call('HGET', KEYS[1], 'p')) < 0 then redis.call('HSET', KEYS[1], 'p', 0) end\n"
-                                     "end\n"
-                                     "return 1\n";
+/* KEYS: record hashes (fm:rec:{id}). ARGV: for each record in turn its owner's copy key, its size, and '1' when it
+ * landed in PostgreSQL or '0' when it was set aside. A landed record's bytes move from p to b once, by whoever deletes
+ * its hash: the flusher and fm_records_ensure may both insert the same record, only one DEL answers 1. A set-aside
+ * record (renamed away, never deleted here) only leaves p. A copy made after the record was stored has p = 0 and
+ * never goes below it. */
+static const char landed_script[] =
+    "for i, key in ipairs(KEYS) do\n"
+    "  local q, size, landed = ARGV[3 * i - 2], tonumber(ARGV[3 * i - 1]), ARGV[3 * i] == '1'\n"
+    "  local mine = not landed or redis.call('DEL', key) == 1\n"
+    "  if mine and size > 0 and redis.call('EXISTS', q) == 1 then\n"
+    "    if redis.call('HINCRBY', q, 'p', -size) < 0 then redis.call('HSET', q, 'p', 0) end\n"
+    "    if landed then redis.call('HINCRBY', q, 'b', size) end\n"
+    "  end\n"
+    "end\n"
+    "return 1\n";
 
-void fm_quota_flushed(fm_redis_t *redis, const char *owner_id, long long bytes, int landed)
+void fm_quota_landed(fm_redis_t *redis, size_t n, const fm_quota_landing_t *recs)
 {
-    char key[64], amount[24];
+    if (n == 0)
+        return;
+    const char **argv = calloc(3 + 4 * n, sizeof(char *));
+    char (*words)[64] = calloc(2 * n, 64);
+    char count[24];
+    if (argv == NULL || words == NULL)
+        h2o_fatal("out of memory");
+    snprintf(count, sizeof(count), "%zu", n);
+    int argc = 0;
+    argv[argc++] = "EVAL";
+    argv[argc++] = landed_script;
+    argv[argc++] = count;
+    for (size_t i = 0; i < n; ++i)
+        argv[argc++] = recs[i].record_key;
+    for (size_t i = 0; i < n; ++i) {
+        int known = recs[i].owner_id != NULL && recs[i].owner_id[0] != '\0';
+        if (known)
+            fm_quota_key(words[2 * i], 64, recs[i].owner_id);
+        snprintf(words[2 * i + 1], 64, "%lld", known ? recs[i].size : 0);
+        argv[argc++] = words[2 * i];
+        argv[argc++] = words[2 * i + 1];
+        argv[argc++] = recs[i].landed ? "1" : "0";
+    }
+    fm_redis_commandargv(redis, ignore_reply, NULL, argc, argv, NULL);
+    free(words);
+    free(argv);
+}
+
+/* ---- the periodic recount (the reconciler's round) ------------------------------------------------------------ */
+
+/* Owners recounted per round: one aggregate over their files, bounded. */
+#define RECOUNT_OWNERS 200
+
+/* Rewrites q and b of a copy that exists (an owner nobody presigned for lately gets none). */
+static const char refresh_existing_script[] = "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
+                                              "  redis.call('HSET', KEYS[1], 'q', ARGV[1], 'b', ARGV[2])\n"
+                                              "end\n"
+                                              "return 1\n";
+
+typedef struct {
+    fm_control_thread_t *thread;
+    char *after;
+} recount_t;
+
+static void on_recounted(PGresult *res, const char *errstr, void *data)
+{
+    recount_t *c = data;
+    if (res == NULL || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        if (res != NULL) /* NULL: the pools stop, nothing to say */
+            fm_warn("quota: the recount failed: %s", PQresultErrorMessage(res));
+        free(c);
+        return;
+    }
+    int rows = PQntuples(res), repaired = 0;
+    for (int i = 0; i < rows; ++i) {
+        char key[64], charged[24];
+        fm_quota_key(key, sizeof(key), PQgetvalue(res, i, 0));
+        snprintf(charged, sizeof(charged), "%lld",
+                 strtoll(PQgetvalue(res, i, 1), NULL, 10) + strtoll(PQgetvalue(res, i, 2), NULL, 10));
+        const char *argv[] = {"EVAL", refresh_existing_script, "1", key, PQgetvalue(res, i, 3), charged};
+        fm_redis_commandargv(c->thread->redis, ignore_reply, NULL, 6, argv, NULL);
+        repaired += strcmp(PQgetvalue(res, i, 4), "t") == 0;
+    }
+    if (repaired > 0)
+        fm_warn("quota: the recount repaired the figures of %d owner(s)", repaired);
+    /* The next round goes on after this slice, or from the first owner again. */
+    snprintf(c->after, 37, "%s", rows > 0 ? PQgetvalue(res, 0, 5) : "");
+    free(c);
+}
+
+void fm_quota_recount_round(fm_control_thread_t *thread, char after[37])
+{
+    recount_t *c = malloc(sizeof(*c));
+    if (c == NULL)
+        h2o_fatal("out of memory");
+    c->thread = thread;
+    c->after = after;
+    char limit[16];
+    snprintf(limit, sizeof(limit), "%d", RECOUNT_OWNERS);
+    const char *params[] = {after[0] ? after : NULL, limit};
+    if (fm_pg_query(thread->pg, on_recounted, c,
+                    "SELECT out_owner, out_used, out_reserved, out_quota, out_repaired, out_last "
+                    "FROM fm_quota_recount($1::uuid, $2::integer)",
+                    2, params) != 0)
+        free(c);
+}
+
+/* ---- a hold for a charge decided in PostgreSQL ---------------------------------------------------------------- */
+
+/* KEYS[1]: the owner's copy. ARGV[1]: the size; ARGV[2], ARGV[3] (optional): q and b to write first (a refresh read
+ * from PostgreSQL just now). Answers 'held' (p grew by the size: the charge may go on), 'over' or 'unbuilt'. */
+static const char hold_script[] = QUOTA_LUA "if ARGV[2] then\n"
+                                            "  redis.call('HSET', KEYS[1], 'q', ARGV[2], 'b', ARGV[3])\n"
+                                            "  redis.call('HSETNX', KEYS[1], 'p', 0)\n"
+                                            "end\n"
+                                            "local refused = quota_take(KEYS[1], ARGV[1])\n"
+                                            "if refused == 'quota_unbuilt' then return 'unbuilt' end\n"
+                                            "if refused then return 'over' end\n"
+                                            QUOTA_RESERVE_LUA("KEYS[1]", "ARGV[1]")
+                                            "return 'held'\n";
+
+typedef struct {
+    fm_req_t *r;
+    fm_quota_hold_fn next;
+    void *arg;
+    char owner[37], key[64], size[24];
+    int refreshed;
+} hold_t;
+
+static void hold_send(hold_t *h, const char *quota, const char *charged);
+
+static void hold_end(hold_t *h, fm_quota_hold_t outcome)
+{
+    fm_req_t *r = h->r;
+    fm_quota_hold_fn next = h->next;
+    void *arg = h->arg;
+    free(h);
+    next(r, outcome, arg);
+}
+
+static void on_hold_refreshed(PGresult *res, const char *errstr, void *data)
+{
+    hold_t *h = data;
+    if (fm_req_resume(h->r) != 0) {
+        free(h);
+        return;
+    }
+    if (fm_pg_failed(h->r, res, errstr)) {
+        free(h);
+        return;
+    }
+    if (PQntuples(res) != 1) { /* the owner is gone: PostgreSQL's insert refuses it on its own */
+        hold_end(h, FM_QUOTA_UNCHECKED);
+        return;
+    }
+    hold_send(h, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1));
+}
+
+static void on_held(redisReply *reply, const char *errstr, void *data)
+{
+    hold_t *h = data;
+    if (fm_req_resume(h->r) != 0) {
+        free(h);
+        return;
+    }
+    if (reply == NULL || reply->type != REDIS_REPLY_STRING) {
+        /* Redis cannot tell: PostgreSQL's own check (fm_quota_take) decides alone. */
+        fm_log(FM_LOG_WARN, h->r->request_id, "redis: quota copy unavailable: %s",
+               reply && reply->type == REDIS_REPLY_ERROR ? reply->str : errstr ? errstr : "unexpected reply");
+        hold_end(h, FM_QUOTA_UNCHECKED);
+        return;
+    }
+    if (strcmp(reply->str, "held") == 0) {
+        hold_end(h, FM_QUOTA_HELD);
+    } else if (strcmp(reply->str, "unbuilt") == 0) {
+        hold_end(h, FM_QUOTA_UNCHECKED);
+    } else if (!h->refreshed) {
+        /* 'over' on a copy that may count releases PostgreSQL already made (a FAILED upload, a purge): read the
+         * figures and ask again, in one script, before refusing. */
+        h->refreshed = 1;
+        const char *params[] = {h->owner};
+        if (fm_pg_call_with(h->r, h, on_hold_refreshed,
+                            "SELECT quota_bytes, used_bytes + reserved_bytes FROM users WHERE id = $1::uuid", 1,
+                            params) != 0) {
+            fm_reply_unavailable(h->r, "the database");
+            free(h);
+        }
+    } else {
+        hold_end(h, FM_QUOTA_OVER);
+    }
+}
+
+static void hold_send(hold_t *h, const char *quota, const char *charged)
+{
+    const char *argv[] = {"EVAL", hold_script, "1", h->key, h->size, quota, charged};
+    if (fm_redis_call_with(h->r, h, on_held, quota != NULL ? 7 : 5, argv) != 0) {
+        fm_reply_unavailable(h->r, "the session store");
+        free(h);
+    }
+}
+
+void fm_quota_hold(fm_req_t *r, const char *owner_id, long long size, fm_quota_hold_fn next, void *arg)
+{
+    hold_t *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        h2o_fatal("out of memory");
+    h->r = r;
+    h->next = next;
+    h->arg = arg;
+    snprintf(h->owner, sizeof(h->owner), "%s", owner_id);
+    fm_quota_key(h->key, sizeof(h->key), owner_id);
+    snprintf(h->size, sizeof(h->size), "%lld", size);
+    hold_send(h, NULL, NULL);
+}
+
+/* KEYS[1]: the copy. ARGV: the size held, '1' when the charge went through. */
+static const char settle_hold_script[] =
+    "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
+    "  if redis.call('HINCRBY', KEYS[1], 'p', -tonumber(ARGV[1])) < 0 then redis.call('HSET', KEYS[1], 'p', 0) end\n"
+    "  if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'b', ARGV[1]) end\n"
+    "end\n"
+    "return 1\n";
+
+void fm_quota_settle(fm_control_thread_t *thread, const char *owner_id, long long size, fm_quota_hold_t held,
+                     int charged)
+{
+    if (held != FM_QUOTA_HELD) {
+        if (charged) /* checked by PostgreSQL alone: (re)build the copy from its figures */
+            fm_quota_refresh(thread, owner_id);
+        return;
+    }
+    char key[64];
     fm_quota_key(key, sizeof(key), owner_id);
-    snprintf(amount, sizeof(amount), "%lld", bytes);
-    const char *argv[] = {"EVAL", flushed_script, "1", key, amount, landed ? "1" : "0"};
-    fm_redis_commandargv(redis, ignore_reply, NULL, 6, argv, NULL);
+    char amount[24];
+    snprintf(amount, sizeof(amount), "%lld", size);
+    /* The hold leaves p; a charge that went through is in PostgreSQL's figures now, so in b. */
+    const char *argv[] = {"EVAL", settle_hold_script, "1", key, amount, charged ? "1" : "0"};
+    fm_redis_commandargv(thread->redis, ignore_reply, NULL, 6, argv, NULL);
 }

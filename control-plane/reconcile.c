@@ -18,7 +18,8 @@
  *      file (schema/006_trash.sql fm_trash_purge; the worker deletes the object, its variants and the edges' copies),
  *      then the trashed folders past it that hold nothing any more (schema/016_trash_delta.sql).
  * Besides, each round deletes at most DELTA_PRUNE_BATCH changes older than FM_DELTA_RETENTION_S from the log of
- * GET /v1/files/delta (delta.c; schema 016 fm_tree_changes_prune), alongside the steps.
+ * GET /v1/files/delta (delta.c; schema 016 fm_tree_changes_prune), and recounts the quota figures of a slice of
+ * the owners (quota.c fm_quota_recount_round), alongside the steps.
  * Each step's work per round is bounded (BATCH rows; step 2: 10 pages; step 3: 5 x 2,000 rows), so one round stays
  * short whatever the backlog. Besides, at start and with each round, it rebuilds what fm-edge reads from Redis
  * (edge_index.c: the set fm:public and the revocation marks) from PostgreSQL when Redis lost them.
@@ -31,6 +32,7 @@
 
 #include "log.h"
 #include "metrics.h"
+#include "quota.h"
 #include "reconcile_internal.h"
 
 #define EXPIRE_BATCH 2000   /* single-PUT uploads expired per statement: short, well within FM_PG_TIMEOUT_MS */
@@ -406,6 +408,7 @@ static void on_lock(redisReply *reply, const char *errstr, void *data)
     fm_jobs_ensure_group(ct(rc)->redis);
     fm_edge_index_check(rc);
     prune_delta(rc);
+    fm_quota_recount_round(ct(rc), rc->quota_after);
     rc->step = STEP_JOBS;
     step_start(rc);
 }

@@ -33,6 +33,7 @@ typedef struct reconcile {
     long long covered;
     int expire_statements; /* step 3's statements this round */
     struct incoming *incoming; /* step 2's page and state */
+    char quota_after[37];      /* the quota recount's place (quota.c): the last owner done, "" = from the first */
 } reconcile_t;
 
 /* The connections of the reconciler's thread. */

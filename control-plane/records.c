@@ -40,6 +40,7 @@
 #include "control.h"
 #include "log.h"
 #include "metrics.h"
+#include "quota.h"
 #include "records_internal.h"
 
 /* Past the bound, PostgreSQL is "behind too" once this thread has this many queries per connection waiting for
@@ -49,6 +50,7 @@ static const char *const record_fields[] = {RECORD_FIELDS};
 #define RECORD_FIELD_COUNT (sizeof(record_fields) / sizeof(record_fields[0]))
 #define FILE_ID_FIELD 2
 #define OWNER_FIELD 3
+#define SIZE_FIELD 5
 
 /* The bound, shared by both request scripts: `now` (ms, Redis's clock) and full(pending, flushing, max, age_ms),
  * true when the backlog already holds `max` records or its oldest is `age_ms` old. */
@@ -64,14 +66,19 @@ static const char *const record_fields[] = {RECORD_FIELDS};
     "  return false\n"                                                                                                 \
     "end\n"
 
-/* KEYS: record hash, file → record key, pending, flushing. ARGV: ttl s, backlog max, backlog ms, record id, kind,
- * field/value pairs… Answers the kind stored, or 'full_' .. kind when the backlog is at its bound (nothing stored). */
-static const char put_script[] = BOUND_LUA "if full(KEYS[3], KEYS[4], ARGV[2], ARGV[3]) then return 'full_' .. ARGV[5] end\n"
-                                           "redis.call('HSET', KEYS[1], 'kind', unpack(ARGV, 5))\n"
-                                           "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
-                                           "redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[1])\n"
-                                           "redis.call('ZADD', KEYS[3], now, ARGV[4])\n"
-                                           "return ARGV[5]\n";
+/* KEYS: record hash, file → record key, pending, flushing, the owner's quota copy (quota.h). ARGV: ttl s, backlog max,
+ * backlog ms, record id, kind, field/value pairs…, then the record's size. Answers the kind stored, 'full_' .. kind
+ * when the backlog is at its bound, 'quota_' .. kind when the quota copy is missing or says the size does not fit
+ * (nothing stored: PostgreSQL decides). */
+static const char put_script[] = BOUND_LUA QUOTA_LUA
+                                 "if full(KEYS[3], KEYS[4], ARGV[2], ARGV[3]) then return 'full_' .. ARGV[5] end\n"
+                                 "if quota_take(KEYS[5], ARGV[#ARGV]) then return 'quota_' .. ARGV[5] end\n"
+                                 "redis.call('HSET', KEYS[1], 'kind', unpack(ARGV, 5, #ARGV - 1))\n"
+                                 "redis.call('EXPIRE', KEYS[1], ARGV[1])\n"
+                                 "redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[1])\n"
+                                 "redis.call('ZADD', KEYS[3], now, ARGV[4])\n"
+                                 QUOTA_RESERVE_LUA("KEYS[5]", "ARGV[#ARGV]")
+                                 "return ARGV[5]\n";
 static char put_script_sha[41];
 
 /* POST /v1/uploads in one round trip: the owner's dedupe index is asked and the record written in the same script.
@@ -79,20 +86,24 @@ static char put_script_sha[41];
  * backlog ms, upload id, file id, sha256, size, n, then n field/value items common to both kinds, then the upload's
  * own. A hash in the index with this size stores a dedupe record ('dedupe'); with another size nothing ('other':
  * PostgreSQL decides); an index not built yet nothing ('unbuilt'); otherwise the upload record ('upload'). At the
- * backlog's bound nothing is stored: 'full_dedupe' or 'full_upload'. */
-static const char probe_script[] = BOUND_LUA "local h = redis.call('HMGET', KEYS[1], ARGV[6], '_built')\n"
-                                             "local rec, id, kind, last\n"
-                                             "if h[1] then\n"
-                                             "  if h[1] ~= ARGV[7] then return 'other' end\n"
-                                             "  rec, id, kind, last = KEYS[3], ARGV[5], 'dedupe', 8 + tonumber(ARGV[8])\n"
-                                             "elseif not h[2] then return 'unbuilt'\n"
-                                             "else rec, id, kind, last = KEYS[2], ARGV[4], 'upload', #ARGV end\n"
-                                             "if full(KEYS[5], KEYS[6], ARGV[2], ARGV[3]) then return 'full_' .. kind end\n"
-                                             "redis.call('HSET', rec, 'kind', kind, unpack(ARGV, 9, last))\n"
-                                             "redis.call('EXPIRE', rec, ARGV[1])\n"
-                                             "redis.call('SET', KEYS[4], id, 'EX', ARGV[1])\n"
-                                             "redis.call('ZADD', KEYS[5], now, id)\n"
-                                             "return kind\n";
+ * backlog's bound nothing is stored: 'full_dedupe' or 'full_upload'; past the owner's quota copy (KEYS[7], quota.h)
+ * nothing either: 'quota_dedupe' or 'quota_upload'. */
+static const char probe_script[] = BOUND_LUA QUOTA_LUA
+                                   "local h = redis.call('HMGET', KEYS[1], ARGV[6], '_built')\n"
+                                   "local rec, id, kind, last\n"
+                                   "if h[1] then\n"
+                                   "  if h[1] ~= ARGV[7] then return 'other' end\n"
+                                   "  rec, id, kind, last = KEYS[3], ARGV[5], 'dedupe', 8 + tonumber(ARGV[8])\n"
+                                   "elseif not h[2] then return 'unbuilt'\n"
+                                   "else rec, id, kind, last = KEYS[2], ARGV[4], 'upload', #ARGV end\n"
+                                   "if full(KEYS[5], KEYS[6], ARGV[2], ARGV[3]) then return 'full_' .. kind end\n"
+                                   "if quota_take(KEYS[7], ARGV[7]) then return 'quota_' .. kind end\n"
+                                   "redis.call('HSET', rec, 'kind', kind, unpack(ARGV, 9, last))\n"
+                                   "redis.call('EXPIRE', rec, ARGV[1])\n"
+                                   "redis.call('SET', KEYS[4], id, 'EX', ARGV[1])\n"
+                                   "redis.call('ZADD', KEYS[5], now, id)\n"
+                                   QUOTA_RESERVE_LUA("KEYS[7]", "ARGV[7]")
+                                   "return kind\n";
 static char probe_script_sha[41];
 
 /* One statement inserts a batch, given as a JSON array of records (every value a JSON string): schema/015_names.sql.
@@ -141,13 +152,14 @@ typedef struct {
     const char *script;
     const char *argv[48];
     int argc;
-    char id[40], rec_key[64], dedupe_rec_key[64], file_key[64], index_key[80], ttl[24], backlog_max[24],
+    char id[40], rec_key[64], dedupe_rec_key[64], file_key[64], index_key[80], quota_key[64], ttl[24], backlog_max[24],
         backlog_ms[24], size[24], expires[24], created[24], common[8];
     int retried;
 } put_t;
 
 /* What the scripts answer, in the order of fm_record_outcome_t. */
-static const char *const outcomes[] = {"upload", "dedupe", "other", "unbuilt", "full_upload", "full_dedupe"};
+static const char *const outcomes[] = {"upload",      "dedupe",      "other",        "unbuilt",
+                                       "full_upload", "full_dedupe", "quota_upload", "quota_dedupe"};
 
 static void put_send(put_t *p);
 
@@ -243,12 +255,14 @@ void fm_records_put(fm_req_t *r, const fm_record_t *rec, fm_records_done_fn done
     snprintf(p->id, sizeof(p->id), "%s", dedupe ? rec->file_id : rec->upload_id);
     snprintf(p->rec_key, sizeof(p->rec_key), "fm:rec:{%s}", p->id);
     snprintf(p->file_key, sizeof(p->file_key), "fm:recf:{%s}", rec->file_id);
-    const char *head[] = {"EVALSHA",      put_script_sha, "4",           p->rec_key,     p->file_key,
-                          PENDING_KEY,    FLUSHING_KEY,   p->ttl,        p->backlog_max, p->backlog_ms,
-                          p->id,          dedupe ? "dedupe" : "upload"};
+    fm_quota_key(p->quota_key, sizeof(p->quota_key), rec->owner_id);
+    const char *head[] = {"EVALSHA",    put_script_sha, "5",     p->rec_key,     p->file_key,   PENDING_KEY,
+                          FLUSHING_KEY, p->quota_key,   p->ttl,  p->backlog_max, p->backlog_ms, p->id,
+                          dedupe ? "dedupe" : "upload"};
     for (size_t i = 0; i < sizeof(head) / sizeof(head[0]); ++i)
         p->argv[p->argc++] = head[i];
     put_fields(p, rec, dedupe);
+    p->argv[p->argc++] = p->size; /* the script's last argument: what the quota copy reserves */
     put_send(p);
 }
 
@@ -260,8 +274,9 @@ void fm_records_put_or_dedupe(fm_req_t *r, const fm_record_t *upload, const char
     snprintf(p->rec_key, sizeof(p->rec_key), "fm:rec:{%s}", upload->upload_id);
     snprintf(p->dedupe_rec_key, sizeof(p->dedupe_rec_key), "fm:rec:{%s}", upload->file_id);
     snprintf(p->file_key, sizeof(p->file_key), "fm:recf:{%s}", upload->file_id);
-    const char *head[] = {"EVALSHA",         probe_script_sha, "6",            p->index_key,   p->rec_key,
-                          p->dedupe_rec_key, p->file_key,      PENDING_KEY,    FLUSHING_KEY,   p->ttl,
+    fm_quota_key(p->quota_key, sizeof(p->quota_key), upload->owner_id);
+    const char *head[] = {"EVALSHA",         probe_script_sha, "7",            p->index_key,   p->rec_key,
+                          p->dedupe_rec_key, p->file_key,      PENDING_KEY,    FLUSHING_KEY,   p->quota_key, p->ttl,
                           p->backlog_max,    p->backlog_ms,    upload->upload_id, upload->file_id, upload->sha256,
                           p->size,           p->common};
     for (size_t i = 0; i < sizeof(head) / sizeof(head[0]); ++i)
@@ -355,6 +370,12 @@ const char *fm_records_owner_id(const redisReply *reply)
     return owner->type == REDIS_REPLY_STRING && owner->len <= 36 ? owner->str : NULL;
 }
 
+long long fm_records_size(const redisReply *reply)
+{
+    const redisReply *size = reply->element[SIZE_FIELD];
+    return size->type == REDIS_REPLY_STRING ? strtoll(size->str, NULL, 10) : 0;
+}
+
 /* ---- fm_records_ensure: the one record a request needs, now ---------------------------------------------------- */
 
 typedef struct {
@@ -362,6 +383,7 @@ typedef struct {
     fm_records_next_fn next;
     void *arg;
     char key[64], file_key[64], owner[37];
+    long long size;
 } ensure_t;
 
 static int ensure_resume(ensure_t *e)
@@ -400,8 +422,12 @@ static void on_ensure_inserted(PGresult *res, const char *errstr, void *data)
     }
     /* In PostgreSQL now: later reads need not insert it again (a flusher that takes its id finds it gone and drops
      * the id from the backlog). */
-    const char *argv[] = {"DEL", e->key, e->file_key};
-    fm_redis_commandargv(fm_control_thread(e->r)->redis, fm_records_ignore_reply, NULL, e->file_key[0] ? 3 : 2, argv, NULL);
+    fm_redis_t *redis = fm_control_thread(e->r)->redis;
+    if (e->file_key[0] != '\0') {
+        const char *argv[] = {"DEL", e->file_key};
+        fm_redis_commandargv(redis, fm_records_ignore_reply, NULL, 2, argv, NULL);
+    }
+    fm_quota_landed(redis, 1, &(fm_quota_landing_t){e->key, e->owner, e->size, 1});
     if (e->owner[0] != '\0') /* a new file in PostgreSQL: the owner's listings show it now */
         fm_tree_changed(fm_control_thread(e->r), e->owner);
     ensure_finish(e);
@@ -428,6 +454,7 @@ static void on_ensure_read(redisReply *reply, const char *errstr, void *data)
         snprintf(e->file_key, sizeof(e->file_key), "fm:recf:{%s}", fm_records_file_id(reply));
     if (fm_records_owner_id(reply) != NULL)
         snprintf(e->owner, sizeof(e->owner), "%s", fm_records_owner_id(reply));
+    e->size = fm_records_size(reply);
     const char *params[] = {json.base};
     int rc = fm_pg_call_prepared_with(e->r, e, on_ensure_inserted, fm_records_insert_sql, 1, params);
     free(json.base);

@@ -16,6 +16,7 @@
 #include "control.h"
 #include "log.h"
 #include "metrics.h"
+#include "quota.h"
 #include "records_internal.h"
 
 /* Records per batch, at most: a take script of this size keeps Redis busy ~1 ms and its insert far below
@@ -63,6 +64,7 @@ static const char take_script[] =
 typedef struct {
     char *id, *file_id, *json; /* file_id and json NULL: the record was gone */
     char *owner_id;            /* for fm_tree_changed once the record is in PostgreSQL; NULL when gone */
+    long long size;            /* for the owner's quota copy (quota.h) */
     int aside;                 /* PostgreSQL refused it on its own: kept as fm:rec:refused:{id} */
 } batch_record_t;
 
@@ -135,11 +137,17 @@ static void forget_batch(batch_t *b)
     del[ndel++] = "DEL";
     zrem[nzrem++] = "ZREM";
     zrem[nzrem++] = FLUSHING_KEY;
+    /* The records' hashes go with the quota accounting (quota.c fm_quota_landed: deletes those that landed, and
+     * moves their bytes from "written behind" to "in PostgreSQL" on their owners' copies exactly once). */
+    fm_quota_landing_t *landings = calloc(b->count, sizeof(*landings));
+    char (*rec_keys)[64] = calloc(b->count, 64);
+    if (landings == NULL || rec_keys == NULL)
+        h2o_fatal("out of memory");
     for (size_t i = 0; i < b->count; ++i) {
         batch_record_t *rec = &b->recs[i];
         zrem[nzrem++] = rec->id;
-        if (!rec->aside && asprintf(&keys[nkeys++], "fm:rec:{%s}", rec->id) < 0)
-            h2o_fatal("out of memory");
+        snprintf(rec_keys[i], 64, "fm:rec:{%s}", rec->id);
+        landings[i] = (fm_quota_landing_t){rec_keys[i], rec->owner_id, rec->size, !rec->aside};
         if (rec->file_id != NULL && asprintf(&keys[nkeys++], "fm:recf:{%s}", rec->file_id) < 0)
             h2o_fatal("out of memory");
     }
@@ -156,6 +164,9 @@ static void forget_batch(batch_t *b)
             last_owner = owner;
     }
     fm_redis_t *redis = flusher_redis(b->f);
+    fm_quota_landed(redis, b->count, landings);
+    free(landings);
+    free(rec_keys);
     if (ndel > 1)
         fm_redis_commandargv(redis, fm_records_ignore_reply, NULL, ndel, del, NULL);
     fm_redis_commandargv(redis, fm_records_ignore_reply, NULL, nzrem, zrem, NULL);
@@ -328,6 +339,7 @@ static void on_batch_taken(redisReply *reply, const char *errstr, void *data)
         if (fm_records_json_add(&json, records->element[i])) {
             const char *file_id = fm_records_file_id(records->element[i]);
             const char *owner_id = fm_records_owner_id(records->element[i]);
+            rec->size = fm_records_size(records->element[i]);
             if ((rec->json = strndup(json.base + at, json.len - at)) == NULL ||
                 (file_id != NULL && (rec->file_id = strdup(file_id)) == NULL) ||
                 (owner_id != NULL && (rec->owner_id = strdup(owner_id)) == NULL))

@@ -35,6 +35,9 @@ const char *fm_records_file_id(const redisReply *reply);
 /** The owner id of a record read by fm_records_json_add, or NULL (for fm_tree_changed once it is in PostgreSQL). */
 const char *fm_records_owner_id(const redisReply *reply);
 
+/** The size of a record read by fm_records_json_add, or 0 (for the owner's quota copy once it is in PostgreSQL). */
+long long fm_records_size(const redisReply *reply);
+
 /** One statement inserting a batch, $1 the JSON array of records; idempotent (ON CONFLICT DO NOTHING). */
 extern const char fm_records_insert_sql[];
 

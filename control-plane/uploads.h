@@ -39,6 +39,9 @@ struct fm_upload_state {
     int rename;
     int name_tries;   /* write-through inserts that met a name taken meanwhile (rename retries a few times) */
     int name_settled; /* s->name is the file's name in PostgreSQL: the answer says it */
+    /* The quota hold of a charge decided in PostgreSQL (quota.h): 0 until asked, then 1 + fm_quota_hold_t; kept
+     * across a name retry and from the dedupe to the upload it falls back to, ended once with the outcome. */
+    int quota_hold;
     char uppy_key[80];
 };
 

@@ -19,6 +19,7 @@
 #include "log.h"
 #include "mediatype.h"
 #include "names.h"
+#include "quota.h"
 #include "uploads.h"
 
 #define UPLOAD_BODY_MAX 16384
@@ -162,6 +163,16 @@ static void on_orphan_aborted(void *data)
 
 static void record_upload(fm_req_t *r, fm_upload_state_t *s);
 
+/* The statement of a charge is over (`charged`: its row is in PostgreSQL): ends the quota hold, once. */
+static void quota_settle(fm_req_t *r, fm_upload_state_t *s, int charged)
+{
+    if (s->quota_hold == 0)
+        return;
+    fm_quota_settle(fm_control_thread(r), s->principal->user_id, s->size, (fm_quota_hold_t)(s->quota_hold - 1),
+                    charged);
+    s->quota_hold = 0;
+}
+
 /* A write-through insert met a name taken among the live siblings: with rename, fm_free_name chose a name another
  * request took meanwhile, so it asks again (a few times); with fail, 409. Returns 1 when it handled `res`. */
 #define NAME_TRIES_MAX 4
@@ -187,14 +198,19 @@ static void on_upload_recorded(PGresult *res, const char *errstr, void *data)
         return;
     fm_upload_state_t *s = r->state;
     int failed = 0;
-    if (name_taken(r, s, res, record_upload, &failed))
+    if (fm_pg_quota_exceeded(res)) {
+        fm_quota_refuse(r, s->size);
+        failed = 1;
+    } else if (name_taken(r, s, res, record_upload, &failed)) {
         return;
+    }
     if (!failed)
         failed = fm_pg_failed(r, res, errstr);
     if (!failed && PQntuples(res) == 0) {
         fm_reply_error(r, 404, "folder_not_found", "no folder %s of yours", s->folder);
         failed = 1;
     }
+    quota_settle(r, s, !failed);
     if (failed) {
         /* Do not leave a multipart upload behind on S3 for a record that does not exist. */
         if (s->s3_upload_id[0] != '\0') {
@@ -211,8 +227,28 @@ static void on_upload_recorded(PGresult *res, const char *errstr, void *data)
     answer_created(r, s);
 }
 
+static void on_upload_held(fm_req_t *r, fm_quota_hold_t outcome, void *arg)
+{
+    fm_upload_state_t *s = r->state;
+    s->quota_hold = 1 + (int)outcome;
+    if (outcome != FM_QUOTA_OVER) {
+        record_upload(r, s);
+        return;
+    }
+    fm_quota_refuse(r, s->size);
+    if (s->s3_upload_id[0] != '\0') { /* no multipart upload left on S3 for a record that will not exist */
+        fm_req_hold(r);
+        if (fm_offload_run(r->thread->offload, abort_orphan_work, on_orphan_aborted, r) != 0)
+            fm_req_resume(r);
+    }
+}
+
 static void record_upload(fm_req_t *r, fm_upload_state_t *s)
 {
+    if (s->quota_hold == 0) { /* first the quota (quota.h), then the rows */
+        fm_quota_hold(r, s->principal->user_id, s->size, on_upload_held, NULL);
+        return;
+    }
     char size[24], part_size[24], part_count[16], ttl[24];
     snprintf(size, sizeof(size), "%lld", s->size);
     snprintf(part_size, sizeof(part_size), "%lld", s->part_size);
@@ -230,8 +266,9 @@ static void record_upload(fm_req_t *r, fm_upload_state_t *s)
                "  INSERT INTO files (owner_id, folder_id, name, size, content_type, claimed_sha256, status)"
                "  SELECT $1::uuid, $2::uuid, CASE WHEN $14 = 'rename' THEN fm_free_name($1::uuid, $2::uuid, $3) ELSE $3 END,"
                "         $4::bigint, $5, decode($6, 'hex'), 'PENDING_UPLOAD'"
-               "  WHERE $2::uuid IS NULL OR EXISTS (SELECT 1 FROM folders WHERE id = $2::uuid AND owner_id = $1::uuid"
-               "                                    AND deleted_at IS NULL)"
+               "  WHERE ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM folders WHERE id = $2::uuid AND owner_id = $1::uuid"
+               "                                     AND deleted_at IS NULL))"
+               "    AND fm_quota_take($1::uuid, $4::bigint)"
                "  RETURNING id, name), "
                "u AS ("
                "  INSERT INTO uploads (id, file_id, owner_id, object_key, size, content_type, claimed_sha256, method,"
@@ -270,6 +307,10 @@ static void on_multipart_created(void *data)
 
 static void on_record_stored(fm_req_t *r, fm_record_outcome_t outcome)
 {
+    if (outcome == FM_RECORD_QUOTA) { /* the quota copy cannot tell: PostgreSQL decides */
+        record_upload(r, r->state);
+        return;
+    }
     if (outcome != FM_RECORD_FULL) {
         answer_created(r, r->state);
         return;
@@ -398,14 +439,22 @@ static void on_dedupe_inserted(PGresult *res, const char *errstr, void *data)
         return;
     fm_upload_state_t *s = r->state;
     int failed = 0;
-    if (name_taken(r, s, res, try_dedupe, &failed) || failed)
+    if (fm_pg_quota_exceeded(res)) {
+        quota_settle(r, s, 0);
+        fm_quota_refuse(r, s->size);
         return;
-    if (fm_pg_failed(r, res, errstr))
+    }
+    if (name_taken(r, s, res, try_dedupe, &failed))
         return;
-    if (PQntuples(res) == 0) { /* the index was stale, or the size differs: upload the bytes */
+    if (failed || fm_pg_failed(r, res, errstr)) {
+        quota_settle(r, s, 0);
+        return;
+    }
+    if (PQntuples(res) == 0) { /* the index was stale, or the size differs: upload the bytes (the hold goes on) */
         fm_upload_start(r, s);
         return;
     }
+    quota_settle(r, s, 1);
     fm_tree_changed(fm_control_thread(r), s->principal->user_id);
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "file_id", PQgetvalue(res, 0, 0));
@@ -418,6 +467,10 @@ static void on_dedupe_inserted(PGresult *res, const char *errstr, void *data)
 static void on_dedupe_stored(fm_req_t *r, fm_record_outcome_t outcome)
 {
     fm_upload_state_t *s = r->state;
+    if (outcome == FM_RECORD_QUOTA_DEDUPE) { /* the quota copy cannot tell: PostgreSQL decides */
+        try_dedupe(r, s);
+        return;
+    }
     if (outcome == FM_RECORD_FULL_DEDUPE) { /* the backlog is at its bound: PostgreSQL decides now, as below */
         if (fm_records_through(r))
             try_dedupe(r, s);
@@ -446,8 +499,22 @@ static void dedupe_behind(fm_req_t *r, fm_upload_state_t *s)
     fm_records_put(r, &rec, on_dedupe_stored);
 }
 
+static void on_dedupe_held(fm_req_t *r, fm_quota_hold_t outcome, void *arg)
+{
+    fm_upload_state_t *s = r->state;
+    s->quota_hold = 1 + (int)outcome;
+    if (outcome == FM_QUOTA_OVER)
+        fm_quota_refuse(r, s->size);
+    else
+        try_dedupe(r, s);
+}
+
 static void try_dedupe(fm_req_t *r, fm_upload_state_t *s)
 {
+    if (s->quota_hold == 0) { /* first the quota (quota.h), then the row */
+        fm_quota_hold(r, s->principal->user_id, s->size, on_dedupe_held, NULL);
+        return;
+    }
     char size[24];
     snprintf(size, sizeof(size), "%lld", s->size);
     const char *params[] = {s->principal->user_id, s->folder[0] ? s->folder : NULL, s->name, size, s->content_type,
@@ -463,7 +530,7 @@ static void try_dedupe(fm_req_t *r, fm_upload_state_t *s)
                "                                   AND deleted_at IS NULL))) "
                "INSERT INTO files (owner_id, folder_id, name, size, content_type, claimed_sha256, blob_sha256, status)"
                "  SELECT $1::uuid, $2::uuid, CASE WHEN $7 = 'rename' THEN fm_free_name($1::uuid, $2::uuid, $3) ELSE $3 END,"
-               "         $4::bigint, $5, b.sha256, b.sha256, 'READY' FROM b "
+               "         $4::bigint, $5, b.sha256, b.sha256, 'READY' FROM b WHERE fm_quota_take($1::uuid, $4::bigint) "
                "RETURNING id, name",
                7, params);
 }
@@ -566,7 +633,11 @@ static void on_probed(fm_req_t *r, fm_record_outcome_t outcome)
         break;
     case FM_RECORD_DEDUPE:
     case FM_RECORD_FULL_DEDUPE:
+    case FM_RECORD_QUOTA_DEDUPE:
         on_dedupe_stored(r, outcome);
+        break;
+    case FM_RECORD_QUOTA: /* the quota copy is missing or says no: PostgreSQL decides (and refreshes it) */
+        record_upload(r, s);
         break;
     case FM_RECORD_FULL: /* the backlog is at its bound: the upload's rows go to PostgreSQL before the answer */
         if (fm_records_through(r))

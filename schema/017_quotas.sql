@@ -71,29 +71,33 @@ CREATE TRIGGER files_quota_upd AFTER UPDATE ON files REFERENCING OLD TABLE AS ol
 CREATE TRIGGER files_quota_del AFTER DELETE ON files REFERENCING OLD TABLE AS old_rows
     FOR EACH STATEMENT EXECUTE FUNCTION fm_quota_files_changed();
 
--- The figures recomputed from the rows (the periodic recount, and this migration's start): owners whose counters
--- differ from their rows get the rows' figures. At most p_limit owners per call, from p_after on (id order), so a
--- round over a million owners is bounded; returns the owners it repaired.
+-- The figures recomputed from the rows (the reconciler's periodic recount, quota.c): the owners after p_after (id
+-- order, NULL = from the first), at most p_limit of them; those whose counters differ from their rows get the rows'
+-- figures (out_repaired). Returns every owner of the slice with its figures, so the caller can refresh their Redis
+-- copies too, and the slice's last id in every row (NULL rows: no owner after p_after, start again).
 CREATE FUNCTION fm_quota_recount(p_after uuid, p_limit integer)
-RETURNS TABLE (out_owner uuid, out_used bigint, out_reserved bigint, out_quota bigint, out_last uuid)
+RETURNS TABLE (out_owner uuid, out_used bigint, out_reserved bigint, out_quota bigint, out_repaired boolean,
+               out_last uuid)
 LANGUAGE plpgsql AS $$
 DECLARE
     last uuid;
 BEGIN
     SELECT s.id INTO last FROM (SELECT id FROM users WHERE p_after IS NULL OR id > p_after ORDER BY id
                                 LIMIT p_limit) s ORDER BY s.id DESC LIMIT 1;
+    IF last IS NULL THEN
+        RETURN;
+    END IF;
     RETURN QUERY
     WITH o AS (SELECT id FROM users WHERE (p_after IS NULL OR id > p_after) AND id <= last ORDER BY id
                FOR NO KEY UPDATE),
          t AS (SELECT o.id, coalesce(sum(fm_used_part(f.status, f.size)), 0)::bigint AS used,
                       coalesce(sum(fm_reserved_part(f.status, f.size)), 0)::bigint AS reserved
-               FROM o LEFT JOIN files f ON f.owner_id = o.id GROUP BY o.id)
-    UPDATE users u SET used_bytes = t.used, reserved_bytes = t.reserved FROM t
-    WHERE u.id = t.id AND (u.used_bytes <> t.used OR u.reserved_bytes <> t.reserved)
-    RETURNING u.id, u.used_bytes, u.reserved_bytes, u.quota_bytes, last;
-    IF NOT FOUND THEN
-        RETURN QUERY SELECT NULL::uuid, NULL::bigint, NULL::bigint, NULL::bigint, last;
-    END IF;
+               FROM o LEFT JOIN files f ON f.owner_id = o.id GROUP BY o.id),
+         fixed AS (UPDATE users u SET used_bytes = t.used, reserved_bytes = t.reserved FROM t
+                   WHERE u.id = t.id AND (u.used_bytes <> t.used OR u.reserved_bytes <> t.reserved)
+                   RETURNING u.id)
+    SELECT t.id, t.used, t.reserved, u.quota_bytes, t.id IN (SELECT id FROM fixed), last
+    FROM t JOIN users u ON u.id = t.id;
 END $$;
 
 UPDATE users u SET used_bytes = t.used, reserved_bytes = t.reserved
