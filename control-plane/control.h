@@ -203,6 +203,25 @@ int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char 
 int fm_download_init(const fm_config_t *cfg);
 void fm_download_free(void);
 
+/** What fm_download_url signs: a READY file's object (`key` = its blob's storage_key) or one of its variants (`key`
+ *  = the variant's key, `variant` and `format` its names). Strings are borrowed for the call. */
+typedef struct fm_download_target {
+    const char *file_id, *key, *name, *variant, *format;
+    int attachment, is_public;
+} fm_download_target_t;
+/**
+ * The edge URL of `t` (download.c, docs/downloads.md "Download URLs"): CloudFront-signed with the first FM_CF_KEYS
+ * key pair (canned policy, one URL per object, this thread's cache of recent signatures), or the unsigned /p/ URL
+ * of a public file. In r's pool. *expires (if not NULL) = its expiry, 0 when unsigned. NULL (logged) when it cannot
+ * be signed, or downloads are disabled (see fm_download_enabled).
+ */
+const char *fm_download_url(fm_req_t *r, const fm_download_target_t *t, long long *expires);
+/** 1 when FM_CF_KEYS configured signing keys. */
+int fm_download_enabled(void);
+/** The shortest life a URL signed now by fm_download_url has left (its expiry is rounded down to a tenth of
+ *  FM_DOWNLOAD_URL_TTL_S): whoever caches signed URLs keeps them less long than this. */
+long long fm_download_url_min_life_s(void);
+
 /** Lifetime of a revocation mark fm:revoked:{id} (edge_index.c): the longest a download URL signed now can live. */
 long long fm_revocation_ttl_s(void);
 
@@ -222,6 +241,7 @@ void handle_events_s3(fm_req_t *r);
 void handle_file_get(fm_req_t *r);
 void handle_job_get(fm_req_t *r);
 void handle_file_download(fm_req_t *r);
+void handle_files_list(fm_req_t *r);
 void handle_file_update(fm_req_t *r);
 void handle_file_delete(fm_req_t *r);
 void handle_file_restore(fm_req_t *r);

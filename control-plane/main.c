@@ -30,6 +30,7 @@ static const fm_route_t routes[] = {
     {"POST", "/v1/uploads/{id}/complete", handle_upload_complete},
     {"DELETE", "/v1/uploads/{id}", handle_upload_abort},
     {"POST", "/v1/events/s3", handle_events_s3},
+    {"GET", "/v1/files", handle_files_list},
     {"GET", "/v1/files/{id}", handle_file_get},
     {"PATCH", "/v1/files/{id}", handle_file_update},
     {"DELETE", "/v1/files/{id}", handle_file_delete},
