@@ -192,6 +192,12 @@ void fm_files_thread_dispose(void);
 void fm_files_describe_metrics(void);
 /** The owner's files or folders changed (tree.c): drops every cached listing page of the owner, fire and forget. */
 void fm_tree_changed(fm_control_thread_t *thread, const char *owner_id);
+/** The same for the owner of file `file_id` (looked up in PostgreSQL first: for the background paths that know only
+ *  the file, e.g. the reconciler and the admin retry). A file no longer in PostgreSQL changes no listing. */
+void fm_tree_file_changed(fm_control_thread_t *thread, const char *file_id);
+/** The same for the owner of a flushed record (`record_json`: records.c's JSON of one record, its "owner" field);
+ *  NULL (a record found gone) is ignored. */
+void fm_tree_record_changed(fm_control_thread_t *thread, const char *record_json);
 /** A file or job id from the path, as the caches key it (lowercase) into `out`; answers 404 "no such {kind}" and
  *  returns -1 when it is no UUID. */
 int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char out[37]);

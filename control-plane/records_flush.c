@@ -222,6 +222,8 @@ static void on_batch_inserted(PGresult *res, const char *errstr, void *data)
     f->failures = 0;
     FM_METRICS_COUNT("fm_records_flushed_total", NULL, (double)b->read);
     FM_METRICS_COUNT("fm_records_flush_batches_total", NULL, 1);
+    for (size_t i = 0; i < b->count; ++i) /* committed: new rows in their owners' listings */
+        fm_tree_record_changed(f->thread->data, b->recs[i].json);
     forget_batch(b);
     int again = b->count == FLUSH_BATCH_MAX; /* a full batch: the backlog may hold more, go on now */
     batch_end(b);
@@ -237,6 +239,7 @@ static void on_alone_inserted(PGresult *res, const char *errstr, void *data)
     size_t i = b->alone;
     if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK) {
         FM_METRICS_COUNT("fm_records_flushed_total", NULL, 1);
+        fm_tree_record_changed(b->f->thread->data, b->recs[i].json); /* committed: a new listing row */
     } else if (transient(res)) {
         release_batch(b, res ? PQresultErrorMessage(res) : errstr); /* those already in go in again: a no-op */
         return;

@@ -179,6 +179,7 @@ static void on_upload_recorded(PGresult *res, const char *errstr, void *data)
         return;
     }
     snprintf(s->file_id, sizeof(s->file_id), "%s", PQgetvalue(res, 0, 0));
+    fm_tree_changed(fm_control_thread(r), s->principal->user_id); /* written through: a new listing row */
     answer_created(r, s);
 }
 
@@ -355,6 +356,7 @@ static void on_dedupe_inserted(PGresult *res, const char *errstr, void *data)
         fm_upload_start(r, s);
         return;
     }
+    fm_tree_changed(fm_control_thread(r), s->principal->user_id); /* written through: a new listing row */
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "file_id", PQgetvalue(res, 0, 0));
     cJSON_AddBoolToObject(body, "deduplicated", 1);
