@@ -27,8 +27,9 @@
 
 #define LIMIT_DEFAULT 50
 #define LIMIT_MAX 200
-/* A cursor is base64url(payload) "." base64url(tag): the payload is at most ~430 bytes (a 255-byte name). */
-#define CURSOR_MAX 1024
+/* A cursor is base64url(payload) "." base64url(tag): the payload is ~140 bytes and the name of the last row (255
+ * characters at most in PostgreSQL, up to 1020 bytes of UTF-8), so under 1,600 characters. */
+#define CURSOR_MAX 2048
 #define CURSOR_TAG_LEN 16 /* bytes of HMAC-SHA256 kept: 128 bits */
 #define CURSOR_VERSION "l1"
 /* The nil UUID is the root's folder key (schema/012 fm_parent_key). */
@@ -272,16 +273,16 @@ static int one_of(const char *v, const char *const *choices)
     return -1;
 }
 
-/* A parameter's decoded value into out; 1 when present, 0 when absent; -1 (answered 422 `code`) when it does not
+/* A parameter's decoded value into out; 1 when present, 0 when absent; -1 (answered `status` `code`) when it does not
  * decode or is longer than out. An empty value is present and empty. */
-static int param(fm_req_t *r, const char *name, char *out, size_t size, const char *code)
+static int param(fm_req_t *r, const char *name, char *out, size_t size, int status, const char *code)
 {
     int rc = fm_qs_get(fm_req_query(r), name, 0, out, size, NULL);
     if (rc == FM_QS_ABSENT)
         return 0;
     if (rc == FM_PCT_OK || rc == FM_QS_EMPTY)
         return 1;
-    fm_reply_error(r, 422, code, "%s is malformed", name);
+    fm_reply_error(r, status, code, "%s is malformed", name);
     return -1;
 }
 
@@ -296,7 +297,7 @@ static int parse_query(fm_req_t *r, const fm_principal_t *p, list_query_t *q)
     int rc;
     *q = (list_query_t){.limit = LIMIT_DEFAULT, .shape = SHAPE_FIRST};
     snprintf(q->folder_key, sizeof(q->folder_key), ROOT_KEY);
-    if ((rc = param(r, "folder", value, sizeof(value), "folder_not_found")) < 0)
+    if ((rc = param(r, "folder", value, sizeof(value), 404, "folder_not_found")) < 0)
         return -1;
     if (rc == 1 && strcmp(value, "root") != 0) {
         size_t len = strlen(value);
@@ -312,19 +313,19 @@ static int parse_query(fm_req_t *r, const fm_principal_t *p, list_query_t *q)
             return -1;
         }
     }
-    if ((rc = param(r, "sort", value, sizeof(value), "invalid_sort")) < 0)
+    if ((rc = param(r, "sort", value, sizeof(value), 422, "invalid_sort")) < 0)
         return -1;
     if (rc == 1 && (q->sort = one_of(value, sorts)) < 0) {
         fm_reply_error(r, 422, "invalid_sort", "sort must be name, created_at, updated_at or size");
         return -1;
     }
-    if ((rc = param(r, "order", value, sizeof(value), "invalid_order")) < 0)
+    if ((rc = param(r, "order", value, sizeof(value), 422, "invalid_order")) < 0)
         return -1;
     if (rc == 1 && (q->desc = one_of(value, orders)) < 0) {
         fm_reply_error(r, 422, "invalid_order", "order must be asc or desc");
         return -1;
     }
-    if ((rc = param(r, "type", value, sizeof(value), "invalid_type")) < 0)
+    if ((rc = param(r, "type", value, sizeof(value), 422, "invalid_type")) < 0)
         return -1;
     if (rc == 1) {
         int t = one_of(value, type_names);
@@ -334,7 +335,7 @@ static int parse_query(fm_req_t *r, const fm_principal_t *p, list_query_t *q)
         }
         q->type = type_names[t];
     }
-    if ((rc = param(r, "limit", value, sizeof(value), "invalid_limit")) < 0)
+    if ((rc = param(r, "limit", value, sizeof(value), 422, "invalid_limit")) < 0)
         return -1;
     if (rc == 1) {
         size_t len = strlen(value);

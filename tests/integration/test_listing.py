@@ -484,3 +484,32 @@ def test_other_owners_changes_keep_my_cache(fm, alice, bob):
     g = fm.gen(alice)
     fm.start(bob, b"x" * 10, name="bobs.bin")
     assert fm.gen(alice) == g and fm.cached_pages(alice)
+
+
+def test_cache_dropped_when_an_upload_is_aborted(fm, alice):
+    a = fm.start(alice, b"y" * 100, name="aborted.bin")
+    assert [(i["name"], i["status"]) for i in fm.list_ok(alice)["items"]] == [("aborted.bin", "PENDING_UPLOAD")]
+    assert fm.abort(alice, a["upload_id"]).status_code in (200, 204)
+    assert names(fm.list_ok(alice)) == []
+
+
+def test_cache_dropped_when_the_upload_is_completed(fm, alice):
+    data = b"z" * 200
+    a = fm.start(alice, data, name="completed.bin")
+    assert [i["status"] for i in fm.list_ok(alice)["items"]] == ["PENDING_UPLOAD"]
+    fm.put(a, data)
+    assert fm.complete(alice, a["upload_id"]).status_code == 200
+    # UPLOADED, or further along when this module's worker already took the job: never the cached PENDING_UPLOAD
+    assert [i["status"] for i in fm.list_ok(alice)["items"]] != ["PENDING_UPLOAD"]
+
+
+def test_cursor_after_a_name_of_255_four_byte_characters(fm, alice):
+    folder = fm.folder(alice, "long")
+    longest = "\U0001F600" * 255  # 1,020 bytes of UTF-8: PostgreSQL bounds names in characters
+    after = "\U0001F601"  # after it in code-point order
+    fm.files(alice, [(longest, 1, "text/plain", None, None), (after, 1, "text/plain", None, None)], folder)
+    page = fm.list_ok(alice, folder=folder, limit=1)
+    assert page["items"][0]["name"] == longest and page["next_cursor"]
+    rest = fm.list_ok(alice, folder=folder, limit=1, cursor=page["next_cursor"])
+    assert names(rest) == [after] and rest["next_cursor"] is None
+    assert_error(fm.list(alice, folder="f" * 100), 404, "folder_not_found")
