@@ -12,7 +12,6 @@
  * script reading fm:tgen:{owner} and the page keyed by it. Any change in the owner's tree INCRs the generation, so
  * every cached page of the owner is dropped in O(1). The page holds signed URLs: it lives less long than they do.
  */
-#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <pthread.h>
@@ -20,18 +19,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "b64.h"
 #include "control.h"
+#include "listcursor.h"
 #include "log.h"
 #include "qs.h"
 
 #define LIMIT_DEFAULT 50
 #define LIMIT_MAX 200
-/* A cursor is base64url(payload) "." base64url(tag): the payload is ~140 bytes and the name of the last row (255
- * characters at most in PostgreSQL, up to 1020 bytes of UTF-8), so under 1,600 characters. */
-#define CURSOR_MAX 2048
-#define CURSOR_TAG_LEN 16 /* bytes of HMAC-SHA256 kept: 128 bits */
-#define CURSOR_VERSION "l1"
 /* The nil UUID is the root's folder key (schema/012 fm_parent_key). */
 #define ROOT_KEY "00000000-0000-0000-0000-000000000000"
 /* The longest a cached first page lives, in seconds (shorter still when the signed URLs live less long). */
@@ -50,7 +44,7 @@ typedef struct {
     int limit;
     int shape;       /* SHAPE_FIRST without a cursor */
     char after_id[37];
-    char after_key[256 * 4]; /* the cursor row's sort key as text (a name, a timestamp, a size) */
+    char after_key[FM_LIST_CURSOR_KEY_MAX + 1]; /* the cursor row's sort key (a name, a timestamp, a size) */
 } list_query_t;
 
 typedef struct {
@@ -177,89 +171,49 @@ static void init_once_fn(void)
             }
 }
 
-/* ---- the cursor ---- */
+/* ---- the cursor (common/listcursor.c) ---- */
 
-/* payload = "l1\n{owner}\n{folder key}\n{sort}\n{order}\n{type|-}\n{d|f}\n{id}\n{key}": the key last (a name may
- * hold anything but '/', NUL and control characters). */
-static int cursor_payload(const fm_principal_t *p, const list_query_t *q, char phase, const char *id,
-                          const char *key, char *out, size_t size)
+/* The cursor's fields of this listing (all but the row). */
+static void cursor_of(const fm_principal_t *p, const list_query_t *q, fm_list_cursor_t *c)
 {
-    int n = snprintf(out, size, CURSOR_VERSION "\n%s\n%s\n%s\n%s\n%s\n%c\n%s\n%s", p->user_id, q->folder_key,
-                     sort_names[q->sort], q->desc ? "desc" : "asc", q->type != NULL ? q->type : "-", phase, id, key);
-    return n > 0 && (size_t)n < size ? n : -1;
+    memset(c, 0, sizeof(*c));
+    snprintf(c->owner, sizeof(c->owner), "%.36s", p->user_id);
+    snprintf(c->folder, sizeof(c->folder), "%.36s", q->folder_key);
+    snprintf(c->sort, sizeof(c->sort), "%s", sort_names[q->sort]);
+    snprintf(c->order, sizeof(c->order), "%s", q->desc ? "desc" : "asc");
+    snprintf(c->type, sizeof(c->type), "%s", q->type != NULL ? q->type : "-");
 }
 
-static void cursor_tag(const char *payload, size_t len, unsigned char tag[32])
-{
-    unsigned int tag_len = 0;
-    if (HMAC(EVP_sha256(), cursor_key, sizeof(cursor_key), (const unsigned char *)payload, len, tag, &tag_len) == NULL)
-        h2o_fatal("HMAC failed");
-}
-
-/* The cursor after the row (phase, id, key) of this listing, in r's pool; NULL if it cannot be made (a key too
- * long: not with names of ≤ 255 bytes). */
+/* The cursor after the row (phase, id, key) of this listing, in r's pool; NULL if it cannot be made. */
 static char *cursor_make(fm_req_t *r, const fm_principal_t *p, const list_query_t *q, char phase, const char *id,
                          const char *key)
 {
-    char payload[CURSOR_MAX];
-    int len = cursor_payload(p, q, phase, id, key, payload, sizeof(payload));
-    if (len < 0)
+    fm_list_cursor_t c;
+    cursor_of(p, q, &c);
+    c.phase = phase;
+    if (strlen(id) != 36 || strlen(key) > FM_LIST_CURSOR_KEY_MAX)
         return NULL;
-    unsigned char tag[32];
-    cursor_tag(payload, (size_t)len, tag);
-    size_t cap = fm_b64url_encoded_len((size_t)len) + 1 + fm_b64url_encoded_len(CURSOR_TAG_LEN) + 1;
-    char *out = h2o_mem_alloc_pool(&r->req->pool, cap);
-    if (fm_b64url_encode(payload, (size_t)len, out, cap) != 0)
-        return NULL;
-    size_t used = strlen(out);
-    out[used++] = '.';
-    if (fm_b64url_encode(tag, CURSOR_TAG_LEN, out + used, cap - used) != 0)
-        return NULL;
-    return out;
+    memcpy(c.id, id, 37);
+    memcpy(c.key, key, strlen(key) + 1);
+    char *out = h2o_mem_alloc_pool(&r->req->pool, FM_LIST_CURSOR_MAX + 1);
+    return fm_list_cursor_encode(cursor_key, &c, out, FM_LIST_CURSOR_MAX + 1) == 0 ? out : NULL;
 }
 
 /* Checks `cursor` (len bytes) against this listing and fills q's shape and position. -1: tampered, malformed, or
  * made for another owner, folder, sort, order or type. */
 static int cursor_read(const fm_principal_t *p, list_query_t *q, const char *cursor, size_t len)
 {
-    const char *dot = memchr(cursor, '.', len);
-    if (dot == NULL)
+    fm_list_cursor_t got, want;
+    if (fm_list_cursor_decode(cursor_key, cursor, len, &got) != 0)
         return -1;
-    uint8_t payload[CURSOR_MAX + 1], tag[64], expected[32];
-    size_t payload_len = 0, tag_len = 0;
-    if (fm_b64url_decode(cursor, (size_t)(dot - cursor), payload, sizeof(payload) - 1, &payload_len) != 0 ||
-        fm_b64url_decode(dot + 1, len - (size_t)(dot - cursor) - 1, tag, sizeof(tag), &tag_len) != 0 ||
-        tag_len != CURSOR_TAG_LEN)
+    cursor_of(p, q, &want); /* authentic: it still must be this listing's */
+    if (strcmp(got.owner, want.owner) != 0 || strcmp(got.folder, want.folder) != 0 ||
+        strcmp(got.sort, want.sort) != 0 || strcmp(got.order, want.order) != 0 || strcmp(got.type, want.type) != 0 ||
+        strlen(got.key) >= sizeof(q->after_key))
         return -1;
-    cursor_tag((const char *)payload, payload_len, expected);
-    if (CRYPTO_memcmp(expected, tag, CURSOR_TAG_LEN) != 0)
-        return -1;
-    payload[payload_len] = '\0';
-    /* Authentic: ours. It still must be this listing's: the same prefix as a cursor made now would have. */
-    char *fields[9], *s = (char *)payload;
-    for (int i = 0; i < 9; ++i) {
-        fields[i] = s;
-        char *nl = i < 8 ? strchr(s, '\n') : NULL;
-        if (i < 8 && nl == NULL)
-            return -1;
-        if (nl != NULL) {
-            *nl = '\0';
-            s = nl + 1;
-        }
-    }
-    if (strcmp(fields[0], CURSOR_VERSION) != 0 || strcmp(fields[1], p->user_id) != 0 ||
-        strcmp(fields[2], q->folder_key) != 0 || strcmp(fields[3], sort_names[q->sort]) != 0 ||
-        strcmp(fields[4], q->desc ? "desc" : "asc") != 0 || strcmp(fields[5], q->type != NULL ? q->type : "-") != 0 ||
-        strlen(fields[7]) != 36 || strlen(fields[8]) >= sizeof(q->after_key))
-        return -1;
-    if (strcmp(fields[6], "d") == 0)
-        q->shape = SHAPE_FOLDERS_AFTER;
-    else if (strcmp(fields[6], "f") == 0)
-        q->shape = SHAPE_FILES_AFTER;
-    else
-        return -1;
-    memcpy(q->after_id, fields[7], 37);
-    snprintf(q->after_key, sizeof(q->after_key), "%s", fields[8]);
+    q->shape = got.phase == 'd' ? SHAPE_FOLDERS_AFTER : SHAPE_FILES_AFTER;
+    memcpy(q->after_id, got.id, 37);
+    snprintf(q->after_key, sizeof(q->after_key), "%s", got.key);
     return 0;
 }
 
@@ -348,7 +302,7 @@ static int parse_query(fm_req_t *r, const fm_principal_t *p, list_query_t *q)
         }
         q->limit = limit;
     }
-    char cursor[CURSOR_MAX + 1];
+    char cursor[FM_LIST_CURSOR_MAX + 1];
     rc = fm_qs_get(fm_req_query(r), "cursor", 0, cursor, sizeof(cursor), NULL);
     if (rc == FM_QS_ABSENT)
         return 0;
