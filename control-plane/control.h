@@ -188,6 +188,8 @@ void fm_file_row(fm_req_t *r, const fm_principal_t *p, const char *id, size_t id
 cJSON *fm_file_answer(const cJSON *row);
 /** Frees what files.c keeps for the calling event-loop thread (its parsed rows); at the thread's end. */
 void fm_files_thread_dispose(void);
+/** Frees the first pages files_list.c keeps for the calling event-loop thread; at the thread's end. */
+void fm_files_list_thread_dispose(void);
 /** Describes files.c's metrics (exposed at 0 from the start); once, before the threads start. */
 void fm_files_describe_metrics(void);
 /** The owner's files or folders changed (tree.c): drops every cached listing page of the owner, fire and forget. */

@@ -18,8 +18,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "control.h"
+#include "hash.h"
 #include "listcursor.h"
 #include "log.h"
 #include "qs.h"
@@ -51,6 +53,7 @@ typedef struct {
     const fm_principal_t *principal;
     list_query_t q;
     char page_key[160]; /* the first page's cache key (with the generation once known), "" when not cached */
+    long long page_ttl_s; /* its lifetime (page_ttl) */
 } list_state_t;
 
 /* ---- the cursor's key and the SQL: made once ---- */
@@ -170,6 +173,10 @@ static void init_once_fn(void)
                 statements[shape][sort][desc] = sql; /* for the process's life: prepared per connection */
             }
 }
+
+static void local_keep(const char *key, const char *body, size_t len, long long ttl_s);
+static void answer_page(fm_req_t *r, const char *body, size_t len);
+static void folder_readable(fm_req_t *r);
 
 /* ---- the cursor (common/listcursor.c) ---- */
 
@@ -393,10 +400,9 @@ static void on_rows(PGresult *res, const char *errstr, void *data)
     if (text == NULL)
         h2o_fatal("out of memory");
     size_t len = strlen(text);
-    long long ttl = fm_download_url_min_life_s() / 4;
-    if (ttl > PAGE_TTL_MAX_S)
-        ttl = PAGE_TTL_MAX_S;
+    long long ttl = s->page_ttl_s;
     if (s->page_key[0] != '\0' && ttl >= 1) {
+        local_keep(s->page_key, text, len, ttl);
         /* Fire and forget: a lost SET costs one more query. The key holds the generation read before the query, so a
          * change committed after that read (and its INCR) leaves this page under a generation no one reads. */
         char ttl_text[24];
@@ -405,8 +411,7 @@ static void on_rows(PGresult *res, const char *errstr, void *data)
                              (const char *[]){"SET", s->page_key, text, "EX", ttl_text},
                              (const size_t[]){3, strlen(s->page_key), len, 2, strlen(ttl_text)});
     }
-    fm_req_add_header(r, "cache-control", "private, no-store"); /* the thumbnail URLs are bearer credentials */
-    fm_reply_raw(r, 200, "application/json", text, len);
+    answer_page(r, text, len);
     cJSON_free(text);
 }
 
@@ -457,39 +462,108 @@ static void folder_readable(fm_req_t *r)
 
 /* ---- the first page's cache ---- */
 
-/* KEYS[1] = fm:tgen:{owner}; ARGV[1] = the page key's prefix. The page key is built here from the generation: both
- * carry the owner's hash tag, so they are in one slot (Redis Cluster). */
-static const char cache_script[] = "local g = redis.call('GET', KEYS[1]) or '0' "
-                                   "return {g, redis.call('GET', ARGV[1] .. g)}";
+/* A page under a key is immutable (the key holds the generation), so each thread keeps the pages it served last
+ * (direct-mapped) and a warm page costs one small GET of the generation, not the page's ~30 KB from Redis. */
+#define LOCAL_PAGES 64
+#define LOCAL_PAGE_MAX (512 * 1024)
 
-static void on_cached(redisReply *reply, const char *errstr, void *data)
+typedef struct {
+    char key[160];
+    char *body;
+    size_t len;
+    uint64_t expires_ms; /* one page TTL after it was kept: a page read from Redis lives at most 2 TTLs in all, and
+                          * 2 TTLs ≤ half the shortest URL life, so a URL served from it has half its life left */
+} local_page_t;
+
+static _Thread_local local_page_t local_pages[LOCAL_PAGES];
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static local_page_t *local_slot(const char *key)
+{
+    return &local_pages[fm_fnv1a(key, strlen(key), 0) % LOCAL_PAGES];
+}
+
+static void local_keep(const char *key, const char *body, size_t len, long long ttl_s)
+{
+    if (len > LOCAL_PAGE_MAX)
+        return;
+    local_page_t *slot = local_slot(key);
+    char *copy = malloc(len);
+    if (copy == NULL)
+        h2o_fatal("out of memory");
+    memcpy(copy, body, len);
+    free(slot->body);
+    *slot = (local_page_t){.body = copy, .len = len, .expires_ms = now_ms() + (uint64_t)ttl_s * 1000};
+    snprintf(slot->key, sizeof(slot->key), "%s", key);
+}
+
+void fm_files_list_thread_dispose(void)
+{
+    for (size_t i = 0; i < LOCAL_PAGES; ++i) {
+        free(local_pages[i].body);
+        local_pages[i] = (local_page_t){0};
+    }
+}
+
+static void answer_page(fm_req_t *r, const char *body, size_t len)
+{
+    fm_req_add_header(r, "cache-control", "private, no-store"); /* the thumbnail URLs are bearer credentials */
+    fm_reply_raw(r, 200, "application/json", body, len);
+}
+
+static void on_page(redisReply *reply, const char *errstr, void *data)
 {
     fm_req_t *r = data;
     if (fm_req_resume(r) != 0)
         return;
     list_state_t *s = r->state;
-    if (reply == NULL || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
-        reply->element[0]->type != REDIS_REPLY_STRING || reply->element[0]->len > 24) {
+    if (reply != NULL && reply->type == REDIS_REPLY_STRING) {
+        /* another thread's (or instance's) page: kept here too */
+        local_keep(s->page_key, reply->str, reply->len, s->page_ttl_s);
+        answer_page(r, reply->str, reply->len);
+        return;
+    }
+    folder_readable(r);
+}
+
+static void on_generation(redisReply *reply, const char *errstr, void *data)
+{
+    fm_req_t *r = data;
+    if (fm_req_resume(r) != 0)
+        return;
+    list_state_t *s = r->state;
+    if (reply == NULL || (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL) ||
+        (reply->type == REDIS_REPLY_STRING && (reply->len == 0 || reply->len > 20))) {
         /* Redis is not needed to answer: list from PostgreSQL, uncached */
         fm_log(FM_LOG_WARN, r->request_id, "listing cache: %s", errstr != NULL ? errstr : "unexpected reply");
         s->page_key[0] = '\0';
         folder_readable(r);
         return;
     }
-    const redisReply *page = reply->element[1];
-    if (page->type == REDIS_REPLY_STRING) {
-        fm_req_add_header(r, "cache-control", "private, no-store");
-        fm_reply_raw(r, 200, "application/json", page->str, page->len);
+    size_t used = strlen(s->page_key);
+    if (reply->type == REDIS_REPLY_STRING)
+        snprintf(s->page_key + used, sizeof(s->page_key) - used, "%.*s", (int)reply->len, reply->str);
+    else
+        snprintf(s->page_key + used, sizeof(s->page_key) - used, "0");
+    local_page_t *slot = local_slot(s->page_key);
+    if (slot->body != NULL && strcmp(slot->key, s->page_key) == 0 && now_ms() < slot->expires_ms) {
+        answer_page(r, slot->body, slot->len);
         return;
     }
-    size_t used = strlen(s->page_key);
-    snprintf(s->page_key + used, sizeof(s->page_key) - used, "%.*s", (int)reply->element[0]->len,
-             reply->element[0]->str);
-    folder_readable(r);
+    if (fm_redis_call_with(r, r, on_page, 2, (const char *[]){"GET", s->page_key}) != 0)
+        folder_readable(r);
 }
 
 /* A first page is looked up before the folder check: its key holds the owner (only they can have made it, after the
- * check passed) and the owner's generation (trashing or moving the folder INCRs it). */
+ * check passed) and the owner's generation (trashing or moving the folder INCRs it). The generation is read first,
+ * from Redis every time (a change's INCR is seen by the next request); the page under it from this thread's copy,
+ * else from Redis. */
 static void first_page_cached(fm_req_t *r)
 {
     list_state_t *s = r->state;
@@ -498,8 +572,7 @@ static void first_page_cached(fm_req_t *r)
     snprintf(gen_key, sizeof(gen_key), "fm:tgen:{%s}", s->principal->user_id);
     snprintf(s->page_key, sizeof(s->page_key), "fm:list:{%s}:%s:%s:%s:%s:%d:", s->principal->user_id, q->folder_key,
              sort_names[q->sort], q->desc ? "desc" : "asc", q->type != NULL ? q->type : "all", q->limit);
-    const char *argv[] = {"EVAL", cache_script, "1", gen_key, s->page_key};
-    if (fm_redis_call_with(r, r, on_cached, 5, argv) != 0) {
+    if (fm_redis_call_with(r, r, on_generation, 2, (const char *[]){"GET", gen_key}) != 0) {
         s->page_key[0] = '\0';
         folder_readable(r);
     }
@@ -512,7 +585,11 @@ static void list_authorized(fm_req_t *r, const fm_principal_t *p)
     s->principal = p;
     if (parse_query(r, p, &s->q) != 0)
         return;
-    if (s->q.shape == SHAPE_FIRST)
+    /* a quarter of the shortest life of the URLs it holds, so a cached URL has most of its life left */
+    s->page_ttl_s = fm_download_url_min_life_s() / 4;
+    if (s->page_ttl_s > PAGE_TTL_MAX_S)
+        s->page_ttl_s = PAGE_TTL_MAX_S;
+    if (s->q.shape == SHAPE_FIRST && s->page_ttl_s >= 1)
         first_page_cached(r);
     else
         folder_readable(r);

@@ -104,6 +104,7 @@ static void thread_dispose(fm_thread_t *thread)
     fm_sigv4_free(ct->signer);
     fm_jwt_memo_free(ct->tokens);
     fm_files_thread_dispose();
+    fm_files_list_thread_dispose();
     free(ct);
     thread->data = NULL;
 }
