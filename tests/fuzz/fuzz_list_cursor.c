@@ -73,8 +73,11 @@ static void encode_fields(const uint8_t *data, size_t size)
     const uint8_t *p = data, *end = data + size;
     for (int i = 0; i < 8; ++i) {
         const uint8_t *nl = i < 7 ? memchr(p, '\n', (size_t)(end - p)) : NULL;
-        if (i < 7 && nl == NULL)
+        if (i < 7 && nl == NULL) {
+            while (i-- > 0)
+                free(f[i]);
             return;
+        }
         len[i] = (size_t)((i < 7 ? nl : end) - p);
         if ((f[i] = calloc(1, len[i] + 1)) == NULL)
             abort();
