@@ -44,7 +44,7 @@ typedef struct {
     int sort, desc;
     const char *type; /* one of type_names, or NULL: every type (and the folders) */
     int limit;
-    int shape;       /* SHAPE_FIRST without a cursor */
+    int shape; /* SHAPE_FIRST without a cursor */
     char after_id[37];
     char after_key[FM_LIST_CURSOR_KEY_MAX + 1]; /* the cursor row's sort key (a name, a timestamp, a size) */
 } list_query_t;
@@ -52,7 +52,7 @@ typedef struct {
 typedef struct {
     const fm_principal_t *principal;
     list_query_t q;
-    char page_key[160]; /* the first page's cache key (with the generation once known), "" when not cached */
+    char page_key[160];   /* the first page's cache key (with the generation once known), "" when not cached */
     long long page_ttl_s; /* its lifetime (page_ttl) */
 } list_state_t;
 
@@ -63,16 +63,15 @@ static char *statements[SHAPE_COUNT][SORT_COUNT][2];
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 /* The columns of each sort, as the indexes of schema/014 have them; a folder has no size: by name there. */
-static const char *const order_cols[SORT_COUNT] = {
-    "lower(x.name) COLLATE \"C\", x.name COLLATE \"C\", x.id", "x.created_at, x.id", "x.updated_at, x.id",
-    "x.size, x.id"};
+static const char *const order_cols[SORT_COUNT] = {"lower(x.name) COLLATE \"C\", x.name COLLATE \"C\", x.id",
+                                                   "x.created_at, x.id", "x.updated_at, x.id", "x.size, x.id"};
 /* The cursor row's key, on the SQL side: what the query answers as sort_key and takes back as $5 (text). */
 static const char *const key_expr[SORT_COUNT] = {
     "x.name", "to_char(x.created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
     "to_char(x.updated_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')", "x.size::text"};
-static const char *const key_param[SORT_COUNT] = {
-    "(lower($5::text) COLLATE \"C\", $5::text COLLATE \"C\", $6::uuid)", "($5::timestamptz, $6::uuid)",
-    "($5::timestamptz, $6::uuid)", "($5::bigint, $6::uuid)"};
+static const char *const key_param[SORT_COUNT] = {"(lower($5::text) COLLATE \"C\", $5::text COLLATE \"C\", $6::uuid)",
+                                                  "($5::timestamptz, $6::uuid)", "($5::timestamptz, $6::uuid)",
+                                                  "($5::bigint, $6::uuid)"};
 
 #define ISO_SECONDS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
@@ -158,16 +157,16 @@ static void init_once_fn(void)
                 files_branch(files, sizeof(files), sort, desc, shape == SHAPE_FILES_AFTER);
                 if (shape == SHAPE_FILES_AFTER) {
                     snprintf(sql, size,
-                             "SELECT kind, id, name, parent, size, content_type, status, visibility, "
-                             ISO_SECONDS("created_at") ", " ISO_SECONDS("updated_at")
-                             ", sort_key, thumb_key FROM (%s) u ORDER BY pos",
+                             "SELECT kind, id, name, parent, size, content_type, status, visibility, " ISO_SECONDS(
+                                 "created_at") ", " ISO_SECONDS("updated_at") ", sort_key, thumb_key FROM (%s) u ORDER "
+                                                                              "BY pos",
                              files);
                 } else {
                     folders_branch(folders, sizeof(folders), sort, desc, shape == SHAPE_FOLDERS_AFTER);
                     snprintf(sql, size,
-                             "SELECT kind, id, name, parent, size, content_type, status, visibility, "
-                             ISO_SECONDS("created_at") ", " ISO_SECONDS("updated_at")
-                             ", sort_key, thumb_key FROM (%s UNION ALL %s) u ORDER BY rank, pos",
+                             "SELECT kind, id, name, parent, size, content_type, status, visibility, " ISO_SECONDS(
+                                 "created_at") ", " ISO_SECONDS("updated_at") ", sort_key, thumb_key FROM (%s UNION "
+                                                                              "ALL %s) u ORDER BY rank, pos",
                              folders, files);
                 }
                 statements[shape][sort][desc] = sql; /* for the process's life: prepared per connection */
@@ -341,15 +340,16 @@ static const char *thumbnail_url(fm_req_t *r, PGresult *res, int row)
     const char *key = cell(res, row, 11), *visibility = cell(res, row, 7);
     if (key == NULL || key[0] == '\0' || strlen(key) > 1024 || !fm_download_enabled())
         return NULL;
-    fm_download_target_t t = {.file_id = cell(res, row, 1), .key = key, .name = cell(res, row, 2),
-                              .variant = "thumb", .format = "webp",
+    fm_download_target_t t = {.file_id = cell(res, row, 1),
+                              .key = key,
+                              .name = cell(res, row, 2),
+                              .variant = "thumb",
+                              .format = "webp",
                               .is_public = visibility != NULL && strcmp(visibility, "public") == 0};
     return fm_download_url(r, &t, NULL);
 }
 
-static void ignore_reply(redisReply *reply, const char *errstr, void *data)
-{
-}
+static void ignore_reply(redisReply *reply, const char *errstr, void *data) {}
 
 static void on_rows(PGresult *res, const char *errstr, void *data)
 {

@@ -12,9 +12,7 @@
 
 #include "control.h"
 
-static void ignore_reply(redisReply *reply, const char *errstr, void *data)
-{
-}
+static void ignore_reply(redisReply *reply, const char *errstr, void *data) {}
 
 void fm_tree_changed(fm_control_thread_t *thread, const char *owner_id)
 {

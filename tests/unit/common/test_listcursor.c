@@ -12,7 +12,9 @@
 
 static const unsigned char secret[32] = "unit-list-cursor-secret-32-bytes";
 /* Python: base64url(payload) + "." + base64url(hmac.new(secret, payload, sha256).digest()[:16]), unpadded. */
-static const char vector[] = "bDEKM2U2NjJlZTMtODYwNC00M2ViLTk4MDUtYWY3ZjFmYjE1NGE4CjAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMApuYW1lCmFzYwotCmQKYWRhOGQzMjItM2UyNC00ZGUyLWFkNWQtM2YyODYzZDJlNjM2CsOJdMOpICgxKS50eHQ.HmaS_SAuGrZWMZeclfeYGg";
+static const char vector[] =
+    "bDEKM2U2NjJlZTMtODYwNC00M2ViLTk4MDUtYWY3ZjFmYjE1NGE4CjAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMApuYW1lCmFzYw"
+    "otCmQKYWRhOGQzMjItM2UyNC00ZGUyLWFkNWQtM2YyODYzZDJlNjM2CsOJdMOpICgxKS50eHQ.HmaS_SAuGrZWMZeclfeYGg";
 
 static fm_list_cursor_t example(void)
 {
