@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 
 from helpers_fm import assert_error, assert_unauthorized, redis_cmd, redis_url, wait_for
-from helpers_uploads import EVENTS_SECRET, MIB, Fm, dedicated
+from helpers_uploads import EVENTS_SECRET, MIB, Fm, aws_record, dedicated, key_of, post_event
 
 LISTING_DB = 62  # this module's fm-control, fm-worker and fm-edge (47+ is free; 57/58 are the route matrix's)
 KEY_ID = "KLISTEC1"
@@ -513,3 +513,15 @@ def test_cursor_after_a_name_of_255_four_byte_characters(fm, alice):
     rest = fm.list_ok(alice, folder=folder, limit=1, cursor=page["next_cursor"])
     assert names(rest) == [after] and rest["next_cursor"] is None
     assert_error(fm.list(alice, folder="f" * 100), 404, "folder_not_found")
+
+
+def test_cache_dropped_by_an_s3_event(fm, alice):
+    data = b"e" * 300
+    a = fm.start(alice, data, name="by-event.bin")
+    assert [i["status"] for i in fm.list_ok(alice)["items"]] == ["PENDING_UPLOAD"]
+    assert fm.put(a, data).status_code == 200
+    record = aws_record(fm.bucket, key_of(a["upload_id"]), len(data), etag=hashlib.md5(data).hexdigest())
+    r = post_event(fm.base, {"Records": [record]})
+    assert r.status_code == 200, r.text
+    assert fm.upload_row(a["upload_id"])["status"] != "PENDING"  # the event marked it (events.c)
+    assert [i["status"] for i in fm.list_ok(alice)["items"]] != ["PENDING_UPLOAD"]
