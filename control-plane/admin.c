@@ -99,6 +99,7 @@ static void on_retry_enqueued(fm_req_t *r, void *arg)
     retry_state_t *s = r->state;
     fm_redis_command(fm_control_thread(r)->redis, ignore_reply, NULL, "DEL fm:file:{%s} fm:job:{%s}", s->file_id,
                      s->job_id);
+    fm_tree_file_changed(fm_control_thread(r), s->file_id); /* its status shows in its owner's listings */
     fm_log(FM_LOG_INFO, r->request_id, "admin: job %s requeued", s->job_id);
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "job_id", s->job_id);

@@ -193,6 +193,8 @@ void fm_file_row(fm_req_t *r, const fm_principal_t *p, const char *id, size_t id
 cJSON *fm_file_answer(const cJSON *row);
 /** Frees what files.c keeps for the calling event-loop thread (its parsed rows); at the thread's end. */
 void fm_files_thread_dispose(void);
+/** Frees the first pages files_list.c keeps for the calling event-loop thread; at the thread's end. */
+void fm_files_list_thread_dispose(void);
 /** Describes files.c's metrics (exposed at 0 from the start); once, before the threads start. */
 void fm_files_describe_metrics(void);
 /** The owner's files or folders changed (tree.c): drops every cached listing page of the owner, fire and forget. */
@@ -200,6 +202,9 @@ void fm_tree_changed(fm_control_thread_t *thread, const char *owner_id);
 /** True when PostgreSQL refused a statement because a name is taken among the live siblings (tree.c): SQLSTATE 23505
  *  on entry_names_pkey (schema/012_tree.sql), which the routes answer 409 name_taken or retry under a free name. */
 int fm_pg_name_taken(const PGresult *res);
+/** The same for the owner of file `file_id` (looked up in PostgreSQL first: for the background paths that know only
+ *  the file, e.g. the reconciler and the admin retry). A file no longer in PostgreSQL changes no listing. */
+void fm_tree_file_changed(fm_control_thread_t *thread, const char *file_id);
 /** A file or job id from the path, as the caches key it (lowercase) into `out`; answers 404 "no such {kind}" and
  *  returns -1 when it is no UUID. */
 int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char out[37]);
@@ -210,6 +215,25 @@ int fm_id_param(fm_req_t *r, const char *kind, const char *id, size_t len, char 
  */
 int fm_download_init(const fm_config_t *cfg);
 void fm_download_free(void);
+
+/** What fm_download_url signs: a READY file's object (`key` = its blob's storage_key) or one of its variants (`key`
+ *  = the variant's key, `variant` and `format` its names). Strings are borrowed for the call. */
+typedef struct fm_download_target {
+    const char *file_id, *key, *name, *variant, *format;
+    int attachment, is_public;
+} fm_download_target_t;
+/**
+ * The edge URL of `t` (download.c, docs/downloads.md "Download URLs"): CloudFront-signed with the first FM_CF_KEYS
+ * key pair (canned policy, one URL per object, this thread's cache of recent signatures), or the unsigned /p/ URL
+ * of a public file. In r's pool. *expires (if not NULL) = its expiry, 0 when unsigned. NULL (logged) when it cannot
+ * be signed, or downloads are disabled (see fm_download_enabled).
+ */
+const char *fm_download_url(fm_req_t *r, const fm_download_target_t *t, long long *expires);
+/** 1 when FM_CF_KEYS configured signing keys. */
+int fm_download_enabled(void);
+/** The shortest life a URL signed now by fm_download_url has left (its expiry is rounded down to a tenth of
+ *  FM_DOWNLOAD_URL_TTL_S): whoever caches signed URLs keeps them less long than this. */
+long long fm_download_url_min_life_s(void);
 
 /** Lifetime of a revocation mark fm:revoked:{id} (edge_index.c): the longest a download URL signed now can live. */
 long long fm_revocation_ttl_s(void);
@@ -230,6 +254,7 @@ void handle_events_s3(fm_req_t *r);
 void handle_file_get(fm_req_t *r);
 void handle_job_get(fm_req_t *r);
 void handle_file_download(fm_req_t *r);
+void handle_files_list(fm_req_t *r);
 void handle_file_update(fm_req_t *r);
 void handle_file_copy(fm_req_t *r);
 void handle_file_delete(fm_req_t *r);

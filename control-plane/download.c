@@ -204,14 +204,14 @@ static int parse_query(fm_req_t *r, download_query_t *q)
 /* The download's file name: the file's own, or for a variant "{stem}-{variant}.{jpg|webp}"; at most
  * DOWNLOAD_NAME_MAX bytes (fm-edge refuses longer names; PostgreSQL counts a name's 255 in characters), shortened
  * at a UTF-8 character boundary before the extension. */
-static void download_name(const char *name, const download_query_t *q, char *out, size_t size)
+static void download_name(const char *name, const char *variant, const char *format, char *out, size_t size)
 {
     char ext[32] = "";
     const char *dot = strrchr(name, '.');
     int has_ext = dot != NULL && dot != name && strlen(dot) < sizeof(ext); /* a long one is part of the stem */
     size_t stem_len = has_ext ? (size_t)(dot - name) : strlen(name);
-    if (q->variant != NULL)
-        snprintf(ext, sizeof(ext), "-%s.%s", q->variant, strcmp(q->format, "jpeg") == 0 ? "jpg" : "webp");
+    if (variant != NULL)
+        snprintf(ext, sizeof(ext), "-%s.%s", variant, strcmp(format, "jpeg") == 0 ? "jpg" : "webp");
     else if (has_ext)
         snprintf(ext, sizeof(ext), "%s", dot);
     size_t limit = DOWNLOAD_NAME_MAX - strlen(ext);
@@ -221,6 +221,53 @@ static void download_name(const char *name, const download_query_t *q, char *out
             --stem_len; /* do not cut a character in two */
     }
     snprintf(out, size, "%.*s%s", (int)stem_len, name, ext);
+}
+
+int fm_download_enabled(void)
+{
+    return signing_keys != NULL;
+}
+
+long long fm_download_url_min_life_s(void)
+{
+    long long ttl = fm_control->config.download_url_ttl_s, step = ttl / 10 > 0 ? ttl / 10 : 1;
+    return ttl - step;
+}
+
+const char *fm_download_url(fm_req_t *r, const fm_download_target_t *t, long long *expires_out)
+{
+    /* The resource: {FM_EDGE_PUBLIC_BASE}/f/{key}?file={id}&name=…&disposition=…, every parameter inside the
+     * signature: the key is the blob's (blobs/{sha256}, shared by every file with these bytes, so it tells nothing of
+     * who else holds them), and the file id is what fm-edge checks against revocations (a trashed file's URLs stop
+     * at once, whoever else shares the blob). Never a wildcard policy: one URL, one object. A public file's is
+     * {FM_EDGE_PUBLIC_BASE}/p/{key}?file={id}&… unsigned (fm-edge serves it while "{id}/{key}" is in fm:public, which
+     * file_update.c and file_delete.c keep). */
+    char filename[320];
+    download_name(t->name, t->variant, t->format, filename, sizeof(filename));
+    size_t cap = strlen(public_base) + 3 * strlen(t->key) + 3 * strlen(filename) + 64 + 42;
+    char *resource = h2o_mem_alloc_pool(&r->req->pool, cap), *p = resource;
+    p += sprintf(p, "%s/%s/", public_base, t->is_public ? "p" : "f");
+    p = fm_pct_encode(p, t->key, strlen(t->key), FM_PCT_KEEP_SLASH);
+    p += sprintf(p, "?file=%s&name=", t->file_id);
+    p = fm_pct_encode(p, filename, strlen(filename), 0);
+    sprintf(p, "&disposition=%s", t->attachment ? "attachment" : "inline");
+    if (expires_out != NULL)
+        *expires_out = 0;
+    if (t->is_public)
+        return resource;
+    if (signing_keys == NULL)
+        return NULL;
+    long long now = (long long)time(NULL), ttl = fm_control->config.download_url_ttl_s;
+    long long step = ttl / 10 > 0 ? ttl / 10 : 1, expires = (now + ttl) / step * step;
+    const char *signed_url = sign_cached(r, resource, expires);
+    if (signed_url == NULL)
+        return NULL;
+    size_t len = strlen(signed_url);
+    char *url = h2o_mem_alloc_pool(&r->req->pool, len + 1); /* the thread's cache slot may be reused at once */
+    memcpy(url, signed_url, len + 1);
+    if (expires_out != NULL)
+        *expires_out = expires;
+    return url;
 }
 
 /* The status check of DESIGN.md §4 "Download": only READY files leave. Answers and returns -1 otherwise. */
@@ -262,38 +309,19 @@ static void on_file_row(fm_req_t *r, const cJSON *row, void *arg)
         return;
     }
 
-    /* The resource: {FM_EDGE_PUBLIC_BASE}/f/{key}?file={id}&name=…&disposition=…, every parameter inside the
-     * signature: the key is the blob's (blobs/{sha256}, shared by every file with these bytes, so it tells nothing of
-     * who else holds them), and the file id is what fm-edge checks against revocations (a trashed file's URLs stop
-     * at once, whoever else shares the blob). Never a wildcard policy: one URL, one object. A public file's is
-     * {FM_EDGE_PUBLIC_BASE}/p/{key}?file={id}&… unsigned (fm-edge serves it while "{id}/{key}" is in fm:public, which
-     * file_update.c and file_delete.c keep). */
     int is_public = cJSON_IsString(visibility) && strcmp(visibility->valuestring, "public") == 0;
-    char filename[320];
-    download_name(name->valuestring, q, filename, sizeof(filename));
-    size_t cap = strlen(public_base) + 3 * strlen(key->valuestring) + 3 * strlen(filename) + 64 + 42;
-    char *resource = malloc(cap), *p = resource;
-    if (resource == NULL)
-        h2o_fatal("out of memory");
-    p += sprintf(p, "%s/%s/", public_base, is_public ? "p" : "f");
-    p = fm_pct_encode(p, key->valuestring, strlen(key->valuestring), FM_PCT_KEEP_SLASH);
-    p += sprintf(p, "?file=%s&name=", file_id->valuestring);
-    p = fm_pct_encode(p, filename, strlen(filename), 0);
-    sprintf(p, "&disposition=%s", q->attachment ? "attachment" : "inline");
-
-    const char *url = resource;
-    char expires_at[32] = "";
-    if (!is_public) {
-        long long now = (long long)time(NULL), ttl = fm_control->config.download_url_ttl_s;
-        long long step = ttl / 10 > 0 ? ttl / 10 : 1, expires = (now + ttl) / step * step;
-        url = sign_cached(r, resource, expires);
-        if (url == NULL) {
-            free(resource);
-            fm_reply_error(r, 500, "internal_error", "the download URL could not be signed");
-            return;
-        }
-        fm_iso8601(expires, expires_at);
+    fm_download_target_t target = {.file_id = file_id->valuestring, .key = key->valuestring,
+                                   .name = name->valuestring, .variant = q->variant, .format = q->format,
+                                   .attachment = q->attachment, .is_public = is_public};
+    long long expires = 0;
+    const char *url = fm_download_url(r, &target, &expires);
+    if (url == NULL) {
+        fm_reply_error(r, 500, "internal_error", "the download URL could not be signed");
+        return;
     }
+    char expires_at[32] = "";
+    if (!is_public)
+        fm_iso8601(expires, expires_at);
 
     cJSON *body = cJSON_CreateObject();
     cJSON_AddStringToObject(body, "url", url);
@@ -304,7 +332,6 @@ static void on_file_row(fm_req_t *r, const cJSON *row, void *arg)
     fm_req_add_header(r, "cache-control", "private, no-store"); /* the URL is a bearer credential */
     if (q->redirect)
         fm_req_add_header(r, "location", url);
-    free(resource);
     fm_reply_json(r, q->redirect ? 302 : 200, body);
 }
 

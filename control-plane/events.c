@@ -107,6 +107,8 @@ static void on_observed(PGresult *res, const char *errstr, void *data)
     }
     if (s->file_id[0] != '\0') /* the cached file row (files.c) is stale now; lost with Redis away, as it is */
         fm_redis_command(fm_control_thread(r)->redis, ignore_reply, NULL, "DEL fm:file:{%s}", s->file_id);
+    if (PQgetlength(res, 0, 3) == 36 && strcmp(outcome, "already") != 0) /* a status the listings show */
+        fm_tree_changed(fm_control_thread(r), PQgetvalue(res, 0, 3));
     if (strcmp(outcome, "uploaded") == 0) {
         s->enqueued++;
         fm_job_ref_t job = {
@@ -140,8 +142,9 @@ static void mark_record(fm_req_t *r, void *arg)
     snprintf(size, sizeof(size), "%lld", s->head.content_length);
     const char *params[] = {s->upload_id, size, s->etag, fm_control->config.s3_bucket};
     fm_pg_call(r, on_observed,
-               "SELECT outcome, coalesce(job_id::text, ''), coalesce(file_id::text, '') "
-               "FROM fm_upload_observed($1::uuid, $2::bigint, $3, 'event', $4)",
+               "SELECT o.outcome, coalesce(o.job_id::text, ''), coalesce(o.file_id::text, ''),"
+               " coalesce(f.owner_id::text, '') "
+               "FROM fm_upload_observed($1::uuid, $2::bigint, $3, 'event', $4) o LEFT JOIN files f ON f.id = o.file_id",
                4, params);
 }
 

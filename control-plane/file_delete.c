@@ -271,6 +271,7 @@ static void on_statement(PGresult *res, const char *errstr, void *data)
     char row_key[64];
     snprintf(row_key, sizeof(row_key), "fm:file:{%s}", t->id);
     fm_rcache_forget(fm_control_thread(r)->rcache, row_key); /* restore's answer reads the row back */
+    fm_tree_changed(fm_control_thread(r), t->principal->user_id); /* committed: the owner's listings change */
     run_steps(r);
 }
 

@@ -31,6 +31,7 @@ static const fm_route_t routes[] = {
     {"DELETE", "/v1/uploads/{id}", handle_upload_abort},
     {"POST", "/v1/events/s3", handle_events_s3},
     {"GET", "/v1/files/delta", handle_files_delta}, /* before /v1/files/{id}: the first match wins */
+    {"GET", "/v1/files", handle_files_list},
     {"GET", "/v1/files/{id}", handle_file_get},
     {"PATCH", "/v1/files/{id}", handle_file_update},
     {"DELETE", "/v1/files/{id}", handle_file_delete},
@@ -113,6 +114,7 @@ static void thread_dispose(fm_thread_t *thread)
     fm_sigv4_free(ct->signer);
     fm_jwt_memo_free(ct->tokens);
     fm_files_thread_dispose();
+    fm_files_list_thread_dispose();
     free(ct);
     thread->data = NULL;
 }

@@ -51,8 +51,10 @@ void fm_reconcile_ignore_reply(redisReply *reply, const char *errstr, void *data
 
 void fm_reconcile_forget_file(reconcile_t *rc, const char *file_id)
 {
-    if (file_id[0] != '\0')
-        fm_redis_command(ct(rc)->redis, fm_reconcile_ignore_reply, NULL, "DEL fm:file:{%s}", file_id);
+    if (file_id[0] == '\0')
+        return;
+    fm_redis_command(ct(rc)->redis, fm_reconcile_ignore_reply, NULL, "DEL fm:file:{%s}", file_id);
+    fm_tree_file_changed(ct(rc), file_id); /* its owner's listings show its status */
 }
 
 void fm_reconcile_step_next(reconcile_t *rc)

@@ -245,7 +245,7 @@ static void on_batch_inserted(PGresult *res, const char *errstr, void *data)
     f->failures = 0;
     FM_METRICS_COUNT("fm_records_flushed_total", NULL, (double)b->read);
     FM_METRICS_COUNT("fm_records_flush_batches_total", NULL, 1);
-    forget_batch(b);
+    forget_batch(b); /* which also drops the owners' listings (fm_tree_changed) */
     int again = b->count == FLUSH_BATCH_MAX; /* a full batch: the backlog may hold more, go on now */
     batch_end(b);
     if (again)
@@ -259,7 +259,7 @@ static void on_alone_inserted(PGresult *res, const char *errstr, void *data)
         return;
     size_t i = b->alone;
     if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK) {
-        FM_METRICS_COUNT("fm_records_flushed_total", NULL, 1);
+        FM_METRICS_COUNT("fm_records_flushed_total", NULL, 1); /* its listing: once the batch is forgotten */
     } else if (transient(res)) {
         release_batch(b, res ? PQresultErrorMessage(res) : errstr); /* those already in go in again: a no-op */
         return;

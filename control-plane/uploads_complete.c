@@ -58,6 +58,8 @@ static void on_marked(PGresult *res, const char *errstr, void *data)
     snprintf(m->file_id, sizeof(m->file_id), "%s", PQgetvalue(res, 0, 2));
     if (m->file_id[0] != '\0') /* the cached file row (files.c) is stale now */
         fm_redis_command(fm_control_thread(r)->redis, ignore_reply, NULL, "DEL fm:file:{%s}", m->file_id);
+    if (strcmp(m->outcome, "uploaded") == 0 && PQgetlength(res, 0, 3) == 36) /* its status shows in listings */
+        fm_tree_changed(fm_control_thread(r), PQgetvalue(res, 0, 3));
     if (strcmp(m->outcome, "uploaded") != 0) {
         mark_finish(m);
         return;
@@ -80,8 +82,10 @@ void fm_upload_mark(fm_req_t *r, const char *upload_id, long long size, const ch
     snprintf(size_text, sizeof(size_text), "%lld", size);
     const char *params[] = {upload_id, size >= 0 ? size_text : NULL, etag, by, fm_control->config.s3_bucket};
     if (fm_pg_call_with(r, m, on_marked,
-                        "SELECT outcome, coalesce(job_id::text, ''), coalesce(file_id::text, '') "
-                        "FROM fm_upload_mark_uploaded($1::uuid, $2::bigint, $3, $4, $5)",
+                        "SELECT m.outcome, coalesce(m.job_id::text, ''), coalesce(m.file_id::text, ''),"
+                        " coalesce(f.owner_id::text, '') "
+                        "FROM fm_upload_mark_uploaded($1::uuid, $2::bigint, $3, $4, $5) m"
+                        " LEFT JOIN files f ON f.id = m.file_id",
                         5, params) != 0) {
         free(m);
         fm_reply_unavailable(r, "the database");
@@ -330,6 +334,7 @@ static void on_abort_recorded(PGresult *res, const char *errstr, void *data)
     }
     fm_upload_state_t *s = r->state;
     fm_redis_command(fm_control_thread(r)->redis, ignore_reply, NULL, "DEL fm:file:{%s}", s->file_id);
+    fm_tree_changed(fm_control_thread(r), s->principal->user_id); /* the file left the owner's listings */
     fm_offload_call(r, abort_work, on_aborted, "the object store");
 }
 

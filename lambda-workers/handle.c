@@ -159,6 +159,16 @@ redisReply *fm_worker_cmd(fm_worker_t *w, int argc, const char **argv)
     return reply;
 }
 
+void fm_worker_tree_changed(fm_worker_t *w, const char *owner_id)
+{
+    if (owner_id == NULL || owner_id[0] == '\0')
+        return;
+    char key[64];
+    snprintf(key, sizeof(key), "fm:tgen:{%s}", owner_id);
+    const char *argv[] = {"INCR", key};
+    freeReplyObject(fm_worker_cmd(w, 2, argv));
+}
+
 int fm_worker_pg(fm_worker_t *w)
 {
     if (w->pg != NULL && PQstatus(w->pg) == CONNECTION_OK)

@@ -91,6 +91,10 @@ void fm_worker_pg_lost(fm_worker_t *w);
 /** One Redis command on the worker's connection; NULL when the connection failed (logged, dropped). An error
  *  answer is a reply (REDIS_REPLY_ERROR). The caller frees the reply with freeReplyObject. */
 redisReply *fm_worker_cmd(fm_worker_t *w, int argc, const char **argv);
+/** After a committed change to a file of `owner_id`: INCR fm:tgen:{owner}, the owner's tree generation that keys
+ *  every cached listing page of the owner (control-plane/tree.c, files_list.c). "" is ignored; a failure is logged
+ *  by fm_worker_cmd and costs at most the pages' TTL. */
+void fm_worker_tree_changed(fm_worker_t *w, const char *owner_id);
 
 /** One SQL statement on the worker's connection; the result when it succeeded (the caller PQclear()s it), NULL
  *  on any failure (logged; the connection is dropped when it broke). */

@@ -200,6 +200,7 @@ static void forget_cached_rows(fm_worker_t *w, const fm_job_t *job)
     snprintf(job_key, sizeof(job_key), "fm:job:{%s}", job->job_id);
     const char *argv[] = {"DEL", file_key, job_key};
     freeReplyObject(fm_worker_cmd(w, 3, argv));
+    fm_worker_tree_changed(w, job->owner_id);
 }
 
 /* PUBLISH fm:events:{owner} {"type":"file.status","file_id","job_id","status"[,"reason"]}: the owner's channel. */

@@ -17,12 +17,14 @@
 void fm_blob_forget_rows(fm_worker_t *w, const char *sha256)
 {
     const char *params[] = {sha256};
-    PGresult *res = fm_worker_sql(w, "SELECT id::text FROM files WHERE blob_sha256 = decode($1, 'hex')", 1, params);
+    PGresult *res = fm_worker_sql(w, "SELECT id::text, owner_id::text FROM files WHERE blob_sha256 = decode($1, 'hex')",
+                                  1, params);
     for (int i = 0; res != NULL && i < PQntuples(res); ++i) {
         char file_key[64];
         snprintf(file_key, sizeof(file_key), "fm:file:{%s}", PQgetvalue(res, i, 0));
         const char *argv[] = {"DEL", file_key};
         freeReplyObject(fm_worker_cmd(w, 2, argv));
+        fm_worker_tree_changed(w, PQgetvalue(res, i, 1));
     }
     PQclear(res);
 }

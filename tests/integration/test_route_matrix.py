@@ -159,6 +159,7 @@ ROUTE_CALLS = {
     ("POST", "/v1/uploads/{id}/complete"): (lambda res: f"/v1/uploads/{res['single']['upload_id']}/complete", None),
     ("DELETE", "/v1/uploads/{id}"): (lambda res: f"/v1/uploads/{res['single']['upload_id']}", None),
     ("POST", "/v1/events/s3"): (lambda res: "/v1/events/s3", {"Records": []}),
+    ("GET", "/v1/files"): (lambda res: "/v1/files", None),
     ("GET", "/v1/files/{id}"): (lambda res: f"/v1/files/{res['file_id']}", None),
     ("PATCH", "/v1/files/{id}"): (lambda res: f"/v1/files/{res['file_id']}", {"visibility": "private"}),
     ("DELETE", "/v1/files/{id}"): (lambda res: f"/v1/files/{res['file_id']}", None),
@@ -340,6 +341,19 @@ ROWS = {
                       E(400, "invalid_event",
                         lambda c: c.fm.call(None, "POST", "/v1/events/s3", json={"Records": "x"},
                                             headers={"X-FM-Events-Secret": EVENTS_SECRET}), "Records not a list")]},
+    ("GET", "/v1/files"): {
+        **AUTH,
+        "other_account": E(404, "folder_not_found",
+                           lambda c: c.fm.call(c.a, "GET", f"/v1/files?folder={listing_folder(c, c.b)}"),
+                           "B's folder (B lists it: test_listing)"),
+        "narrow_role": ANY_ROLE,
+        "bad_input": [E(422, "invalid_sort", lambda c: c.fm.call(c.a, "GET", "/v1/files?sort=mtime"), "sort"),
+                      E(422, "invalid_order", lambda c: c.fm.call(c.a, "GET", "/v1/files?order=up"), "order"),
+                      E(422, "invalid_type", lambda c: c.fm.call(c.a, "GET", "/v1/files?type=image/png"), "type"),
+                      E(422, "invalid_limit", lambda c: c.fm.call(c.a, "GET", "/v1/files?limit=201"), "limit"),
+                      E(400, "invalid_cursor", lambda c: c.fm.call(c.a, "GET", "/v1/files?cursor=x.y"), "cursor"),
+                      E(404, "folder_not_found", lambda c: c.fm.call(c.a, "GET", "/v1/files?folder=1%27"),
+                        "a malformed folder id")]},
     ("GET", "/v1/files/{id}"): {
         **AUTH, "other_account": other("not_found"), "narrow_role": ANY_ROLE,
         "bad_input": [malformed_id(("GET", "/v1/files/{id}"), "/v1/files/not-a-uuid", "not_found")]},
@@ -516,6 +530,16 @@ ROWS = {
                                        path=f"{U}/not-the-upload-id?key={q(c.ra['uppy']['key'])}"),
                         "another S3 uploadId with our key")]},
 }
+
+
+def listing_folder(c, user):
+    """A folder of `user` (made by SQL: the folder routes are test_folders'), made once per user."""
+    name = f"matrix-{user.id[:8]}"
+    found = c.fm.sql(f"SELECT id FROM folders WHERE owner_id = '{user.id}' AND name = '{name}'")
+    folder = found.split()[0] if found else c.fm.sql(
+        f"INSERT INTO folders (owner_id, name) VALUES ('{user.id}', '{name}') RETURNING id").split()[0]
+    assert c.fm.call(user, "GET", f"/v1/files?folder={folder}").status_code == 200  # the owner lists it
+    return folder
 
 
 # ---- the rule: a row for every route --------------------------------------------------------------------------------
