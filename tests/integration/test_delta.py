@@ -182,8 +182,10 @@ def test_a_change_committed_late_is_not_skipped(fm, alice):
     slow = Psql(fm.stack, fm.dbname)
     try:
         early = str(uuid.uuid4())
-        slow.query(f"BEGIN; INSERT INTO files (id, owner_id, name, size, content_type, claimed_sha256) VALUES "
-                   f"('{early}', '{alice.id}', 'early.bin', 1, 'text/plain', sha256('early'))")
+        # FAILED: a row that charges nothing, so the open transaction does not hold alice's quota figures (a charge
+        # locks the owner's users row until it commits, schema/017_quotas.sql) and `late` can commit meanwhile
+        slow.query(f"BEGIN; INSERT INTO files (id, owner_id, name, size, content_type, claimed_sha256, status) "
+                   f"VALUES ('{early}', '{alice.id}', 'early.bin', 1, 'text/plain', sha256('early'), 'FAILED')")
         late = fm.start(alice, random_bytes(30))["file_id"]  # committed while `early` is open
         time.sleep(0.3)
         rep.pull()
