@@ -2,9 +2,9 @@
 real stack: the change log written by schema/016_trash_delta.sql's triggers, replayed by a client into a local copy
 that must end equal to a fresh read of its rows; cursors signed, bound to the user, expired by the retention.
 
-Uploads go through the API (their rows arrive through the write-behind flush); folders, renames and moves are made
-with SQL as the folder and rename routes (built in parallel) do, since the feed records every change of the rows
-whoever makes it.
+Uploads go through the API (their rows arrive through the write-behind flush). The first replay test makes folders,
+renames and moves with SQL, since the feed records every change of the rows whoever makes it;
+test_replay_through_the_routes_equals_a_fresh_listing makes them with the routes and compares with GET /v1/files.
 
     FM_BUILD_DIR=build /usr/bin/python3 -m pytest -q tests/integration/test_delta.py
 """
@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from helpers_fm import assert_error, redis_url, wait_for
+from helpers_fm import assert_error, redis_cmd, redis_url, wait_for
 from helpers_uploads import EVENTS_SECRET, Fm, Psql, dedicated, random_bytes
 
 DELTA_REDIS_DB = 62  # 47+ is free; 57-59 and 61 (test_trash_routes) are taken
@@ -23,6 +23,31 @@ PRUNE_REDIS_DB = 60  # the short-retention instance's own (its own reconciler lo
 
 
 class DeltaFm(Fm):
+    def redis(self, *args):
+        return redis_cmd(self.stack, DELTA_REDIS_DB, *args)
+
+    def listing(self, user):
+        """Every live entry of the caller, walked through GET /v1/files folder by folder (all pages), as
+        {(kind, id): (name, parent, status)}."""
+        out, todo = {}, ["root"]
+        while todo:
+            folder, cursor = todo.pop(), None
+            while True:
+                q = f"/v1/files?folder={folder}&limit=200" + (f"&cursor={cursor}" if cursor else "")
+                r = self.call(user, "GET", q)
+                assert r.status_code == 200, r.text
+                body = r.json()
+                for item in body["items"]:
+                    if item["kind"] == "folder":
+                        out[("folder", item["id"])] = (item["name"], item["parent_id"], None)
+                        todo.append(item["id"])
+                    else:
+                        out[("file", item["id"])] = (item["name"], item["folder_id"], item["status"])
+                cursor = body["next_cursor"]
+                if cursor is None:
+                    break
+        return out
+
     def delta(self, user, cursor=None, limit=None):
         q = []
         if cursor is not None:
@@ -226,3 +251,49 @@ def test_a_cursor_older_than_the_retained_log_is_410(fm, controls, stack, alice)
     assert_error(fm.delta(alice, old), 410, "cursor_expired")
     # the client lists again and follows a new cursor
     assert fm.delta(alice, fm.now(alice)).status_code == 200
+
+
+def test_replay_through_the_routes_equals_a_fresh_listing(fm, alice):
+    """Folders made, renamed, moved, trashed and restored, files uploaded, renamed, moved, copied, trashed, restored
+    and purged, all through the routes: the live entries of the replayed feed are exactly what a fresh walk of
+    GET /v1/files shows (name, parent, status)."""
+    rep = Replica(fm, alice, fm.now(alice))
+
+    def post(path, body, status):
+        r = fm.call(alice, "POST", path, json=body)
+        assert r.status_code == status, r.text
+        return r.json()
+
+    def patch(path, body):
+        r = fm.call(alice, "PATCH", path, json=body)
+        assert r.status_code == 200, r.text
+
+    docs = post("/v1/folders", {"name": "Docs"}, 201)["id"]
+    sub = post("/v1/folders", {"name": "Sub", "parent_id": docs}, 201)["id"]
+    other = post("/v1/folders", {"name": "Other"}, 201)["id"]
+    data = random_bytes(500)
+    ready, _ = fm.upload(alice, data)
+    fm.mark_verified(ready["file_id"], data)
+    pending = fm.start(alice, random_bytes(60))
+    gone = fm.start(alice, random_bytes(61))
+    patch(f"/v1/files/{pending['file_id']}", {"name": "moved.bin", "folder_id": sub})
+    copy = post(f"/v1/files/{ready['file_id']}/copy", {"folder_id": docs, "name": "copy.bin"}, 201)
+    patch(f"/v1/folders/{sub}", {"parent_id": other, "name": "Sub2"})
+    patch(f"/v1/folders/{docs}", {"name": "Papers"})
+    assert fm.call(alice, "DELETE", f"/v1/folders/{other}").status_code == 204   # Sub2 and moved.bin with it
+    post(f"/v1/folders/{other}/restore", {}, 200)
+    assert fm.call(alice, "DELETE", f"/v1/folders/{docs}").status_code == 204    # copy.bin with it, stays
+    fm.sql(f"UPDATE uploads SET status = 'ABORTED', created_at = now() - interval '2 days' "
+           f"WHERE file_id = '{gone['file_id']}'")
+    assert fm.call(alice, "DELETE", f"/v1/files/{gone['file_id']}").status_code == 204
+    assert fm.call(alice, "DELETE", f"/v1/trash/{gone['file_id']}").status_code == 204  # purged
+    assert copy["id"] not in {k[1] for k in fm.listing(alice)}
+
+    def replayed():  # the live entries of the local copy: (name, parent, status)
+        return {k: v[:3] for k, v in rep.pull().items() if not v[5]}
+    fresh = fm.listing(alice)
+    assert wait_for(lambda: replayed() == fresh, 20), (replayed(), fresh)
+    assert set(fresh) == {("folder", other), ("folder", sub), ("file", ready["file_id"]),
+                          ("file", pending["file_id"])}
+    assert fresh[("folder", sub)] == ("Sub2", other, None)
+    assert fresh[("file", pending["file_id"])][:2] == ("moved.bin", sub)
