@@ -202,6 +202,9 @@ void fm_tree_changed(fm_control_thread_t *thread, const char *owner_id);
 /** True when PostgreSQL refused a statement because a name is taken among the live siblings (tree.c): SQLSTATE 23505
  *  on entry_names_pkey (schema/012_tree.sql), which the routes answer 409 name_taken or retry under a free name. */
 int fm_pg_name_taken(const PGresult *res);
+/** When PostgreSQL refused a statement because the target folder holds FM_FOLDER_ENTRIES_MAX entries already
+ *  (schema 018 fm_folder_room, SQLSTATE FMF01): answers 422 folder_full and returns 1; else 0 (tree.c). */
+int fm_pg_folder_full(fm_req_t *r, const PGresult *res);
 /** The same for the owner of file `file_id` (looked up in PostgreSQL first: for the background paths that know only
  *  the file, e.g. the reconciler and the admin retry). A file no longer in PostgreSQL changes no listing. */
 void fm_tree_file_changed(fm_control_thread_t *thread, const char *file_id);

@@ -62,7 +62,7 @@ static const char copy_sql[] =
     "    CASE WHEN $6::text = 'rename' THEN fm_free_name($2::uuid, p.dest_folder, p.dest_name) ELSE p.dest_name END,"
     "    p.size, p.content_type, p.claimed_sha256, p.blob_sha256, 'READY'"
     "  FROM place p WHERE p.folder_ok AND p.status = 'READY' AND p.blob_sha256 IS NOT NULL"
-    "    AND fm_quota_take($2::uuid, p.size) RETURNING id)"
+    "    AND fm_quota_take($2::uuid, p.size) AND fm_folder_room($2::uuid, p.dest_folder, $8::integer) RETURNING id)"
     "SELECT p.status, p.folder_ok, (SELECT id FROM copied) FROM place p";
 
 /* ---- parse ---- */
@@ -148,6 +148,8 @@ static void on_copied(PGresult *res, const char *errstr, void *data)
     if (fm_req_resume(r) != 0)
         return;
     copy_t *c = r->state;
+    if (fm_pg_folder_full(r, res)) /* the statement was undone whole: no copy */
+        return;
     if (fm_pg_quota_exceeded(res)) { /* the statement was undone whole: no copy */
         fm_reply_error(r, 413, "quota_exceeded",
                        "a copy counts its whole size against your quota, and it would pass it (GET /v1/me)");
@@ -189,14 +191,17 @@ static void run_copy(fm_req_t *r, void *arg)
 {
     (void)arg;
     copy_t *c = r->state;
+    char entries_max[24];
+    snprintf(entries_max, sizeof(entries_max), "%lld", (long long)fm_control->config.folder_entries_max);
     const char *params[] = {c->id,
                             c->principal->user_id,
                             c->move ? "move" : "stay",
                             c->folder[0] ? c->folder : NULL,
                             c->name[0] ? c->name : NULL,
                             c->rename ? "rename" : "fail",
-                            c->copy_id};
-    fm_pg_call(r, on_copied, copy_sql, 7, params);
+                            c->copy_id,
+                            entries_max};
+    fm_pg_call(r, on_copied, copy_sql, 8, params);
 }
 
 /* ---- authorize ---- */

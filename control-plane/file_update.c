@@ -72,6 +72,7 @@ static const char update_sql[] =
     "  UPDATE files f SET visibility = coalesce($3::text, f.visibility), name = d.name, folder_id = d.folder_id,"
     "    updated_at = now(), version = f.version + 1 FROM target t, dest d"
     "  WHERE f.id = t.id AND d.id = t.id AND d.folder_ok AND ($3::text IS NULL OR $3::text = 'private' OR t.status = 'READY')"
+    "    AND (d.folder_id IS NOT DISTINCT FROM t.folder_id OR fm_folder_room($2::uuid, d.folder_id, $8::integer))"
     "  RETURNING f.id)"
     "SELECT t.status, EXISTS (SELECT 1 FROM changed),"
     " b.storage_key,"
@@ -242,6 +243,8 @@ static void on_updated(PGresult *res, const char *errstr, void *data)
     if (fm_req_resume(r) != 0)
         return;
     update_t *u = r->state;
+    if (fm_pg_folder_full(r, res)) /* undone whole as well */
+        return;
     if (fm_pg_name_taken(res)) { /* the statement was undone whole: nothing changed */
         if (u->rename && ++u->name_tries < NAME_TRIES_MAX) {
             run_update(r, NULL); /* fm_free_name's choice was taken meanwhile: choose again */
@@ -293,11 +296,13 @@ static void run_update(fm_req_t *r, void *arg)
 {
     (void)arg;
     update_t *u = r->state;
+    char entries_max[24];
+    snprintf(entries_max, sizeof(entries_max), "%lld", (long long)fm_control->config.folder_entries_max);
     const char *params[] = {u->id,           u->principal->user_id,
                             u->visibility,   u->name[0] ? u->name : NULL,
                             u->move ? "move" : "stay", u->folder[0] ? u->folder : NULL,
-                            u->rename ? "rename" : "fail"};
-    fm_pg_call(r, on_updated, update_sql, 7, params);
+                            u->rename ? "rename" : "fail", entries_max};
+    fm_pg_call(r, on_updated, update_sql, 8, params);
 }
 
 /* ---- authorize ---- */

@@ -24,6 +24,18 @@ int fm_pg_name_taken(const PGresult *res)
            strcmp(constraint, "entry_names_pkey") == 0;
 }
 
+int fm_pg_folder_full(fm_req_t *r, const PGresult *res)
+{
+    if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR)
+        return 0;
+    const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+    if (state == NULL || strcmp(state, "FMF01") != 0)
+        return 0;
+    fm_reply_error(r, 422, "folder_full", "that folder already holds %lld entries (FM_FOLDER_ENTRIES_MAX)",
+                   (long long)fm_control->config.folder_entries_max);
+    return 1;
+}
+
 void fm_tree_changed(fm_control_thread_t *thread, const char *owner_id)
 {
     fm_redis_command(thread->redis, ignore_reply, NULL, "INCR fm:tgen:{%s}", owner_id);

@@ -201,6 +201,8 @@ static void on_upload_recorded(PGresult *res, const char *errstr, void *data)
     if (fm_pg_quota_exceeded(res)) {
         fm_quota_refuse(r, s->size);
         failed = 1;
+    } else if (fm_pg_folder_full(r, res)) {
+        failed = 1;
     } else if (name_taken(r, s, res, record_upload, &failed)) {
         return;
     }
@@ -249,7 +251,8 @@ static void record_upload(fm_req_t *r, fm_upload_state_t *s)
         fm_quota_hold(r, s->principal->user_id, s->size, on_upload_held, NULL);
         return;
     }
-    char size[24], part_size[24], part_count[16], ttl[24];
+    char size[24], part_size[24], part_count[16], ttl[24], entries_max[24];
+    snprintf(entries_max, sizeof(entries_max), "%lld", (long long)fm_control->config.folder_entries_max);
     snprintf(size, sizeof(size), "%lld", s->size);
     snprintf(part_size, sizeof(part_size), "%lld", s->part_size);
     snprintf(part_count, sizeof(part_count), "%d", s->part_count);
@@ -258,7 +261,7 @@ static void record_upload(fm_req_t *r, fm_upload_state_t *s)
     const char *params[] = {s->principal->user_id, s->folder[0] ? s->folder : NULL, s->name, size, s->content_type,
                             s->sha256, s->upload_id, multipart ? "MULTIPART" : "PUT",
                             s->part_count > 0 ? part_size : NULL, s->part_count > 0 ? part_count : NULL, ttl,
-                            multipart ? s->s3_upload_id : NULL, s->key, s->rename ? "rename" : "fail"};
+                            multipart ? s->s3_upload_id : NULL, s->key, s->rename ? "rename" : "fail", entries_max};
     /* A folder in the trash takes no upload (404 folder_not_found, as someone else's). With rename the name is
      * fm_free_name's (schema/012_tree.sql); the entry_names trigger still refuses one taken meanwhile (23505). */
     fm_pg_call(r, on_upload_recorded,
@@ -268,7 +271,7 @@ static void record_upload(fm_req_t *r, fm_upload_state_t *s)
                "         $4::bigint, $5, decode($6, 'hex'), 'PENDING_UPLOAD'"
                "  WHERE ($2::uuid IS NULL OR EXISTS (SELECT 1 FROM folders WHERE id = $2::uuid AND owner_id = $1::uuid"
                "                                     AND deleted_at IS NULL))"
-               "    AND fm_quota_take($1::uuid, $4::bigint)"
+               "    AND fm_quota_take($1::uuid, $4::bigint) AND fm_folder_room($1::uuid, $2::uuid, $15::integer)"
                "  RETURNING id, name), "
                "u AS ("
                "  INSERT INTO uploads (id, file_id, owner_id, object_key, size, content_type, claimed_sha256, method,"
@@ -277,7 +280,7 @@ static void record_upload(fm_req_t *r, fm_upload_state_t *s)
                "         $10::integer, now() + make_interval(secs => $11::integer), $12 FROM f"
                "  RETURNING file_id) "
                "SELECT u.file_id, f.name FROM u JOIN f ON f.id = u.file_id",
-               14, params);
+               15, params);
 }
 
 static void create_multipart_work(void *data)
@@ -444,6 +447,10 @@ static void on_dedupe_inserted(PGresult *res, const char *errstr, void *data)
         fm_quota_refuse(r, s->size);
         return;
     }
+    if (fm_pg_folder_full(r, res)) {
+        quota_settle(r, s, 0);
+        return;
+    }
     if (name_taken(r, s, res, try_dedupe, &failed))
         return;
     if (failed || fm_pg_failed(r, res, errstr)) {
@@ -515,10 +522,11 @@ static void try_dedupe(fm_req_t *r, fm_upload_state_t *s)
         fm_quota_hold(r, s->principal->user_id, s->size, on_dedupe_held, NULL);
         return;
     }
-    char size[24];
+    char size[24], entries_max[24];
     snprintf(size, sizeof(size), "%lld", s->size);
+    snprintf(entries_max, sizeof(entries_max), "%lld", (long long)fm_control->config.folder_entries_max);
     const char *params[] = {s->principal->user_id, s->folder[0] ? s->folder : NULL, s->name, size, s->content_type,
-                            s->sha256, s->rename ? "rename" : "fail"};
+                            s->sha256, s->rename ? "rename" : "fail", entries_max};
     /* No row (a folder not the caller's live one, or no blob): fm_upload_start decides, answering 404 for the folder. */
     fm_pg_call(r, on_dedupe_inserted,
                "WITH b AS ("
@@ -530,9 +538,10 @@ static void try_dedupe(fm_req_t *r, fm_upload_state_t *s)
                "                                   AND deleted_at IS NULL))) "
                "INSERT INTO files (owner_id, folder_id, name, size, content_type, claimed_sha256, blob_sha256, status)"
                "  SELECT $1::uuid, $2::uuid, CASE WHEN $7 = 'rename' THEN fm_free_name($1::uuid, $2::uuid, $3) ELSE $3 END,"
-               "         $4::bigint, $5, b.sha256, b.sha256, 'READY' FROM b WHERE fm_quota_take($1::uuid, $4::bigint) "
+               "         $4::bigint, $5, b.sha256, b.sha256, 'READY' FROM b"
+               "  WHERE fm_quota_take($1::uuid, $4::bigint) AND fm_folder_room($1::uuid, $2::uuid, $8::integer) "
                "RETURNING id, name",
-               7, params);
+               8, params);
 }
 
 static void on_dedupe_index_rebuilt(redisReply *reply, const char *errstr, void *data)

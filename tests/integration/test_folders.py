@@ -315,6 +315,30 @@ def test_folder_full(fm, alice):
     assert fm.folder_rows(alice) == before
 
 
+def test_a_full_folder_takes_no_file(fm, alice):
+    """The entries bound holds for files too: an upload (written through), a dedupe, a copy and a move into a full
+    folder are 422 folder_full, and nothing is created or moved (schema 018 fm_folder_room)."""
+    box = fm.mkdir(alice, "file-box")
+    source, data = fm.file_in(alice, None, ready=True)  # at the root
+    loose, _ = fm.file_in(alice, None)
+    for i in range(ENTRIES_MAX):
+        fm.mkdir(alice, f"x{i}", box["id"])
+    files_before = fm.sql(f"SELECT count(*) FROM files WHERE owner_id = '{alice.id}'")
+    body = {"name": "late.bin", "size": 10, "content_type": "application/octet-stream",
+            "sha256": sha256_hex(b"0123456789"), "folder": box["id"], "on_conflict": "fail"}
+    assert_error(fm.call(alice, "POST", "/v1/uploads", json=body), 422, "folder_full")
+    body.update({"size": len(data), "sha256": sha256_hex(data)})  # the owner holds these bytes: a dedupe
+    assert_error(fm.call(alice, "POST", "/v1/uploads", json=body), 422, "folder_full")
+    assert_error(fm.call(alice, "POST", f"/v1/files/{source}/copy", json={"folder_id": box["id"]}), 422,
+                 "folder_full")
+    assert_error(fm.call(alice, "PATCH", f"/v1/files/{loose}", json={"folder_id": box["id"]}), 422, "folder_full")
+    assert fm.sql(f"SELECT count(*) FROM files WHERE owner_id = '{alice.id}'") == files_before
+    assert fm.sql(f"SELECT folder_id IS NULL FROM files WHERE id = '{loose}'") == "t"
+    # a rename in place is no new entry
+    r = fm.call(alice, "PATCH", f"/v1/files/{loose}", json={"name": "renamed-in-place.bin"})
+    assert r.status_code == 200, r.text
+
+
 # ---- trash and restore ----------------------------------------------------------------------------------------------
 
 def test_trash_takes_the_subtree_and_restore_brings_back_exactly_it(fm, alice, edge):
