@@ -202,6 +202,11 @@ void fm_tree_changed(fm_control_thread_t *thread, const char *owner_id);
 /** True when PostgreSQL refused a statement because a name is taken among the live siblings (tree.c): SQLSTATE 23505
  *  on entry_names_pkey (schema/012_tree.sql), which the routes answer 409 name_taken or retry under a free name. */
 int fm_pg_name_taken(const PGresult *res);
+/** After fm_pg_name_taken: with on_conflict=rename (`rename`), returns 1 while fewer than FM_NAME_TRIES_MAX tries
+ *  were made (*tries counts them): fm_free_name's choice was taken meanwhile, the caller runs its statement again;
+ *  otherwise answers 409 name_taken and returns 0 (tree.c). */
+#define FM_NAME_TRIES_MAX 4
+int fm_name_retry(fm_req_t *r, int rename, int *tries);
 /** When PostgreSQL refused a statement because the target folder holds FM_FOLDER_ENTRIES_MAX entries already
  *  (schema 018 fm_folder_room, SQLSTATE FMF01): answers 422 folder_full and returns 1; else 0 (tree.c). */
 int fm_pg_folder_full(fm_req_t *r, const PGresult *res);

@@ -27,7 +27,6 @@
 
 #define COPY_BODY_MAX 4096
 /* A rename that met a name another request took between fm_free_name and the insert asks again, this many times. */
-#define NAME_TRIES_MAX 4
 
 typedef struct {
     char id[37], copy_id[37];
@@ -157,13 +156,8 @@ static void on_copied(PGresult *res, const char *errstr, void *data)
         return;
     }
     if (fm_pg_name_taken(res)) { /* the statement was undone whole: no copy */
-        if (c->rename && ++c->name_tries < NAME_TRIES_MAX) {
+        if (fm_name_retry(r, c->rename, &c->name_tries))
             run_copy(r, NULL);
-            return;
-        }
-        fm_reply_error(r, 409, "name_taken",
-                       "that name is already taken in that folder (on_conflict: \"rename\" "
-                       "numbers it)");
         return;
     }
     if (fm_pg_failed(r, res, errstr))

@@ -30,7 +30,6 @@
 #define PUBLIC_KEYS_MAX 32
 
 /* A rename that met a name another request took between fm_free_name and the update asks again, this many times. */
-#define NAME_TRIES_MAX 4
 
 typedef struct {
     const char *visibility; /* static "public" | "private", NULL = unchanged */
@@ -246,12 +245,8 @@ static void on_updated(PGresult *res, const char *errstr, void *data)
     if (fm_pg_folder_full(r, res)) /* undone whole as well */
         return;
     if (fm_pg_name_taken(res)) { /* the statement was undone whole: nothing changed */
-        if (u->rename && ++u->name_tries < NAME_TRIES_MAX) {
-            run_update(r, NULL); /* fm_free_name's choice was taken meanwhile: choose again */
-            return;
-        }
-        fm_reply_error(r, 409, "name_taken", "that name is already taken in that folder (on_conflict: \"rename\" "
-                                             "numbers it)");
+        if (fm_name_retry(r, u->rename, &u->name_tries))
+            run_update(r, NULL);
         return;
     }
     if (fm_pg_failed(r, res, errstr))

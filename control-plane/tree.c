@@ -24,6 +24,15 @@ int fm_pg_name_taken(const PGresult *res)
            strcmp(constraint, "entry_names_pkey") == 0;
 }
 
+int fm_name_retry(fm_req_t *r, int rename, int *tries)
+{
+    if (rename && ++*tries < FM_NAME_TRIES_MAX)
+        return 1;
+    fm_reply_error(r, 409, "name_taken", "a file or folder of that name is already there (on_conflict: \"rename\" "
+                                         "numbers it)");
+    return 0;
+}
+
 int fm_pg_folder_full(fm_req_t *r, const PGresult *res)
 {
     if (res == NULL || PQresultStatus(res) != PGRES_FATAL_ERROR)

@@ -175,18 +175,15 @@ static void quota_settle(fm_req_t *r, fm_upload_state_t *s, int charged)
 
 /* A write-through insert met a name taken among the live siblings: with rename, fm_free_name chose a name another
  * request took meanwhile, so it asks again (a few times); with fail, 409. Returns 1 when it handled `res`. */
-#define NAME_TRIES_MAX 4
 static int name_taken(fm_req_t *r, fm_upload_state_t *s, PGresult *res, void (*again)(fm_req_t *, fm_upload_state_t *),
                       int *failed)
 {
     if (!fm_pg_name_taken(res))
         return 0;
-    if (s->rename && ++s->name_tries < NAME_TRIES_MAX) {
+    if (fm_name_retry(r, s->rename, &s->name_tries)) {
         again(r, s);
         return 1;
     }
-    fm_reply_error(r, 409, "name_taken", "a file or folder named %s is already there (on_conflict: \"rename\" numbers it)",
-                   s->name);
     *failed = 1;
     return 0;
 }
