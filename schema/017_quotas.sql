@@ -73,7 +73,8 @@ CREATE TRIGGER files_quota_del AFTER DELETE ON files REFERENCING OLD TABLE AS ol
 
 -- The figures recomputed from the rows (the reconciler's periodic recount, quota.c): the owners after p_after (id
 -- order, NULL = from the first), at most p_limit of them; those whose counters differ from their rows get the rows'
--- figures (out_repaired). Returns every owner of the slice with its figures, so the caller can refresh their Redis
+-- figures (out_repaired); an owner whose row is locked by a charge in progress is skipped this time. Returns every
+-- owner of the slice it recounted with its figures, so the caller can refresh their Redis
 -- copies too, and the slice's last id in every row (NULL rows: no owner after p_after, start again).
 CREATE FUNCTION fm_quota_recount(p_after uuid, p_limit integer)
 RETURNS TABLE (out_owner uuid, out_used bigint, out_reserved bigint, out_quota bigint, out_repaired boolean,
@@ -88,8 +89,10 @@ BEGIN
         RETURN;
     END IF;
     RETURN QUERY
+    -- SKIP LOCKED: an owner whose row a charge holds right now is left for the next round; waiting for it would
+    -- keep the rows already locked here, and with them every charge of those owners, behind one long transaction
     WITH o AS (SELECT id FROM users WHERE (p_after IS NULL OR id > p_after) AND id <= last ORDER BY id
-               FOR NO KEY UPDATE),
+               FOR NO KEY UPDATE SKIP LOCKED),
          t AS (SELECT o.id, coalesce(sum(fm_used_part(f.status, f.size)), 0)::bigint AS used,
                       coalesce(sum(fm_reserved_part(f.status, f.size)), 0)::bigint AS reserved
                FROM o LEFT JOIN files f ON f.owner_id = o.id GROUP BY o.id),

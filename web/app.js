@@ -3,7 +3,8 @@
  *
  * One file's way (docs/uploads.md is the contract):
  *   hashFile      SHA-256 in the browser (crypto.subtle up to 256 MiB, the incremental web/sha256.js above)
- *   startUpload   POST /v1/uploads {name, size, content_type, sha256}  → deduplicated | PUT | MULTIPART
+ *   startUpload   POST /v1/uploads {name, size, content_type, sha256, on_conflict: rename} → deduplicated | PUT |
+ *                 MULTIPART
  *   putSingle     one PUT of the whole file to the presigned URL (XMLHttpRequest, for progress events)
  *   putMultipart  parts PUT 4 at a time to presigned part URLs, more URLs from POST /v1/uploads/{id}/parts,
  *                 each part's ETag kept, a failed part retried up to 3 times with a fresh URL
@@ -258,6 +259,9 @@
       size: f.size,
       content_type: f.type || 'application/octet-stream',
       sha256: upload.sha256,
+      // A name the folder already holds: the new file is numbered, "name (1).ext", as desktop file managers and
+      // Dropbox's web page do, rather than refused (docs/uploads.md "Names and on_conflict").
+      on_conflict: 'rename',
     });
   }
 
