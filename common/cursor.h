@@ -17,7 +17,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define FM_CURSOR_PAYLOAD_MAX 96
+/* The listing's keyset is the largest: a sort key of up to 1,024 bytes (a 255-character name is up to 1,020 bytes of
+ * UTF-8) and ~75 bytes of fields (common/listcursor.h). */
+#define FM_CURSOR_PAYLOAD_MAX 1280
 #define FM_CURSOR_TAG_BYTES 16
 /** Largest cursor text, NUL included: base64url of 1 + payload + tag bytes. */
 #define FM_CURSOR_TEXT_MAX (((1 + FM_CURSOR_PAYLOAD_MAX + FM_CURSOR_TAG_BYTES + 2) / 3) * 4 + 1)

@@ -2,24 +2,26 @@
  * listcursor: the opaque, signed cursor of GET /v1/files (control-plane/files_list.c; docs/decisions.md "Listing
  * (issue 11 item 2)").
  *
- * Text: base64url(payload) "." base64url(tag), unpadded; payload = "l1\n{owner}\n{folder}\n{sort}\n{order}\n{type}\n
- * {phase}\n{id}\n{key}" (the key last: a name may hold anything but '/', NUL and control characters, so no '\n'
- * inside the other fields, which are checked), tag = the first FM_LIST_CURSOR_TAG_LEN bytes of HMAC-SHA256(secret,
- * payload), compared in constant time. Pure functions: no state, safe from any thread.
+ * The listing's fields over the common signed cursor (common/cursor.h): the text is fm_cursor_sign's, with scope
+ * "list:{owner}:{folder}" (so a cursor of another owner or folder fails the tag like a tampered one) and payload
+ * "l2\n{sort}\n{order}\n{type}\n{phase}\n{id}\n{key}" (the key last: a name may hold anything but '/', NUL and control
+ * characters, so no '\n' inside the other fields, which are checked). The key, secret derivation and tag are
+ * cursor.c's. Pure functions: no state, safe from any thread.
  */
 #ifndef FM_LISTCURSOR_H
 #define FM_LISTCURSOR_H
 
 #include <stddef.h>
 
-/** Longest cursor text accepted or made, in bytes (a 255-character name is up to 1,020 bytes of UTF-8). */
-#define FM_LIST_CURSOR_MAX 2048
+#include "cursor.h"
+
+/** Longest cursor text accepted or made, in bytes without the NUL (a 255-character name is up to 1,020 bytes). */
+#define FM_LIST_CURSOR_MAX (FM_CURSOR_TEXT_MAX - 1)
 /** Longest sort key (the last row's name, timestamp or size as text), in bytes. */
 #define FM_LIST_CURSOR_KEY_MAX 1024
-/** Bytes of HMAC-SHA256 kept in the tag: 128 bits. */
-#define FM_LIST_CURSOR_TAG_LEN 16
 
-/** What a cursor says. Every string is NUL-terminated; `phase` is 'd' (folders) or 'f' (files). */
+/** What a cursor says. Every string is NUL-terminated; `phase` is 'd' (folders) or 'f' (files). owner and folder
+ *  go into the scope, the others into the payload. */
 typedef struct fm_list_cursor {
     char owner[37], folder[37], sort[16], order[8], type[8];
     char phase;
@@ -27,12 +29,15 @@ typedef struct fm_list_cursor {
     char key[FM_LIST_CURSOR_KEY_MAX + 1];
 } fm_list_cursor_t;
 
-/** Writes c's cursor text into out (out_size bytes with the NUL). Returns 0, or -1 when a field is malformed (a
- *  '\n' or NUL where none may be, a wrong length) or out is too small. */
-int fm_list_cursor_encode(const unsigned char secret[32], const fm_list_cursor_t *c, char *out, size_t out_size);
+/** Writes c's cursor text, signed with `secret` (secret_len bytes: the server secret, as fm_cursor_sign takes it),
+ *  into out (out_size bytes with the NUL). Returns 0, or -1 when a field is malformed (a '\n' or NUL where none may
+ *  be, a wrong length) or out is too small. */
+int fm_list_cursor_encode(const void *secret, size_t secret_len, const fm_list_cursor_t *c, char *out, size_t out_size);
 
-/** Reads `len` bytes of cursor text: 0 and *out filled when it is well-formed and its tag is secret's; -1 otherwise
- *  (out then undefined). Never reads past len. */
-int fm_list_cursor_decode(const unsigned char secret[32], const char *text, size_t len, fm_list_cursor_t *out);
+/** Reads `len` bytes of cursor text as a cursor of the listing of `owner`'s `folder` (each 1..36 bytes, no '\n' or
+ *  ':'): 0 and *out filled (owner and folder copied from the arguments) when it is well-formed and its tag is
+ *  secret's for that scope; -1 otherwise (out then undefined). Never reads past len. */
+int fm_list_cursor_decode(const void *secret, size_t secret_len, const char *owner, const char *folder,
+                          const char *text, size_t len, fm_list_cursor_t *out);
 
 #endif

@@ -3,7 +3,7 @@
  * one folder's live entries, folders first, keyset-paged (DESIGN.md §5b; docs/decisions.md "Listing (issue 11
  * item 2)").
  *
- * parse (the query, the cursor: HMAC-checked and bound to owner, folder, sort, order and type) → authorize (the
+ * parse (the query, the cursor: signed and bound to owner, folder, sort, order and type) → authorize (the
  * caller may list the folder: folder_readable, the one check sharing will extend) → act (one SQL statement: the
  * folders after the cursor and the files from the start, or the files after the cursor; each an index range scan of
  * schema/014_listing.sql, LIMIT n + 1) → answer ({items, next_cursor}, each file with its signed thumbnail_url).
@@ -12,8 +12,6 @@
  * script reading fm:tgen:{owner} and the page keyed by it. Any change in the owner's tree INCRs the generation, so
  * every cached page of the owner is dropped in O(1). The page holds signed URLs: it lives less long than they do.
  */
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,9 +54,8 @@ typedef struct {
     long long page_ttl_s; /* its lifetime (page_ttl) */
 } list_state_t;
 
-/* ---- the cursor's key and the SQL: made once ---- */
+/* ---- the SQL: made once ---- */
 
-static unsigned char cursor_key[32];
 static char *statements[SHAPE_COUNT][SORT_COUNT][2];
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
@@ -139,14 +136,6 @@ static void files_branch(char *out, size_t size, int sort, int desc, int after)
 
 static void init_once_fn(void)
 {
-    /* The cursor key: derived from FM_JWT_SECRET (required, ≥ 32 bytes) with its own label, so a cursor tag can never
-     * pass for a token's or the other way round, and no new secret must be configured and rotated. */
-    static const char label[] = "fm-control listing cursor v1";
-    unsigned int len = 0;
-    const char *secret = fm_control->config.jwt_secret;
-    if (HMAC(EVP_sha256(), secret, (int)strlen(secret), (const unsigned char *)label, sizeof(label) - 1, cursor_key,
-             &len) == NULL)
-        h2o_fatal("HMAC failed");
     for (int shape = 0; shape < SHAPE_COUNT; ++shape)
         for (int sort = 0; sort < SORT_COUNT; ++sort)
             for (int desc = 0; desc < 2; ++desc) {
@@ -202,7 +191,8 @@ static char *cursor_make(fm_req_t *r, const fm_principal_t *p, const list_query_
     memcpy(c.id, id, 37);
     memcpy(c.key, key, strlen(key) + 1);
     char *out = h2o_mem_alloc_pool(&r->req->pool, FM_LIST_CURSOR_MAX + 1);
-    return fm_list_cursor_encode(cursor_key, &c, out, FM_LIST_CURSOR_MAX + 1) == 0 ? out : NULL;
+    const char *secret = fm_control->config.jwt_secret; /* keyed as every cursor: common/cursor.c */
+    return fm_list_cursor_encode(secret, strlen(secret), &c, out, FM_LIST_CURSOR_MAX + 1) == 0 ? out : NULL;
 }
 
 /* Checks `cursor` (len bytes) against this listing and fills q's shape and position. -1: tampered, malformed, or
@@ -210,11 +200,12 @@ static char *cursor_make(fm_req_t *r, const fm_principal_t *p, const list_query_
 static int cursor_read(const fm_principal_t *p, list_query_t *q, const char *cursor, size_t len)
 {
     fm_list_cursor_t got, want;
-    if (fm_list_cursor_decode(cursor_key, cursor, len, &got) != 0)
+    const char *secret = fm_control->config.jwt_secret;
+    cursor_of(p, q, &want); /* owner and folder: the scope the tag must match */
+    if (fm_list_cursor_decode(secret, strlen(secret), want.owner, want.folder, cursor, len, &got) != 0)
         return -1;
-    cursor_of(p, q, &want); /* authentic: it still must be this listing's */
-    if (strcmp(got.owner, want.owner) != 0 || strcmp(got.folder, want.folder) != 0 ||
-        strcmp(got.sort, want.sort) != 0 || strcmp(got.order, want.order) != 0 || strcmp(got.type, want.type) != 0 ||
+    /* authentic for this owner and folder: it still must be this sort's, order's and type's */
+    if (strcmp(got.sort, want.sort) != 0 || strcmp(got.order, want.order) != 0 || strcmp(got.type, want.type) != 0 ||
         strlen(got.key) >= sizeof(q->after_key))
         return -1;
     q->shape = got.phase == 'd' ? SHAPE_FOLDERS_AFTER : SHAPE_FILES_AFTER;

@@ -1,13 +1,15 @@
 /*
- * Fuzz target for common/listcursor.c: the signed cursor of GET /v1/files, read from the query string of any caller.
+ * Fuzz target for common/listcursor.c: the signed cursor of GET /v1/files (its fields over common/cursor.c), read from
+ * the query string of any caller.
  *
- * Byte 0 picks the mode: even = the rest is cursor text, decoded under the fixed test secret; odd = the rest is a
- * cursor's fields ("owner\nfolder\nsort\norder\ntype\nphase\nid\nkey"), encoded, then decoded back. Invariants:
+ * Byte 0 picks the mode: even = the rest is cursor text, decoded under the fixed test secret, owner and folder; odd =
+ * the rest is a cursor's fields ("owner\nfolder\nsort\norder\ntype\nphase\nid\nkey"), encoded, then decoded back.
+ * Invariants:
  *  - decode never reads past its length (the text is malloc'd at its exact size) and accepts nothing it did not make:
- *    a text that decodes re-encodes to the very same text (one cursor, one text), under another secret it fails, and
- *    any one changed byte fails;
- *  - encode(fields) succeeds exactly when every field is within its bound and free of '\n' (the id exactly 36 bytes,
- *    the phase 'd' or 'f'), and then decode gives the same fields back.
+ *    a text that decodes re-encodes to the very same text (one cursor, one text), under another secret, owner or
+ *    folder it fails, and any one changed byte fails;
+ *  - encode(fields) succeeds exactly when every field is within its bound and free of '\n' (the owner and folder also
+ *    of ':', the id exactly 36 bytes, the phase 'd' or 'f'), and then decode gives the same fields back.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -24,8 +26,11 @@
         }                                                                                                              \
     } while (0)
 
-static const unsigned char secret[32] = "fuzz-list-cursor-secret-32-bytes";
-static const unsigned char other[32] = "another-secret-of-thirty-2-bytes";
+static const char secret[] = "fuzz-list-cursor-secret-32-bytes";
+static const char other[] = "another-secret-of-thirty-2-bytes";
+#define SECRET secret, sizeof(secret) - 1
+#define OWNER "3e662ee3-8604-43eb-9805-af7f1fb154a8"
+#define FOLDER "00000000-0000-0000-0000-000000000000"
 
 static int same(const fm_list_cursor_t *a, const fm_list_cursor_t *b)
 {
@@ -41,15 +46,17 @@ static void decode_text(const uint8_t *data, size_t size)
         abort();
     memcpy(text, data, size);
     fm_list_cursor_t c;
-    if (fm_list_cursor_decode(secret, text, size, &c) == 0) {
+    if (fm_list_cursor_decode(SECRET, OWNER, FOLDER, text, size, &c) == 0) {
+        CHECK(strcmp(c.owner, OWNER) == 0 && strcmp(c.folder, FOLDER) == 0);
         char again[FM_LIST_CURSOR_MAX + 1];
-        CHECK(fm_list_cursor_encode(secret, &c, again, sizeof(again)) == 0);
+        CHECK(fm_list_cursor_encode(SECRET, &c, again, sizeof(again)) == 0);
         CHECK(strlen(again) == size && memcmp(again, text, size) == 0);
         fm_list_cursor_t d;
-        CHECK(fm_list_cursor_decode(other, text, size, &d) != 0);
+        CHECK(fm_list_cursor_decode(other, sizeof(other) - 1, OWNER, FOLDER, text, size, &d) != 0);
+        CHECK(fm_list_cursor_decode(SECRET, FOLDER, OWNER, text, size, &d) != 0);
         for (size_t i = 0; i < size; i += 1 + size / 16) {
             text[i] ^= 0x01;
-            CHECK(fm_list_cursor_decode(secret, text, size, &d) != 0);
+            CHECK(fm_list_cursor_decode(SECRET, OWNER, FOLDER, text, size, &d) != 0);
             text[i] ^= 0x01;
         }
     }
@@ -61,7 +68,8 @@ static int fields_ok(char *const *f, const size_t *len)
 {
     static const size_t max[] = {36, 36, 15, 7, 7, 1, 36, FM_LIST_CURSOR_KEY_MAX};
     for (int i = 0; i < 8; ++i)
-        if (len[i] > max[i] || memchr(f[i], '\0', len[i]) != NULL || (i < 7 && len[i] == 0))
+        if (len[i] > max[i] || memchr(f[i], '\0', len[i]) != NULL || (i < 7 && len[i] == 0) ||
+            (i < 2 && memchr(f[i], ':', len[i]) != NULL))
             return 0;
     return len[6] == 36 && (f[5][0] == 'd' || f[5][0] == 'f');
 }
@@ -96,10 +104,10 @@ static void encode_fields(const uint8_t *data, size_t size)
         memcpy(c.id, f[6], len[6] + 1);
         memcpy(c.key, f[7], len[7] + 1);
         char text[FM_LIST_CURSOR_MAX + 1];
-        CHECK(fm_list_cursor_encode(secret, &c, text, sizeof(text)) == 0);
+        CHECK(fm_list_cursor_encode(SECRET, &c, text, sizeof(text)) == 0);
         fm_list_cursor_t d;
-        CHECK(fm_list_cursor_decode(secret, text, strlen(text), &d) == 0 && same(&c, &d));
-        CHECK(fm_list_cursor_encode(secret, &c, text, strlen(text)) != 0); /* one byte short of the NUL */
+        CHECK(fm_list_cursor_decode(SECRET, c.owner, c.folder, text, strlen(text), &d) == 0 && same(&c, &d));
+        CHECK(fm_list_cursor_encode(SECRET, &c, text, strlen(text)) != 0); /* one byte short of the NUL */
     }
     for (int i = 0; i < 8; ++i)
         free(f[i]);

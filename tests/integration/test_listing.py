@@ -351,15 +351,17 @@ def test_tampered_and_foreign_cursors_are_400(fm, alice, bob):
     other = fm.folder(alice, "other")
     fm.files(alice, [(f"o{i}", 1, "text/plain", None, None) for i in range(5)], other)
     cursor = fm.list_ok(alice, folder=folder, limit=3)["next_cursor"]
-    assert cursor and "." in cursor
-    payload, tag = cursor.split(".")
-    raw = b64d(payload)
+    # common/cursor.c's text: base64url(version 0x01 | payload | 16-byte tag), the listing's fields in the payload
+    raw = b64d(cursor)
+    assert raw[0] == 1 and raw[1:4] == b"l2\n" and "." not in cursor
     assert fm.list(alice, folder=folder, limit=3, cursor=cursor).status_code == 200
     bad = [
-        payload + "." + b64e(bytes(b ^ 1 if i == 0 else b for i, b in enumerate(b64d(tag)))),  # tag changed
-        b64e(raw.replace(b"\nd\n", b"\nf\n")) + "." + tag,  # payload changed, old tag
-        b64e(raw[:-1] + bytes([raw[-1] ^ 1])) + "." + tag,
-        payload, payload + ".", "." + tag, "x" * 5000, "%zz", "", "!!!.???", cursor + "A", cursor[:-2],
+        b64e(raw[:-1] + bytes([raw[-1] ^ 1])),  # tag changed
+        b64e(raw.replace(b"\nd\n", b"\nf\n")),  # payload changed, old tag
+        b64e(raw[:-17] + bytes([raw[-17] ^ 1]) + raw[-16:]),  # the key's last byte changed
+        b64e(bytes([2]) + raw[1:]),  # another version
+        b64e(raw[:-16]),  # no tag
+        cursor + ".", "." + cursor, "x" * 5000, "%zz", "", "!!!.???", cursor + "A", cursor[:-2],
     ]
     for c in bad:
         assert_error(fm.list(alice, folder=folder, limit=3, cursor=c), 400, "invalid_cursor")
