@@ -405,7 +405,8 @@ pageTest('the small file again once the worker made it READY: deduplicated by th
     assert.equal(record.status, 'READY');
     assert.equal(record.sha256, files['small.bin'].sha256);
     assert.equal(record.size, files['small.bin'].size);
-    assert.equal(record.name, 'small.bin');
+    // the first small.bin still holds its name: the page asks for on_conflict "rename", so the new one is numbered
+    assert.equal(record.name, 'small (1).bin');
   } finally {
     page.off('request', onRequest);
     page.off('response', onResponse);
