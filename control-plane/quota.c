@@ -6,18 +6,21 @@
  *   q  the owner's quota_bytes
  *   b  used + reserved as PostgreSQL last counted them
  *   p  bytes of this owner's records written behind and not yet in PostgreSQL (the script adds a record's size when
- *      it stores the record; the flusher moves it from p to b when the record's batch committed)
+ *      it stores the record; the flusher moves it from p to b when the record's batch committed), and of the holds of
+ *      charges decided in PostgreSQL (fm_quota_hold)
+ *   v  a version, incremented by every move into b, so that a refresh from PostgreSQL never undoes one (settle_script)
  * A record is stored only when b + p + size ≤ q, in the same script step as the record itself, so concurrent
  * presigns cannot all pass. Every other path that charges an owner (a write-through upload, an upload into a folder,
- * a multipart upload, a dedupe decided by PostgreSQL, a copy) checks in PostgreSQL, with the owner's row locked
- * (fm_quota_take), and refreshes the copy afterwards.
+ * a multipart upload, a dedupe decided by PostgreSQL) first holds its size in the copy with the same check
+ * (fm_quota_hold), then checks in PostgreSQL with the owner's row locked (fm_quota_take); a copy checks in
+ * PostgreSQL only and refreshes the copy afterwards.
  *
  * The copy only errs towards more: releases (a FAILED or aborted upload, a purge) lower PostgreSQL's figures and
  * leave b high until the next refresh, so the script may refuse what fits; the route then asks PostgreSQL (the
  * write-through path), which decides, and refreshes b. A missing copy makes the script answer 'quota_unbuilt' and
- * the route takes the same path. The one way to count less than PostgreSQL is a refresh read just before a batch of
- * the owner's records committed and written just after the flusher moved them to b: bounded by one batch, repaired
- * by the next refresh.
+ * the route takes the same path. A refresh never makes it count less: one that read PostgreSQL before a batch of the
+ * owner's records committed would write a b without them after the flusher moved them out of p, so it writes only
+ * when the version v it read first is unchanged (test_quotas' concurrent presigns found that race: 12 of 10 passed).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,39 +54,58 @@ static void ignore_reply(redisReply *reply, const char *errstr, void *data)
 {
 }
 
+/* A refresh rewrites q and b from PostgreSQL's row. It must not undo a move of bytes into b made between its read of
+ * PostgreSQL and its write (a batch landing: the bytes would leave p and be missing from the stale b, and the copy
+ * would count less than is charged). So every move into b also increments the copy's version `v`; a refresh reads v
+ * before it reads PostgreSQL and writes only when v is still that (VERSION_CHECK_LUA: ARGV[v_arg]); otherwise the
+ * move it missed is in b already and its figures are older than the copy's. p stays as it is (0 on a new copy). */
+#define VERSION_CHECK_LUA(v_arg) "if (redis.call('HGET', KEYS[1], 'v') or '') ~= ARGV[" v_arg "] then return 0 end\n"
+static const char settle_script[] = VERSION_CHECK_LUA("3") "redis.call('HSET', KEYS[1], 'q', ARGV[1], 'b', ARGV[2])\n"
+                                                          "redis.call('HSETNX', KEYS[1], 'p', 0)\n"
+                                                          "return 1\n";
+
 typedef struct {
     fm_control_thread_t *thread;
-    char owner[37];
+    char owner[37], key[64], version[24];
 } refresh_t;
-
-/* Sets q and b from PostgreSQL's row; p (records still on their way) stays as it is, 0 when the copy is new. */
-static const char settle_script[] = "redis.call('HSET', KEYS[1], 'q', ARGV[1], 'b', ARGV[2])\n"
-                                    "redis.call('HSETNX', KEYS[1], 'p', 0)\n"
-                                    "return 1\n";
 
 static void on_refresh_read(PGresult *res, const char *errstr, void *data)
 {
     refresh_t *f = data;
     /* At shutdown the pools go first: no result, nothing to write. */
     if (res != NULL && PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1) {
-        char key[64];
-        fm_quota_key(key, sizeof(key), f->owner);
-        const char *argv[] = {"EVAL", settle_script, "1", key, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1)};
-        fm_redis_commandargv(f->thread->redis, ignore_reply, NULL, 6, argv, NULL);
+        const char *argv[] = {"EVAL", settle_script, "1", f->key, PQgetvalue(res, 0, 0), PQgetvalue(res, 0, 1),
+                              f->version};
+        fm_redis_commandargv(f->thread->redis, ignore_reply, NULL, 7, argv, NULL);
     }
     free(f);
 }
 
+static const char figures_sql[] = "SELECT quota_bytes, used_bytes + reserved_bytes FROM users WHERE id = $1::uuid";
+
+static void on_refresh_version(redisReply *reply, const char *errstr, void *data)
+{
+    refresh_t *f = data;
+    if (reply == NULL || (reply->type != REDIS_REPLY_STRING && reply->type != REDIS_REPLY_NIL)) {
+        free(f); /* Redis away or stopping: the next charge decided in PostgreSQL refreshes again */
+        return;
+    }
+    snprintf(f->version, sizeof(f->version), "%s", reply->type == REDIS_REPLY_STRING ? reply->str : "");
+    const char *params[] = {f->owner};
+    if (fm_pg_query(f->thread->pg, on_refresh_read, f, figures_sql, 1, params) != 0)
+        free(f);
+}
+
 void fm_quota_refresh(fm_control_thread_t *thread, const char *owner_id)
 {
-    refresh_t *f = malloc(sizeof(*f));
+    refresh_t *f = calloc(1, sizeof(*f));
     if (f == NULL)
         h2o_fatal("out of memory");
     f->thread = thread;
     snprintf(f->owner, sizeof(f->owner), "%s", owner_id);
-    const char *params[] = {f->owner};
-    if (fm_pg_query(thread->pg, on_refresh_read, f,
-                    "SELECT quota_bytes, used_bytes + reserved_bytes FROM users WHERE id = $1::uuid", 1, params) != 0)
+    fm_quota_key(f->key, sizeof(f->key), owner_id);
+    const char *argv[] = {"HGET", f->key, "v"};
+    if (fm_redis_commandargv(thread->redis, on_refresh_version, f, 3, argv, NULL) != 0)
         free(f);
 }
 
@@ -98,7 +120,7 @@ static const char landed_script[] =
     "  local mine = not landed or redis.call('DEL', key) == 1\n"
     "  if mine and size > 0 and redis.call('EXISTS', q) == 1 then\n"
     "    if redis.call('HINCRBY', q, 'p', -size) < 0 then redis.call('HSET', q, 'p', 0) end\n"
-    "    if landed then redis.call('HINCRBY', q, 'b', size) end\n"
+    "    if landed then redis.call('HINCRBY', q, 'b', size) redis.call('HINCRBY', q, 'v', 1) end\n"
     "  end\n"
     "end\n"
     "return 1\n";
@@ -138,12 +160,6 @@ void fm_quota_landed(fm_redis_t *redis, size_t n, const fm_quota_landing_t *recs
 /* Owners recounted per round: one aggregate over their files, bounded. */
 #define RECOUNT_OWNERS 200
 
-/* Rewrites q and b of a copy that exists (an owner nobody presigned for lately gets none). */
-static const char refresh_existing_script[] = "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
-                                              "  redis.call('HSET', KEYS[1], 'q', ARGV[1], 'b', ARGV[2])\n"
-                                              "end\n"
-                                              "return 1\n";
-
 typedef struct {
     fm_control_thread_t *thread;
     char *after;
@@ -160,13 +176,12 @@ static void on_recounted(PGresult *res, const char *errstr, void *data)
     }
     int rows = PQntuples(res), repaired = 0;
     for (int i = 0; i < rows; ++i) {
-        char key[64], charged[24];
-        fm_quota_key(key, sizeof(key), PQgetvalue(res, i, 0));
-        snprintf(charged, sizeof(charged), "%lld",
-                 strtoll(PQgetvalue(res, i, 1), NULL, 10) + strtoll(PQgetvalue(res, i, 2), NULL, 10));
-        const char *argv[] = {"EVAL", refresh_existing_script, "1", key, PQgetvalue(res, i, 3), charged};
-        fm_redis_commandargv(c->thread->redis, ignore_reply, NULL, 6, argv, NULL);
-        repaired += strcmp(PQgetvalue(res, i, 4), "t") == 0;
+        if (strcmp(PQgetvalue(res, i, 4), "t") != 0)
+            continue;
+        /* Figures PostgreSQL had wrong: the Redis copy made from them is rewritten (the same guarded refresh as
+         * after a charge). A copy that only counts too much is set right when it refuses: see fm_quota_hold. */
+        fm_quota_refresh(c->thread, PQgetvalue(res, i, 0));
+        repaired++;
     }
     if (repaired > 0)
         fm_warn("quota: the recount repaired the figures of %d owner(s)", repaired);
@@ -194,24 +209,31 @@ void fm_quota_recount_round(fm_control_thread_t *thread, char after[37])
 
 /* ---- a hold for a charge decided in PostgreSQL ---------------------------------------------------------------- */
 
-/* KEYS[1]: the owner's copy. ARGV[1]: the size; ARGV[2], ARGV[3] (optional): q and b to write first (a refresh read
- * from PostgreSQL just now). Answers 'held' (p grew by the size: the charge may go on), 'over' or 'unbuilt'. */
-static const char hold_script[] = QUOTA_LUA "if ARGV[2] then\n"
-                                            "  redis.call('HSET', KEYS[1], 'q', ARGV[2], 'b', ARGV[3])\n"
-                                            "  redis.call('HSETNX', KEYS[1], 'p', 0)\n"
-                                            "end\n"
-                                            "local refused = quota_take(KEYS[1], ARGV[1])\n"
-                                            "if refused == 'quota_unbuilt' then return 'unbuilt' end\n"
-                                            "if refused then return 'over' end\n"
-                                            QUOTA_RESERVE_LUA("KEYS[1]", "ARGV[1]")
-                                            "return 'held'\n";
+/* KEYS[1]: the owner's copy. ARGV[1]: the size; ARGV[2], ARGV[3], ARGV[4] (optional): q and b read from PostgreSQL
+ * just now, and the copy's version read before (written only if it is still that: see settle_script). Answers
+ * 'held' (p grew by the size: the charge may go on), 'unbuilt', or 'over:' .. the copy's version. */
+static const char hold_script[] = QUOTA_LUA
+    "local v = redis.call('HGET', KEYS[1], 'v') or ''\n"
+    "if ARGV[2] and v == ARGV[4] then\n"
+    "  redis.call('HSET', KEYS[1], 'q', ARGV[2], 'b', ARGV[3])\n"
+    "  redis.call('HSETNX', KEYS[1], 'p', 0)\n"
+    "end\n"
+    "local refused = quota_take(KEYS[1], ARGV[1])\n"
+    "if refused == 'quota_unbuilt' then return 'unbuilt' end\n"
+    "if refused then return 'over:' .. v end\n"
+    QUOTA_RESERVE_LUA("KEYS[1]", "ARGV[1]")
+    "return 'held'\n";
+
+/* Refreshes a refusing copy at most this many times before the answer is 413 (a refresh is skipped when a batch
+ * landed meanwhile, which a busy owner's may keep doing). */
+#define HOLD_REFRESHES_MAX 3
 
 typedef struct {
     fm_req_t *r;
     fm_quota_hold_fn next;
     void *arg;
-    char owner[37], key[64], size[24];
-    int refreshed;
+    char owner[37], key[64], size[24], version[24];
+    int refreshes;
 } hold_t;
 
 static void hold_send(hold_t *h, const char *quota, const char *charged);
@@ -261,14 +283,13 @@ static void on_held(redisReply *reply, const char *errstr, void *data)
         hold_end(h, FM_QUOTA_HELD);
     } else if (strcmp(reply->str, "unbuilt") == 0) {
         hold_end(h, FM_QUOTA_UNCHECKED);
-    } else if (!h->refreshed) {
+    } else if (strncmp(reply->str, "over:", 5) == 0 && h->refreshes < HOLD_REFRESHES_MAX) {
         /* 'over' on a copy that may count releases PostgreSQL already made (a FAILED upload, a purge): read the
          * figures and ask again, in one script, before refusing. */
-        h->refreshed = 1;
+        h->refreshes++;
+        snprintf(h->version, sizeof(h->version), "%s", reply->str + 5);
         const char *params[] = {h->owner};
-        if (fm_pg_call_with(h->r, h, on_hold_refreshed,
-                            "SELECT quota_bytes, used_bytes + reserved_bytes FROM users WHERE id = $1::uuid", 1,
-                            params) != 0) {
+        if (fm_pg_call_with(h->r, h, on_hold_refreshed, figures_sql, 1, params) != 0) {
             fm_reply_unavailable(h->r, "the database");
             free(h);
         }
@@ -279,8 +300,8 @@ static void on_held(redisReply *reply, const char *errstr, void *data)
 
 static void hold_send(hold_t *h, const char *quota, const char *charged)
 {
-    const char *argv[] = {"EVAL", hold_script, "1", h->key, h->size, quota, charged};
-    if (fm_redis_call_with(h->r, h, on_held, quota != NULL ? 7 : 5, argv) != 0) {
+    const char *argv[] = {"EVAL", hold_script, "1", h->key, h->size, quota, charged, h->version};
+    if (fm_redis_call_with(h->r, h, on_held, quota != NULL ? 8 : 5, argv) != 0) {
         fm_reply_unavailable(h->r, "the session store");
         free(h);
     }
@@ -304,7 +325,7 @@ void fm_quota_hold(fm_req_t *r, const char *owner_id, long long size, fm_quota_h
 static const char settle_hold_script[] =
     "if redis.call('EXISTS', KEYS[1]) == 1 then\n"
     "  if redis.call('HINCRBY', KEYS[1], 'p', -tonumber(ARGV[1])) < 0 then redis.call('HSET', KEYS[1], 'p', 0) end\n"
-    "  if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'b', ARGV[1]) end\n"
+    "  if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[1], 'b', ARGV[1]) redis.call('HINCRBY', KEYS[1], 'v', 1) end\n"
     "end\n"
     "return 1\n";
 

@@ -42,6 +42,7 @@ struct fm_upload_state {
     /* The quota hold of a charge decided in PostgreSQL (quota.h): 0 until asked, then 1 + fm_quota_hold_t; kept
      * across a name retry and from the dedupe to the upload it falls back to, ended once with the outcome. */
     int quota_hold;
+    int through; /* past the records backlog's bound: fm_records_through is asked right before the statement */
     char uppy_key[80];
 };
 

@@ -173,6 +173,20 @@ static void quota_settle(fm_req_t *r, fm_upload_state_t *s, int charged)
     s->quota_hold = 0;
 }
 
+/* Past the backlog's bound (s->through): whether PostgreSQL can take the row now (fm_records_through: else 503 and
+ * the hold ends). Asked right before the statement is queued, after the quota hold's round trip, so that the bound on
+ * waiting statements counts every request let through (asked earlier, all those in the hold step would pass it). */
+static int through_allowed(fm_req_t *r, fm_upload_state_t *s)
+{
+    if (!s->through)
+        return 1;
+    s->through = 0;
+    if (fm_records_through(r))
+        return 1;
+    quota_settle(r, s, 0);
+    return 0;
+}
+
 /* A write-through insert met a name taken among the live siblings: with rename, fm_free_name chose a name another
  * request took meanwhile, so it asks again (a few times); with fail, 409. Returns 1 when it handled `res`. */
 static int name_taken(fm_req_t *r, fm_upload_state_t *s, PGresult *res, void (*again)(fm_req_t *, fm_upload_state_t *),
@@ -248,6 +262,8 @@ static void record_upload(fm_req_t *r, fm_upload_state_t *s)
         fm_quota_hold(r, s->principal->user_id, s->size, on_upload_held, NULL);
         return;
     }
+    if (!through_allowed(r, s))
+        return;
     char size[24], part_size[24], part_count[16], ttl[24], entries_max[24];
     snprintf(entries_max, sizeof(entries_max), "%lld", (long long)fm_control->config.folder_entries_max);
     snprintf(size, sizeof(size), "%lld", s->size);
@@ -316,8 +332,8 @@ static void on_record_stored(fm_req_t *r, fm_record_outcome_t outcome)
         return;
     }
     /* The backlog of records only in Redis is at its bound: this one goes to PostgreSQL before the answer. */
-    if (fm_records_through(r))
-        record_upload(r, r->state);
+    ((fm_upload_state_t *)r->state)->through = 1;
+    record_upload(r, r->state);
 }
 
 static fm_record_t record_of(const fm_upload_state_t *s)
@@ -476,8 +492,8 @@ static void on_dedupe_stored(fm_req_t *r, fm_record_outcome_t outcome)
         return;
     }
     if (outcome == FM_RECORD_FULL_DEDUPE) { /* the backlog is at its bound: PostgreSQL decides now, as below */
-        if (fm_records_through(r))
-            try_dedupe(r, s);
+        s->through = 1;
+        try_dedupe(r, s);
         return;
     }
     cJSON *body = cJSON_CreateObject();
@@ -519,6 +535,8 @@ static void try_dedupe(fm_req_t *r, fm_upload_state_t *s)
         fm_quota_hold(r, s->principal->user_id, s->size, on_dedupe_held, NULL);
         return;
     }
+    if (!through_allowed(r, s))
+        return;
     char size[24], entries_max[24];
     snprintf(size, sizeof(size), "%lld", s->size);
     snprintf(entries_max, sizeof(entries_max), "%lld", (long long)fm_control->config.folder_entries_max);
@@ -646,8 +664,8 @@ static void on_probed(fm_req_t *r, fm_record_outcome_t outcome)
         record_upload(r, s);
         break;
     case FM_RECORD_FULL: /* the backlog is at its bound: the upload's rows go to PostgreSQL before the answer */
-        if (fm_records_through(r))
-            record_upload(r, s);
+        s->through = 1;
+        record_upload(r, s);
         break;
     case FM_RECORD_OTHER_SIZE: /* PostgreSQL decides, as above; nothing was stored */
         try_dedupe(r, s);
